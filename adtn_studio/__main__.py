@@ -1,0 +1,20 @@
+"""Entry point: no arguments opens the window, a subcommand runs headless."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        from ui.app import run_app  # Qt is imported only when the window is wanted
+
+        return run_app()
+    from adtn_studio.cli import run_cli
+
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

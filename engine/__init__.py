@@ -1,0 +1,1 @@
+"""The ADTN engine: PyTorch only, never Qt."""
