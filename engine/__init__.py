@@ -1,1 +1,49 @@
-"""The ADTN engine: PyTorch only, never Qt."""
+"""The ADTN engine: PyTorch only, never Qt.
+
+Names are resolved lazily so that ``import engine`` stays cheap (the window imports it at
+start-up) and a submodule is loaded only when one of its names is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    # the tensor network and its layers
+    "ADTN": "engine.adtn",
+    "ADTNLinear": "engine.layers",
+    "ADTNConv2d": "engine.layers",
+    "compress": "engine.compress",
+    "describe_layers": "engine.compress",
+    "plan_compression": "engine.compress",
+    "materialize": "engine.compress",
+    "CompressionReport": "engine.compress",
+    "LayerReport": "engine.compress",
+    "LayerInfo": "engine.compress",
+    # configuration, models, data, training
+    "RunConfig": "engine.config",
+    "LayerSpec": "engine.config",
+    "ConfigError": "engine.config",
+    "build_model": "engine.models",
+    "train": "engine.trainer",
+    "RunControl": "engine.trainer",
+    # export
+    "load_bundle": "engine.export",
+    "export_run": "engine.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
