@@ -1,0 +1,318 @@
+"""The main window: sidebar pages (wizard, monitor, runs), menus, toolbar and status bar.
+
+It wires models to views and owns the application's lifetime rules: the engine loads in
+the background after the window shows; closing during a run asks, stops the trainer cleanly
+(it keeps its last checkpoint) and waits for the worker thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSize, Qt, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QWidget,
+)
+
+from ui.about import show_about
+from ui.engine_catalog import EngineCatalog, load_catalog
+from ui.messages import describe_exception
+from ui.monitor.monitor_view import MonitorView
+from ui.resources import icon
+from ui.settings import app_settings, last_folder, remember_folder
+from ui.training_session import TrainingSession
+from ui.wizard.wizard import CompressionWizard
+from ui.workers import BackgroundTask
+
+WIZARD_PAGE, MONITOR_PAGE, RUNS_PAGE = range(3)
+PAGE_TITLES = ("New compression", "Training monitor", "Runs")
+PAGE_ICONS = ("page-wizard", "page-monitor", "page-runs")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle("ADTN Studio")
+        self.setWindowIcon(icon("adtn-studio"))
+        self.catalog: EngineCatalog | None = None
+        self.device_text = "detecting…"
+        self._engine_task: BackgroundTask | None = None
+
+        self.session = TrainingSession(self)
+        self.wizard = CompressionWizard()
+        self.monitor = MonitorView(self.session)
+        from ui.history.history_view import HistoryView
+
+        self.history = HistoryView()
+
+        self.sidebar = QListWidget()
+        self.sidebar.setObjectName("sidebar")
+        self.sidebar.setIconSize(QSize(22, 22))
+        self.sidebar.setFixedWidth(215)
+        self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.sidebar.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        for title, icon_name in zip(PAGE_TITLES, PAGE_ICONS):
+            QListWidgetItem(icon(icon_name), title, self.sidebar)
+        self.pages = QStackedWidget()
+        for page in (self.wizard, self.monitor, self.history):
+            self.pages.addWidget(page)
+        self.sidebar.currentRowChanged.connect(self._show_page)
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.sidebar)
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+        self._create_actions()
+        self._create_menus_and_toolbar()
+        self.device_label = QLabel()
+        self.statusBar().addPermanentWidget(self.device_label)
+        self._show_device()
+
+        self.wizard.start_requested.connect(self.start_run)
+        self.monitor.export_requested.connect(self.open_export_dialog)
+        self.history.resume_requested.connect(self.resume_run)
+        self.history.rerun_requested.connect(self.rerun_config)
+        self.history.export_requested.connect(self.open_export_dialog)
+        self.session.state_changed.connect(self._on_session_state)
+        self.session.finished.connect(self._on_run_finished)
+        self.session.run_failed.connect(self._on_run_failed)
+
+        self.sidebar.setCurrentRow(WIZARD_PAGE)
+        self._restore_geometry()
+        self._on_session_state(self.session.state)
+
+    # -- actions, menus, toolbar --------------------------------------------------------
+
+    def _action(self, text: str, slot, shortcuts=(), icon_name: str = "", tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if icon_name:
+            action.setIcon(icon(icon_name))
+        if shortcuts:
+            action.setShortcuts([QKeySequence(s) for s in shortcuts])
+        action.setStatusTip(tip or text)
+        action.triggered.connect(slot)
+        return action
+
+    def _create_actions(self) -> None:
+        self.new_action = self._action("&New compression", lambda: self.show_page(WIZARD_PAGE),
+                                       ["Ctrl+N"], "page-wizard")
+        self.open_config_action = self._action("&Open config…", self._ask_open_config,
+                                               ["Ctrl+O"], "", "Load a run configuration (TOML)")
+        self.save_config_action = self._action("&Save config…",
+                                               self.wizard._ask_save_config, ["Ctrl+S"])
+        self.export_action = self._action("&Export model…", self._export_current, ["Ctrl+E"],
+                                          "export", "Export the model of the current run")
+        self.quit_action = self._action("&Quit", self.close, [QKeySequence.StandardKey.Quit])
+        self.start_action = self._action("&Start training", self.wizard.request_start,
+                                         ["Ctrl+R"], "start", "Start training (Ctrl+R)")
+        self.pause_action = self._action("&Pause", self.session.pause, ["Ctrl+P"], "pause",
+                                         "Pause after the current batch (Ctrl+P)")
+        self.resume_action = self._action("&Resume", self.session.resume, ["Ctrl+Shift+P"],
+                                          "resume", "Resume a paused run (Ctrl+Shift+P)")
+        self.stop_action = self._action("S&top", self.session.stop, ["Ctrl+.", "Esc"], "stop",
+                                        "Stop after the current batch, keeping the last "
+                                        "checkpoint (Ctrl+. or Esc)")
+        self.page_actions = [self._action(title, lambda _=False, i=i: self.show_page(i),
+                                          [f"Ctrl+{i + 1}"])
+                             for i, title in enumerate(PAGE_TITLES)]
+        self.about_action = self._action("&About ADTN Studio", self.show_about)
+
+    def _create_menus_and_toolbar(self) -> None:
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        for action in (self.new_action, self.open_config_action, self.save_config_action):
+            file_menu.addAction(action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.export_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        run_menu = menu.addMenu("&Run")
+        for action in (self.start_action, self.pause_action, self.resume_action,
+                       self.stop_action):
+            run_menu.addAction(action)
+        view_menu = menu.addMenu("&View")
+        for action in self.page_actions:
+            view_menu.addAction(action)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.about_action)
+
+        toolbar = self.addToolBar("Run")
+        toolbar.setObjectName("runToolbar")
+        toolbar.setMovable(False)
+        toolbar.setIconSize(QSize(20, 20))
+        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        for action in (self.new_action, self.start_action, self.pause_action,
+                       self.resume_action, self.stop_action, self.export_action):
+            toolbar.addAction(action)
+
+    # -- pages --------------------------------------------------------------------------
+
+    def show_page(self, index: int) -> None:
+        self.sidebar.setCurrentRow(index)
+
+    @Slot(int)
+    def _show_page(self, index: int) -> None:
+        self.pages.setCurrentIndex(index)
+        if index == RUNS_PAGE:
+            self.history.refresh()
+
+    # -- the engine, loaded after the window shows -----------------------------------------
+
+    def load_engine(self) -> None:
+        self.statusBar().showMessage("Loading the engine…")
+        self._engine_task = BackgroundTask(lambda _report: load_catalog(), self)
+        self._engine_task.succeeded.connect(self._on_engine_loaded)
+        self._engine_task.failed.connect(self._on_engine_failed)
+        self._engine_task.start()
+
+    @Slot(object)
+    def _on_engine_loaded(self, catalog: EngineCatalog) -> None:
+        from engine.models import MODEL_TITLES
+
+        self.catalog = catalog
+        self.device_text = catalog.default_device
+        self._show_device()
+        self.wizard.set_catalog(catalog, MODEL_TITLES)
+        self.statusBar().showMessage("Ready.", 5000)
+
+    @Slot(object)
+    def _on_engine_failed(self, exc: Exception) -> None:
+        self.statusBar().showMessage("The engine failed to load.")
+        QMessageBox.critical(self, "Engine", describe_exception(exc))
+
+    def _show_device(self) -> None:
+        self.device_label.setText(f"Device: {self.device_text}")
+
+    # -- runs ---------------------------------------------------------------------------
+
+    @Slot(object)
+    def start_run(self, config, run_dir: str | Path | None = None, resume: bool = False) -> None:
+        if self.session.is_active():
+            QMessageBox.information(self, "Training", "A run is already in progress. Stop it "
+                                    "first, or wait for it to finish.")
+            return
+        if run_dir is None:
+            from engine.runs import new_run_dir
+
+            run_dir = new_run_dir(config)
+        self.monitor.begin(f"<b>{config.run_name}</b> · {config.model} on {config.dataset}")
+        try:
+            self.session.start(config, run_dir, resume=resume)
+        except Exception as exc:
+            QMessageBox.critical(self, "Training", describe_exception(exc))
+            return
+        self.show_page(MONITOR_PAGE)
+
+    @Slot(str)
+    def resume_run(self, run_dir: str) -> None:
+        from engine.config import RunConfig
+
+        try:
+            config = RunConfig.load(Path(run_dir) / "config.toml")
+        except Exception as exc:
+            QMessageBox.warning(self, "Resume", describe_exception(exc))
+            return
+        self.start_run(config, run_dir, resume=True)
+
+    @Slot(object)
+    def rerun_config(self, config) -> None:
+        self.wizard.load_config(config)
+        self.wizard.show_page(0)
+        self.show_page(WIZARD_PAGE)
+
+    @Slot(str)
+    def _on_session_state(self, state: str) -> None:
+        active = state in ("running", "paused", "stopping")
+        self.start_action.setEnabled(not active)
+        self.pause_action.setEnabled(state == "running")
+        self.resume_action.setEnabled(state == "paused")
+        self.stop_action.setEnabled(state in ("running", "paused"))
+        self.export_action.setEnabled(self.session.run_dir is not None and not active)
+        self.statusBar().showMessage({"running": "Training…", "paused": "Paused.",
+                                      "stopping": "Stopping…"}.get(state, ""))
+
+    @Slot(str)
+    def _on_run_finished(self, status: str) -> None:
+        self.statusBar().showMessage(f"Run {status}.", 10_000)
+        self.history.refresh()
+
+    @Slot(str)
+    def _on_run_failed(self, text: str) -> None:
+        if self.isVisible():
+            QMessageBox.warning(self, "Training stopped", text)
+
+    # -- export and configs -------------------------------------------------------------
+
+    def _export_current(self) -> None:
+        if self.session.run_dir is not None:
+            self.open_export_dialog(str(self.session.run_dir))
+
+    @Slot(str)
+    def open_export_dialog(self, run_dir: str):
+        from ui.export_dialog import ExportDialog
+
+        dialog = ExportDialog(Path(run_dir), self)
+        dialog.open()
+        return dialog
+
+    def _ask_open_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open run configuration",
+                                              last_folder("configs", Path.home()),
+                                              "TOML files (*.toml)")
+        if not path:
+            return
+        remember_folder("configs", Path(path).parent)
+        from engine.config import RunConfig
+
+        try:
+            self.rerun_config(RunConfig.load(path))
+        except Exception as exc:
+            QMessageBox.warning(self, "Open config", describe_exception(exc))
+
+    def show_about(self) -> None:
+        show_about(self, self.catalog, self.device_text)
+
+    # -- window lifetime ----------------------------------------------------------------
+
+    def _restore_geometry(self) -> None:
+        geometry = app_settings().value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1400, 880)
+
+    def confirm_stop_on_close(self) -> bool:
+        """Ask whether to stop the running training (tests replace this)."""
+        answer = QMessageBox.question(
+            self, "Training in progress",
+            "A run is still training. Stop it and quit? The last checkpoint is kept, and "
+            "the run can be resumed later from the Runs page.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.session.is_active():
+            if not self.confirm_stop_on_close():
+                event.ignore()
+                return
+            self.statusBar().showMessage("Stopping the run…")
+            self.session.stop_and_wait()
+        self.wizard.wait_for_tasks()
+        if self._engine_task is not None:
+            self._engine_task.wait()
+        app_settings().setValue("window/geometry", self.saveGeometry())
+        event.accept()

@@ -1,0 +1,276 @@
+"""The training monitor page: progress, Stop/Pause/Resume, live curves, log, layer view.
+
+A view only: it subscribes to a TrainingSession's signals and draws what they carry.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QFont, QTextCursor
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ui.formatting import format_count, format_duration, format_percent, format_ratio
+from ui.monitor.layer_activity import LayerActivityTable
+from ui.plots import RunCurves, save_plot
+from ui.settings import last_folder, remember_folder
+from ui.training_session import TrainingSession
+
+LOG_COLOURS = {"info": "#333333", "warning": "#9A6700", "error": "#B3261E"}
+
+
+class MonitorView(QWidget):
+    """Watches one TrainingSession."""
+
+    export_requested = Signal(str)  # the run folder
+
+    def __init__(self, session: TrainingSession, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self._total_epochs = 0
+        self._history_dirty = False
+
+        self.title = QLabel("No run yet. Start one from <b>New compression</b>.")
+        self.title.setObjectName("pageTitle")
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary = QLabel("")
+        self.summary.setObjectName("summaryLabel")
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.progress_label = QLabel("")
+        self.progress_label.setMinimumWidth(280)
+
+        self.pause_button = QPushButton("Pause")
+        self.resume_button = QPushButton("Resume")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stopButton")
+        self.pause_button.clicked.connect(session.pause)
+        self.resume_button.clicked.connect(session.resume)
+        self.stop_button.clicked.connect(session.stop)
+
+        self.save_plots_button = QPushButton("Save plots…")
+        self.save_csv_button = QPushButton("Save metrics CSV…")
+        self.export_button = QPushButton("Export model…")
+        self.save_plots_button.clicked.connect(self._ask_save_plots)
+        self.save_csv_button.clicked.connect(self._ask_save_csv)
+        self.export_button.clicked.connect(self._request_export)
+
+        self.curves = RunCurves()
+        self.layers = LayerActivityTable()
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setFont(QFont("monospace", 9))
+        self.log_view.setPlaceholderText("Messages from the run appear here.")
+
+        controls = QHBoxLayout()
+        controls.addWidget(self.progress, 1)
+        controls.addWidget(self.progress_label)
+        for button in (self.pause_button, self.resume_button, self.stop_button):
+            controls.addWidget(button)
+
+        files = QHBoxLayout()
+        files.addWidget(self.summary, 1)
+        for button in (self.save_plots_button, self.save_csv_button, self.export_button):
+            files.addWidget(button)
+
+        plots = QWidget()
+        plots_layout = QHBoxLayout(plots)
+        plots_layout.setContentsMargins(0, 0, 0, 0)
+        for widget in self.curves.widgets():
+            plots_layout.addWidget(widget)
+
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(_titled("Log", self.log_view))
+        bottom.addWidget(_titled("ADTN layers", self.layers))
+        bottom.setSizes([600, 400])
+
+        body = QSplitter(Qt.Orientation.Vertical)
+        body.addWidget(plots)
+        body.addWidget(bottom)
+        body.setStretchFactor(0, 3)
+        body.setStretchFactor(1, 2)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.title)
+        layout.addLayout(controls)
+        layout.addLayout(files)
+        layout.addWidget(body, 1)
+
+        # Batches arrive in slices ten times a second; curves redraw at that pace too.
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setInterval(150)
+        self._redraw_timer.timeout.connect(self._redraw_if_dirty)
+
+        session.state_changed.connect(self._on_state)
+        session.run_started.connect(self._on_run_started)
+        session.batch_progress.connect(self._on_batch)
+        session.epoch_ended.connect(self._on_epoch)
+        session.checkpoint_saved.connect(self._on_checkpoint)
+        session.log.connect(self.append_log)
+        session.finished.connect(self._on_finished)
+        self._on_state(session.state)
+
+    # -- session signals --------------------------------------------------------------
+
+    @Slot(str)
+    def _on_state(self, state: str) -> None:
+        active = state in ("running", "paused", "stopping")
+        self.pause_button.setEnabled(state == "running")
+        self.resume_button.setEnabled(state == "paused")
+        self.stop_button.setEnabled(state in ("running", "paused"))
+        has_run = self.session.run_dir is not None
+        self.save_plots_button.setEnabled(has_run)
+        self.save_csv_button.setEnabled(has_run)
+        self.export_button.setEnabled(has_run and not active)
+        if active:
+            self._redraw_timer.start()
+            if state == "running" and self.progress.maximum() == 1 and self.progress.value() == 0:
+                self.progress.setRange(0, 0)  # busy until the first batch says how many
+            self.progress.setFormat({"running": "%p %", "paused": "paused · %p %",
+                                     "stopping": "stopping…"}[state])
+
+    def begin(self, title: str) -> None:
+        """Reset for a new run (called by the window just before the session starts)."""
+        self.title.setText(title)
+        self.summary.setText("")
+        self.curves.clear()
+        self.layers.set_layers([])
+        self.log_view.clear()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress_label.setText("starting…")
+        self._total_epochs = self.session.config.total_epochs if self.session.config else 0
+        self._started_at = time.monotonic()
+
+    @Slot(object)
+    def _on_run_started(self, event) -> None:
+        self._total_epochs = event.epochs
+        self.layers.set_layers(event.compression.get("layers", []))
+        params, dense = event.params_total, event.dense_params_total
+        resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
+        self.append_log(
+            "info",
+            f"Run started on {event.device}{resumed}: {event.train_examples:,} training and "
+            f"{event.test_examples:,} test examples; {format_count(params)} parameters "
+            f"instead of {format_count(dense)} ({format_ratio(dense / max(params, 1))} smaller).")
+
+    @Slot(object)
+    def _on_batch(self, event) -> None:
+        epochs = max(self._total_epochs, event.epoch)
+        total = max(epochs * event.batches, 1)
+        done = (event.epoch - 1) * event.batches + event.batch
+        if self.progress.maximum() != total:
+            self.progress.setRange(0, total)
+        self.progress.setValue(min(done, total))
+        phase = " (dense pre-training)" if event.phase == "pretrain" else ""
+        self.progress_label.setText(
+            f"epoch {event.epoch}/{epochs}{phase} · batch {event.batch}/{event.batches}"
+            f" · loss {event.loss:.4f} · acc {format_percent(event.acc)}"
+            f" · ETA {format_duration(event.eta_seconds)}")
+        if event.grad_norms:
+            self.layers.set_grad_norms(event.grad_norms)
+        self._history_dirty = True
+
+    @Slot(object)
+    def _on_epoch(self, event) -> None:
+        self._history_dirty = True
+        self._redraw_if_dirty()
+        self.append_log(
+            "info",
+            f"Epoch {event.epoch}: train loss {event.train_loss:.4f}, acc "
+            f"{format_percent(event.train_acc)}; test loss {event.test_loss:.4f}, acc "
+            f"{format_percent(event.test_acc)} ({event.seconds:.1f} s)")
+
+    @Slot(object)
+    def _on_checkpoint(self, event) -> None:
+        self.append_log("info", f"Saved the {event.kind} checkpoint (epoch {event.epoch}).")
+
+    @Slot(str)
+    def _on_finished(self, status: str) -> None:
+        self._redraw_timer.stop()
+        self._history_dirty = True
+        self._redraw_if_dirty()
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+        if status == "finished":
+            self.progress.setValue(self.progress.maximum())
+        self.progress.setFormat(f"{status} · %p %")
+        best = self.session.history.best_test_acc()
+        self.summary.setText(f"Run {status}. Best test accuracy {format_percent(best)}."
+                             f"  Folder: {self.session.run_dir}")
+        self._on_state(self.session.state)
+
+    @Slot(str, str)
+    def append_log(self, level: str, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        colour = LOG_COLOURS.get(level, LOG_COLOURS["info"])
+        html_text = text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
+        self.log_view.appendHtml(f'<span style="color:{colour}">{stamp}  {html_text}</span>')
+        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+
+    @Slot()
+    def _redraw_if_dirty(self) -> None:
+        if self._history_dirty:
+            self._history_dirty = False
+            self.curves.show(self.session.history)
+
+    # -- saving -----------------------------------------------------------------------
+
+    def save_plots(self, folder: str | Path, fmt: str = "png") -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [save_plot(plot, folder / f"{name}.{fmt}")
+                for name, plot in self.curves.plots().items()]
+
+    def save_metrics_csv(self, path: str | Path) -> Path:
+        self.session.history.to_csv(path)
+        return Path(path)
+
+    def _ask_save_plots(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Save plots into folder", last_folder("plots", self.session.run_dir or ""))
+        if not folder:
+            return
+        remember_folder("plots", folder)
+        saved = self.save_plots(folder, "png") + self.save_plots(folder, "svg")
+        self.append_log("info", f"Saved {len(saved)} plot files (PNG and SVG) in {folder}")
+
+    def _ask_save_csv(self) -> None:
+        start = Path(last_folder("plots", self.session.run_dir or "")) / "metrics.csv"
+        path, _ = QFileDialog.getSaveFileName(self, "Save metrics", str(start),
+                                              "CSV files (*.csv)")
+        if path:
+            remember_folder("plots", Path(path).parent)
+            self.append_log("info", f"Saved metrics to {self.save_metrics_csv(path)}")
+
+    def _request_export(self) -> None:
+        if self.session.run_dir is not None:
+            self.export_requested.emit(str(self.session.run_dir))
+
+
+def _titled(title: str, widget: QWidget) -> QWidget:
+    box = QWidget()
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(0, 4, 0, 0)
+    label = QLabel(title)
+    label.setObjectName("sectionTitle")
+    layout.addWidget(label)
+    layout.addWidget(widget)
+    return box

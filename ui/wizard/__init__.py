@@ -1,0 +1,1 @@
+"""The compression wizard: network and data, layers, training settings, review."""

@@ -1,0 +1,90 @@
+"""The engine calls the wizard makes, each a plain function (run in a background task
+where it can take a while). The UI computes nothing itself: counts come from the engine."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """The layers of one network built for one data set, and the engine's planner for it."""
+
+    model: str
+    dataset: str
+    layers: tuple  # engine LayerInfo rows
+    planner: Callable[[list], Any]  # specs -> CompressionReport
+
+
+def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
+    """Build the (untrained) network for the data set's input shape and list its layers."""
+    from engine.compress import describe_layers, plan_compression
+    from engine.data import dataset_info
+    from engine.models import build_model
+
+    info = dataset_info(dataset_name)
+    model = build_model(model_name, info.in_channels, info.image_size, info.num_classes)
+    return NetworkPlan(model_name, dataset_name, tuple(describe_layers(model)),
+                       functools.partial(plan_compression, model))
+
+
+def layer_spec(**fields: Any):
+    from engine.config import LayerSpec
+
+    return LayerSpec(**fields)
+
+
+def default_config():
+    from engine.config import RunConfig
+
+    return RunConfig()
+
+
+def load_preset(name: str):
+    from engine.presets import load_preset as load
+
+    return load(name)
+
+
+def config_toml(config) -> tuple[str, str]:
+    """The configuration as TOML, and the validation problem ("" when it is valid)."""
+    import tomli_w
+    from engine.config import ConfigError
+
+    try:
+        config.validate()
+        problem = ""
+    except ConfigError as exc:
+        problem = f"Cannot start: {exc}"
+    return tomli_w.dumps(config.to_dict()), problem
+
+
+def dataset_status(config) -> tuple[bool, str]:
+    """Whether the configuration's data set is on disk, in words for the source page."""
+    from engine import data_files
+    from engine.data import dataset_info, resolve_data_root
+
+    info = dataset_info(config.dataset)
+    if config.dataset not in data_files.FILES:
+        return True, f"✓ {info.title} is generated on the fly; nothing to download."
+    root = resolve_data_root(config.data_root)
+    files = data_files.FILES[config.dataset]
+    if not files.missing(root):
+        return True, f"✓ {info.title} found in {files.location(root)}"
+    return False, (f"{info.title} is not in {root} yet. Download it, or choose the folder "
+                   "that holds a copy.")
+
+
+def download(config, report: Callable[[float, str], None]) -> Path:
+    """Download the configuration's data set; ``report`` receives the progress."""
+    from engine.data import download_dataset
+
+    def progress(done: int, total: int) -> None:
+        megabytes = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else \
+            f"{done / 1e6:.1f} MB"
+        report(done / total if total else -1.0, megabytes)
+
+    return download_dataset(config.dataset, config.data_root or None, progress=progress)

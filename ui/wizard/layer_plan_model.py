@@ -1,0 +1,187 @@
+"""The layer table's model: which layers become ADTNs, how deep, and what that saves.
+
+No widgets here. The parameter counts come from the engine (``plan_compression``); this
+model only keeps the user's choices and hands them to the engine after every edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+
+from ui.formatting import format_count, format_ratio
+
+ACTIVATIONS = ("relu", "leaky_relu", "none")
+MAX_DEPTH = 16
+
+ENCODE, NAME, KIND, SHAPE, DENSE, DEPTH, ACTIVATION, ADTN, RATIO = range(9)
+HEADERS = ("ADTN", "layer", "kind", "weight shape", "dense params", "depth", "activation",
+           "ADTN params", "ratio")
+
+Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass
+class LayerChoice:
+    encode: bool = False
+    depth: int = 1
+    activation: str = "relu"
+    layout: str = "brick"
+
+
+class LayerPlanModel(QAbstractTableModel):
+    """Rows are the model's Linear/Conv2d layers (the engine's LayerInfo list)."""
+
+    totals_changed = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._layers: list[Any] = []
+        self._choices: dict[str, LayerChoice] = {}
+        self._planner: Callable[[list], Any] | None = None
+        self._spec_factory: Callable[..., Any] | None = None
+        self.report: Any = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def set_layers(self, layers: list, planner: Callable[[list], Any],
+                   spec_factory: Callable[..., Any], specs: list = ()) -> None:
+        """``layers``: engine LayerInfo rows; ``planner(specs)`` returns a CompressionReport;
+        ``spec_factory(name=, depth=, activation=, layout=)`` builds an engine LayerSpec;
+        ``specs`` are the layers a configuration already encodes."""
+        self.beginResetModel()
+        self._layers = list(layers)
+        self._planner = planner
+        self._spec_factory = spec_factory
+        self._choices = {info.name: LayerChoice() for info in self._layers}
+        for spec in specs:
+            if spec.name in self._choices:
+                self._choices[spec.name] = LayerChoice(True, spec.depth, spec.activation,
+                                                       spec.layout)
+        self._replan()
+        self.endResetModel()
+        self.totals_changed.emit()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self._layers, self._choices, self.report = [], {}, None
+        self.endResetModel()
+        self.totals_changed.emit()
+
+    # -- what the wizard reads --------------------------------------------------------
+
+    def specs(self) -> list:
+        """The engine LayerSpecs of the layers to encode, in model order."""
+        if self._spec_factory is None:
+            return []
+        return [self._spec_factory(name=info.name, depth=c.depth, activation=c.activation,
+                                   layout=c.layout)
+                for info in self._layers if (c := self._choices[info.name]).encode]
+
+    def layer_names(self) -> list[str]:
+        return [info.name for info in self._layers]
+
+    def set_encoded(self, name: str, encode: bool) -> None:
+        self.setData(self.index(self.layer_names().index(name), ENCODE),
+                     Qt.CheckState.Checked if encode else Qt.CheckState.Unchecked,
+                     Qt.ItemDataRole.CheckStateRole)
+
+    def set_depth(self, name: str, depth: int) -> None:
+        self.setData(self.index(self.layer_names().index(name), DEPTH), depth)
+
+    # -- Qt model interface -------------------------------------------------------------
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self._layers)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return HEADERS[section]
+        return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        info = self._layers[index.row()]
+        if not info.encodable:
+            return Qt.ItemFlag.ItemIsSelectable  # shown greyed out, with the reason as tip
+        if index.column() == ENCODE:
+            flags |= Qt.ItemFlag.ItemIsUserCheckable
+        elif index.column() in (DEPTH, ACTIVATION) and self._choices[info.name].encode:
+            flags |= Qt.ItemFlag.ItemIsEditable
+        return flags
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        info = self._layers[index.row()]
+        choice = self._choices[info.name]
+        column = index.column()
+        if role == Qt.ItemDataRole.CheckStateRole and column == ENCODE:
+            return Qt.CheckState.Checked if choice.encode else Qt.CheckState.Unchecked
+        if role == Qt.ItemDataRole.ToolTipRole and not info.encodable:
+            return info.reason or "This layer cannot be encoded."
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in (DENSE, DEPTH, ADTN, RATIO):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.EditRole:
+            return {DEPTH: choice.depth, ACTIVATION: choice.activation}.get(column)
+        if role != Qt.ItemDataRole.DisplayRole:
+            return None
+        row = self._report_row(info.name) if choice.encode else None
+        if column == NAME:
+            return info.name
+        if column == KIND:
+            return info.kind
+        if column == SHAPE:
+            return " × ".join(str(n) for n in info.weight_shape)
+        if column == DENSE:
+            return format_count(info.dense_params)
+        if column == DEPTH:
+            return str(choice.depth) if choice.encode else ""
+        if column == ACTIVATION:
+            return choice.activation if choice.encode else ""
+        if column == ADTN:
+            return format_count(row.adtn_params) if row is not None else ""
+        if column == RATIO:
+            return format_ratio(row.ratio) if row is not None else ""
+        return None
+
+    def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
+        if not index.isValid() or not (self.flags(index) & Qt.ItemFlag.ItemIsEnabled):
+            return False
+        choice = self._choices[self._layers[index.row()].name]
+        column = index.column()
+        if column == ENCODE and role == Qt.ItemDataRole.CheckStateRole:
+            choice.encode = Qt.CheckState(value) == Qt.CheckState.Checked
+        elif column == DEPTH and role == Qt.ItemDataRole.EditRole and choice.encode:
+            choice.depth = max(1, min(int(value), MAX_DEPTH))
+        elif column == ACTIVATION and role == Qt.ItemDataRole.EditRole and choice.encode:
+            if value not in ACTIVATIONS:
+                return False
+            choice.activation = str(value)
+        else:
+            return False
+        self._replan()
+        self.dataChanged.emit(self.index(index.row(), 0),
+                              self.index(index.row(), len(HEADERS) - 1))
+        self.totals_changed.emit()
+        return True
+
+    # -- the engine's plan ------------------------------------------------------------
+
+    def _replan(self) -> None:
+        self.report = self._planner(self.specs()) if self._planner else None
+
+    def _report_row(self, name: str) -> Any:
+        if self.report is None:
+            return None
+        for row in self.report.rows:
+            if row.name == name:
+                return row
+        return None

@@ -1,0 +1,324 @@
+"""The compression wizard: four pages with Back/Next that fill one RunConfig, then Start.
+
+The wizard holds the configuration being edited; each page loads from it and applies its
+widgets to it. Slow engine work (building the network to list its layers, downloading data)
+runs in background tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ui.engine_catalog import EngineCatalog
+from ui.messages import describe_exception
+from ui.settings import last_folder, remember_folder
+from ui.wizard import engine_calls
+from ui.wizard.layer_plan_model import LayerPlanModel
+from ui.wizard.layers_page import LayersPage
+from ui.wizard.review_page import ReviewPage
+from ui.wizard.source_page import SourcePage
+from ui.wizard.training_page import TrainingPage
+from ui.workers import BackgroundTask
+
+SOURCE, LAYERS, TRAINING, REVIEW = range(4)
+
+
+class CompressionWizard(QWidget):
+    start_requested = Signal(object)  # the validated RunConfig
+    page_changed = Signal(int)
+    network_ready = Signal()  # the layer table holds the current network's layers
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.config = None  # the RunConfig being edited; set once the engine has loaded
+        self._plan: engine_calls.NetworkPlan | None = None
+        self._inspection: BackgroundTask | None = None
+        self._download: BackgroundTask | None = None
+        self._data_available = False
+
+        self.layer_model = LayerPlanModel(self)
+        self.source_page = SourcePage()
+        self.layers_page = LayersPage(self.layer_model)
+        self.training_page = TrainingPage()
+        self.review_page = ReviewPage()
+        self.pages = (self.source_page, self.layers_page, self.training_page, self.review_page)
+
+        self.step_labels = []
+        steps = QHBoxLayout()
+        for number, page in enumerate(self.pages, start=1):
+            label = QLabel(f"{number}  {page.title}")
+            label.setObjectName("wizardStep")
+            self.step_labels.append(label)
+            steps.addWidget(label)
+        steps.addStretch(1)
+        self.subtitle = QLabel()
+        self.subtitle.setObjectName("hintLabel")
+        self.subtitle.setWordWrap(True)
+
+        self.stack = QStackedWidget()
+        for page in self.pages:
+            self.stack.addWidget(page)
+        self.loading = QLabel("Loading the engine (PyTorch)…")
+        self.loading.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.stack.addWidget(self.loading)
+        self.stack.setCurrentWidget(self.loading)
+
+        self.back_button = QPushButton("< Back")
+        self.next_button = QPushButton("Next >")
+        self.start_button = QPushButton("Start training")
+        self.start_button.setObjectName("primaryButton")
+        self.next_button.setDefault(True)
+        nav = QHBoxLayout()
+        nav.addStretch(1)
+        nav.addWidget(self.back_button)
+        nav.addWidget(self.next_button)
+        nav.addWidget(self.start_button)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(steps)
+        layout.addWidget(self.subtitle)
+        layout.addWidget(self.stack, 1)
+        layout.addLayout(nav)
+
+        self.back_button.clicked.connect(self.go_back)
+        self.next_button.clicked.connect(self.go_next)
+        self.start_button.clicked.connect(self.request_start)
+        self.source_page.preset_chosen.connect(self.load_preset)
+        self.source_page.data_root_changed.connect(self._check_data)
+        self.source_page.download_requested.connect(self.download_data)
+        self.review_page.name_edited.connect(self._refresh_review)
+        self.review_page.save_requested.connect(self._ask_save_config)
+        self.layer_model.totals_changed.connect(self._layers_edited)
+        self._update_nav()
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def set_catalog(self, catalog: EngineCatalog, model_titles: dict[str, str]) -> None:
+        """The engine has loaded: fill the combos and show the first page with a preset."""
+        self.catalog = catalog
+        self.source_page.set_catalog(catalog, model_titles)
+        self.training_page.set_catalog(catalog)
+        preferred = "lenet5-mnist"
+        names = [name for name, _ in catalog.presets]
+        if preferred in names or names:
+            self.load_preset(preferred if preferred in names else names[0])
+        else:
+            self.load_config(engine_calls.default_config())
+        self.show_page(SOURCE)
+
+    @Slot(str)
+    def load_preset(self, name: str) -> None:
+        try:
+            config = engine_calls.load_preset(name)
+        except Exception as exc:  # a broken preset file must not take the window down
+            QMessageBox.warning(self, "Preset", describe_exception(exc))
+            return
+        self.load_config(config, preset=name)
+
+    def load_config(self, config, preset: str = "") -> None:
+        """Show ``config`` on every page (a preset, or a past run's config to rerun)."""
+        self.config = config
+        self.source_page.show_preset(preset)
+        for page in self.pages:
+            if page is not self.layers_page:
+                page.load(config)
+        if self._plan is not None and (self._plan.model, self._plan.dataset) == (
+                config.model, config.dataset):
+            self._show_plan()
+        self._check_data()
+
+    def current_config(self):
+        """The configuration as the pages show it now."""
+        config = self.config
+        for page in (self.source_page, self.training_page, self.review_page):
+            config = page.apply(config)
+        if self._plan_matches(config):
+            config = config.replace(layers=self.layer_model.specs())
+        return config
+
+    # -- navigation ---------------------------------------------------------------------
+
+    def current_page(self) -> int:
+        widget = self.stack.currentWidget()
+        return self.pages.index(widget) if widget in self.pages else -1
+
+    def show_page(self, index: int) -> None:
+        if index == LAYERS:
+            self._ensure_network()
+        if index == REVIEW:
+            self._refresh_review()
+        self.stack.setCurrentWidget(self.pages[index])
+        self.subtitle.setText(self.pages[index].subtitle)
+        for number, label in enumerate(self.step_labels):
+            label.setProperty("current", number == index)
+            label.style().unpolish(label)
+            label.style().polish(label)
+        self._update_nav()
+        self.page_changed.emit(index)
+
+    @Slot()
+    def go_next(self) -> None:
+        page = self.current_page()
+        if 0 <= page < REVIEW and self.next_button.isEnabled():
+            self.config = self.current_config()
+            self.show_page(page + 1)
+
+    @Slot()
+    def go_back(self) -> None:
+        page = self.current_page()
+        if page > 0:
+            self.config = self.current_config()
+            self.show_page(page - 1)
+
+    @Slot()
+    def request_start(self) -> None:
+        if self.config is None:
+            return
+        config = self.current_config()
+        _, problem = engine_calls.config_toml(config)
+        if problem:
+            self.show_page(REVIEW)
+            return
+        self.config = config
+        self.start_requested.emit(config)
+
+    def _update_nav(self) -> None:
+        page = self.current_page()
+        busy = self._inspection is not None
+        self.back_button.setEnabled(page > 0)
+        self.next_button.setVisible(page != REVIEW)
+        self.next_button.setEnabled(0 <= page < REVIEW and not (page == LAYERS and busy))
+        self.start_button.setEnabled(self.config is not None and not busy)
+
+    # -- the layer table ----------------------------------------------------------------
+
+    def _plan_matches(self, config) -> bool:
+        return self._plan is not None and (self._plan.model, self._plan.dataset) == (
+            config.model, config.dataset)
+
+    def _ensure_network(self) -> None:
+        """Build the chosen network in the background unless the table already shows it."""
+        if self._plan_matches(self.config):
+            return
+        if self._inspection is not None:
+            return  # the finished inspection checks again
+        self.layer_model.clear()
+        self.layers_page.set_status(f"Building {self.config.model} for {self.config.dataset}…")
+        model, dataset = self.config.model, self.config.dataset
+        self._inspection = BackgroundTask(
+            lambda _report: engine_calls.inspect_network(model, dataset), self)
+        self._inspection.succeeded.connect(self._on_network_inspected)
+        self._inspection.failed.connect(self._on_inspection_failed)
+        self._inspection.finished.connect(self._on_inspection_finished)
+        self._inspection.start()
+        self._update_nav()
+
+    @Slot(object)
+    def _on_network_inspected(self, plan: engine_calls.NetworkPlan) -> None:
+        self._plan = plan
+
+    @Slot(object)
+    def _on_inspection_failed(self, exc: Exception) -> None:
+        self.layers_page.set_status(f"Could not build the network: {describe_exception(exc)}")
+
+    @Slot()
+    def _on_inspection_finished(self) -> None:
+        self._inspection = None
+        if self._plan_matches(self.config):
+            self._show_plan()
+        elif self.current_page() == LAYERS:
+            self._ensure_network()  # the user changed network while it was building
+        self._update_nav()
+
+    def _show_plan(self) -> None:
+        self.layers_page.set_status("")
+        self.layer_model.set_layers(list(self._plan.layers), self._plan.planner,
+                                    engine_calls.layer_spec, self.config.layers)
+        self.network_ready.emit()
+
+    @Slot()
+    def _layers_edited(self) -> None:
+        if self.config is not None and self._plan_matches(self.config):
+            self.config = self.config.replace(layers=self.layer_model.specs())
+
+    # -- data ---------------------------------------------------------------------------
+
+    @Slot()
+    def _check_data(self) -> None:
+        if self.config is None or self._download is not None:
+            return
+        config = self.source_page.apply(self.config)
+        try:
+            available, text = engine_calls.dataset_status(config)
+        except Exception as exc:
+            available, text = False, describe_exception(exc)
+        self._data_available = available
+        self.source_page.show_data_status(available, text)
+
+    @Slot()
+    def download_data(self) -> None:
+        if self._download is not None or self.config is None:
+            return
+        config = self.source_page.apply(self.config)
+        self.source_page.set_downloading(True)
+        self.source_page.show_download_progress(-1.0, "connecting…")
+        self._download = BackgroundTask(lambda report: engine_calls.download(config, report),
+                                        self)
+        self._download.progressed.connect(self.source_page.show_download_progress)
+        self._download.failed.connect(self._on_download_failed)
+        self._download.finished.connect(self._on_download_finished)
+        self._download.start()
+
+    @Slot(object)
+    def _on_download_failed(self, exc: Exception) -> None:
+        QMessageBox.warning(self, "Download failed", describe_exception(exc))
+
+    @Slot()
+    def _on_download_finished(self) -> None:
+        self._download = None
+        self.source_page.set_downloading(False)
+        self._check_data()
+
+    # -- review -------------------------------------------------------------------------
+
+    @Slot()
+    def _refresh_review(self) -> None:
+        if self.config is None:
+            return
+        self.config = self.current_config()
+        text, problem = engine_calls.config_toml(self.config)
+        self.review_page.show_config(text, problem)
+        self.start_button.setEnabled(not problem and self._inspection is None)
+
+    def save_config(self, path: str | Path) -> Path:
+        self.config = self.current_config()
+        self.config.save(path)
+        return Path(path)
+
+    @Slot()
+    def _ask_save_config(self) -> None:
+        config = self.current_config()
+        start = Path(last_folder("configs", Path.home())) / f"{config.run_name}.toml"
+        path, _ = QFileDialog.getSaveFileName(self, "Save run configuration", str(start),
+                                              "TOML files (*.toml)")
+        if path:
+            remember_folder("configs", Path(path).parent)
+            self.save_config(path)
+
+    def wait_for_tasks(self, timeout_ms: int = 30_000) -> None:
+        """Let background tasks end (window closing)."""
+        for task in (self._inspection, self._download):
+            if task is not None:
+                task.wait(timeout_ms)

@@ -1,0 +1,92 @@
+"""Threading in one place: every blocking engine call runs in a worker object on a QThread.
+
+The worker-object pattern: a QObject moved to a QThread does the work; it talks to the
+window only through queued signals, and no widget is ever touched from the worker thread.
+Callers get a ``BackgroundTask`` that lives in the UI thread and relays the worker's signals,
+so their slots always run in the UI thread.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+# A task receives ``report(fraction, text)``; fraction is in [0, 1], or negative when unknown.
+ProgressReport = Callable[[float, str], None]
+TaskFunction = Callable[[ProgressReport], Any]
+
+
+class _TaskWorker(QObject):
+    """Runs one function in its thread and emits what happened."""
+
+    progressed = Signal(float, str)
+    succeeded = Signal(object)
+    failed = Signal(object)  # the exception
+    finished = Signal()
+
+    def __init__(self, function: TaskFunction) -> None:
+        super().__init__()
+        self._function = function
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self._function(self.progressed.emit)
+        except Exception as exc:  # every failure reaches the user as a message
+            exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            self.failed.emit(exc)
+        else:
+            self.succeeded.emit(result)
+        finally:
+            self.finished.emit()
+
+
+def start_in_thread(worker: QObject, run_slot: Callable[[], None], finished: Signal) -> QThread:
+    """Move ``worker`` to a new thread, call ``run_slot`` there, and stop when ``finished``.
+
+    ``finished`` quits the thread with a direct connection, so a UI thread blocked in
+    ``QThread.wait()`` (closing the window) does not wait for its own event loop.
+    """
+    thread = QThread()
+    worker.moveToThread(thread)
+    thread.started.connect(run_slot)
+    finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+    thread.start()
+    return thread
+
+
+class BackgroundTask(QObject):
+    """A function run off the UI thread; its signals arrive in the UI thread."""
+
+    progressed = Signal(float, str)
+    succeeded = Signal(object)
+    failed = Signal(object)
+    finished = Signal()
+
+    def __init__(self, function: TaskFunction, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._worker = _TaskWorker(function)
+        self._worker.progressed.connect(self.progressed)
+        self._worker.succeeded.connect(self.succeeded)
+        self._worker.failed.connect(self.failed)
+        self._worker.finished.connect(self._on_finished)
+        self._thread: QThread | None = None
+
+    def start(self) -> BackgroundTask:
+        self._thread = start_in_thread(self._worker, self._worker.run, self._worker.finished)
+        return self
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.isRunning()
+
+    def wait(self, timeout_ms: int = 30_000) -> bool:
+        return self._thread is None or self._thread.wait(timeout_ms)
+
+    @Slot()
+    def _on_finished(self) -> None:
+        if self._thread is not None:
+            self._thread.wait()
+        self.finished.emit()
