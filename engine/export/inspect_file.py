@@ -1,0 +1,78 @@
+"""Describe an exported file without building a model: what ``adtn-studio inspect`` prints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.export.errors import BundleError
+from engine.export.metadata import ExportMetadata, parse_metadata
+from engine.export.safe_read import read_header
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """``kind`` is ``adtn-bundle``, ``adtn-dense`` or ``onnx``; ``metadata`` is None for ONNX."""
+
+    path: str
+    kind: str
+    size_bytes: int
+    tensor_count: int
+    stored_numbers: int  # elements of all stored tensors (parameters and buffers)
+    metadata: ExportMetadata | None = None
+    dtypes: dict[str, int] = field(default_factory=dict)  # dtype -> number of tensors
+    onnx: dict[str, object] = field(default_factory=dict)  # opset, inputs, outputs
+
+
+def inspect_file(path: str | Path) -> FileSummary:
+    """Summarise a bundle, a dense export or an ONNX export; raise ``BundleError`` if invalid."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return _inspect_onnx(path)
+    header = read_header(path)
+    document = parse_metadata(header)
+    dtypes: dict[str, int] = {}
+    for entry in header.tensors.values():
+        dtypes[entry.dtype] = dtypes.get(entry.dtype, 0) + 1
+    return FileSummary(
+        path=str(path),
+        kind=document.format,
+        size_bytes=header.file_size,
+        tensor_count=len(header.tensors),
+        stored_numbers=sum(math.prod(entry.shape) for entry in header.tensors.values()),
+        metadata=document,
+        dtypes=dtypes,
+    )
+
+
+def _inspect_onnx(path: Path) -> FileSummary:
+    import onnx  # protobuf only: parsing cannot run code
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises protobuf DecodeError, ValidationError, OSError...
+        raise BundleError(f"{path.name}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+
+    def describe(values) -> list[str]:
+        return [
+            f"{v.name}[{', '.join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)}]"
+            for v in values
+        ]
+
+    initializers = model.graph.initializer
+    return FileSummary(
+        path=str(path),
+        kind="onnx",
+        size_bytes=path.stat().st_size,
+        tensor_count=len(initializers),
+        stored_numbers=sum(math.prod(t.dims) for t in initializers),
+        onnx={
+            "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                         default=0),
+            "producer": f"{model.producer_name} {model.producer_version}".strip(),
+            "inputs": describe(model.graph.input),
+            "outputs": describe(model.graph.output),
+        },
+    )

@@ -1,0 +1,316 @@
+"""The JSON document an ``.adtn`` bundle carries, built from a model and checked from a file.
+
+The document lives in the safetensors header (``__metadata__["adtn"]``). It says which zoo
+model the file rebuilds, and for each compressed layer everything needed to regenerate its
+weight from the stored local tensors (docs/FORMAT.md is the spec). Parsing treats the document
+as hostile: every field is type-checked and every claim is checked against the tensors the
+header declares, and sizes are bounded, before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from importlib import metadata as package_metadata
+from typing import Any
+
+from torch import nn
+
+from engine.adtn import ACTIVATIONS, ADTN, LAYOUTS, MAX_Q, mode_bits
+from engine.export.errors import BundleError
+from engine.export.safe_read import FLOAT_DTYPES, MAX_DIMS, SafetensorsHeader
+
+METADATA_KEY = "adtn"
+BUNDLE_FORMAT = "adtn-bundle"
+DENSE_FORMAT = "adtn-dense"
+FORMAT_VERSION = 1
+MAX_DEPTH = 64  # far beyond any useful network; bounds the work a hostile header can ask for
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """One stored local tensor: its tensor name, layer, index pair and stored input columns."""
+
+    tensor: str
+    layer: int
+    pair: tuple[int, int]
+    columns: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """A compressed layer: the weight it generates and the tensors that generate it."""
+
+    name: str
+    weight_key: str
+    weight_shape: tuple[int, ...]
+    mode_bits: tuple[int, ...]
+    padded_shape: tuple[int, ...]
+    Q: int
+    depth: int
+    layout: str
+    activation: str
+    negative_slope: float
+    scale: str
+    gates: tuple[GateRecord, ...]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The zoo model a file rebuilds: ``engine.models.build_model(**asdict(record))``."""
+
+    name: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The whole document; ``format`` is ``adtn-bundle`` or ``adtn-dense``."""
+
+    format: str
+    format_version: int
+    producer: str
+    model: ModelRecord | None
+    dataset: str | None
+    config: dict[str, Any] | None
+    layers: tuple[LayerRecord, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------- building
+def producer() -> str:
+    try:
+        return f"adtn-studio {package_metadata.version('adtn-studio')}"
+    except package_metadata.PackageNotFoundError:  # running from a plain source tree
+        return "adtn-studio"
+
+
+def compressed_layers(model: nn.Module) -> list[tuple[str, ADTN]]:
+    """``(layer name, its ADTN)`` for every compressed layer of ``model``, in module order."""
+    return [
+        (name, module.adtn)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "adtn", None), ADTN)
+    ]
+
+
+def layer_record(name: str, adtn: ADTN) -> LayerRecord:
+    prefix = f"{name}.adtn"
+    return LayerRecord(
+        name=name,
+        weight_key=f"{name}.weight",
+        weight_shape=tuple(adtn.shape),
+        mode_bits=tuple(adtn.mode_bits),
+        padded_shape=tuple(adtn.padded_shape),
+        Q=adtn.Q,
+        depth=adtn.depth,
+        layout=adtn.layout,
+        activation=adtn.activation,
+        negative_slope=float(adtn.negative_slope),
+        scale=f"{prefix}.scale",
+        gates=tuple(
+            GateRecord(f"{prefix}.gates.{i}", spec.layer, tuple(spec.pair), tuple(spec.columns))
+            for i, spec in enumerate(adtn.gate_specs())
+        ),
+    )
+
+
+def model_record(config: Any) -> ModelRecord | None:
+    """The zoo model a run configuration builds (None without a configuration)."""
+    if config is None:
+        return None
+    from engine.data import dataset_info  # data sets are only needed when a config is given
+
+    info = dataset_info(config.dataset)
+    return ModelRecord(config.model, info.in_channels, info.image_size, info.num_classes)
+
+
+def build_metadata(model: nn.Module, config: Any, format: str) -> ExportMetadata:
+    """The document for ``model`` (compressed or materialised) trained with ``config``."""
+    return ExportMetadata(
+        format=format,
+        format_version=FORMAT_VERSION,
+        producer=producer(),
+        model=model_record(config),
+        dataset=None if config is None else config.dataset,
+        config=None if config is None else config.to_dict(),
+        layers=tuple(layer_record(name, adtn) for name, adtn in compressed_layers(model)),
+    )
+
+
+# ------------------------------------------------------------------------------- parsing
+class _Reader:
+    """Typed access to an untrusted JSON object; every failure names the field."""
+
+    def __init__(self, file_name: str, where: str, data: object) -> None:
+        if not isinstance(data, dict):
+            raise BundleError(f"{file_name}: metadata {where} is not a JSON object")
+        self.file_name, self.where, self.data = file_name, where, data
+
+    def fail(self, key: str, reason: str) -> BundleError:
+        return BundleError(f"{self.file_name}: metadata {self.where}.{key} {reason}")
+
+    def get(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in self.data:
+            raise self.fail(key, "is missing")
+        value = self.data[key]
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise self.fail(key, f"has the wrong type ({type(value).__name__})")
+        return value
+
+    def int(self, key: str, low: int, high: int) -> int:
+        value = self.get(key, int)
+        if not low <= value <= high:
+            raise self.fail(key, f"is {value}, outside [{low}, {high}]")
+        return value
+
+    def ints(self, key: str, low: int, high: int, max_len: int = MAX_DIMS) -> tuple[int, ...]:
+        values = self.get(key, list)
+        if not 0 < len(values) <= max_len or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
+        ):
+            raise self.fail(key, f"must be a list of 1 to {max_len} integers in [{low}, {high}]")
+        return tuple(values)
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.get(key, str)
+        if value not in allowed:
+            raise self.fail(key, f"is {value!r}; expected one of {', '.join(allowed)}")
+        return value
+
+
+def _parse_gate(file_name: str, where: str, raw: object) -> GateRecord:
+    reader = _Reader(file_name, where, raw)
+    pair = reader.ints("pair", 0, MAX_Q, max_len=2)
+    columns = reader.ints("columns", 0, 3, max_len=4)
+    if len(pair) != 2 or pair[1] != pair[0] + 1:
+        raise reader.fail("pair", f"is {list(pair)}; expected two neighbouring indices")
+    if list(columns) != sorted(set(columns)):
+        raise reader.fail("columns", "must be increasing and distinct")
+    return GateRecord(reader.get("tensor", str), reader.int("layer", 0, MAX_DEPTH), pair, columns)
+
+
+def _parse_layer(file_name: str, index: int, raw: object) -> LayerRecord:
+    reader = _Reader(file_name, f"layers[{index}]", raw)
+    shape = reader.ints("weight_shape", 1, 2**MAX_Q)
+    bits = mode_bits(shape)
+    q = sum(bits)
+    if q > MAX_Q or q < 2:
+        raise reader.fail("weight_shape", f"{list(shape)} needs Q = {q}; allowed 2 to {MAX_Q}")
+    if reader.ints("mode_bits", 0, MAX_Q) != bits:
+        raise reader.fail("mode_bits", f"does not match weight_shape (expected {list(bits)})")
+    padded = tuple(1 << b for b in bits)
+    if reader.ints("padded_shape", 1, 2**MAX_Q) != padded:
+        raise reader.fail("padded_shape", f"does not match weight_shape (expected {list(padded)})")
+    if reader.int("Q", 2, MAX_Q) != q:
+        raise reader.fail("Q", f"does not match weight_shape (expected {q})")
+    depth = reader.int("depth", 1, MAX_DEPTH)
+    raw_gates = reader.get("gates", list)
+    if not 0 < len(raw_gates) <= depth * (q - 1):
+        raise reader.fail("gates", f"lists {len(raw_gates)} gates; a depth-{depth} network "
+                          f"on {q} indices has at most {depth * (q - 1)}")
+    where = f"layers[{index}].gates"
+    gates = tuple(_parse_gate(file_name, f"{where}[{i}]", g) for i, g in enumerate(raw_gates))
+    for i, gate in enumerate(gates):
+        if gate.pair[1] >= q or gate.layer >= depth:
+            raise BundleError(f"{file_name}: metadata {where}[{i}] lies outside the network")
+    if [g.layer for g in gates] != sorted(g.layer for g in gates):
+        raise reader.fail("gates", "are not in contraction order")
+    slope = reader.get("negative_slope", (int, float))
+    if not math.isfinite(slope) or not 0 <= slope < 1:
+        raise reader.fail("negative_slope", f"is {slope}; expected a number in [0, 1)")
+    return LayerRecord(
+        name=reader.get("name", str),
+        weight_key=reader.get("weight_key", str),
+        weight_shape=shape,
+        mode_bits=bits,
+        padded_shape=padded,
+        Q=q,
+        depth=depth,
+        layout=reader.choice("layout", LAYOUTS),
+        activation=reader.choice("activation", ACTIVATIONS),
+        negative_slope=float(slope),
+        scale=reader.get("scale", str),
+        gates=gates,
+    )
+
+
+def _parse_model(file_name: str, raw: object) -> ModelRecord | None:
+    if raw is None:
+        return None
+    reader = _Reader(file_name, "model", raw)
+    return ModelRecord(
+        name=reader.get("name", str),
+        in_channels=reader.int("in_channels", 1, 1024),
+        image_size=reader.int("image_size", 1, 8192),
+        num_classes=reader.int("num_classes", 1, 1_000_000),
+    )
+
+
+def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None) -> ExportMetadata:
+    """The document of a validated header; raise ``BundleError`` for anything wrong."""
+    name = header.path.name
+    if METADATA_KEY not in header.metadata:
+        raise BundleError(f"{name}: no ADTN metadata; this safetensors file was not written by "
+                          "ADTN Studio's export")
+    try:
+        raw = json.loads(header.metadata[METADATA_KEY])
+    except ValueError as exc:
+        raise BundleError(f"{name}: ADTN metadata is not valid JSON ({exc})") from exc
+    reader = _Reader(name, "document", raw)
+    fmt = reader.choice("format", (BUNDLE_FORMAT, DENSE_FORMAT))
+    version = reader.get("format_version", int)
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{name}: format version {version} is not supported (this version of "
+                          f"ADTN Studio reads version {FORMAT_VERSION}); update ADTN Studio")
+    if expected_format is not None and fmt != expected_format:
+        raise BundleError(f"{name}: this is an {fmt!r} file, expected {expected_format!r}")
+    dataset = raw.get("dataset")
+    config = raw.get("config")
+    if dataset is not None and not isinstance(dataset, str):
+        raise reader.fail("dataset", "must be a string or null")
+    if config is not None and not isinstance(config, dict):
+        raise reader.fail("config", "must be an object or null")
+    layers = tuple(_parse_layer(name, i, item) for i, item in enumerate(reader.get("layers", list)))
+    document = ExportMetadata(
+        format=fmt,
+        format_version=version,
+        producer=reader.get("producer", str),
+        model=_parse_model(name, raw.get("model")),
+        dataset=dataset,
+        config=config,
+        layers=layers,
+    )
+    if fmt == BUNDLE_FORMAT:
+        check_layers_against_tensors(header, layers)
+    return document
+
+
+def check_layers_against_tensors(header: SafetensorsHeader, layers: tuple[LayerRecord, ...]):
+    """Every tensor a layer names exists once, is floating point and has the shape it needs."""
+    name = header.path.name
+    claimed: set[str] = set()
+    for layer in layers:
+        expected = {layer.scale: ()} | {g.tensor: (4, len(g.columns)) for g in layer.gates}
+        if layer.weight_key in header.tensors:
+            raise BundleError(f"{name}: layer {layer.name!r} is compressed but the file also "
+                              f"holds its dense weight {layer.weight_key!r}")
+        for tensor, shape in expected.items():
+            entry = header.tensors.get(tensor)
+            if entry is None:
+                raise BundleError(f"{name}: layer {layer.name!r} needs tensor {tensor!r}, "
+                                  "which the file does not contain")
+            if tensor in claimed:
+                raise BundleError(f"{name}: tensor {tensor!r} is claimed twice by the metadata")
+            if entry.dtype not in FLOAT_DTYPES:
+                raise BundleError(f"{name}: tensor {tensor!r} has dtype {entry.dtype}; "
+                                  "ADTN tensors must be floating point")
+            if entry.shape != shape:
+                raise BundleError(f"{name}: tensor {tensor!r} has shape {list(entry.shape)} but "
+                                  f"the metadata describes {list(shape)}")
+            claimed.add(tensor)

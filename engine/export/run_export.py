@@ -1,0 +1,185 @@
+"""Export a trained model to the requested formats, verify every file, then publish them.
+
+All files are staged beside their destination, read back and run on one batch next to the
+trained model; only when every output agrees within ``TOLERANCE`` are they renamed into place.
+Any failure, a failed verification or Ctrl-C leaves no file behind (``StagedFiles``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from engine.export.atomic import StagedFiles
+from engine.export.bundle import load_bundle, write_bundle
+from engine.export.dense import load_dense_into, write_dense
+from engine.export.errors import ExportError
+from engine.export.onnx_export import write_onnx
+from engine.export.report import ExportedFile, ExportReport
+from engine.export.verify import (
+    TOLERANCE,
+    max_abs_diff,
+    median_latency_ms,
+    model_outputs,
+    onnx_outputs,
+)
+
+FORMATS = ("adtn", "dense", "onnx")
+SUFFIXES = {"adtn": ".adtn", "dense": ".safetensors", "onnx": ".onnx"}
+VERIFY_BATCH = 32
+
+# Called with (fraction done in [0, 1], what is happening now).
+ProgressCallback = Callable[[float, str], None]
+
+
+def output_paths(out: str | Path, formats: Sequence[str], stem: str) -> dict[str, Path]:
+    """Where each format goes. ``out`` is a folder (existing, or a path without suffix): files
+    ``<stem>.adtn``, ``<stem>.safetensors``, ``<stem>.onnx`` in it. A path with a suffix is the
+    file itself for one format, and the common stem for several."""
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        return {fmt: out / f"{stem}{SUFFIXES[fmt]}" for fmt in formats}
+    if len(formats) == 1:
+        return {formats[0]: out}
+    return {fmt: out.with_suffix(SUFFIXES[fmt]) for fmt in formats}
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+    checkpoint: str = "best",
+    progress: ProgressCallback | None = None,
+) -> ExportReport:
+    """Export the model of run folder ``run_dir`` at checkpoint ``best`` or ``last``."""
+    from engine.runs import build_run_model
+
+    run_dir = Path(run_dir)
+    model, config = build_run_model(run_dir, checkpoint=checkpoint)
+    report = export_model(model, config, out, formats, progress)
+    report.source, report.checkpoint = str(run_dir), checkpoint
+    return report
+
+
+def export_model(
+    model: nn.Module,
+    config: Any,
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+    progress: ProgressCallback | None = None,
+) -> ExportReport:
+    """Export compressed zoo ``model`` trained with run configuration ``config``, verified.
+
+    Raises:
+        ValueError: an unknown format.
+        ExportError: export or verification failed; nothing was written.
+    """
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats must be among {', '.join(FORMATS)} (got {list(formats)})")
+    notify = progress or (lambda fraction, message: None)
+    steps = 3 + 2 * len(formats)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        notify(done / steps, message)
+        done += 1
+
+    from engine.compress import materialize
+
+    model = model.eval()
+    step("preparing the verification batch")
+    batch, batch_source = verification_batch(model, config)
+    reference = model_outputs(model, batch)
+    dense_model = materialize(model).eval()
+    stem = config.run_name
+    paths = output_paths(out, formats, stem)
+
+    report = ExportReport(
+        source="",
+        checkpoint=None,
+        model=config.model,
+        dataset=config.dataset,
+        params_compressed=sum(p.numel() for p in model.parameters()),
+        params_dense=sum(p.numel() for p in dense_model.parameters()),
+        dense_float32_bytes=4 * sum(t.numel() for t in dense_model.state_dict().values()),
+        batch_shape=tuple(batch.shape),
+        batch_source=batch_source,
+        tolerance=TOLERANCE,
+    )
+    with StagedFiles() as staged:
+        staged_paths = {fmt: staged.path_for(path) for fmt, path in paths.items()}
+        diffs = {}
+        for fmt, path in staged_paths.items():
+            step(f"writing {paths[fmt].name}")
+            _write(fmt, model, dense_model, batch, path, config)
+            step(f"verifying {paths[fmt].name}")
+            diffs[fmt] = _difference(fmt, model, path, batch, reference, config)
+        step("measuring dense CPU latency")
+        report.dense_latency_ms = median_latency_ms(dense_model, batch)
+        report.files = [
+            ExportedFile(fmt, str(paths[fmt]), path.stat().st_size, diffs[fmt])
+            for fmt, path in staged_paths.items()
+        ]
+        if not report.passed:
+            failures = ", ".join(f"{f.format} {f.max_abs_diff:.3g}" for f in report.files
+                                 if f.max_abs_diff > TOLERANCE)
+            raise ExportError(f"verification failed: outputs differ from the trained model by "
+                              f"more than {TOLERANCE:g} ({failures}); nothing was written")
+        staged.commit()
+    notify(1.0, "done")
+    return report
+
+
+def verification_batch(model: nn.Module, config: Any) -> tuple[torch.Tensor, str]:
+    """A test-set batch of ``config``'s data set when it is on disk, else random input."""
+    from engine.data import BatchIterator, DataUnavailableError, dataset_info, load_datasets
+
+    info = dataset_info(config.dataset)
+    try:
+        # Never download during an export: a missing data set just means random input.
+        _, test = load_datasets(config.replace(download=False, limit_train=1,
+                                               limit_test=VERIFY_BATCH))
+        images, _ = next(BatchIterator(test, info, VERIFY_BATCH, torch.device("cpu")).epoch(0))
+        return images, "test set"
+    except (DataUnavailableError, OSError):
+        generator = torch.Generator().manual_seed(0)
+        shape = (VERIFY_BATCH, info.in_channels, info.image_size, info.image_size)
+        return torch.randn(shape, generator=generator), "random"
+
+
+def _write(fmt: str, model: nn.Module, dense_model: nn.Module, batch: torch.Tensor,
+           path: Path, config: Any) -> None:
+    if fmt == "adtn":
+        write_bundle(model, path, config)
+    elif fmt == "dense":
+        write_dense(model, dense_model, path, config)
+    else:
+        write_onnx(dense_model, batch, path)
+
+
+def _difference(fmt: str, model: nn.Module, path: Path, batch: torch.Tensor,
+                reference: Any, config: Any) -> float:
+    """Largest output difference between the written file, read back, and the trained model."""
+    if fmt == "adtn":
+        return max_abs_diff(reference, model_outputs(load_bundle(path), batch))
+    if fmt == "dense":
+        return max_abs_diff(reference, model_outputs(load_dense_into(plain_model(config), path),
+                                                     batch))
+    # A second, smaller batch proves the batch axis is dynamic.
+    return max(max_abs_diff(reference, onnx_outputs(path, batch)),
+               max_abs_diff(reference[:3], onnx_outputs(path, batch[:3])))
+
+
+def plain_model(config: Any) -> nn.Module:
+    """The uncompressed zoo model ``config`` describes, freshly initialised."""
+    from engine.data import dataset_info
+    from engine.models import build_model
+
+    info = dataset_info(config.dataset)
+    return build_model(config.model, info.in_channels, info.image_size, info.num_classes)

@@ -1,0 +1,198 @@
+"""Validate a safetensors file from its raw bytes before anything is allocated.
+
+safetensors never unpickles, but it trusts the sizes a header declares. Every file a user opens
+goes through ``read_header`` first: the header is parsed here with hard limits and checked
+against the file's real size, so a truncated, edited or hostile file is refused with one clear
+message before a single tensor is read.
+
+Layout (see docs/FORMAT.md): 8 bytes little-endian unsigned header length N, N bytes of UTF-8
+JSON, then the tensor data; each tensor's ``data_offsets`` are relative to the data start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from engine.export.errors import BundleError
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a bundle's header is a few kB; this leaves room, not risk
+MAX_TENSORS = 100_000
+MAX_DIMS = 8
+
+# Bytes per element of the dtypes a model file may hold; anything else is refused.
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+# Leading bytes of files that must never be handed to a pickle-based loader.
+_FOREIGN_SIGNATURES = (
+    (b"PK\x03\x04", "a zip archive (torch.save output?)"),
+    (b"\x80", "a Python pickle"),
+    (b"\x08", "a protobuf file (ONNX?)"),
+)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the header declares it (offsets relative to the data start)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A header that has passed every check against the file it came from."""
+
+    path: Path
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_start: int
+    file_size: int
+
+
+def _fail(path: Path, reason: str) -> BundleError:
+    return BundleError(f"{path.name}: {reason}")
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    # json.loads would silently keep the last of two equal keys: an edited file could hide one.
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key in JSON object")
+    return dict(pairs)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_entry(path: Path, name: str, raw: object) -> TensorEntry:
+    if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
+        raise _fail(path, f"tensor {name!r} has a malformed header entry")
+    dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise _fail(path, f"tensor {name!r} has unsupported dtype {dtype!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise _fail(path, f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise _fail(path, f"tensor {name!r} has invalid data offsets {offsets!r}")
+    begin, end = offsets
+    declared = math.prod(shape) * DTYPE_SIZES[dtype]
+    if declared != end - begin:
+        raise _fail(
+            path,
+            f"tensor {name!r}: shape {shape} of {dtype} needs {declared} bytes "
+            f"but its byte range holds {end - begin}",
+        )
+    return TensorEntry(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def _check_layout(path: Path, tensors: dict[str, TensorEntry], data_size: int) -> None:
+    """Byte ranges must tile the data section exactly: no gaps, overlaps or bytes past the end."""
+    position = 0
+    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != position:
+            raise _fail(path, f"tensor {name!r} starts at byte {entry.begin}, expected {position}")
+        position = entry.end
+    if position != data_size:
+        if position > data_size:
+            raise _fail(
+                path,
+                f"file is truncated: tensors need {position} bytes of data, "
+                f"the file holds {data_size}",
+            )
+        raise _fail(path, f"{data_size - position} unexplained bytes after the last tensor")
+
+
+def _sniff_foreign(path: Path, head: bytes) -> None:
+    for signature, what in _FOREIGN_SIGNATURES:
+        if head.startswith(signature):
+            raise _fail(path, f"this is {what}, not a safetensors file; refusing to open it")
+
+
+def read_header(path: str | Path) -> SafetensorsHeader:
+    """Parse and check the header of the safetensors file at ``path``; raise ``BundleError``."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            file_size = path.stat().st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise _fail(path, f"file is too short ({file_size} bytes) to be a safetensors file")
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > MAX_HEADER_BYTES:
+                _sniff_foreign(path, prefix)
+                raise _fail(
+                    path,
+                    f"declared header size {header_size} bytes exceeds the limit of "
+                    f"{MAX_HEADER_BYTES} (corrupted or not a safetensors file)",
+                )
+            if 8 + header_size > file_size:
+                raise _fail(
+                    path,
+                    f"file is truncated: header needs {header_size} bytes, "
+                    f"{file_size - 8} are present",
+                )
+            header_bytes = handle.read(header_size)
+    except OSError as exc:
+        raise _fail(path, f"cannot read file: {exc.strerror or exc}") from exc
+
+    try:
+        header = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
+        _sniff_foreign(path, prefix)
+        raise _fail(path, f"header is not valid JSON ({exc}); the file is corrupted") from exc
+    if not isinstance(header, dict):
+        raise _fail(path, "header is not a JSON object")
+
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise _fail(path, "header metadata must map strings to strings")
+    if len(header) > MAX_TENSORS:
+        raise _fail(path, f"header declares {len(header)} tensors (limit {MAX_TENSORS})")
+
+    tensors = {name: _parse_entry(path, name, raw) for name, raw in header.items()}
+    data_start = 8 + header_size
+    _check_layout(path, tensors, file_size - data_start)
+    return SafetensorsHeader(
+        path=path, tensors=tensors, metadata=metadata, data_start=data_start, file_size=file_size
+    )
+
+
+def read_tensors(header: SafetensorsHeader) -> dict[str, torch.Tensor]:
+    """Load the tensors of a file whose header passed ``read_header`` (CPU, never unpickles)."""
+    try:
+        return load_file(str(header.path), device="cpu")
+    except Exception as exc:  # the file changed since validation, or safetensors disagrees
+        raise _fail(header.path, f"tensor data could not be read ({exc})") from exc
