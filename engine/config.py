@@ -1,0 +1,239 @@
+"""The run configuration: one dataclass, the single source of truth for a run.
+
+The wizard fills it, the command line reads it from TOML, every run folder keeps the resolved
+copy as ``config.toml`` and an export carries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from engine.adtn import ACTIVATIONS, LAYOUTS
+from engine.compress import LayerSpec
+from engine.data import DATASET_NAMES
+from engine.models import MODEL_NAMES
+from engine.paths import atomic_write_text
+
+__all__ = ["ConfigError", "LayerSpec", "RunConfig"]
+
+INITS = ("scratch", "pretrained")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the field."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run. Defaults give a quick LeNet-5 on MNIST."""
+
+    name: str = ""  # run name; empty means "<model>-<dataset>"
+    description: str = ""  # one line shown in preset lists
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    data_root: str = ""  # empty: engine.paths.default_data_root()
+    download: bool = True  # fetch a missing data set
+    augment: bool = True  # random crop + flip (CIFAR only)
+    layers: list[LayerSpec] = field(default_factory=list)  # layers encoded as ADTNs
+    init: str = "scratch"  # "scratch": fresh ADTNs; "pretrained": train dense, fit, fine-tune
+    pretrain_epochs: int = 0  # dense epochs before compression (init = "pretrained")
+    fit_steps: int = 500  # optimisation steps fitting each ADTN to its dense weight
+    epochs: int = 10  # epochs with the compressed model
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    adtn_lr: float = 0.0  # learning rate of ADTN parameters; 0 means the same as lr
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"
+    lr_milestones: list[int] = field(default_factory=list)  # epochs where "step" decays
+    lr_gamma: float = 0.1  # "step" decay factor
+    weight_decay: float = 0.0  # not applied to ADTN parameters
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA
+    workers: int = 0  # kept for compatibility; data sets are held in memory, no workers
+    limit_train: int = 0  # use at most this many training examples (0 = all)
+    limit_test: int = 0  # use at most this many test examples (0 = all)
+
+    # -- naming -------------------------------------------------------------------------
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.model}-{self.dataset}"
+
+    @property
+    def total_epochs(self) -> int:
+        """Dense pre-training epochs (if any) plus the epochs of the compressed model."""
+        return self.epochs + (self.pretrain_epochs if self.init == "pretrained" else 0)
+
+    # -- conversion ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (TOML and JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from plain values; unknown keys are errors naming the key. Not validated."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run configuration must be a table, not {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}"
+            )
+        values = dict(data)
+        if "layers" in values:
+            values["layers"] = _layers_from_data(values["layers"])
+        if "lr_milestones" in values and isinstance(values["lr_milestones"], tuple):
+            values["lr_milestones"] = list(values["lr_milestones"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a TOML file and validate it."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        try:
+            config = cls.from_dict(data)
+            config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return config
+
+    def save(self, path: str | Path) -> None:
+        """Write as TOML (atomically)."""
+        atomic_write_text(path, tomli_w.dumps(self.to_dict()))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (layers copied, so the copy is independent)."""
+        copy = RunConfig.from_dict(self.to_dict())
+        return dataclasses.replace(copy, **changes)
+
+    # -- validation ---------------------------------------------------------------------
+
+    def validate(self) -> RunConfig:
+        """Raise ``ConfigError`` naming the first bad field and what it allows; return self."""
+        for name in ("name", "description", "data_root"):
+            _check_type(name, getattr(self, name), str)
+        _check_choice("model", self.model, MODEL_NAMES)
+        _check_choice("dataset", self.dataset, DATASET_NAMES)
+        for name in ("download", "augment", "amp"):
+            _check_type(name, getattr(self, name), bool)
+        _check_layers(self.layers)
+        _check_choice("init", self.init, INITS)
+        _check_int("pretrain_epochs", self.pretrain_epochs, minimum=0)
+        if self.init == "pretrained" and self.pretrain_epochs < 1:
+            raise ConfigError(
+                "pretrain_epochs must be at least 1 when init = 'pretrained' "
+                "(the dense model is trained first, then each ADTN is fitted to it)"
+            )
+        _check_int("fit_steps", self.fit_steps, minimum=0)
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_number("lr", self.lr, positive=True)
+        _check_number("adtn_lr", self.adtn_lr)
+        _check_number("momentum", self.momentum)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_type("lr_milestones", self.lr_milestones, list)
+        for index, milestone in enumerate(self.lr_milestones):
+            _check_int(f"lr_milestones[{index}]", milestone, minimum=1)
+        if self.schedule == "step" and not self.lr_milestones:
+            raise ConfigError("lr_milestones must list at least one epoch when schedule = 'step'")
+        _check_number("lr_gamma", self.lr_gamma, positive=True)
+        _check_number("weight_decay", self.weight_decay)
+        _check_int("seed", self.seed, minimum=0)
+        _check_type("device", self.device, str)
+        if not DEVICE_PATTERN.match(self.device):
+            raise ConfigError(
+                f"device must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})"
+            )
+        for name in ("workers", "limit_train", "limit_test"):
+            _check_int(name, getattr(self, name), minimum=0)
+        return self
+
+
+def _layers_from_data(items: Any) -> list[LayerSpec]:
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError("layers must be a list of tables like {name = 'fc1', depth = 2}")
+    specs = []
+    for index, item in enumerate(items):
+        if isinstance(item, LayerSpec):
+            specs.append(dataclasses.replace(item))
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError(f"layers[{index}] must be a table with a 'name' key")
+        unknown = sorted(set(item) - set(LAYER_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"unknown key {unknown[0]!r} in layers[{index}]; "
+                f"allowed keys: {', '.join(LAYER_FIELDS)}"
+            )
+        if "name" not in item:
+            raise ConfigError(f"layers[{index}] needs a 'name'")
+        specs.append(LayerSpec(**item))
+    return specs
+
+
+def _check_layers(specs: Any) -> None:
+    _check_type("layers", specs, list)
+    seen = set()
+    for index, spec in enumerate(specs):
+        where = f"layers[{index}]"
+        if not isinstance(spec, LayerSpec):
+            raise ConfigError(f"{where} must be a LayerSpec, not {type(spec).__name__}")
+        if not isinstance(spec.name, str) or not spec.name:
+            raise ConfigError(f"{where}.name must be a layer name such as 'fc1'")
+        if spec.name in seen:
+            raise ConfigError(f"{where}.name: layer {spec.name!r} is listed twice")
+        seen.add(spec.name)
+        _check_int(f"{where}.depth", spec.depth, minimum=1)
+        _check_choice(f"{where}.activation", spec.activation, ACTIVATIONS)
+        _check_choice(f"{where}.layout", spec.layout, LAYOUTS)
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name} must be a {kind.__name__}, not {value!r}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, not {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum} (got {value})")
+
+
+def _check_number(name: str, value: Any, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, not {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be a finite number (got {value})")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be greater than 0 (got {value})")
+    if not positive and value < 0:
+        raise ConfigError(f"{name} must be 0 or more (got {value})")

@@ -1,0 +1,258 @@
+"""Data sets as in-memory uint8 tensors, and a batch iterator that normalises and augments on
+the training device.
+
+Each set is loaded once; per-batch work is a gather, a cast and (for CIFAR) a batched random
+crop and flip — no per-sample PIL transforms, which would dominate a small CPU. Shuffling and
+augmentation draw from generators seeded by (seed, epoch), so a resumed run sees exactly the
+batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from engine import data_files
+from engine.data_files import ProgressCallback
+from engine.paths import default_data_root
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+
+DATASET_NAMES = ("mnist", "cifar10", "cifar100", "synthetic")
+SYNTHETIC_SIZES = (2000, 500)  # default (train, test) examples of the generated set
+CROP_PADDING = 4
+
+
+class DataUnavailableError(RuntimeError):
+    """A data set that is neither on disk nor downloadable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a data set, and how to normalise it."""
+
+    name: str
+    title: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    train_size: int
+    test_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentable: bool  # whether config.augment applies (crop + flip suit natural images)
+
+
+_INFOS = {
+    "mnist": DatasetInfo("mnist", "MNIST", 1, 28, 10, 60000, 10000,
+                         (0.1307,), (0.3081,), False),
+    "cifar10": DatasetInfo("cifar10", "CIFAR-10", 3, 32, 10, 50000, 10000,
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
+    "cifar100": DatasetInfo("cifar100", "CIFAR-100", 3, 32, 100, 50000, 10000,
+                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
+    "synthetic": DatasetInfo("synthetic", "Synthetic (MNIST-shaped)", 1, 28, 10,
+                             *SYNTHETIC_SIZES, (0.5,), (0.25,), False),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape, class count, size and normalisation of data set ``name``."""
+    if name not in _INFOS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)} (got {name!r})")
+    return _INFOS[name]
+
+
+@dataclass
+class ImageSet:
+    """A whole split in memory: ``images`` N×C×H×W uint8, ``labels`` N int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def head(self, limit: int) -> ImageSet:
+        """The first ``limit`` examples (all of them when ``limit`` is 0)."""
+        if limit <= 0 or limit >= len(self):
+            return self
+        return ImageSet(self.images[:limit], self.labels[:limit])
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def resolve_data_root(data_root: str | Path | None) -> Path:
+    """``data_root`` if given, else ``$ADTN_DATA_DIR``, else the per-user data folder."""
+    return Path(data_root).expanduser() if data_root else default_data_root()
+
+
+def load_datasets(config: RunConfig, progress: ProgressCallback | None = None
+                  ) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) sets of ``config.dataset``, capped by ``limit_train``/``limit_test``.
+
+    A missing set is downloaded when ``config.download`` is true (``progress`` receives
+    (done_bytes, total_bytes)); otherwise, or when that fails, ``DataUnavailableError``.
+    """
+    info = dataset_info(config.dataset)
+    if info.name == "synthetic":
+        train, test = synthetic_sets(config.limit_train or SYNTHETIC_SIZES[0],
+                                     config.limit_test or SYNTHETIC_SIZES[1])
+    else:
+        train, test = _load_files(info, resolve_data_root(config.data_root),
+                                  config.download, progress)
+    return train.head(config.limit_train), test.head(config.limit_test)
+
+
+def download_dataset(name: str, root: str | Path | None = None,
+                     progress: ProgressCallback | None = None) -> Path:
+    """Download data set ``name`` into ``root`` (default: the data root) unless it is there
+    already; return its folder. Raises ``DataUnavailableError`` when the download fails."""
+    info = dataset_info(name)
+    if name == "synthetic":
+        raise ValueError("the synthetic data set is generated, not downloaded")
+    files = data_files.FILES[name]
+    root = resolve_data_root(root)
+    if files.missing(root):
+        try:
+            data_files.download_files(files, root, progress)
+        except OSError as exc:
+            raise DataUnavailableError(_unavailable_message(info, root, files, str(exc))) from exc
+    return files.location(root)
+
+
+def _load_files(info: DatasetInfo, root: Path, download: bool,
+                progress: ProgressCallback | None) -> tuple[ImageSet, ImageSet]:
+    files = data_files.FILES[info.name]
+    if files.missing(root):
+        if not download:
+            raise DataUnavailableError(
+                _unavailable_message(info, root, files, "downloading is switched off"))
+        download_dataset(info.name, root, progress)
+    reader = data_files.read_mnist if info.name == "mnist" else data_files.read_cifar
+    folder = files.location(root)
+    try:
+        train = ImageSet(*reader(folder, files.train_files))
+        test = ImageSet(*reader(folder, files.test_files))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DataUnavailableError(
+            f"{info.title} in {folder} could not be read ({exc}). Delete the folder to "
+            "download it again, or point --data-root / ADTN_DATA_DIR at a good copy."
+        ) from exc
+    return train, test
+
+
+def _unavailable_message(info: DatasetInfo, root: Path, files: data_files.DataFiles,
+                         reason: str) -> str:
+    missing = ", ".join(files.missing(root)) or "its files"
+    return (
+        f"{info.title} is not available: {missing} not found in {files.location(root)} and "
+        f"{reason}. Provide it with --data-root DIR (or data_root in the config, or the "
+        f"ADTN_DATA_DIR environment variable) pointing at a folder that contains "
+        f"{files.folder}/, or allow the download (download = true) on a machine with internet."
+    )
+
+
+# -- the generated set ------------------------------------------------------------------
+
+
+def synthetic_sets(train_size: int, test_size: int) -> tuple[ImageSet, ImageSet]:
+    """A learnable MNIST-shaped set: each class is a fixed smooth 28×28 pattern, each example
+    its class pattern plus noise. Always the same numbers for the same sizes."""
+    generator = torch.Generator().manual_seed(20230510)
+    coarse = torch.rand(10, 1, 7, 7, generator=generator)
+    patterns = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+
+    def make(size: int) -> ImageSet:
+        labels = torch.randint(0, 10, (size,), generator=generator)
+        noise = 0.35 * torch.randn(size, 1, 28, 28, generator=generator)
+        images = (patterns[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return ImageSet(images, labels)
+
+    return make(train_size), make(test_size)
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed for one (run seed, epoch, purpose) triple; distinct triples rarely collide."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+class BatchIterator:
+    """Batches of one split on ``device``: normalised float images and int64 labels.
+
+    The uint8 set is moved to ``device`` once. ``epoch(n)`` yields the batches of epoch ``n``:
+    shuffled by a generator seeded by (seed, n) when ``shuffle``, randomly cropped (padding 4)
+    and flipped when ``augment``.
+    """
+
+    def __init__(self, data: ImageSet, info: DatasetInfo, batch_size: int,
+                 device: torch.device, shuffle: bool = False, augment: bool = False,
+                 seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+        if len(data) == 0:
+            raise ValueError(f"the {info.title} split is empty")
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        shape = (1, info.in_channels, 1, 1)
+        self.mean = torch.tensor(info.mean, device=device).view(shape)
+        self.std = torch.tensor(info.std, device=device).view(shape)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __len__(self) -> int:
+        return len(self._batch_bounds())
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = None
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream=1))
+            order = torch.randperm(self.num_examples, generator=generator).to(self.device)
+        augment_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream=2))
+        for start, stop in self._batch_bounds():
+            index = order[start:stop] if order is not None else slice(start, stop)
+            images = self.images[index].float().div_(255)
+            if self.augment:
+                images = _random_crop_and_flip(images, augment_rng)
+            yield (images - self.mean) / self.std, self.labels[index]
+
+    def _batch_bounds(self) -> list[tuple[int, int]]:
+        n, size = self.num_examples, self.batch_size
+        bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
+        # a training batch of one example would break batch norm; drop such a remainder
+        if self.shuffle and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+            bounds.pop()
+        return bounds
+
+
+def _random_crop_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-example random crop of the zero-padded images back to their size, then a random
+    horizontal flip of half of them; the random numbers come from ``generator`` (CPU)."""
+    count, _, height, width = images.shape
+    padded = F.pad(images, (CROP_PADDING,) * 4)
+    span = 2 * CROP_PADDING + 1
+    top = torch.randint(0, span, (count,), generator=generator).to(images.device)
+    left = torch.randint(0, span, (count,), generator=generator).to(images.device)
+    flip = (torch.rand(count, generator=generator) < 0.5).to(images.device)
+    rows = top[:, None] + torch.arange(height, device=images.device)  # count × H
+    cols = left[:, None] + torch.arange(width, device=images.device)  # count × W
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(count, device=images.device)[:, None, None]
+    # advanced indices on dims 0, 2, 3 → result count × H × W × C
+    cropped = padded[batch, :, rows[:, :, None], cols[:, None, :]]
+    return cropped.permute(0, 3, 1, 2).contiguous()

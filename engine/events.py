@@ -1,0 +1,160 @@
+"""What the trainer reports, and the interface to receive it.
+
+Events are frozen dataclasses of plain Python values (no tensors), so a GUI can queue them
+across threads. Hooks are looked up by name, so any object with some of these methods works
+as a callback; subclass ``TrainerCallback`` to get no-op defaults for the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: str
+    device: str  # e.g. "cuda:0 (NVIDIA H100)" or "cpu"
+    epochs: int  # total epochs of the run, dense pre-training included
+    batches_per_epoch: int
+    compression: dict[str, Any]  # CompressionReport.to_dict() of the planned compression
+    params_total: int  # parameters of the compressed model that is the run's result
+    dense_params_total: int  # parameters of the same model without compression
+    start_epoch: int  # 1 for a new run; the first epoch still to train for a resumed one
+    train_examples: int
+    test_examples: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchEnded:
+    epoch: int  # counted from 1, pre-training epochs included
+    batch: int  # counted from 1 within the epoch
+    batches: int
+    loss: float
+    acc: float  # of this batch, a fraction in [0, 1]
+    examples_per_second: float
+    elapsed: float  # seconds since this session of the run started
+    eta_seconds: float  # estimated seconds until the run ends
+    phase: str  # "pretrain" (dense) or "train"
+    grad_norms: dict[str, float] | None = None  # per ADTN layer, every few batches
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    best_test_acc: float  # best test accuracy of the compressed model so far (0 before)
+    params_total: int  # parameters of the model as trained in this epoch
+    dense_params_total: int
+    seconds: float
+    lr: float
+    phase: str
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    epoch: int
+    path: str  # the .safetensors file
+    kind: str  # "last" or "best"
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    dataset: str
+    done_bytes: int
+    total_bytes: int  # 0 when the server does not say
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    kind: str  # "nan_loss", "out_of_memory", "data_unavailable", "config", "device", "error"
+    message: str  # in plain words, with what to do
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    status: str  # "finished", "stopped" or "failed"
+    summary: dict[str, Any]  # the contents of summary.json
+
+
+class TrainerCallback:
+    """Receives the trainer's events; override the hooks you need."""
+
+    def on_run_start(self, event: RunStarted) -> None:
+        """Data is loaded and the model built; training is about to begin."""
+
+    def on_batch_end(self, event: BatchEnded) -> None:
+        """An optimiser step finished."""
+
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        """An epoch finished and was evaluated on the test set."""
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        """A checkpoint file was written."""
+
+    def on_download(self, event: DownloadProgress) -> None:
+        """Bytes of a missing data set arrived."""
+
+    def on_run_end(self, event: RunEnded) -> None:
+        """The run ended (finished, stopped or failed); always the last event."""
+
+    def on_error(self, event: RunFailed) -> None:
+        """The run failed; ``on_run_end`` follows."""
+
+
+class RunControl:
+    """Stop and pause requests from another thread (a window, a signal handler).
+
+    The trainer checks between batches. Pausing blocks the trainer on an event, without
+    polling; a stop request also wakes a paused trainer.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # so a pause cannot undo a concurrent stop's wake-up
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+
+    def request_stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+            self._running.set()
+
+    def pause(self) -> None:
+        with self._lock:
+            if not self._stop.is_set():
+                self._running.clear()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._running.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def wait_while_paused(self) -> None:
+        """Block while paused; return at once when running or when a stop was requested."""
+        self._running.wait()
+
+
+class EventDispatcher:
+    """Sends each event to every callback that has the matching hook."""
+
+    def __init__(self, callbacks: Any) -> None:
+        self.callbacks = list(callbacks)
+
+    def emit(self, hook: str, event: Any) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, hook, None)
+            if handler is not None:
+                handler(event)

@@ -1,0 +1,469 @@
+"""The training loop: one function, ``train``, shared by the window and the command line.
+
+It runs in the calling thread (the GUI calls it from a worker thread), reports through
+``TrainerCallback`` hooks, obeys a ``RunControl`` between batches, writes the run folder and
+checkpoints after every epoch, and turns every failure into a ``RunFailed`` event with a
+message in plain words. Each epoch reseeds the global RNG and the data order from
+(seed, epoch), so a run resumed from its last checkpoint ends exactly where an uninterrupted
+run would (on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.compress import adtn_layers, compress
+from engine.config import ConfigError, RunConfig
+from engine.data import BatchIterator, DataUnavailableError, dataset_info, epoch_seed, load_datasets
+from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
+                           EventDispatcher, RunControl, RunEnded, RunFailed, RunStarted,
+                           TrainerCallback)
+from engine.runs import RunPaths, build_config_model, write_metrics, write_summary
+
+__all__ = ["RunControl", "RunSummary", "TrainerCallback", "resolve_device", "train"]
+
+log = logging.getLogger(__name__)
+
+GRAD_NORM_EVERY = 20  # batches between per-ADTN-layer gradient norm reports
+SEED_STREAM_DROPOUT, SEED_STREAM_FIT = 3, 4
+
+
+class DeviceError(RuntimeError):
+    """A requested device that this machine does not have."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunSummary:
+    """How a run ended; also the contents of ``summary.json``."""
+
+    status: str  # "running", "finished", "stopped" or "failed"
+    run_dir: str
+    name: str
+    model: str
+    dataset: str
+    device: str = ""
+    epochs: int = 0
+    epochs_completed: int = 0
+    test_acc: float = 0.0
+    best_test_acc: float = 0.0
+    best_epoch: int = 0
+    params_total: int = 0
+    dense_params_total: int = 0
+    compression_ratio: float = 1.0  # dense_params_total / params_total
+    compression: dict[str, Any] = field(default_factory=dict)  # per-layer report
+    seconds_total: float = 0.0  # training time over all sessions of the run
+    seconds_per_epoch: float = 0.0
+    started_at: str = ""
+    finished_at: str = ""
+    error_kind: str = ""
+    error_message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was asked for, but CUDA is not available on "
+                              "this machine; use device 'auto' or 'cpu'")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} was asked for, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device 'mps' was asked for, but Apple MPS is not available on this "
+                          "machine; use device 'auto' or 'cpu'")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return device.type
+
+
+def train(config: RunConfig, run_dir: str | Path, callbacks: Iterable[Any] = (),
+          control: RunControl | None = None, resume: bool = False) -> RunSummary:
+    """Train ``config`` into the run folder ``run_dir`` and return how it ended.
+
+    With ``resume`` the run continues after the epoch of ``checkpoints/last`` (from the start
+    when there is none). Failures are not raised: they are reported to ``on_error`` and
+    ``on_run_end`` and returned as a summary with status "failed".
+    """
+    run = _Run(config, Path(run_dir), EventDispatcher(callbacks), control or RunControl())
+    return run.execute(resume)
+
+
+class _Run:
+    """The state of one training session of a run folder."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, events: EventDispatcher,
+                 control: RunControl) -> None:
+        self.config = config
+        self.paths = RunPaths(run_dir)
+        self.events = events
+        self.control = control
+        self.summary = RunSummary("running", str(run_dir), config.run_name, config.model,
+                                  config.dataset, epochs=config.total_epochs,
+                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.history: list[dict[str, Any]] = []
+        self.last_saved_epoch = 0
+
+    # -- outer shell: failures become events --------------------------------------------
+
+    def execute(self, resume: bool) -> RunSummary:
+        try:
+            self.config.validate()
+            self._prepare_folder(resume)
+            status = self._train(resume)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none is lost
+            kind, message = self._classify(exc)
+            if kind == "error":
+                log.exception("training failed")
+            return self._finish("failed", RunFailed(kind, message))
+        return self._finish(status)
+
+    def _classify(self, exc: Exception) -> tuple[str, str]:
+        kept = (f" The last good checkpoint (epoch {self.last_saved_epoch}) is kept in "
+                f"{self.paths.checkpoints}." if self.last_saved_epoch else "")
+        if isinstance(exc, ConfigError):
+            return "config", f"Invalid configuration: {exc}"
+        if isinstance(exc, DeviceError):
+            return "device", str(exc)
+        if isinstance(exc, DataUnavailableError):
+            return "data_unavailable", str(exc)
+        if isinstance(exc, NonFiniteLoss):
+            return "nan_loss", (f"{exc} Training diverged; lower the learning rate "
+                                f"(lr = {self.config.lr:g}) and start again.{kept}")
+        if isinstance(exc, torch.OutOfMemoryError):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            smaller = max(1, self.config.batch_size // 2)
+            return "out_of_memory", (f"The device ran out of memory with batch size "
+                                     f"{self.config.batch_size}. Use a smaller batch size "
+                                     f"(e.g. {smaller}) or compress more layers.{kept}")
+        if isinstance(exc, CheckpointError):
+            return "checkpoint", f"{exc}."
+        if isinstance(exc, ValueError):  # a layer that cannot be encoded, a bad argument
+            return "config", f"{exc}"
+        return "error", f"Unexpected error: {type(exc).__name__}: {exc}.{kept}"
+
+    def _finish(self, status: str, failure: RunFailed | None = None) -> RunSummary:
+        self.summary.status = status
+        self.summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if failure is not None:
+            self.summary.error_kind, self.summary.error_message = failure.kind, failure.message
+            self.events.emit("on_error", failure)
+        if self.paths.root.is_dir():
+            write_summary(self.paths.summary, self.summary.to_dict())
+        self.events.emit("on_run_end", RunEnded(status, self.summary.to_dict()))
+        return self.summary
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _prepare_folder(self, resume: bool) -> None:
+        last = self.paths.checkpoint("last")
+        if last.exists() and not resume:
+            raise ConfigError(f"the run folder {self.paths.root} already holds a run; "
+                              "resume it or choose another folder")
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.config.replace(name=self.config.run_name).save(self.paths.config)
+        write_summary(self.paths.summary, self.summary.to_dict())
+
+    def _train(self, resume: bool) -> str:
+        config = self.config
+        device = resolve_device(config.device)
+        self.summary.device = describe_device(device)
+        info = dataset_info(config.dataset)
+        train_set, test_set = load_datasets(config, progress=self._download_progress)
+        train_batches = BatchIterator(train_set, info, config.batch_size, device, shuffle=True,
+                                      augment=config.augment and info.augmentable,
+                                      seed=config.seed)
+        test_batches = BatchIterator(test_set, info, config.batch_size, device)
+
+        checkpoint = None
+        if resume and self.paths.checkpoint("last").exists():
+            checkpoint = load_checkpoint(self.paths.checkpoint("last"))
+        compressed = checkpoint.state["compressed"] if checkpoint else config.init == "scratch"
+        model, report = build_config_model(config, compressed=compressed)
+        self.summary.compression = report.to_dict()
+        self.summary.dense_params_total = report.model_params_before
+        self.summary.params_total = report.model_params_after
+        self.summary.compression_ratio = report.ratio
+        start_epoch = 1
+        if checkpoint:
+            model.load_state_dict(checkpoint.model_state)
+            self._restore_progress(checkpoint.state)
+            start_epoch = checkpoint.state["epoch"] + 1
+        model.to(device)
+
+        self.events.emit("on_run_start", RunStarted(
+            run_dir=str(self.paths.root), device=self.summary.device,
+            epochs=config.total_epochs, batches_per_epoch=len(train_batches),
+            compression=report.to_dict(), params_total=report.model_params_after,
+            dense_params_total=report.model_params_before, start_epoch=start_epoch,
+            train_examples=train_batches.num_examples, test_examples=test_batches.num_examples,
+            config=config.to_dict()))
+
+        steps = _Steps(config, device, len(train_batches), start_epoch)
+        optimizer = None
+        for epoch in range(start_epoch, config.total_epochs + 1):
+            phase = self._phase(epoch)
+            if phase == "train" and not compressed:
+                model = self._compress_fitted(model, epoch, device)
+                compressed, optimizer = True, None
+            if optimizer is None:
+                optimizer = _make_optimizer(model, config)
+                if checkpoint and checkpoint.state["phase"] == phase:
+                    optimizer.load_state_dict(checkpoint.optimizer_state)
+                    if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
+                        steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
+            lr = _set_learning_rate(optimizer, config, *self._phase_position(epoch))
+            torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT))
+            started = time.perf_counter()
+            train_result = steps.run_epoch(model, optimizer, train_batches, epoch, phase,
+                                           self.control, self.events)
+            if train_result is None:
+                return "stopped"
+            test_loss, test_acc = steps.evaluate(model, test_batches)
+            seconds = time.perf_counter() - started
+            self._end_epoch(model, optimizer, steps, epoch, phase, compressed, lr, seconds,
+                            train_result, (test_loss, test_acc))
+            if self.control.stop_requested and epoch < config.total_epochs:
+                return "stopped"
+        return "finished"
+
+    def _download_progress(self, done: int, total: int) -> None:
+        self.events.emit("on_download", DownloadProgress(self.config.dataset, done, total))
+
+    def _phase(self, epoch: int) -> str:
+        pretraining = self.config.init == "pretrained" and epoch <= self.config.pretrain_epochs
+        return "pretrain" if pretraining else "train"
+
+    def _phase_position(self, epoch: int) -> tuple[int, int]:
+        """(0-based epoch within its phase, epochs in that phase)."""
+        pretrain = self.config.pretrain_epochs if self.config.init == "pretrained" else 0
+        if epoch <= pretrain:
+            return epoch - 1, pretrain
+        return epoch - pretrain - 1, self.config.epochs
+
+    def _compress_fitted(self, model: nn.Module, epoch: int, device: torch.device) -> nn.Module:
+        """Replace the chosen layers of the pre-trained dense model by ADTNs fitted to them."""
+        torch.manual_seed(epoch_seed(self.config.seed, epoch, SEED_STREAM_FIT))
+        model.to("cpu")
+        report = compress(model, self.config.layers, fit=True, fit_steps=self.config.fit_steps)
+        self.summary.compression = report.to_dict()
+        return model.to(device)
+
+    def _restore_progress(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+        self.last_saved_epoch = state["epoch"]
+        self.summary.best_test_acc = state.get("best_test_acc", 0.0)
+        self.summary.best_epoch = state.get("best_epoch", 0)
+        self.summary.epochs_completed = state["epoch"]
+        self.summary.seconds_total = sum(row["seconds"] for row in self.history)
+        if self.history:
+            self.summary.test_acc = self.history[-1]["test_acc"]
+
+    # -- end of epoch: record, checkpoint, report ------------------------------------------
+
+    def _end_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: _Steps,
+                   epoch: int, phase: str, compressed: bool, lr: float, seconds: float,
+                   train_result: tuple[float, float], test_result: tuple[float, float]) -> None:
+        summary = self.summary
+        params = sum(p.numel() for p in model.parameters())
+        improved = phase == "train" and (summary.best_epoch == 0
+                                         or test_result[1] > summary.best_test_acc)
+        if improved:
+            summary.best_test_acc, summary.best_epoch = test_result[1], epoch
+        row = {
+            "epoch": epoch, "phase": phase,
+            "train_loss": train_result[0], "train_acc": train_result[1],
+            "test_loss": test_result[0], "test_acc": test_result[1],
+            "best_test_acc": summary.best_test_acc, "params_total": params,
+            "dense_params_total": summary.dense_params_total, "seconds": seconds, "lr": lr,
+        }
+        self.history.append(row)
+        summary.epochs_completed = epoch
+        summary.test_acc = test_result[1]
+        summary.seconds_total += seconds
+        summary.seconds_per_epoch = summary.seconds_total / len(self.history)
+
+        state = {
+            "epoch": epoch, "phase": phase, "compressed": compressed,
+            "best_test_acc": summary.best_test_acc, "best_epoch": summary.best_epoch,
+            "history": self.history, "grad_scaler": steps.scaler.state_dict(),
+            "config": self.config.to_dict(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        saved = ["last"] + (["best"] if improved else [])
+        for kind in saved:
+            save_checkpoint(self.paths.checkpoint(kind), model, state, optimizer)
+        self.last_saved_epoch = epoch
+        write_metrics(self.paths.metrics, self.history)
+        write_summary(self.paths.summary, summary.to_dict())
+
+        self.events.emit("on_epoch_end", EpochEnded(
+            epoch=epoch, train_loss=train_result[0], train_acc=train_result[1],
+            test_loss=test_result[0], test_acc=test_result[1],
+            best_test_acc=summary.best_test_acc, params_total=params,
+            dense_params_total=summary.dense_params_total, seconds=seconds, lr=lr, phase=phase))
+        for kind in saved:
+            self.events.emit("on_checkpoint",
+                             CheckpointSaved(epoch, str(self.paths.checkpoint(kind)), kind))
+
+
+class _Steps:
+    """Optimiser steps and evaluation on one device, with mixed precision on CUDA."""
+
+    def __init__(self, config: RunConfig, device: torch.device, batches_per_epoch: int,
+                 start_epoch: int) -> None:
+        self.device = device
+        use_amp = config.amp and device.type == "cuda"
+        # bfloat16 has float32's range, so products of many ADTN gates cannot overflow it
+        bf16 = use_amp and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.use_amp = use_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not bf16)
+        self.batches_per_epoch = batches_per_epoch
+        self.batches_left = batches_per_epoch * (config.total_epochs - start_epoch + 1)
+        self.session_start = time.perf_counter()
+        self.session_batches = 0
+
+    def _autocast(self):
+        if not self.use_amp:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def run_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  batches: BatchIterator, epoch: int, phase: str, control: RunControl,
+                  events: EventDispatcher) -> tuple[float, float] | None:
+        """Train one epoch; (mean loss, accuracy), or None when a stop was requested."""
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        epoch_start = time.perf_counter()
+        for batch, (images, labels) in enumerate(batches.epoch(epoch), start=1):
+            control.wait_while_paused()
+            if control.stop_requested:
+                return None
+            with self._autocast():
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            grad_norms = None
+            if batch == 1 or batch % GRAD_NORM_EVERY == 0:
+                grad_norms = _adtn_grad_norms(model, self.scaler)
+            batch_correct = (logits.argmax(1) == labels).sum()
+            loss_value, correct_value = torch.stack(
+                [loss.detach().float(), batch_correct.float()]).tolist()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"The loss became {loss_value} at epoch {epoch}, "
+                                    f"batch {batch}.")
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+            count = int(labels.shape[0])
+            loss_sum += loss_value * count
+            correct += int(correct_value)
+            seen += count
+            self.session_batches += 1
+            self.batches_left -= 1
+            now = time.perf_counter()
+            elapsed = now - self.session_start
+            events.emit("on_batch_end", BatchEnded(
+                epoch=epoch, batch=batch, batches=self.batches_per_epoch, loss=loss_value,
+                acc=correct_value / count,
+                examples_per_second=seen / max(now - epoch_start, 1e-9), elapsed=elapsed,
+                eta_seconds=elapsed / self.session_batches * self.batches_left,
+                phase=phase, grad_norms=grad_norms))
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: BatchIterator) -> tuple[float, float]:
+        """(mean loss, accuracy) over ``batches``."""
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for images, labels in batches.epoch(0):
+            with self._autocast():
+                logits = model(images).float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+        count = batches.num_examples
+        return loss_sum.item() / count, correct.item() / count
+
+
+def _adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str, float]:
+    """The gradient norm of each ADTN layer's tensor-network parameters (unscaled)."""
+    layers = adtn_layers(model)
+    if not layers:
+        return {}
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    norms = {}
+    for name, layer in layers.items():
+        grads = [p.grad for p in layer.adtn.parameters() if p.grad is not None]
+        norms[name] = torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+    return {name: (float(norm) / scale if norm is not None else 0.0)
+            for name, norm in norms.items()}
+
+
+def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """Two parameter groups: ADTN tensor networks (``adtn_lr``, no weight decay — the
+    generated weight is renormalised, so decaying gates would only fight that) and the rest."""
+    adtn_ids = {id(p) for layer in adtn_layers(model).values() for p in layer.adtn.parameters()}
+    adtn_params = [p for p in model.parameters() if id(p) in adtn_ids]
+    other_params = [p for p in model.parameters() if id(p) not in adtn_ids]
+    groups = [{"params": other_params, "base_lr": config.lr,
+               "weight_decay": config.weight_decay}]
+    if adtn_params:
+        adtn_lr = config.adtn_lr or config.lr
+        groups.append({"params": adtn_params, "base_lr": adtn_lr, "weight_decay": 0.0})
+    groups = [group for group in groups if group["params"]]
+    for group in groups:
+        group["lr"] = group["base_lr"]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.momentum > 0)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, config: RunConfig,
+                       phase_epoch: int, phase_epochs: int) -> float:
+    """Set every group's learning rate for this epoch of the schedule; return the first's."""
+    if config.schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * phase_epoch / phase_epochs))
+    elif config.schedule == "step":
+        factor = config.lr_gamma ** sum(1 for m in config.lr_milestones if phase_epoch >= m)
+    else:
+        factor = 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return optimizer.param_groups[0]["lr"]
