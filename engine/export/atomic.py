@@ -9,6 +9,7 @@ Ctrl-C) deletes every staged file, so a user never finds a partial export.
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -18,12 +19,18 @@ class StagedFiles:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}  # final path -> temporary path
+        self._modes: dict[Path, int] = {}  # final path -> permission bits it should get
 
     def path_for(self, final: str | Path) -> Path:
         """The temporary path to write instead of ``final`` (same folder, hidden name)."""
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+        # Creating the file reserves the name and shows the mode a new file gets here (umask);
+        # writers such as safetensors replace it with a private (0600) file of their own.
+        with open(temporary, "xb"):
+            pass
+        self._modes[final] = stat.S_IMODE(temporary.stat().st_mode)
         self._staged[final] = temporary
         return temporary
 
@@ -31,6 +38,7 @@ class StagedFiles:
         """Rename every staged file to its final name; return the final paths."""
         published = []
         for final, temporary in list(self._staged.items()):
+            os.chmod(temporary, self._modes[final])
             os.replace(temporary, final)
             del self._staged[final]
             published.append(final)
@@ -41,6 +49,7 @@ class StagedFiles:
         for temporary in self._staged.values():
             temporary.unlink(missing_ok=True)
         self._staged.clear()
+        self._modes.clear()
 
     def __enter__(self) -> StagedFiles:
         return self

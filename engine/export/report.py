@@ -32,6 +32,7 @@ class ExportReport:
     batch_source: str = ""  # "test set" or "random" (no data set available)
     tolerance: float = 0.0
     dense_latency_ms: float = 0.0  # median CPU time of one forward pass over the batch
+    latency_runs: int = 0  # timed passes the median is taken over
 
     @property
     def compression_ratio(self) -> float:

@@ -20,6 +20,7 @@ from engine.export.errors import ExportError
 from engine.export.onnx_export import write_onnx
 from engine.export.report import ExportedFile, ExportReport
 from engine.export.verify import (
+    LATENCY_RUNS,
     TOLERANCE,
     max_abs_diff,
     median_latency_ms,
@@ -54,11 +55,17 @@ def export_run(
     checkpoint: str = "best",
     progress: ProgressCallback | None = None,
 ) -> ExportReport:
-    """Export the model of run folder ``run_dir`` at checkpoint ``best`` or ``last``."""
-    from engine.runs import build_run_model
+    """Export the model of run folder ``run_dir`` at its ``best`` or ``last`` checkpoint.
+
+    Raises ``ConfigError`` / ``CheckpointError`` for an unreadable run, ``ExportError`` when
+    export or verification fails (nothing is written then).
+    """
+    from engine.config import RunConfig
+    from engine.runs import RunPaths, build_run_model
 
     run_dir = Path(run_dir)
-    model, config = build_run_model(run_dir, checkpoint=checkpoint)
+    config = RunConfig.load(RunPaths(run_dir).config)
+    model = build_run_model(run_dir, checkpoint=checkpoint)
     report = export_model(model, config, out, formats, progress)
     report.source, report.checkpoint = str(run_dir), checkpoint
     return report
@@ -111,6 +118,7 @@ def export_model(
         batch_shape=tuple(batch.shape),
         batch_source=batch_source,
         tolerance=TOLERANCE,
+        latency_runs=LATENCY_RUNS,
     )
     with StagedFiles() as staged:
         staged_paths = {fmt: staged.path_for(path) for fmt, path in paths.items()}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 TOLERANCE = 1e-4  # largest absolute output difference an export may show
+LATENCY_RUNS = 7
 
 
 @torch.inference_mode()
@@ -38,7 +39,7 @@ def max_abs_diff(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def median_latency_ms(model: nn.Module, batch: torch.Tensor, repeats: int = 7) -> float:
+def median_latency_ms(model: nn.Module, batch: torch.Tensor, repeats: int = LATENCY_RUNS) -> float:
     """Median wall time of one forward pass over ``batch`` on the CPU, after one warm-up."""
     model = model.eval()
     model(batch)
