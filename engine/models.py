@@ -142,10 +142,11 @@ def build_model(name: str, in_channels: int, image_size: int, num_classes: int) 
 
 
 def describe_model(name: str) -> str:
-    """The first line of the factory's docstring: a one-line description for lists."""
+    """The first paragraph of the factory's docstring, on one line (for lists)."""
     if name not in MODEL_FACTORIES:
         raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)} (got {name!r})")
-    return (MODEL_FACTORIES[name].__doc__ or "").strip().splitlines()[0]
+    first_paragraph = (MODEL_FACTORIES[name].__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(first_paragraph.split())
 
 
 def _conv_stack(in_channels: int, spec: list[tuple[int, int, int, bool]]

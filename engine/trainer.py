@@ -289,6 +289,7 @@ class _Run:
         self.summary.seconds_total = sum(row["seconds"] for row in self.history)
         if self.history:
             self.summary.test_acc = self.history[-1]["test_acc"]
+            self.summary.seconds_per_epoch = self.summary.seconds_total / len(self.history)
 
     # -- end of epoch: record, checkpoint, report ------------------------------------------
 
