@@ -95,7 +95,23 @@ if __name__ == "__main__":
 
 
 def test_numpy_reader_rebuilds_every_weight(tmp_path):
-    # Harness only: the project writes a bundle with every activation, layout and column kind.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # cores are shared on test machines; avoid oversubscription stalls
+    try:
+        write_bundle_and_expected(tmp_path / "model.adtn", tmp_path / "expected.npz")
+    finally:
+        torch.set_num_threads(threads)
+    result = subprocess.run([sys.executable, __file__, str(tmp_path / "model.adtn"),
+                             str(tmp_path / "expected.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt 10 tensors" in result.stdout
+
+
+def write_bundle_and_expected(bundle, expected):
+    """Harness: a bundle with every activation, layout and column kind, and its dense weights."""
     import torch
 
     from engine.compress import LayerSpec, compress, materialize
@@ -115,11 +131,5 @@ def test_numpy_reader_rebuilds_every_weight(tmp_path):
     with torch.no_grad():  # move away from the orthogonal initialisation, as training would
         for parameter in model.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
-    bundle, expected = tmp_path / "model.adtn", tmp_path / "expected.npz"
     save_bundle(model.eval(), bundle, config)
     np.savez(expected, **{k: v.numpy() for k, v in materialize(model).state_dict().items()})
-
-    result = subprocess.run([sys.executable, __file__, str(bundle), str(expected)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "rebuilt 10 tensors" in result.stdout

@@ -120,16 +120,13 @@ def _check_layout(path: Path, tensors: dict[str, TensorEntry], data_size: int) -
     """Byte ranges must tile the data section exactly: no gaps, overlaps or bytes past the end."""
     position = 0
     for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.end > data_size:
+            raise _fail(path, f"file is truncated: tensor {name!r} ends at data byte "
+                        f"{entry.end}, the file holds {data_size}")
         if entry.begin != position:
             raise _fail(path, f"tensor {name!r} starts at byte {entry.begin}, expected {position}")
         position = entry.end
     if position != data_size:
-        if position > data_size:
-            raise _fail(
-                path,
-                f"file is truncated: tensors need {position} bytes of data, "
-                f"the file holds {data_size}",
-            )
         raise _fail(path, f"{data_size - position} unexplained bytes after the last tensor")
 
 
