@@ -89,7 +89,10 @@ def read_cifar(folder: Path, files: tuple[str, ...]) -> tuple[torch.Tensor, torc
     for name in files:
         path = folder / name
         with open(path, "rb") as handle:
-            batch = _ArrayOnlyUnpickler(handle, encoding="latin1").load()
+            try:
+                batch = _ArrayOnlyUnpickler(handle, encoding="latin1").load()
+            except (pickle.UnpicklingError, EOFError, AttributeError) as exc:
+                raise ValueError(f"{path} is not a CIFAR batch: {exc}") from exc
         if not isinstance(batch, dict):
             raise ValueError(f"{path} is not a CIFAR batch (expected a dictionary)")
         data = batch.get("data")

@@ -1,0 +1,134 @@
+"""Run folders: the files a run writes, checkpoints, listing runs, rebuilding a run's model."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import struct
+
+import pytest
+import torch
+
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.config import LayerSpec, RunConfig
+from engine.data import BatchIterator, dataset_info, load_datasets
+from engine.runs import (METRIC_COLUMNS, RunPaths, build_run_model, list_runs, new_run_dir)
+from engine.trainer import train
+
+
+def quick_config(**changes) -> RunConfig:
+    base = RunConfig(model="fc2", dataset="synthetic", epochs=2, batch_size=32,
+                     limit_train=128, limit_test=64, device="cpu",
+                     layers=[LayerSpec("fc2", depth=1)])
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    summary = train(quick_config(name="finished"), run_dir)
+    assert summary.status == "finished"
+    return run_dir
+
+
+def test_run_folder_holds_config_metrics_summary_and_checkpoints(finished_run):
+    paths = RunPaths(finished_run)
+    assert RunConfig.load(paths.config) == quick_config(name="finished")
+    with open(paths.metrics, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == METRIC_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    summary = json.loads(paths.summary.read_text())
+    for key in ("test_acc", "best_test_acc", "params_total", "dense_params_total",
+                "compression_ratio", "compression", "status", "device", "seconds_total"):
+        assert key in summary
+    assert summary["status"] == "finished" and 0 <= summary["best_test_acc"] <= 1
+    assert summary["compression"]["layers"][0]["name"] == "fc2"
+    assert summary["compression_ratio"] > 1
+    for kind in ("last", "best"):
+        assert paths.checkpoint(kind).is_file()
+        assert json.loads(paths.checkpoint(kind).with_suffix(".json").read_text())["epoch"] >= 1
+    leftovers = [p for p in finished_run.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_checkpoints_are_safetensors_not_pickles(finished_run):
+    raw = RunPaths(finished_run).checkpoint("last").read_bytes()
+    header_size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + header_size])  # a safetensors header is plain JSON
+    assert "__metadata__" in header and not raw.startswith(b"\x80")
+
+
+def test_build_run_model_restores_the_trained_weights(finished_run):
+    model = build_run_model(finished_run, checkpoint="last")
+    config = RunConfig.load(RunPaths(finished_run).config)
+    _, test = load_datasets(config)
+    batches = BatchIterator(test, dataset_info(config.dataset), 64, torch.device("cpu"))
+    images, labels = next(batches.epoch(0))
+    with torch.no_grad():
+        acc = (model(images).argmax(1) == labels).float().mean().item()
+    summary = json.loads(RunPaths(finished_run).summary.read_text())
+    assert acc == pytest.approx(summary["test_acc"])
+    assert not model.training
+    assert type(model.fc2).__name__ == "ADTNLinear"
+
+
+def test_build_run_model_without_a_best_checkpoint_says_so(tmp_path):
+    quick_config().save(tmp_path / "config.toml")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        build_run_model(tmp_path, checkpoint="best")
+    with pytest.raises(ValueError, match="checkpoint must be one of last, best"):
+        build_run_model(tmp_path, checkpoint="final")
+
+
+def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path / "c.safetensors", model, {"epoch": 3, "history": [{"a": 1}]},
+                    optimizer)
+    loaded = load_checkpoint(tmp_path / "c.safetensors")
+    assert loaded.state["epoch"] == 3 and loaded.state["history"] == [{"a": 1}]
+    twin = torch.nn.Linear(4, 3)
+    twin.load_state_dict(loaded.model_state)
+    assert torch.equal(twin.weight, model.weight)
+    twin_optimizer = torch.optim.Adam(twin.parameters(), lr=0.5)
+    twin_optimizer.load_state_dict(loaded.optimizer_state)
+    original = optimizer.state_dict()
+    restored = twin_optimizer.state_dict()
+    assert restored["param_groups"][0]["lr"] == 0.01
+    assert torch.equal(restored["state"][0]["exp_avg"], original["state"][0]["exp_avg"])
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.safetensors"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_list_runs_reports_each_run_newest_first(tmp_path, finished_run):
+    root = tmp_path / "runs"
+    first = new_run_dir(quick_config(name="one"), root)
+    train(quick_config(name="one", epochs=1), first)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.toml").write_text("model = ")
+    (root / "not-a-run").mkdir()
+    records = list_runs(root)
+    assert {r.name for r in records} == {"one", "broken"}
+    one = next(r for r in records if r.name == "one")
+    assert (one.model, one.dataset, one.status, one.epochs_completed) == \
+        ("fc2", "synthetic", "finished", 1)
+    assert one.params_total < one.dense_params_total and 0 <= one.best_test_acc <= 1
+    assert next(r for r in records if r.name == "broken").status == "unreadable"
+    assert list_runs(tmp_path / "nowhere") == []
+
+
+def test_new_run_dirs_are_unique_and_under_the_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADTN_RUNS_DIR", str(tmp_path / "runs"))
+    a, b = new_run_dir(quick_config()), new_run_dir(quick_config())
+    assert a != b and a.parent == b.parent == tmp_path / "runs"
+    assert a.name.endswith("fc2-synthetic")
