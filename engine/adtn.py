@@ -182,6 +182,7 @@ class ADTN(nn.Module):
         self.layout = layout
         self.block_bits = max(2, int(block_bits))
         self.specs = build_gate_specs(self.Q, self.depth, layout)
+        self._layer_plan = _plan_later_layers(self.specs, self.depth)
         self.gates = nn.ParameterList(
             nn.Parameter(_random_orthogonal_columns(spec.columns, generator)) for spec in self.specs
         )
@@ -252,8 +253,10 @@ class ADTN(nn.Module):
 
         The first layer acts on a product state, so it is contracted growing the state over a
         prefix of the indices (the rest still fresh); that costs about two passes over 2**Q
-        entries instead of one per gate. Later layers merge runs of consecutive gates into
-        small block matrices, each applied in one matrix product.
+        entries instead of one per gate. In later layers, a half-layer of side-by-side gates
+        is a Kronecker product: groups of its gates become block matrices, all built in one
+        batched product, each applied in one matrix product. Other runs of gates (the stair
+        layout) are merged into blocks one gate at a time.
         """
         first = [i for i, s in enumerate(self.specs) if s.layer == 0]
         state = self._first_layer(first)
@@ -262,9 +265,12 @@ class ADTN(nn.Module):
             if normalise:
                 # Positive rescaling commutes with the activations: numerical range only.
                 state = state / state.square().mean().sqrt().clamp_min(1e-30)
-            indices = [i for i, s in enumerate(self.specs) if s.layer == layer]
-            for lo, hi, run in self._blocks(indices):
-                state = self._apply_block(state, lo, hi, run)
+            for run, disjoint in self._layer_plan[layer]:
+                if disjoint:
+                    state = self._apply_disjoint_run(state, run)
+                else:
+                    for lo, hi, block in self._blocks(run):
+                        state = self._apply_block(state, lo, hi, block)
         return state
 
     def _first_layer(self, indices: list[int]) -> torch.Tensor:
@@ -319,6 +325,23 @@ class ADTN(nn.Module):
             pending.remove(nxt)
         return order
 
+    def _apply_disjoint_run(self, state: torch.Tensor, run: list[int]) -> torch.Tensor:
+        """Gates side by side on (a, a+1), (a+2, a+3), …: applied in groups of
+        ``block_bits // 2`` gates, each group's Kronecker product one matrix."""
+        per_block = max(1, self.block_bits // 2)
+        gates = torch.stack([self._full_gate(i) for i in run])
+        lo = self.specs[run[0]].pair[0]
+        whole = len(run) // per_block * per_block
+        blocks = list(_kron_groups(gates[:whole].reshape(-1, per_block, 4, 4))) if whole else []
+        if whole < len(run):
+            blocks += list(_kron_groups(gates[whole:].unsqueeze(0)))
+        for block in blocks:
+            width = block.shape[0].bit_length() - 1  # the block acts on `width` indices
+            view = state.reshape(1 << lo, block.shape[0], 1 << (self.Q - lo - width))
+            state = _apply_on_axis(view, block)
+            lo += width
+        return state
+
     def _blocks(self, indices: list[int]) -> list[tuple[int, int, list[int]]]:
         """Split a run of gates into consecutive groups acting within ``block_bits`` indices."""
         blocks: list[tuple[int, int, list[int]]] = []
@@ -359,7 +382,7 @@ class ADTN(nn.Module):
         self,
         target: torch.Tensor,
         steps: int = 500,
-        lr: float = 0.02,
+        lr: float = 0.05,
         tolerance: float = 1e-6,
     ) -> float:
         """Fit the network to ``target`` by least squares (Adam through the contraction).
@@ -396,6 +419,40 @@ class ADTN(nn.Module):
                     p.copy_(saved)
         with torch.no_grad():
             return float((self._weight() - target).norm() / norm)
+
+
+def _plan_later_layers(specs: list[GateSpec], depth: int) -> dict[int, list[tuple[list[int], bool]]]:
+    """Per layer after the first: its gates split into runs, each flagged ``True`` when its
+    gates sit side by side ((a, a+1), (a+2, a+3), …) and so form a Kronecker product."""
+    plan: dict[int, list[tuple[list[int], bool]]] = {}
+    for layer in range(1, depth):
+        runs: list[list[int]] = []
+        for i, spec in enumerate(specs):
+            if spec.layer != layer:
+                continue
+            if runs and specs[runs[-1][-1]].pair[1] + 1 == spec.pair[0]:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        merged: list[tuple[list[int], bool]] = []
+        for run in runs:
+            if len(run) > 1:
+                merged.append((run, True))
+            elif merged and not merged[-1][1]:
+                merged[-1][0].extend(run)
+            else:
+                merged.append((run, False))
+        plan[layer] = merged
+    return plan
+
+
+def _kron_groups(gates: torch.Tensor) -> torch.Tensor:
+    """``(m, g, 4, 4)`` gates → ``(m, 4**g, 4**g)`` Kronecker products of each group."""
+    out = gates[:, 0]
+    for j in range(1, gates.shape[1]):
+        m, rows, cols = out.shape
+        out = torch.einsum("nab,ncd->nacbd", out, gates[:, j]).reshape(m, rows * 4, cols * 4)
+    return out
 
 
 def _grow_fresh(state: torch.Tensor, bits: int) -> torch.Tensor:

@@ -93,7 +93,7 @@ class ADTNLinear(_ADTNLayer):
         layout: str = "brick",
         fit: bool = False,
         fit_steps: int = DEFAULT_FIT_STEPS,
-        fit_lr: float = 0.02,
+        fit_lr: float = 0.05,
     ) -> "ADTNLinear":
         """An ADTN layer shaped like ``linear``: fresh, or fitted to its weight (``fit=True``);
         the bias is copied either way. ``fit_report`` holds the relative error reached."""
@@ -216,7 +216,7 @@ class ADTNConv2d(_ADTNLayer):
         layout: str = "brick",
         fit: bool = False,
         fit_steps: int = DEFAULT_FIT_STEPS,
-        fit_lr: float = 0.02,
+        fit_lr: float = 0.05,
     ) -> "ADTNConv2d":
         """An ADTN layer with ``conv``'s hyper-parameters: fresh, or fitted to its kernel."""
         if not isinstance(conv, nn.Conv2d):

@@ -1,0 +1,259 @@
+"""The ADTN generator against a deliberately naive reference, its counts, gradients and init."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.adtn import ADTN, build_gate_specs, mode_bits
+
+
+def naive_network_tensor(adtn: ADTN, full_gates: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Every layer as an explicit 2^Q × 2^Q matrix built from Kronecker products."""
+    q = adtn.Q
+    state = torch.zeros(2**q, dtype=torch.float64)
+    state[0] = 1.0  # v ⊗ v ⊗ … ⊗ v with v = [1, 0]
+    for layer in range(adtn.depth):
+        if layer > 0:
+            if adtn.activation == "relu":
+                state = torch.relu(state)
+            elif adtn.activation == "leaky_relu":
+                state = F.leaky_relu(state, 0.01)
+        for k, spec in enumerate(adtn.gate_specs()):
+            if spec.layer != layer:
+                continue
+            if full_gates is not None:
+                local = full_gates[k]
+            else:
+                local = torch.zeros(4, 4, dtype=torch.float64)
+                local[:, list(spec.columns)] = adtn.gates[k].detach().double()
+            a = spec.pair[0]
+            eye_left = torch.eye(2**a, dtype=torch.float64)
+            eye_right = torch.eye(2 ** (q - a - 2), dtype=torch.float64)
+            state = torch.kron(torch.kron(eye_left, local), eye_right) @ state
+    tensor = state.reshape(adtn.padded_shape)
+    return tensor[tuple(slice(0, d) for d in adtn.shape)]
+
+
+def randomised(adtn: ADTN) -> ADTN:
+    """Move the gates away from their orthogonal start so that nothing special hides bugs."""
+    with torch.no_grad():
+        for gate in adtn.gates:
+            gate.add_(0.4 * torch.randn_like(gate))
+    return adtn
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (4, 4), (3, 2, 5, 5), (7, 9), (1, 8), (16, 1), (2, 2), (6, 1, 3, 3)])
+@pytest.mark.parametrize("layout", ["brick", "stair"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "none"])
+def test_contraction_matches_naive_reference(shape, layout, activation):
+    torch.manual_seed(hash((shape, layout, activation)) % 2**31)
+    for depth in (1, 2, 3):
+        adtn = randomised(ADTN(shape, depth=depth, activation=activation, layout=layout).double())
+        expected = naive_network_tensor(adtn)
+        got = adtn.contract()
+        assert got.shape == torch.Size(shape)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("block_bits", [2, 3, 6])
+def test_block_size_does_not_change_the_result(block_bits):
+    torch.manual_seed(1)
+    reference = randomised(ADTN((12, 20), depth=3).double())
+    other = ADTN((12, 20), depth=3, block_bits=block_bits).double()
+    other.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(other.contract(), reference.contract(), rtol=0, atol=1e-12)
+
+
+def test_weight_is_scale_times_normalised_network_tensor():
+    torch.manual_seed(2)
+    adtn = randomised(ADTN((9, 13), depth=3).double())
+    with torch.no_grad():
+        adtn.scale.fill_(-0.7)
+    raw = naive_network_tensor(adtn)
+    expected = -0.7 * raw / raw.square().mean().sqrt()
+    torch.testing.assert_close(adtn(), expected, rtol=0, atol=1e-10)
+    assert adtn().square().mean().sqrt().item() == pytest.approx(0.7)
+
+
+def test_gradcheck_through_the_generator():
+    torch.manual_seed(3)
+    adtn = randomised(ADTN((3, 2, 3), depth=3, activation="leaky_relu").double())
+    names = [n for n, _ in adtn.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in adtn.parameters())
+
+    def weight(*values):
+        return torch.func.functional_call(adtn, dict(zip(names, values)), ())
+
+    assert torch.autograd.gradcheck(weight, params, eps=1e-6, atol=1e-7)
+
+
+def test_gradients_reach_every_local_tensor():
+    torch.manual_seed(4)
+    adtn = ADTN((30, 40), depth=4)
+    (adtn() * torch.randn(30, 40)).sum().backward()
+    for k, gate in enumerate(adtn.gates):
+        assert gate.grad is not None, f"gate {k} has no gradient"
+        assert gate.grad.abs().sum() > 0, f"gate {k} has a zero gradient"
+    assert adtn.scale.grad is not None and adtn.scale.grad != 0
+
+
+# ------------------------------------------------------------------------------ counting
+def brick_count(q: int, depth: int) -> int:
+    """Closed form for the brick layout with Q even: the first half-layer holds 4 numbers a
+    gate, everything else 16."""
+    assert q % 2 == 0
+    return 4 * (q // 2) + 16 * (q // 2 - 1) + 16 * (q - 1) * (depth - 1)
+
+
+def test_paper_vgg16_counts():
+    assert ADTN((4096, 4096), depth=1).num_parameters(tensors_only=True) == 224
+    assert ADTN((4096, 4096), depth=1).num_parameters() == 225  # plus the scale
+
+
+def test_odd_q_stores_only_the_numbers_that_can_change_the_weight():
+    # 4096×512 has Q = 21: the first half-layer leaves index 20 in state [1, 0], so the
+    # second half-layer's gate on (19, 20) uses 8 of its 16 numbers. The paper counts all 16
+    # (200 for this weight); 192 is what can change the weight.
+    assert ADTN.count_parameters((4096, 512), 1, tensors_only=True) == 10 * 4 + 9 * 16 + 8
+    specs = build_gate_specs(21, 1, "brick")
+    assert specs[-1].pair == (19, 20) and specs[-1].columns == (0, 2)
+
+
+def test_unstored_numbers_cannot_change_the_weight():
+    """The reference with full 4×4 gates: changing the columns the engine does not store
+    leaves the network tensor unchanged (Q = 5, odd, like 4096×512)."""
+    torch.manual_seed(5)
+    adtn = randomised(ADTN((8, 4), depth=2).double())
+    full = []
+    for spec, gate in zip(adtn.gate_specs(), adtn.gates):
+        local = torch.randn(4, 4, dtype=torch.float64)  # junk in the unstored columns
+        local[:, list(spec.columns)] = gate.detach()
+        full.append(local)
+    torch.testing.assert_close(naive_network_tensor(adtn, full), adtn.contract(), rtol=0, atol=1e-12)
+    assert any(len(s.columns) < 4 for s in adtn.gate_specs() if s.layer == 0)
+
+
+@pytest.mark.parametrize(
+    "shape, depth",
+    [((4, 4), 1), ((16, 16), 2), ((64, 64), 3), ((6, 1, 5, 5), 2), ((16, 6, 5, 5), 1), ((120, 400), 3)],
+)
+def test_counts_agree_with_stored_tensors_and_closed_form(shape, depth):
+    adtn = ADTN(shape, depth=depth)
+    stored = sum(g.numel() for g in adtn.gates)
+    assert adtn.num_parameters(tensors_only=True) == stored
+    assert adtn.num_parameters() == stored + 1
+    assert ADTN.count_parameters(shape, depth) == adtn.num_parameters()
+    assert sum(p.numel() for p in adtn.parameters()) == adtn.num_parameters()
+    if adtn.Q % 2 == 0:
+        assert stored == brick_count(adtn.Q, depth)
+
+
+def test_stair_layout_counts():
+    # (0,1) acts on v⊗v (4 numbers); each later gate of the first layer meets one fresh
+    # index (8 numbers); later layers store full gates.
+    q, depth = 10, 2
+    expected = 4 + 8 * (q - 2) + 16 * (q - 1)
+    assert ADTN.count_parameters((32, 32), depth, "stair", tensors_only=True) == expected
+
+
+def test_sizes_one_and_non_powers_of_two():
+    assert mode_bits((1, 784)) == (0, 10)
+    assert mode_bits((6, 1, 5, 5)) == (3, 0, 3, 3)
+    adtn = ADTN((1, 784), depth=2)
+    assert adtn.Q == 10 and adtn().shape == (1, 784)
+    adtn = ADTN((5, 3, 1, 1))
+    assert adtn.padded_shape == (8, 4, 1, 1) and adtn().shape == (5, 3, 1, 1)
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (2, 1), (1, 1, 1, 1)])
+def test_weights_too_small_to_encode_are_refused(shape):
+    with pytest.raises(ValueError, match="at least"):
+        ADTN(shape)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(shape=(4, 4), depth=0), "depth"),
+        (dict(shape=(4, 4), activation="tanh"), "activation"),
+        (dict(shape=(4, 4), layout="ring"), "layout"),
+        (dict(shape=(4, 0)), "positive"),
+        (dict(shape=(2**15, 2**15)), "binary indices"),
+    ],
+)
+def test_bad_arguments_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ADTN(**kwargs)
+
+
+# ------------------------------------------------------------------------- initialisation
+def pytorch_default_std(shape) -> float:
+    fan_in = math.prod(shape[1:])
+    return 1.0 / math.sqrt(3.0 * fan_in)  # kaiming_uniform_(a=sqrt(5)): U(±1/sqrt(fan_in))
+
+
+@pytest.mark.parametrize("q", [4, 7, 12, 17, 20])
+def test_initial_weight_has_dense_statistics(q):
+    shape = (2 ** (q // 2), 2 ** (q - q // 2))
+    for depth in range(1, 9):
+        torch.manual_seed(depth)
+        with torch.no_grad():
+            weight = ADTN(shape, depth=depth)()
+        assert torch.isfinite(weight).all()
+        ratio = weight.std().item() / pytorch_default_std(shape)
+        assert 0.5 < ratio < 2.0, (q, depth, ratio)
+
+
+@pytest.mark.parametrize("depth", [1, 8])
+def test_initial_weight_statistics_at_q24(depth):
+    with torch.no_grad():
+        weight = ADTN((4096, 4096), depth=depth)()
+    assert torch.isfinite(weight).all()
+    ratio = weight.std().item() / pytorch_default_std((4096, 4096))
+    assert 0.5 < ratio < 2.0
+
+
+def test_seeded_generator_makes_initialisation_reproducible():
+    a = ADTN((8, 8), depth=2, generator=torch.Generator().manual_seed(7))
+    b = ADTN((8, 8), depth=2, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a.contract(), b.contract())
+
+
+# -------------------------------------------------------------------------------- running
+def test_weight_is_cached_for_inference_and_refreshed_after_an_update():
+    adtn = ADTN((16, 16), depth=2)
+    calls = []
+    original = adtn._weight
+    adtn._weight = lambda: calls.append(1) or original()  # count materialisations
+    with torch.no_grad():
+        first = adtn()
+        adtn()
+    assert len(calls) == 1
+    with torch.no_grad():
+        adtn.gates[0].add_(0.5)  # (a rescaled gate would give the same normalised weight)
+        second = adtn()
+    assert len(calls) == 2
+    assert not torch.equal(first, second)
+
+
+def test_materialisation_stays_in_float32_under_autocast():
+    adtn = ADTN((16, 32), depth=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weight = adtn()
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight, adtn(), rtol=0, atol=0)
+
+
+def test_fit_reaches_a_weight_another_adtn_generates():
+    torch.manual_seed(8)
+    teacher = randomised(ADTN((8, 16), depth=1, activation="none"))
+    target = teacher().detach()
+    student = ADTN((8, 16), depth=1, activation="none")
+    with torch.no_grad():
+        before = ((student() - target).norm() / target.norm()).item()
+    after = student.fit(target, steps=600)
+    assert after < 0.05 < before
