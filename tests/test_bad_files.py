@@ -100,6 +100,8 @@ BAD_FILES = {
     "empty": (lambda raw: b"", r"too short"),
     "flipped byte in header": (flip_header_byte, r"header is not valid JSON"),
     "duplicate header key": (duplicate_key, r"duplicate key"),
+    "deeply nested header": (lambda raw: struct.pack("<Q", 200_000) + b"[" * 200_000,
+                             r"header is not valid JSON"),
     "huge header length": (lambda raw: struct.pack("<Q", 2**60) + raw[8:],
                            r"header size \d+ bytes exceeds the limit"),
     "unknown dtype": (edit_header(lambda h: h["conv1.bias"].update(dtype="F8_E4M3")),

@@ -37,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
         summary = inspect_file(args.file)
     except (BundleError, OSError) as exc:
         raise CommandError(str(exc)) from exc
-    print(json.dumps(dataclasses.asdict(summary), indent=2) if args.json else format_summary(summary))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(summary), indent=2))
+    else:
+        print(format_summary(summary))
     return 0
 
 
@@ -85,7 +88,7 @@ def layer_table(layers) -> list[str]:
                      f"{dense:,}", f"{dense / params:,.1f}x"))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return ["  " + "  ".join(cell.ljust(w) if i < 7 else cell.rjust(w)
-                             for i, (cell, w) in enumerate(zip(row, widths)))
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
             for row in (header, *rows)]
 
 

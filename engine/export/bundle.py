@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from engine.adtn import ADTN
 from engine.export.atomic import StagedFiles
 from engine.export.errors import BundleError
 from engine.export.metadata import (
@@ -31,11 +32,15 @@ from engine.export.safe_read import SafetensorsHeader, read_header, read_tensors
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors that own their memory (what safetensors needs)."""
-    return {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+    return {
+        key: value.detach().cpu().contiguous().clone()
+        for key, value in model.state_dict().items()
+    }
 
 
 def write_bundle(model: nn.Module, path: str | Path, config: Any = None) -> ExportMetadata:
-    """Write the bundle of compressed ``model`` to exactly ``path`` (not atomic; see save_bundle)."""
+    """Write the bundle of compressed ``model`` to exactly ``path`` (not atomic: see
+    ``save_bundle``)."""
     document = build_metadata(model, config, BUNDLE_FORMAT)
     save_file(cpu_state_dict(model), str(path), metadata={METADATA_KEY: document.to_json()})
     return document
@@ -93,12 +98,16 @@ def _build_zoo_model(header: SafetensorsHeader, document: ExportMetadata) -> nn.
         with torch.device("meta"):
             skeleton = build_model(*arguments)
     except ValueError as exc:
-        raise BundleError(f"{header.path.name}: metadata describes no buildable model: {exc}") from exc
+        raise BundleError(
+            f"{header.path.name}: metadata describes no buildable model: {exc}"
+        ) from exc
     _check_architecture(header, document, skeleton)
     return build_model(*arguments)
 
 
-def _check_architecture(header: SafetensorsHeader, document: ExportMetadata, dense: nn.Module) -> None:
+def _check_architecture(
+    header: SafetensorsHeader, document: ExportMetadata, dense: nn.Module
+) -> None:
     """The dense model's tensors are exactly the file's, compressed weights replaced by ADTNs."""
     name = header.path.name
     expected = {key: tuple(value.shape) for key, value in dense.state_dict().items()}
@@ -121,23 +130,28 @@ def _check_architecture(header: SafetensorsHeader, document: ExportMetadata, den
                               f"the model needs {list(shape)}")
 
 
-def _compress_as_described(header: SafetensorsHeader, document: ExportMetadata, model: nn.Module) -> None:
+def _compress_as_described(
+    header: SafetensorsHeader, document: ExportMetadata, model: nn.Module
+) -> None:
     from engine.compress import LayerSpec, compress
 
-    specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout) for layer in document.layers]
+    name = header.path.name
+    specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout)
+             for layer in document.layers]
     try:
         compress(model, specs)
     except (ValueError, KeyError) as exc:
-        raise BundleError(f"{header.path.name}: cannot compress the model as described: {exc}") from exc
+        raise BundleError(f"{name}: cannot compress the model as described: {exc}") from exc
     built = dict(compressed_layers(model))
     for layer in document.layers:
-        _check_same_network(header.path.name, layer, built[layer.name])
+        _check_same_network(name, layer, built[layer.name])
 
 
-def _check_same_network(file_name: str, layer: LayerRecord, adtn: Any) -> None:
+def _check_same_network(file_name: str, layer: LayerRecord, adtn: ADTN) -> None:
     """The rebuilt ADTN contracts exactly as the file describes (pairs, columns, slope)."""
     described = [(g.layer, g.pair, g.columns) for g in layer.gates]
     built = [(s.layer, tuple(s.pair), tuple(s.columns)) for s in adtn.gate_specs()]
     if described != built or layer.negative_slope != adtn.negative_slope:
-        raise BundleError(f"{file_name}: layer {layer.name!r} describes a network this version of "
-                          "ADTN Studio does not build (gate pairs, columns or activation slope differ)")
+        raise BundleError(f"{file_name}: layer {layer.name!r} describes a network this version "
+                          "of ADTN Studio does not build (gate pairs, columns or activation "
+                          "slope differ)")

@@ -53,13 +53,17 @@ def _inspect_onnx(path: Path) -> FileSummary:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises protobuf DecodeError, ValidationError, OSError...
-        raise BundleError(f"{path.name}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+        raise BundleError(
+            f"{path.name}: not a valid ONNX model ({type(exc).__name__}: {exc})"
+        ) from exc
 
     def describe(values) -> list[str]:
-        return [
-            f"{v.name}[{', '.join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)}]"
-            for v in values
-        ]
+        """``name[dim, ...]`` per graph input or output; symbolic dimensions by name."""
+        described = []
+        for value in values:
+            dims = (d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim)
+            described.append(f"{value.name}[{', '.join(dims)}]")
+        return described
 
     initializers = model.graph.initializer
     return FileSummary(

@@ -260,7 +260,7 @@ def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None
                           "ADTN Studio's export")
     try:
         raw = json.loads(header.metadata[METADATA_KEY])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise BundleError(f"{name}: ADTN metadata is not valid JSON ({exc})") from exc
     reader = _Reader(name, "document", raw)
     fmt = reader.choice("format", (BUNDLE_FORMAT, DENSE_FORMAT))

@@ -23,7 +23,8 @@ OUTPUT_NAME = "logits"
 
 
 def write_onnx(dense_model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
-    """Export ``dense_model`` (eval mode) traced on ``example`` (batch of at least 2) to ``path``."""
+    """Export ``dense_model`` (eval mode), traced on ``example`` (a batch of at least 2), to
+    ``path``."""
     if example.shape[0] < 2:
         raise ValueError("the example batch needs at least 2 samples: a batch of 1 would be "
                          "specialised and the batch axis would not stay dynamic")

@@ -7,9 +7,11 @@ Any failure, a failed verification or Ctrl-C leaves no file behind (``StagedFile
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,16 +80,19 @@ def export_model(
     formats: Sequence[str] = FORMATS,
     progress: ProgressCallback | None = None,
 ) -> ExportReport:
-    """Export compressed zoo ``model`` trained with run configuration ``config``, verified.
+    """Export compressed zoo ``model`` (on the CPU) trained with run configuration ``config``,
+    verified. ``progress`` may raise to cancel: as on any failure, nothing is left behind.
 
     Raises:
-        ValueError: an unknown format.
+        ValueError: an unknown format, or a model not on the CPU.
         ExportError: export or verification failed; nothing was written.
     """
     formats = tuple(dict.fromkeys(formats))
     unknown = [fmt for fmt in formats if fmt not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats must be among {', '.join(FORMATS)} (got {list(formats)})")
+    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+        raise ValueError("export needs the model on the CPU (model.cpu())")
     notify = progress or (lambda fraction, message: None)
     steps = 3 + 2 * len(formats)
     done = 0
@@ -101,7 +106,7 @@ def export_model(
 
     model = model.eval()
     step("preparing the verification batch")
-    batch, batch_source = verification_batch(model, config)
+    batch, batch_source = verification_batch(config)
     reference = model_outputs(model, batch)
     dense_model = materialize(model).eval()
     stem = config.run_name
@@ -127,7 +132,7 @@ def export_model(
             step(f"writing {paths[fmt].name}")
             _write(fmt, model, dense_model, batch, path, config)
             step(f"verifying {paths[fmt].name}")
-            diffs[fmt] = _difference(fmt, model, path, batch, reference, config)
+            diffs[fmt] = _difference(fmt, path, batch, reference, config)
         step("measuring dense CPU latency")
         report.dense_latency_ms = median_latency_ms(dense_model, batch)
         report.files = [
@@ -144,7 +149,7 @@ def export_model(
     return report
 
 
-def verification_batch(model: nn.Module, config: Any) -> tuple[torch.Tensor, str]:
+def verification_batch(config: Any) -> tuple[torch.Tensor, str]:
     """A test-set batch of ``config``'s data set when it is on disk, else random input."""
     from engine.data import BatchIterator, DataUnavailableError, dataset_info, load_datasets
 
@@ -154,11 +159,13 @@ def verification_batch(model: nn.Module, config: Any) -> tuple[torch.Tensor, str
         _, test = load_datasets(config.replace(download=False, limit_train=1,
                                                limit_test=VERIFY_BATCH))
         images, _ = next(BatchIterator(test, info, VERIFY_BATCH, torch.device("cpu")).epoch(0))
-        return images, "test set"
     except (DataUnavailableError, OSError):
-        generator = torch.Generator().manual_seed(0)
-        shape = (VERIFY_BATCH, info.in_channels, info.image_size, info.image_size)
-        return torch.randn(shape, generator=generator), "random"
+        images = None
+    if images is not None and len(images) >= 2:  # ONNX needs two samples for a dynamic batch
+        return images, "test set"
+    generator = torch.Generator().manual_seed(0)
+    shape = (VERIFY_BATCH, info.in_channels, info.image_size, info.image_size)
+    return torch.randn(shape, generator=generator), "random"
 
 
 def _write(fmt: str, model: nn.Module, dense_model: nn.Module, batch: torch.Tensor,
@@ -171,8 +178,8 @@ def _write(fmt: str, model: nn.Module, dense_model: nn.Module, batch: torch.Tens
         write_onnx(dense_model, batch, path)
 
 
-def _difference(fmt: str, model: nn.Module, path: Path, batch: torch.Tensor,
-                reference: Any, config: Any) -> float:
+def _difference(fmt: str, path: Path, batch: torch.Tensor, reference: np.ndarray,
+                config: Any) -> float:
     """Largest output difference between the written file, read back, and the trained model."""
     if fmt == "adtn":
         return max_abs_diff(reference, model_outputs(load_bundle(path), batch))

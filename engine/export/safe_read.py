@@ -165,7 +165,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
 
     try:
         header = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         _sniff_foreign(path, prefix)
         raise _fail(path, f"header is not valid JSON ({exc}); the file is corrupted") from exc
     if not isinstance(header, dict):
