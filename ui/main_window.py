@@ -46,6 +46,7 @@ class MainWindow(QMainWindow):
         self.catalog: EngineCatalog | None = None
         self.device_text = "detecting…"
         self._engine_task: BackgroundTask | None = None
+        self.failure_box: QMessageBox | None = None  # the last "training stopped" notice
 
         self.session = TrainingSession(self)
         self.wizard = CompressionWizard()
@@ -251,8 +252,12 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def _on_run_failed(self, text: str) -> None:
-        if self.isVisible():
-            QMessageBox.warning(self, "Training stopped", text)
+        # Window-modal and opened without blocking: the log keeps the text, the run is over.
+        box = QMessageBox(QMessageBox.Icon.Warning, "Training stopped", text,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self.failure_box = box
 
     # -- export and configs -------------------------------------------------------------
 

@@ -44,17 +44,36 @@ def finite_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[f
 
 def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
     """Save a plot as SVG when the suffix says so, otherwise as a PNG image."""
-    from pyqtgraph import exporters
-
     path = Path(path)
-    item = plot.getPlotItem()
     if path.suffix.lower() == ".svg":
-        exporter = exporters.SVGExporter(item)
+        _save_svg(plot, path)
     else:
+        from pyqtgraph import exporters
+
+        item = plot.getPlotItem()
         exporter = exporters.ImageExporter(item)
         exporter.parameters()["width"] = max(int(item.sceneBoundingRect().width()) * 2, 800)
-    exporter.export(str(path))
+        exporter.export(str(path))
     return path
+
+
+def _save_svg(plot: pg.PlotWidget, path: Path) -> None:
+    # pyqtgraph 0.14's SVGExporter cannot parse the closed paths ("... Z") that Qt 6.12
+    # writes, so the view is painted straight into Qt's SVG generator instead.
+    from PySide6.QtCore import QRect
+    from PySide6.QtGui import QPainter
+    from PySide6.QtSvg import QSvgGenerator
+
+    generator = QSvgGenerator()
+    generator.setFileName(str(path))
+    generator.setSize(plot.size())
+    generator.setViewBox(QRect(0, 0, plot.width(), plot.height()))
+    generator.setTitle(plot.getPlotItem().titleLabel.text)
+    painter = QPainter(generator)
+    try:
+        plot.render(painter)
+    finally:
+        painter.end()
 
 
 class RunCurves:

@@ -47,6 +47,7 @@ class CompressionWizard(QWidget):
         self._inspection: BackgroundTask | None = None
         self._download: BackgroundTask | None = None
         self._data_available = False
+        self._problem = ""  # why the reviewed configuration cannot start ("" when it can)
 
         self.layer_model = LayerPlanModel(self)
         self.source_page = SourcePage()
@@ -200,7 +201,10 @@ class CompressionWizard(QWidget):
         self.back_button.setEnabled(page > 0)
         self.next_button.setVisible(page != REVIEW)
         self.next_button.setEnabled(0 <= page < REVIEW and not (page == LAYERS and busy))
-        self.start_button.setEnabled(self.config is not None and not busy)
+        # Start works from any page (it validates first); on the review page a known problem
+        # disables it, with the reason shown above.
+        blocked = page == REVIEW and bool(self._problem)
+        self.start_button.setEnabled(self.config is not None and not busy and not blocked)
 
     # -- the layer table ----------------------------------------------------------------
 
@@ -298,9 +302,9 @@ class CompressionWizard(QWidget):
         if self.config is None:
             return
         self.config = self.current_config()
-        text, problem = engine_calls.config_toml(self.config)
-        self.review_page.show_config(text, problem)
-        self.start_button.setEnabled(not problem and self._inspection is None)
+        text, self._problem = engine_calls.config_toml(self.config)
+        self.review_page.show_config(text, self._problem)
+        self._update_nav()
 
     def save_config(self, path: str | Path) -> Path:
         self.config = self.current_config()

@@ -1,0 +1,97 @@
+"""The UI's models without windows: the layer plan, metric history, messages, settings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from PySide6.QtCore import Qt
+
+from ui.messages import describe_failure
+from ui.metric_history import MetricHistory
+from ui.settings import app_settings, last_folder, remember_folder
+from ui.wizard import engine_calls
+from ui.wizard.layer_plan_model import ADTN, DEPTH, ENCODE, RATIO, LayerPlanModel
+
+
+@pytest.fixture
+def lenet_plan(qapp):
+    plan = engine_calls.inspect_network("lenet5", "mnist")
+    model = LayerPlanModel()
+    model.set_layers(list(plan.layers), plan.planner, engine_calls.layer_spec)
+    return model
+
+
+def test_layer_plan_lists_every_weight_layer_unencoded(lenet_plan):
+    assert lenet_plan.layer_names() == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert lenet_plan.specs() == []
+    report = lenet_plan.report
+    assert report.model_params_before == report.model_params_after > 60_000
+
+
+def test_layer_plan_totals_follow_encoding_and_depth(lenet_plan, qtbot):
+    before = lenet_plan.report.model_params_after
+    with qtbot.waitSignal(lenet_plan.totals_changed):
+        lenet_plan.set_encoded("fc1", True)
+    encoded = lenet_plan.report.model_params_after
+    assert encoded < before - 40_000  # fc1 (48,120 parameters) shrinks to a few hundred
+    row = lenet_plan.layer_names().index("fc1")
+    assert lenet_plan.data(lenet_plan.index(row, ADTN)) not in ("", None)
+    assert lenet_plan.data(lenet_plan.index(row, RATIO)).endswith("×")
+
+    lenet_plan.set_depth("fc1", 3)
+    deeper = lenet_plan.report.model_params_after
+    assert deeper > encoded  # more layers of gates, more parameters
+    assert [(s.name, s.depth) for s in lenet_plan.specs()] == [("fc1", 3)]
+
+    lenet_plan.set_encoded("fc1", False)
+    assert lenet_plan.report.model_params_after == before
+    assert lenet_plan.data(lenet_plan.index(row, ADTN)) == ""
+
+
+def test_layer_plan_keeps_depth_editing_to_encoded_layers(lenet_plan):
+    row = lenet_plan.layer_names().index("fc2")
+    depth = lenet_plan.index(row, DEPTH)
+    assert not lenet_plan.flags(depth) & Qt.ItemFlag.ItemIsEditable
+    assert not lenet_plan.setData(depth, 4)
+    lenet_plan.setData(lenet_plan.index(row, ENCODE), Qt.CheckState.Checked.value,
+                       Qt.ItemDataRole.CheckStateRole)
+    assert lenet_plan.flags(depth) & Qt.ItemFlag.ItemIsEditable
+    assert lenet_plan.setData(depth, 99)
+    assert lenet_plan.specs()[0].depth == 16  # clamped to the spin box's range
+
+
+def test_layer_plan_starts_from_a_configs_layers(qapp):
+    plan = engine_calls.inspect_network("fc2", "mnist")
+    model = LayerPlanModel()
+    spec = engine_calls.layer_spec(name="fc2", depth=2, activation="none")
+    model.set_layers(list(plan.layers), plan.planner, engine_calls.layer_spec, [spec])
+    assert [(s.name, s.depth, s.activation) for s in model.specs()] == [("fc2", 2, "none")]
+
+
+def test_metric_history_round_trips_through_csv(tmp_path):
+    history = MetricHistory()
+    history.add_epoch({"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "test_loss": 1.9,
+                       "test_acc": 0.35, "params_total": 3000, "dense_params_total": 200000,
+                       "seconds": 1.5})
+    history.add_epoch({"epoch": 2, "train_loss": 1.0, "test_acc": 0.6})
+    history.to_csv(tmp_path / "m.csv")
+    again = MetricHistory.from_csv(tmp_path / "m.csv")
+    assert again.column("train_loss") == [2.0, 1.0]
+    assert again.best_test_acc() == 0.6
+    assert math.isnan(again.column("params_total")[1])
+
+
+def test_failures_read_in_plain_words():
+    assert "learning rate" in describe_failure("nan_loss", "loss is nan at epoch 2")
+    assert "batch size" in describe_failure("out_of_memory", "CUDA out of memory")
+    assert "batch size" in describe_failure("error", "RuntimeError: CUDA out of memory. Tried")
+    assert describe_failure("error", "something odd") == "something odd"
+
+
+def test_settings_live_in_the_config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADTN_CONFIG_DIR", str(tmp_path))
+    remember_folder("data_root", "/some/where")
+    app_settings().sync()
+    assert last_folder("data_root") == "/some/where"
+    assert (tmp_path / "adtn-studio.ini").read_text().count("/some/where") == 1
