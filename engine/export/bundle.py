@@ -122,8 +122,9 @@ def _check_architecture(
     missing = sorted(expected.keys() - stored.keys())
     unexpected = sorted(stored.keys() - expected.keys())
     if missing or unexpected:
-        raise BundleError(f"{name}: tensors do not match the model: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+        problems = [f"{label} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                    for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise BundleError(f"{name}: tensors do not match the model: {'; '.join(problems)}")
     for key, shape in expected.items():
         if stored[key] != shape:
             raise BundleError(f"{name}: tensor {key!r} has shape {list(stored[key])}, "

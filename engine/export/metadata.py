@@ -159,7 +159,8 @@ class _Reader:
         if key not in self.data:
             raise self.fail(key, "is missing")
         value = self.data[key]
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        is_bool_for_number = isinstance(value, bool) and kind is not bool  # JSON true is no 1
+        if is_bool_for_number or not isinstance(value, kind):
             raise self.fail(key, f"has the wrong type ({type(value).__name__})")
         return value
 
@@ -296,11 +297,11 @@ def check_layers_against_tensors(header: SafetensorsHeader, layers: tuple[LayerR
     name = header.path.name
     claimed: set[str] = set()
     for layer in layers:
-        expected = {layer.scale: ()} | {g.tensor: (4, len(g.columns)) for g in layer.gates}
+        expected = [(layer.scale, ())] + [(g.tensor, (4, len(g.columns))) for g in layer.gates]
         if layer.weight_key in header.tensors:
             raise BundleError(f"{name}: layer {layer.name!r} is compressed but the file also "
                               f"holds its dense weight {layer.weight_key!r}")
-        for tensor, shape in expected.items():
+        for tensor, shape in expected:
             entry = header.tensors.get(tensor)
             if entry is None:
                 raise BundleError(f"{name}: layer {layer.name!r} needs tensor {tensor!r}, "
