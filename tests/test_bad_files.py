@@ -192,3 +192,10 @@ def test_plain_safetensors_without_metadata_is_refused(tmp_path):
     save_file({"weight": torch.zeros(2, 2)}, path)
     with pytest.raises(BundleError, match=r"no ADTN metadata"):
         load_bundle(path)
+
+
+def test_corrupt_onnx_is_refused(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07garbage that is not a model")
+    with pytest.raises(BundleError, match=r"model.onnx: not a valid ONNX model"):
+        inspect_file(path)

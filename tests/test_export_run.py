@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from adtn_studio.cli import run_cli
 from engine.compress import LayerSpec
 from engine.config import RunConfig
-from engine.export import ExportError, export_run, load_bundle
+from engine.export import ExportError, export_run, inspect_file, load_bundle
 from engine.export import run_export as run_export_module
 from engine.export.run_export import plain_model, verification_batch
 from engine.trainer import train
@@ -76,6 +76,8 @@ def test_export_all_formats_verified_and_readable_elsewhere(run_dir, tmp_path):
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"input": batch.numpy()})
     assert abs(got - expected).max() <= 1e-4
+    summary = inspect_file(onnx_path)
+    assert summary.kind == "onnx" and summary.onnx["inputs"] == ["input[batch, 1, 28, 28]"]
 
 
 def test_one_format_goes_to_the_path_given(run_dir, tmp_path):
