@@ -80,8 +80,9 @@ def load_bundle(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     _compress_as_described(header, document, model)
     try:
         model.load_state_dict(read_tensors(header), strict=True)
-    except RuntimeError as exc:
-        raise BundleError(f"{header.path.name}: tensors do not fit the model: {exc}") from exc
+    except RuntimeError as exc:  # PyTorch's message spans lines; a user gets one
+        reason = " ".join(str(exc).split())
+        raise BundleError(f"{header.path.name}: tensors do not fit the model: {reason}") from exc
     return model.eval()
 
 

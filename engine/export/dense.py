@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.export.bundle import cpu_state_dict
 from engine.export.metadata import DENSE_FORMAT, METADATA_KEY, ExportMetadata, build_metadata
+from engine.export.safe_read import read_header, read_tensors
 
 
 def write_dense(
@@ -29,7 +30,5 @@ def write_dense(
 
 def load_dense_into(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a dense export into the plain (uncompressed) ``model``, after checking the file."""
-    from engine.export.safe_read import read_header, read_tensors
-
     model.load_state_dict(read_tensors(read_header(path)), strict=True)
     return model.eval()
