@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from engine import data_files
-from engine.data_files import ProgressCallback
 from engine.paths import default_data_root
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
+    from engine.data_files import DataFiles
+
+ProgressCallback = Callable[[int, int], None]  # (done_bytes, total_bytes); total 0 if unknown
 
 DATASET_NAMES = ("mnist", "cifar10", "cifar100", "synthetic")
 SYNTHETIC_SIZES = (2000, 500)  # default (train, test) examples of the generated set
@@ -113,6 +114,8 @@ def download_dataset(name: str, root: str | Path | None = None,
                      progress: ProgressCallback | None = None) -> Path:
     """Download data set ``name`` into ``root`` (default: the data root) unless it is there
     already; return its folder. Raises ``DataUnavailableError`` when the download fails."""
+    from engine import data_files  # torchvision loads only when files are needed
+
     info = dataset_info(name)
     if name == "synthetic":
         raise ValueError("the synthetic data set is generated, not downloaded")
@@ -128,6 +131,8 @@ def download_dataset(name: str, root: str | Path | None = None,
 
 def _load_files(info: DatasetInfo, root: Path, download: bool,
                 progress: ProgressCallback | None) -> tuple[ImageSet, ImageSet]:
+    from engine import data_files
+
     files = data_files.FILES[info.name]
     if files.missing(root):
         if not download:
@@ -147,7 +152,7 @@ def _load_files(info: DatasetInfo, root: Path, download: bool,
     return train, test
 
 
-def _unavailable_message(info: DatasetInfo, root: Path, files: data_files.DataFiles,
+def _unavailable_message(info: DatasetInfo, root: Path, files: DataFiles,
                          reason: str) -> str:
     missing = ", ".join(files.missing(root)) or "its files"
     return (

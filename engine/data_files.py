@@ -19,16 +19,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from engine.data import ProgressCallback
 from engine.paths import atomic_write_bytes
 
-ProgressCallback = Callable[[int, int], None]  # (done_bytes, total_bytes); total 0 if unknown
 DOWNLOAD_TIMEOUT_S = 30
 CHUNK_BYTES = 1 << 16
 

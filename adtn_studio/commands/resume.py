@@ -8,7 +8,6 @@ from pathlib import Path
 
 from adtn_studio.cli import CommandError
 from adtn_studio.commands.train import add_override_arguments, apply_overrides, run_and_report
-from engine.config import ConfigError, RunConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    from engine.config import ConfigError, RunConfig
+
     config_path = args.run_dir / "config.toml"
     if not config_path.is_file():
         raise CommandError(f"{args.run_dir} is not a run folder (it has no config.toml)")

@@ -10,12 +10,15 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from adtn_studio.cli import CommandError
-from engine.config import ConfigError, RunConfig
-from engine.events import RunControl, TrainerCallback
+from engine.events import RunControl, TrainerCallback  # plain Python: no torch at start-up
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +52,8 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     """``config`` with the command-line options that were given, validated."""
+    from engine.config import ConfigError
+
     names = {"data_root": "data_root", "device": "device", "epochs": "epochs", "seed": "seed",
              "limit_train": "limit_train", "limit_test": "limit_test"}
     changes = {field: getattr(args, arg) for arg, field in names.items()
@@ -60,6 +65,7 @@ def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from engine.config import ConfigError, RunConfig
     from engine.presets import load_preset
     from engine.runs import new_run_dir
 
