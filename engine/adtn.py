@@ -182,7 +182,8 @@ class ADTN(nn.Module):
         self.layout = layout
         self.block_bits = max(2, int(block_bits))
         self.specs = build_gate_specs(self.Q, self.depth, layout)
-        self._layer_plan = _plan_later_layers(self.specs, self.depth)
+        self._layer_plan = _plan_later_layers(self.specs, self.depth, self.Q)
+        self._first_steps = self._compile_first_layer()
         self.gates = nn.ParameterList(
             nn.Parameter(_random_orthogonal_columns(spec.columns, generator)) for spec in self.specs
         )
@@ -239,8 +240,7 @@ class ADTN(nn.Module):
         device_type = self.scale.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             weight = self._crop(self._network_state(normalise=True))
-            rms = weight.square().mean().sqrt().clamp_min(torch.finfo(weight.dtype).tiny)
-            return weight * (self.scale / rms)
+            return weight * (self.scale / _rms(weight))
 
     def _crop(self, state: torch.Tensor) -> torch.Tensor:
         tensor = state.reshape(self.padded_shape)
@@ -251,59 +251,93 @@ class ADTN(nn.Module):
     def _network_state(self, normalise: bool) -> torch.Tensor:
         """The 2**Q output vector of the network.
 
-        The first layer acts on a product state, so it is contracted growing the state over a
-        prefix of the indices (the rest still fresh); that costs about two passes over 2**Q
-        entries instead of one per gate. In later layers, a half-layer of side-by-side gates
+        The first layer acts on a product state (``_compile_first_layer``). In later layers, a half-layer of side-by-side gates
         is a Kronecker product: groups of its gates become block matrices, all built in one
         batched product, each applied in one matrix product. Other runs of gates (the stair
         layout) are merged into blocks one gate at a time.
         """
-        first = [i for i, s in enumerate(self.specs) if s.layer == 0]
-        state = self._first_layer(first)
+        state = self._first_layer()
         for layer in range(1, self.depth):
             state = _activate(state, self.activation)
-            if normalise:
-                # Positive rescaling commutes with the activations: numerical range only.
-                state = state / state.square().mean().sqrt().clamp_min(1e-30)
+            # Dividing by the rms keeps the numbers in range; it commutes with the (positively
+            # homogeneous) activations, so it changes nothing else. It is folded into the
+            # layer's first small matrix rather than costing a pass over the state.
+            factor = 1.0 / _rms(state) if normalise else None
             for run, disjoint in self._layer_plan[layer]:
                 if disjoint:
-                    state = self._apply_disjoint_run(state, run)
+                    state = self._apply_disjoint_run(state, run, factor)
                 else:
                     for lo, hi, block in self._blocks(run):
-                        state = self._apply_block(state, lo, hi, block)
+                        state = self._apply_block(state, lo, hi, block, factor)
+                        factor = None
+                factor = None
         return state
 
-    def _first_layer(self, indices: list[int]) -> torch.Tensor:
+    def _first_layer(self) -> torch.Tensor:
+        """Run the first layer's compiled steps (see ``_compile_first_layer``)."""
         ref = self.gates[0]
         state = torch.ones(1, dtype=ref.dtype, device=ref.device)
-        known = 0  # the state covers indices [0, known); the others are still fresh
-        pending = None  # a gate's 4-vector on (known, known + 1), not multiplied in yet
-        for i in self._prefix_order(indices):
+        fused_pairs = [(i, j) for op, i, j in self._first_steps if op == "fuse"]
+        if fused_pairs:
+            # All (gate, fresh-pair vector) products at once: (m, 2, 8) small matrices.
+            gates = torch.stack([self.gates[i] for i, _ in fused_pairs]).reshape(-1, 2, 2, 2, 2)
+            vectors = torch.stack([self.gates[j][:, 0] for _, j in fused_pairs]).reshape(-1, 2, 2)
+            fused = iter(torch.einsum("mxyab,mbt->maxyt", gates, vectors).reshape(-1, 2, 8).unbind(0))
+        for op, i, j in self._first_steps:
+            if op == "fuse":
+                state = (state.reshape(-1, 2) @ next(fused)).reshape(-1)
+            elif op == "outer":
+                state = torch.outer(state, self.gates[i][:, 0]).reshape(-1)
+            elif op == "fresh_b":
+                columns = self.specs[i].columns
+                view = state.reshape(-1, 2)[:, [c // 2 for c in columns]]
+                state = (view @ self.gates[i].T).reshape(-1)
+            elif op == "grow":
+                state = _grow_fresh(state, i)
+            else:  # "pair": both indices already in the state; j is the number covered
+                a, columns = self.specs[i].pair[0], self.specs[i].columns
+                state = _apply_pair(_select_inputs(state, a, j, columns), self.gates[i], a, j)
+        return state
+
+    def _compile_first_layer(self) -> list[tuple[str, int, int]]:
+        """The first layer as steps on a state that covers a prefix [0, k) of the indices,
+        the rest being still fresh: it grows by one or two indices a step, so the layer costs
+        about two passes over 2**Q entries instead of one per gate.
+
+        Steps: ("outer", i, -) a gate on two fresh indices appends its vector M[:, 0];
+        ("fuse", i, j) gate i on (k-1, k) right after gate j's vector on (k, k+1) (brick
+        layouts): one small matrix product grows the state by two; ("fresh_b", i, -) a gate
+        whose second index is fresh grows it by one; ("pair", i, k) a gate inside the prefix;
+        ("grow", bits, -) fresh indices appended as zeros (for orders neither layout makes).
+        """
+        steps: list[tuple[str, int, int]] = []
+        known, pending = 0, None
+        first = [i for i, s in enumerate(self.specs) if s.layer == 0]
+        for i in self._prefix_order(first):
             a, b = self.specs[i].pair
-            gate, columns = self.gates[i], self.specs[i].columns
             if pending is not None:
-                if (a, b) == (known - 1, known) and len(columns) == 4:
-                    # Brick layouts: fold the new pair's vector into this gate, so both cost
-                    # one small matrix product that writes the grown state once.
-                    fused = torch.einsum("xyab,bt->axyt", gate.reshape(2, 2, 2, 2), pending)
-                    state = (state.reshape(-1, 2) @ fused.reshape(2, 8)).reshape(-1)
+                if (a, b) == (known - 1, known) and len(self.specs[i].columns) == 4:
+                    steps.append(("fuse", i, pending))
                     known, pending = known + 2, None
                     continue
-                state, known, pending = torch.outer(state, pending.reshape(-1)).reshape(-1), known + 2, None
-            if a > known:  # not reached by brick or stair layouts; kept for any pair order
-                state, known = _grow_fresh(state, a - known), a
-            if a == known:  # both indices fresh: the gate contributes the vector M[:, 0]
-                pending = gate[:, 0].reshape(2, 2)
-            elif b == known:  # index b is fresh: its input is 0, columns (2*ia + 0)
-                view = state.reshape(-1, 2)[:, [c // 2 for c in columns]]
-                state, known = (view @ gate.T).reshape(-1), known + 1
+                steps.append(("outer", pending, -1))
+                known, pending = known + 2, None
+            if a > known:
+                steps.append(("grow", a - known, -1))
+                known = a
+            if a == known:
+                pending = i
+            elif b == known:
+                steps.append(("fresh_b", i, -1))
+                known += 1
             else:
-                state = _apply_pair(_select_inputs(state, a, known, columns), gate, a, known)
+                steps.append(("pair", i, known))
         if pending is not None:
-            state, known = torch.outer(state, pending.reshape(-1)).reshape(-1), known + 2
+            steps.append(("outer", pending, -1))
+            known += 2
         if known < self.Q:
-            state = _grow_fresh(state, self.Q - known)
-        return state
+            steps.append(("grow", self.Q - known, -1))
+        return steps
 
     def _prefix_order(self, indices: list[int]) -> list[int]:
         """An order of one layer's gates that respects their dependencies and touches the
@@ -325,21 +359,33 @@ class ADTN(nn.Module):
             pending.remove(nxt)
         return order
 
-    def _apply_disjoint_run(self, state: torch.Tensor, run: list[int]) -> torch.Tensor:
-        """Gates side by side on (a, a+1), (a+2, a+3), …: applied in groups of
-        ``block_bits // 2`` gates, each group's Kronecker product one matrix."""
+    def _apply_disjoint_run(self, state: torch.Tensor, run: list[int], factor=None) -> torch.Tensor:
+        """Gates side by side on (a, a+1), (a+2, a+3), … form one Kronecker product.
+
+        Groups of ``block_bits // 2`` gates become block matrices that together cover all Q
+        indices (an index outside the run joins its neighbouring block as an identity). Each
+        block is applied to the last indices of the state by one matrix product whose result
+        is laid out with those indices first; the next block's indices are then last. After
+        the final block the order is back where it started, and no step, forward or backward,
+        needs a transposing copy of the state.
+        """
         per_block = max(1, self.block_bits // 2)
         gates = torch.stack([self._full_gate(i) for i in run])
-        lo = self.specs[run[0]].pair[0]
-        whole = len(run) // per_block * per_block
-        blocks = list(_kron_groups(gates[:whole].reshape(-1, per_block, 4, 4))) if whole else []
-        if whole < len(run):
-            blocks += list(_kron_groups(gates[whole:].unsqueeze(0)))
-        for block in blocks:
-            width = block.shape[0].bit_length() - 1  # the block acts on `width` indices
-            view = state.reshape(1 << lo, block.shape[0], 1 << (self.Q - lo - width))
-            state = _apply_on_axis(view, block)
-            lo += width
+        extra = len(run) % per_block  # the leftmost group takes the remainder
+        blocks: list[torch.Tensor] = []
+        if extra:
+            blocks.append(_kron_groups(gates[:extra].unsqueeze(0))[0])
+        if len(run) > extra:
+            blocks.extend(_kron_groups(gates[extra:].reshape(-1, per_block, 4, 4)).unbind(0))
+        first, last = self.specs[run[0]].pair[0], self.specs[run[-1]].pair[1]
+        if first:
+            blocks[0] = torch.kron(_identity(first, gates), blocks[0])
+        if last < self.Q - 1:
+            blocks[-1] = torch.kron(blocks[-1], _identity(self.Q - 1 - last, gates))
+        if factor is not None:
+            blocks[-1] = blocks[-1] * factor
+        for block in reversed(blocks):
+            state = torch.mm(block, state.view(-1, block.shape[0]).t()).view(-1)
         return state
 
     def _blocks(self, indices: list[int]) -> list[tuple[int, int, list[int]]]:
@@ -356,17 +402,18 @@ class ADTN(nn.Module):
             blocks.append((a, b + 1, [i]))
         return blocks
 
-    def _apply_block(self, state: torch.Tensor, lo: int, hi: int, run: list[int]) -> torch.Tensor:
+    def _apply_block(self, state, lo: int, hi: int, run: list[int], factor=None) -> torch.Tensor:
         width = hi - lo
         if len(run) == 1:
             gate = self._full_gate(run[0])
-            return _apply_pair(state, gate, lo, self.Q)
+            return _apply_pair(state, gate if factor is None else gate * factor, lo, self.Q)
         # The block's matrix: its gates applied, in order, to the identity on `width` indices.
         block = torch.eye(1 << width, dtype=state.dtype, device=state.device)
         for i in run:
             a = self.specs[i].pair[0]
             view = block.reshape(1 << (a - lo), 4, (1 << (hi - a - 2)) << width)
             block = _apply_on_axis(view, self._full_gate(i)).reshape(1 << width, 1 << width)
+        block = block if factor is None else block * factor
         return _apply_on_axis(state.reshape(1 << lo, 1 << width, 1 << (self.Q - hi)), block)
 
     def _full_gate(self, i: int) -> torch.Tensor:
@@ -421,9 +468,12 @@ class ADTN(nn.Module):
             return float((self._weight() - target).norm() / norm)
 
 
-def _plan_later_layers(specs: list[GateSpec], depth: int) -> dict[int, list[tuple[list[int], bool]]]:
+def _plan_later_layers(
+    specs: list[GateSpec], depth: int, num_bits: int
+) -> dict[int, list[tuple[list[int], bool]]]:
     """Per layer after the first: its gates split into runs, each flagged ``True`` when its
-    gates sit side by side ((a, a+1), (a+2, a+3), …) and so form a Kronecker product."""
+    gates sit side by side ((a, a+1), (a+2, a+3), …) covering all but at most two indices,
+    so that they form a Kronecker product of small blocks."""
     plan: dict[int, list[tuple[list[int], bool]]] = {}
     for layer in range(1, depth):
         runs: list[list[int]] = []
@@ -436,7 +486,8 @@ def _plan_later_layers(specs: list[GateSpec], depth: int) -> dict[int, list[tupl
                 runs.append([i])
         merged: list[tuple[list[int], bool]] = []
         for run in runs:
-            if len(run) > 1:
+            outside = specs[run[0]].pair[0] + (num_bits - 1 - specs[run[-1]].pair[1])
+            if len(run) > 1 and outside <= 2:
                 merged.append((run, True))
             elif merged and not merged[-1][1]:
                 merged[-1][0].extend(run)
@@ -444,6 +495,16 @@ def _plan_later_layers(specs: list[GateSpec], depth: int) -> dict[int, list[tupl
                 merged.append((run, False))
         plan[layer] = merged
     return plan
+
+
+def _identity(bits: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(1 << bits, dtype=like.dtype, device=like.device)
+
+
+def _rms(tensor: torch.Tensor) -> torch.Tensor:
+    """Root mean square in one pass, never zero (a dead state stays finite)."""
+    norm = torch.linalg.vector_norm(tensor) / math.sqrt(tensor.numel())
+    return norm.clamp_min(torch.finfo(tensor.dtype).tiny)
 
 
 def _kron_groups(gates: torch.Tensor) -> torch.Tensor:
