@@ -29,7 +29,8 @@ from engine.data import BatchIterator, DataUnavailableError, dataset_info, epoch
 from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
                            EventDispatcher, RunControl, RunEnded, RunFailed, RunStarted,
                            TrainerCallback)
-from engine.runs import RunPaths, build_config_model, write_metrics, write_summary
+from engine.runs import (RunPaths, build_config_model, read_summary, write_metrics,
+                         write_summary)
 
 __all__ = ["RunControl", "RunSummary", "TrainerCallback", "resolve_device", "train"]
 
@@ -192,6 +193,9 @@ class _Run:
             raise ConfigError(f"the run folder {self.paths.root} already holds a run; "
                               "resume it or choose another folder")
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        previous = read_summary(self.paths.summary) if resume else None
+        if previous and previous.get("started_at"):
+            self.summary.started_at = previous["started_at"]  # keeps the run's place in lists
         self.config.replace(name=self.config.run_name).save(self.paths.config)
         write_summary(self.paths.summary, self.summary.to_dict())
 
