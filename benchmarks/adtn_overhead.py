@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine.adtn import ADTN
-from engine.compress import compress
+from engine.compression import compress
 from engine.models import build_model
 
 

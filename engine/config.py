@@ -16,7 +16,7 @@ from typing import Any
 import tomli_w
 
 from engine.adtn import ACTIVATIONS, LAYOUTS
-from engine.compress import LayerSpec
+from engine.compression import LayerSpec
 from engine.data import DATASET_NAMES
 from engine.models import MODEL_NAMES
 from engine.paths import atomic_write_text

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from torch import nn
 
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.compress import CompressionReport, compress, plan_compression
+from engine.compression import CompressionReport, compress, plan_compression
 from engine.config import ConfigError, RunConfig
 from engine.data import dataset_info
 from engine.models import build_model

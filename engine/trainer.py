@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.compress import adtn_layers, compress
+from engine.compression import adtn_layers, compress
 from engine.config import ConfigError, RunConfig
 from engine.data import BatchIterator, DataUnavailableError, dataset_info, epoch_seed, load_datasets
 from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,

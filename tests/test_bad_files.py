@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.compress import LayerSpec, compress, materialize
+from engine.compression import LayerSpec, compress, materialize
 from engine.config import RunConfig
 from engine.export import BundleError, inspect_file, load_bundle, save_bundle
 from engine.export.dense import write_dense

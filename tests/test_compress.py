@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine import ADTNConv2d, ADTNLinear, compress, describe_layers, materialize, plan_compression
-from engine.compress import LayerSpec
+from engine.compression import LayerSpec
 
 
 def lenet_like() -> nn.Module:
@@ -160,3 +160,10 @@ def test_report_table_and_dict():
     d = report.to_dict()
     assert d["model_params_after"] == report.model_params_after
     assert d["layers"][0]["weight_shape"] == [120, 400]
+
+
+def test_engine_exports_the_function_even_after_its_module_is_imported():
+    import engine.compression  # noqa: F401  (a submodule named like the function would shadow it)
+    import engine
+
+    assert callable(engine.compress) and engine.compress.__name__ == "compress"

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from engine.compress import LayerSpec, compress, materialize
+from engine.compression import LayerSpec, compress, materialize
 from engine.config import RunConfig
 from engine.export import BundleError, load_bundle, read_bundle_metadata, save_bundle
 from engine.models import build_model

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from adtn_studio.cli import run_cli
-from engine.compress import LayerSpec
+from engine.compression import LayerSpec
 from engine.config import RunConfig
 from engine.export import ExportError, export_run, inspect_file, load_bundle
 from engine.export import run_export as run_export_module

@@ -114,7 +114,7 @@ def write_bundle_and_expected(bundle, expected):
     """Harness: a bundle with every activation, layout and column kind, and its dense weights."""
     import torch
 
-    from engine.compress import LayerSpec, compress, materialize
+    from engine.compression import LayerSpec, compress, materialize
     from engine.config import RunConfig
     from engine.export import save_bundle
     from engine.models import build_model

@@ -21,7 +21,7 @@ def run_presets(args: argparse.Namespace) -> int:
 def format_presets_table() -> str:
     import torch
 
-    from engine.compress import plan_compression
+    from engine.compression import plan_compression
     from engine.data import dataset_info
     from engine.models import build_model
     from engine.presets import list_presets, load_preset

@@ -135,7 +135,7 @@ def _check_architecture(
 def _compress_as_described(
     header: SafetensorsHeader, document: ExportMetadata, model: nn.Module
 ) -> None:
-    from engine.compress import LayerSpec, compress
+    from engine.compression import LayerSpec, compress
 
     name = header.path.name
     specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout)

@@ -102,7 +102,7 @@ def export_model(
         notify(done / steps, message)
         done += 1
 
-    from engine.compress import materialize
+    from engine.compression import materialize
 
     model = model.eval()
     step("preparing the verification batch")

@@ -21,7 +21,7 @@ class NetworkPlan:
 
 def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
     """Build the (untrained) network for the data set's input shape and list its layers."""
-    from engine.compress import describe_layers, plan_compression
+    from engine.compression import describe_layers, plan_compression
     from engine.data import dataset_info
     from engine.models import build_model
 
