@@ -30,8 +30,9 @@ LAYOUTS = ("brick", "stair")
 LEAKY_RELU_SLOPE = 0.01
 # 2**28 float32 entries are 1 GiB of state; larger weights are refused rather than attempted.
 MAX_Q = 28
-# A block of consecutive gates is merged into one matrix on at most this many binary indices.
-# 4 (16×16 blocks) measured fastest on CPU for Q = 10..24 (benchmarks/adtn_overhead.py).
+# Consecutive gates are merged into block matrices on this many binary indices (16×16): on the
+# CPU the fewer operations of larger blocks do not pay for their extra arithmetic
+# (benchmarks/adtn_overhead.py --block-bits compares sizes).
 DEFAULT_BLOCK_BITS = 4
 
 
@@ -168,7 +169,7 @@ class ADTN(nn.Module):
         layout: str = "brick",
         init_std: float | None = None,
         generator: torch.Generator | None = None,
-        block_bits: int = DEFAULT_BLOCK_BITS,
+        block_bits: int | None = None,
     ) -> None:
         super().__init__()
         _check_arguments(shape, depth, activation, layout)
@@ -180,7 +181,7 @@ class ADTN(nn.Module):
         self.activation = activation
         self.negative_slope = LEAKY_RELU_SLOPE if activation == "leaky_relu" else 0.0
         self.layout = layout
-        self.block_bits = max(2, int(block_bits))
+        self.block_bits = max(2, int(block_bits or DEFAULT_BLOCK_BITS))
         self.specs = build_gate_specs(self.Q, self.depth, layout)
         self._layer_plan = _plan_later_layers(self.specs, self.depth, self.Q)
         self._first_steps = self._compile_first_layer()
@@ -385,8 +386,8 @@ class ADTN(nn.Module):
         if factor is not None:
             blocks[-1] = blocks[-1] * factor
         for block in reversed(blocks):
-            state = torch.mm(block, state.view(-1, block.shape[0]).t()).view(-1)
-        return state
+            state = torch.mm(block, state.reshape(-1, block.shape[0]).t())
+        return state.reshape(-1)
 
     def _blocks(self, indices: list[int]) -> list[tuple[int, int, list[int]]]:
         """Split a run of gates into consecutive groups acting within ``block_bits`` indices."""

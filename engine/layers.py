@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from engine.adtn import ADTN, DEFAULT_BLOCK_BITS
+from engine.adtn import ADTN
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ADTNLinear(_ADTNLayer):
         depth: int = 1,
         activation: str = "relu",
         layout: str = "brick",
-        block_bits: int = DEFAULT_BLOCK_BITS,
+        block_bits: int | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -161,7 +161,7 @@ class ADTNConv2d(_ADTNLayer):
         depth: int = 1,
         activation: str = "relu",
         layout: str = "brick",
-        block_bits: int = DEFAULT_BLOCK_BITS,
+        block_bits: int | None = None,
         device=None,
         dtype=None,
     ) -> None:

@@ -129,3 +129,19 @@ def test_bad_dense_layers_are_refused():
 
 def test_standalone_adtn_matches_layer_weight_shape():
     assert ADTN((16, 6, 5, 5), depth=2)().shape == (16, 6, 5, 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_keeps_float32_under_autocast():
+    torch.manual_seed(6)
+    layer = ADTNLinear(300, 120, depth=3)
+    x = torch.randn(64, 300)
+    expected_out, expected_weight = layer(x).detach(), layer.adtn().detach()
+    layer.to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        weight = layer.adtn()
+        out = layer(x.cuda())
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight.detach().cpu(), expected_weight, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.float().detach().cpu(), expected_out, rtol=0.05, atol=0.05)
