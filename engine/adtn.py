@@ -282,13 +282,13 @@ class ADTN(nn.Module):
         if fused_pairs:
             # All (gate, fresh-pair vector) products at once: (m, 2, 8) small matrices.
             gates = torch.stack([self.gates[i] for i, _ in fused_pairs]).reshape(-1, 2, 2, 2, 2)
-            vectors = torch.stack([self.gates[j][:, 0] for _, j in fused_pairs]).reshape(-1, 2, 2)
+            vectors = torch.stack([self.gates[j] for _, j in fused_pairs]).reshape(-1, 2, 2)
             fused = iter(torch.einsum("mxyab,mbt->maxyt", gates, vectors).reshape(-1, 2, 8).unbind(0))
         for op, i, j in self._first_steps:
             if op == "fuse":
                 state = (state.reshape(-1, 2) @ next(fused)).reshape(-1)
             elif op == "outer":
-                state = torch.outer(state, self.gates[i][:, 0]).reshape(-1)
+                state = torch.outer(state, self.gates[i].reshape(4)).reshape(-1)
             elif op == "fresh_b":
                 columns = self.specs[i].columns
                 view = state.reshape(-1, 2)[:, [c // 2 for c in columns]]
