@@ -17,10 +17,12 @@ DESKTOP_FILE="$DATA/applications/$NAME.desktop"
 ICON_FILE="$DATA/icons/hicolor/512x512/apps/$NAME.png"
 
 refresh_menus() {
-    command -v update-desktop-database >/dev/null 2>&1 &&
+    if command -v update-desktop-database >/dev/null 2>&1; then
         update-desktop-database -q "$DATA/applications" || true
-    command -v gtk-update-icon-cache >/dev/null 2>&1 &&
+    fi
+    if command -v gtk-update-icon-cache >/dev/null 2>&1; then
         gtk-update-icon-cache -q -t "$DATA/icons/hicolor" || true
+    fi
 }
 
 uninstall() {

@@ -12,6 +12,7 @@ OUT=$1 SECONDS_TO_WAIT=$2
 shift 2
 export OUT SECONDS_TO_WAIT
 unset QT_QPA_PLATFORM
+# shellcheck disable=SC2016  # the inner script expands its own variables
 xvfb-run --auto-servernum --server-args="-screen 0 1600x1000x24" sh -c '
     "$@" &
     pid=$!
