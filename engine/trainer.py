@@ -134,6 +134,7 @@ class _Run:
                                   started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.history: list[dict[str, Any]] = []
         self.last_saved_epoch = 0
+        self.owns_folder = False  # set once the folder is known to be this run's to write
 
     # -- outer shell: failures become events --------------------------------------------
 
@@ -180,7 +181,7 @@ class _Run:
         if failure is not None:
             self.summary.error_kind, self.summary.error_message = failure.kind, failure.message
             self.events.emit("on_error", failure)
-        if self.paths.root.is_dir():
+        if self.owns_folder:
             write_summary(self.paths.summary, self.summary.to_dict())
         self.events.emit("on_run_end", RunEnded(status, self.summary.to_dict()))
         return self.summary
@@ -193,6 +194,7 @@ class _Run:
             raise ConfigError(f"the run folder {self.paths.root} already holds a run; "
                               "resume it or choose another folder")
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.owns_folder = True
         previous = read_summary(self.paths.summary) if resume else None
         if previous and previous.get("started_at"):
             self.summary.started_at = previous["started_at"]  # keeps the run's place in lists
@@ -239,7 +241,7 @@ class _Run:
         for epoch in range(start_epoch, config.total_epochs + 1):
             phase = self._phase(epoch)
             if phase == "train" and not compressed:
-                model = self._compress_fitted(model, epoch, device)
+                model = self._compress_fitted(model, epoch)
                 compressed, optimizer = True, None
             if optimizer is None:
                 optimizer = _make_optimizer(model, config)
@@ -276,13 +278,13 @@ class _Run:
             return epoch - 1, pretrain
         return epoch - pretrain - 1, self.config.epochs
 
-    def _compress_fitted(self, model: nn.Module, epoch: int, device: torch.device) -> nn.Module:
-        """Replace the chosen layers of the pre-trained dense model by ADTNs fitted to them."""
+    def _compress_fitted(self, model: nn.Module, epoch: int) -> nn.Module:
+        """Replace the chosen layers of the pre-trained dense model by ADTNs fitted to them
+        (on the model's device)."""
         torch.manual_seed(epoch_seed(self.config.seed, epoch, SEED_STREAM_FIT))
-        model.to("cpu")
         report = compress(model, self.config.layers, fit=True, fit_steps=self.config.fit_steps)
         self.summary.compression = report.to_dict()
-        return model.to(device)
+        return model
 
     def _restore_progress(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))

@@ -248,6 +248,7 @@ def test_a_finished_run_folder_is_not_overwritten(tmp_path):
     summary = train(quick_config(epochs=1), tmp_path / "run")
     assert summary.error_kind == "config" and "already holds a run" in summary.error_message
     assert RunPaths(tmp_path / "run").checkpoint("last").read_bytes() == before
+    assert json.loads(RunPaths(tmp_path / "run").summary.read_text())["status"] == "finished"
 
 
 def test_device_auto_falls_back_to_cpu_without_accelerators(monkeypatch):
