@@ -125,7 +125,8 @@ def download_dataset(name: str, root: str | Path | None = None,
         try:
             data_files.download_files(files, root, progress)
         except OSError as exc:
-            raise DataUnavailableError(_unavailable_message(info, root, files, str(exc))) from exc
+            reason = f"the download failed ({exc})"
+            raise DataUnavailableError(_unavailable_message(info, root, files, reason)) from exc
     return files.location(root)
 
 
@@ -159,7 +160,7 @@ def _unavailable_message(info: DatasetInfo, root: Path, files: DataFiles,
         f"{info.title} is not available: {missing} not found in {files.location(root)} and "
         f"{reason}. Provide it with --data-root DIR (or data_root in the config, or the "
         f"ADTN_DATA_DIR environment variable) pointing at a folder that contains "
-        f"{files.folder}/, or allow the download (download = true) on a machine with internet."
+        f"{files.folder}/, or download it on a machine with internet access (download = true)."
     )
 
 

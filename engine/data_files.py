@@ -39,7 +39,7 @@ class DataFiles:
     folder: str  # relative to the data root
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
-    urls: tuple[tuple[str, str], ...]  # (url, md5) of the archives to fetch
+    urls: tuple[tuple[tuple[str, ...], str], ...]  # (mirror urls, md5) of each archive
 
     def location(self, root: Path) -> Path:
         return root / self.folder
@@ -52,7 +52,7 @@ class DataFiles:
 
 def _mnist_files() -> DataFiles:
     names = [name.removesuffix(".gz") for name, _ in tv_datasets.MNIST.resources]
-    urls = tuple((tv_datasets.MNIST.mirrors[0] + name, md5)
+    urls = tuple((tuple(mirror + name for mirror in tv_datasets.MNIST.mirrors), md5)
                  for name, md5 in tv_datasets.MNIST.resources)
     return DataFiles("MNIST/raw", tuple(n for n in names if n.startswith("train")),
                      tuple(n for n in names if n.startswith("t10k")), urls)
@@ -60,7 +60,7 @@ def _mnist_files() -> DataFiles:
 
 def _cifar_files(cls: type) -> DataFiles:
     return DataFiles(cls.base_folder, tuple(name for name, _ in cls.train_list),
-                     tuple(name for name, _ in cls.test_list), ((cls.url, cls.tgz_md5),))
+                     tuple(name for name, _ in cls.test_list), (((cls.url,), cls.tgz_md5),))
 
 
 FILES: dict[str, DataFiles] = {
@@ -141,8 +141,8 @@ def download_files(files: DataFiles, root: Path, progress: ProgressCallback | No
     """Fetch and unpack ``files`` under ``root``; raises ``OSError`` when that fails."""
     folder = files.location(root)
     folder.mkdir(parents=True, exist_ok=True)
-    for url, md5 in files.urls:
-        payload = _fetch(url, progress)
+    for mirrors, md5 in files.urls:
+        url, payload = _fetch_from_any(mirrors, progress)
         digest = hashlib.md5(payload).hexdigest()
         if digest != md5:
             raise OSError(f"{url} arrived corrupted (md5 {digest}, expected {md5})")
@@ -157,6 +157,18 @@ def download_files(files: DataFiles, root: Path, progress: ProgressCallback | No
             atomic_write_bytes(folder / name, buffer.getvalue())
         else:
             raise ValueError(f"unknown archive type: {url}")
+
+
+def _fetch_from_any(mirrors: tuple[str, ...], progress: ProgressCallback | None
+                    ) -> tuple[str, bytes]:
+    """(url, content) from the first mirror that answers; ``OSError`` if none does."""
+    errors = []
+    for url in mirrors:
+        try:
+            return url, _fetch(url, progress)
+        except OSError as exc:
+            errors.append(str(exc))
+    raise OSError("; ".join(errors))
 
 
 def _fetch(url: str, progress: ProgressCallback | None) -> bytes:

@@ -154,7 +154,7 @@ class _Run:
         kept = (f" The last good checkpoint (epoch {self.last_saved_epoch}) is kept in "
                 f"{self.paths.checkpoints}." if self.last_saved_epoch else "")
         if isinstance(exc, ConfigError):
-            return "config", f"Invalid configuration: {exc}"
+            return "config", str(exc)
         if isinstance(exc, DeviceError):
             return "device", str(exc)
         if isinstance(exc, DataUnavailableError):

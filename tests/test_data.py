@@ -95,14 +95,15 @@ def test_download_checks_md5_unpacks_and_reports_progress(tmp_path):
     real = data_files.FILES["cifar10"]
     md5 = hashlib.md5(archive.getvalue()).hexdigest()
     local = data_files.DataFiles(real.folder, real.train_files, real.test_files,
-                                 ((archive_path.as_uri(), md5),))
+                                 (((archive_path.as_uri(),), md5),))
     calls = []
     data_files.download_files(local, tmp_path / "root", progress=lambda d, t: calls.append(d))
     assert not local.missing(tmp_path / "root")
     assert calls and calls[-1] == len(archive.getvalue())
 
+    mirrors = ((tmp_path / "absent").as_uri(), archive_path.as_uri())  # first one fails
     corrupt = data_files.DataFiles(real.folder, real.train_files, real.test_files,
-                                   ((archive_path.as_uri(), "0" * 32),))
+                                   ((mirrors, "0" * 32),))
     with pytest.raises(OSError, match="corrupted"):
         data_files.download_files(corrupt, tmp_path / "other")
 
