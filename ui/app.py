@@ -21,12 +21,18 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     return app
 
 
-def run_app() -> int:
-    """Show the main window and run until it closes; returns the exit code."""
-    app = create_application()
+def show_main_window():
+    """Create and show the main window; the engine (PyTorch) then loads in the background."""
     from ui.main_window import MainWindow
 
     window = MainWindow()
     window.show()
-    window.load_engine()  # PyTorch loads in the background once the window is visible
+    window.load_engine()
+    return window
+
+
+def run_app() -> int:
+    """Show the main window and run until it closes; returns the exit code."""
+    app = create_application()
+    window = show_main_window()  # noqa: F841 (kept alive for the event loop)
     return app.exec()

@@ -1,15 +1,16 @@
 """The main window: sidebar pages (wizard, monitor, runs), menus, toolbar and status bar.
 
-It wires models to views and owns the application's lifetime rules: the engine loads in
-the background after the window shows; closing during a run asks, stops the trainer cleanly
-(it keeps its last checkpoint) and waits for the worker thread.
+It wires models to views and owns the application's lifetime rules: the window paints
+first, then the plot pages (pyqtgraph) are built and the engine (PyTorch) loads in the
+background; closing during a run asks, stops the trainer cleanly (it keeps its last
+checkpoint) and waits for the worker thread.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, Qt, Slot
+from PySide6.QtCore import QByteArray, QEvent, QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -26,7 +27,6 @@ from PySide6.QtWidgets import (
 from ui.about import show_about
 from ui.engine_catalog import EngineCatalog, load_catalog
 from ui.messages import describe_exception
-from ui.monitor.monitor_view import MonitorView
 from ui.resources import icon
 from ui.settings import app_settings, last_folder, remember_folder
 from ui.training_session import TrainingSession
@@ -50,10 +50,9 @@ class MainWindow(QMainWindow):
 
         self.session = TrainingSession(self)
         self.wizard = CompressionWizard()
-        self.monitor = MonitorView(self.session)
-        from ui.history.history_view import HistoryView
-
-        self.history = HistoryView()
+        self.monitor = None  # MonitorView and HistoryView, built after the first paint
+        self.history = None
+        self._start_up_pending = False
 
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
@@ -64,8 +63,9 @@ class MainWindow(QMainWindow):
         for title, icon_name in zip(PAGE_TITLES, PAGE_ICONS):
             QListWidgetItem(icon(icon_name), title, self.sidebar)
         self.pages = QStackedWidget()
-        for page in (self.wizard, self.monitor, self.history):
-            self.pages.addWidget(page)
+        self.pages.addWidget(self.wizard)
+        for _ in PAGE_TITLES[1:]:
+            self.pages.addWidget(QLabel("Loading…", alignment=Qt.AlignmentFlag.AlignCenter))
         self.sidebar.currentRowChanged.connect(self._show_page)
 
         central = QWidget()
@@ -83,10 +83,6 @@ class MainWindow(QMainWindow):
         self._show_device()
 
         self.wizard.start_requested.connect(self.start_run)
-        self.monitor.export_requested.connect(self.open_export_dialog)
-        self.history.resume_requested.connect(self.resume_run)
-        self.history.rerun_requested.connect(self.rerun_config)
-        self.history.export_requested.connect(self.open_export_dialog)
         self.session.state_changed.connect(self._on_session_state)
         self.session.finished.connect(self._on_run_finished)
         self.session.run_failed.connect(self._on_run_failed)
@@ -167,12 +163,46 @@ class MainWindow(QMainWindow):
     @Slot(int)
     def _show_page(self, index: int) -> None:
         self.pages.setCurrentIndex(index)
-        if index == RUNS_PAGE:
+        if index == RUNS_PAGE and self.history is not None:
             self.history.refresh()
 
     # -- the engine, loaded after the window shows -----------------------------------------
 
     def load_engine(self) -> None:
+        """Finish start-up once the window has painted: plot pages, then the engine."""
+        self._start_up_pending = True
+        self.update()  # make sure a paint follows, even if the window has painted already
+
+    def event(self, event: QEvent) -> bool:
+        handled = super().event(event)
+        if event.type() == QEvent.Type.Paint and self._start_up_pending:
+            self._start_up_pending = False
+            QTimer.singleShot(0, self._finish_start_up)  # after this frame reaches the screen
+        return handled
+
+    def _finish_start_up(self) -> None:
+        self._build_plot_pages()
+        self._start_engine_task()
+
+    def _build_plot_pages(self) -> None:
+        # pyqtgraph takes a good part of a second to import: it loads after the first paint.
+        from ui.history.history_view import HistoryView
+        from ui.monitor.monitor_view import MonitorView
+
+        self.monitor = MonitorView(self.session)
+        self.history = HistoryView()
+        for index, page in ((MONITOR_PAGE, self.monitor), (RUNS_PAGE, self.history)):
+            placeholder = self.pages.widget(index)
+            self.pages.insertWidget(index, page)
+            self.pages.removeWidget(placeholder)
+            placeholder.deleteLater()
+        self.pages.setCurrentIndex(self.sidebar.currentRow())
+        self.monitor.export_requested.connect(self.open_export_dialog)
+        self.history.resume_requested.connect(self.resume_run)
+        self.history.rerun_requested.connect(self.rerun_config)
+        self.history.export_requested.connect(self.open_export_dialog)
+
+    def _start_engine_task(self) -> None:
         self.statusBar().showMessage("Loading the engine…")
         self._engine_task = BackgroundTask(lambda _report: load_catalog(), self)
         self._engine_task.succeeded.connect(self._on_engine_loaded)

@@ -86,7 +86,9 @@ class RunCurves:
         pen = lambda colour, **kw: pg.mkPen(colour, width=2, **kw)  # noqa: E731
         symbol = dict(symbol="o", symbolSize=6)
         loss = self.loss_plot.getPlotItem()
-        self._batch_loss = loss.plot(pen=pg.mkPen("#9DB9D3", width=1), name="train (batches)")
+        # Redrawn several times a second while training: no antialiasing keeps that cheap.
+        self._batch_loss = loss.plot(pen=pg.mkPen("#9DB9D3", width=1), name="train (batches)",
+                                     antialias=False)
         self._train_loss = loss.plot(pen=pen(TRAIN_COLOUR), symbolBrush=TRAIN_COLOUR,
                                      name="train", **symbol)
         self._test_loss = loss.plot(pen=pen(TEST_COLOUR), symbolBrush=TEST_COLOUR,
@@ -112,9 +114,16 @@ class RunCurves:
         self.show(MetricHistory())
 
     def show(self, history: MetricHistory) -> None:
+        self.show_batches(history)
+        self.show_epochs(history)
+
+    def show_batches(self, history: MetricHistory) -> None:
+        """Only the running batch loss: what changes between two epochs."""
+        self._batch_loss.setData(*finite_points(history.batch_x, history.batch_loss))
+
+    def show_epochs(self, history: MetricHistory) -> None:
         epochs = history.column("epoch")
         percent = lambda ys: [100.0 * y for y in ys]  # noqa: E731
-        self._batch_loss.setData(*finite_points(history.batch_x, history.batch_loss))
         self._train_loss.setData(*finite_points(epochs, history.column("train_loss")))
         self._test_loss.setData(*finite_points(epochs, history.column("test_loss")))
         self._train_acc.setData(*finite_points(epochs, percent(history.column("train_acc"))))

@@ -40,7 +40,7 @@ class MonitorView(QWidget):
         super().__init__(parent)
         self.session = session
         self._total_epochs = 0
-        self._history_dirty = False
+        self._batches_dirty = False
 
         self.title = QLabel("No run yet. Start one from <b>New compression</b>.")
         self.title.setObjectName("pageTitle")
@@ -113,10 +113,11 @@ class MonitorView(QWidget):
         layout.addLayout(files)
         layout.addWidget(body, 1)
 
-        # Batches arrive in slices ten times a second; curves redraw at that pace too.
+        # Batches arrive in slices ten times a second; the batch-loss curve redraws at most
+        # five times a second, the epoch curves once an epoch.
         self._redraw_timer = QTimer(self)
-        self._redraw_timer.setInterval(150)
-        self._redraw_timer.timeout.connect(self._redraw_if_dirty)
+        self._redraw_timer.setInterval(200)
+        self._redraw_timer.timeout.connect(self._redraw_batches)
 
         session.state_changed.connect(self._on_state)
         session.run_started.connect(self._on_run_started)
@@ -186,12 +187,12 @@ class MonitorView(QWidget):
             f" · ETA {format_duration(event.eta_seconds)}")
         if event.grad_norms:
             self.layers.set_grad_norms(event.grad_norms)
-        self._history_dirty = True
+        self._batches_dirty = True
 
     @Slot(object)
     def _on_epoch(self, event) -> None:
-        self._history_dirty = True
-        self._redraw_if_dirty()
+        self.curves.show(self.session.history)
+        self._batches_dirty = False
         self.append_log(
             "info",
             f"Epoch {event.epoch}: train loss {event.train_loss:.4f}, acc "
@@ -205,8 +206,7 @@ class MonitorView(QWidget):
     @Slot(str)
     def _on_finished(self, status: str) -> None:
         self._redraw_timer.stop()
-        self._history_dirty = True
-        self._redraw_if_dirty()
+        self.curves.show(self.session.history)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
         if status == "finished":
@@ -226,10 +226,10 @@ class MonitorView(QWidget):
         self.log_view.moveCursor(QTextCursor.MoveOperation.End)
 
     @Slot()
-    def _redraw_if_dirty(self) -> None:
-        if self._history_dirty:
-            self._history_dirty = False
-            self.curves.show(self.session.history)
+    def _redraw_batches(self) -> None:
+        if self._batches_dirty:
+            self._batches_dirty = False
+            self.curves.show_batches(self.session.history)
 
     # -- saving -----------------------------------------------------------------------
 
