@@ -20,8 +20,12 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 TRAIN_COLOUR, TEST_COLOUR = PALETTE[0], PALETTE[1]
 
 
-def new_plot(title: str, y_label: str, x_label: str = "epoch", log_y: bool = False
-             ) -> pg.PlotWidget:
+# Where a plot's legend sits, as pyqtgraph legend offsets (negative: from the right/bottom).
+LEGEND_TOP_RIGHT, LEGEND_BOTTOM_RIGHT, LEGEND_MIDDLE_RIGHT = (-10, 10), (-10, -10), (-10, 60)
+
+
+def new_plot(title: str, y_label: str, x_label: str = "epoch", log_y: bool = False,
+             legend: tuple[int, int] | None = LEGEND_TOP_RIGHT) -> pg.PlotWidget:
     plot = pg.PlotWidget()
     item = plot.getPlotItem()
     item.setTitle(title, size="10pt")
@@ -29,8 +33,9 @@ def new_plot(title: str, y_label: str, x_label: str = "epoch", log_y: bool = Fal
     item.setLabel("bottom", x_label)
     item.showGrid(x=True, y=True, alpha=0.25)
     item.setLogMode(x=False, y=log_y)
-    item.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=pg.mkBrush(255, 255, 255, 210),
-                   pen=pg.mkPen("#D0D5DB"))
+    if legend is not None:
+        item.addLegend(offset=legend, labelTextSize="8pt",
+                       brush=pg.mkBrush(255, 255, 255, 210), pen=pg.mkPen("#D0D5DB"))
     item.setMenuEnabled(False)  # our own Save buttons replace pyqtgraph's context menu
     plot.setMinimumSize(260, 200)
     return plot
@@ -40,6 +45,15 @@ def finite_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[f
     """Drop NaN points (a column a run did not record) so the curve stays drawable."""
     pairs = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def decade_ticks(low: float, high: float) -> list[list[tuple[float, str]]]:
+    """Axis ticks for values plotted as log10(x): labelled powers of ten, unlabelled 2..9."""
+    superscripts = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    first, last = math.floor(low), math.ceil(high)
+    major = [(float(k), "10" + str(k).translate(superscripts)) for k in range(first, last + 1)]
+    minor = [(k + math.log10(m), "") for k in range(first, last) for m in range(2, 10)]
+    return [major, minor]
 
 
 def save_plot(plot: pg.PlotWidget, path: str | Path) -> Path:
@@ -81,8 +95,9 @@ class RunCurves:
 
     def __init__(self) -> None:
         self.loss_plot = new_plot("Loss", "cross-entropy")
-        self.acc_plot = new_plot("Accuracy", "accuracy (%)")
-        self.params_plot = new_plot("Parameters", "count", log_y=True)
+        self.acc_plot = new_plot("Accuracy", "accuracy (%)", legend=LEGEND_BOTTOM_RIGHT)
+        self.params_plot = new_plot("Parameters", "count", log_y=True,
+                                    legend=LEGEND_MIDDLE_RIGHT)
         pen = lambda colour, **kw: pg.mkPen(colour, width=2, **kw)  # noqa: E731
         symbol = dict(symbol="o", symbolSize=6)
         loss = self.loss_plot.getPlotItem()

@@ -28,7 +28,14 @@ from PySide6.QtWidgets import (
 from ui.history.run_table_model import RunTableModel, resumable
 from ui.messages import describe_exception
 from ui.metric_history import MetricHistory
-from ui.plots import PALETTE, RunCurves, finite_points, new_plot
+from ui.plots import (
+    LEGEND_BOTTOM_RIGHT,
+    PALETTE,
+    RunCurves,
+    decade_ticks,
+    finite_points,
+    new_plot,
+)
 from ui.workers import BackgroundTask
 
 
@@ -88,16 +95,20 @@ class HistoryView(QWidget):
         for widget in self.curves.widgets():
             curves_layout.addWidget(widget)
 
-        self.overlay_acc = new_plot("Test accuracy of the selected runs", "accuracy (%)")
+        self.overlay_acc = new_plot("Test accuracy of the selected runs", "accuracy (%)",
+                                    legend=LEGEND_BOTTOM_RIGHT)
         self.overlay_loss = new_plot("Test loss of the selected runs", "cross-entropy")
         compare_page = QWidget()
         compare_layout = QHBoxLayout(compare_page)
         compare_layout.addWidget(self.overlay_acc)
         compare_layout.addWidget(self.overlay_loss)
 
+        # x is log10(parameters) on a linear axis, labelled in powers of ten, so the scatter
+        # and its run-name labels share one coordinate system.
         self.scatter_plot = new_plot("Parameters against best test accuracy, all runs",
-                                     "best test accuracy (%)", x_label="parameters")
-        self.scatter_plot.getPlotItem().setLogMode(x=True, y=False)
+                                     "best test accuracy (%)", x_label="parameters (log scale)",
+                                     legend=None)
+        self._scatter_labels: list[pg.TextItem] = []
         self._scatter = pg.ScatterPlotItem(size=10, pen=pg.mkPen("#333", width=0.8),
                                            brush=pg.mkBrush(PALETTE[0]), hoverable=True,
                                            tip=self._scatter_tip)
@@ -226,10 +237,24 @@ class HistoryView(QWidget):
         return len(self.overlay_acc.getPlotItem().listDataItems())
 
     def _update_scatter(self) -> None:
+        runs = [run for run in self.model.rows if run.params_total and run.epochs_completed]
         points = [dict(pos=(math.log10(run.params_total), 100 * run.best_test_acc), data=run,
                        brush=pg.mkBrush(PALETTE[self._model_colour(run.model)]))
-                  for run in self.model.rows if run.params_total and run.epochs_completed]
+                  for run in runs]
         self._scatter.setData(points)
+        item = self.scatter_plot.getPlotItem()
+        for label in self._scatter_labels:
+            item.removeItem(label)
+        self._scatter_labels = []
+        for point in points:
+            label = pg.TextItem(point["data"].name, color="#333", anchor=(0, 1))
+            label.setPos(*point["pos"])
+            item.addItem(label)
+            self._scatter_labels.append(label)
+        if points:
+            xs = [point["pos"][0] for point in points]
+            item.getAxis("bottom").setTicks(decade_ticks(min(xs) - 0.2, max(xs) + 0.5))
+            item.setXRange(min(xs) - 0.2, max(xs) + 0.5)
 
     def scatter_point_count(self) -> int:
         return len(self._scatter.data)

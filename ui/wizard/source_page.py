@@ -22,6 +22,7 @@ from ui.engine_catalog import EngineCatalog
 from ui.settings import last_folder, remember_folder
 
 CUSTOM_PRESET = ""
+FORM_WIDTH = 860  # wizard forms stop growing here
 
 
 class SourcePage(QWidget):
@@ -68,9 +69,12 @@ class SourcePage(QWidget):
         form.addRow("", status_row)
         form.addRow("", self.download_progress)
 
+        form_box = QWidget()
+        form_box.setLayout(form)
+        form_box.setMaximumWidth(FORM_WIDTH)  # long fields read badly across a wide window
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(form)
+        layout.addWidget(form_box)
         layout.addStretch(1)
 
         self._descriptions: dict[str, str] = {}
