@@ -69,7 +69,8 @@ def main() -> int:
     # The same measurement with the window idle: the machine's own noise floor.
     clock.start()
     ticker.start()
-    QTimer.singleShot(int(args.idle_seconds * 1000), app.exit)  # exit(), unlike quit(), closes no window
+    # exit(), unlike quit(), closes no window.
+    QTimer.singleShot(int(args.idle_seconds * 1000), app.exit)
     app.exec()
     ticker.stop()
     idle = [max(0.0, gap - TICK_MS) for gap in gaps[1:]]

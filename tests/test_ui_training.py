@@ -81,7 +81,8 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
     assert saved[0].read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in saved[3].read_text()[:500]
     csv_text = monitor.save_metrics_csv(tmp_path / "metrics.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("epoch,train_loss") and len(csv_text.splitlines()) == 3
+    lines = csv_text.splitlines()
+    assert lines[0].startswith("epoch,train_loss") and len(lines) == 3
 
     summary = json.loads((window.session.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 2

@@ -159,3 +159,22 @@ def test_synthetic_data_needs_no_download_and_mnist_offers_one(qtbot, window, tm
     source.dataset_combo.setCurrentIndex(source.dataset_combo.findData("synthetic"))
     assert source.download_button.isHidden()
     assert "generated" in source.data_status.text()
+
+
+def test_window_geometry_is_remembered(qtbot, window):
+    # The offscreen screen is 800×800 and the window's minimum width about as much, so
+    # the height is what can differ from the default size (880) and still be restored.
+    window.resize(window.width(), 603)
+    assert window.close()
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.height() == 603
+
+
+def test_about_names_the_versions_and_device(window):
+    from ui.about import about_text
+
+    text = about_text(window.catalog, window.device_text)
+    for expected in ("Python", "PyTorch", window.catalog.versions["PyTorch"], "Qt",
+                     f"Device</td><td>&nbsp;{window.device_text}"):
+        assert expected in text

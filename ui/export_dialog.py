@@ -39,6 +39,8 @@ def export_run_in_worker(run_dir: Path, out: Path, formats: tuple[str, ...], che
 
     return export_run(run_dir, out, formats=formats, checkpoint=checkpoint, progress=report)
 
+RIGHT_ALIGNED = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+
 
 class ExportDialog(QDialog):
     """Choose formats, checkpoint and folder; export in a background task; show the report."""
@@ -166,7 +168,7 @@ class ExportDialog(QDialog):
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 if column in (2, 3):
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    item.setTextAlignment(RIGHT_ALIGNED)
                 self.files_table.setItem(row, column, item)
         self.files_table.setVisible(True)
         self.exported.emit(report)

@@ -109,7 +109,7 @@ class MainWindow(QMainWindow):
         self.open_config_action = self._action("&Open config…", self._ask_open_config,
                                                ["Ctrl+O"], "", "Load a run configuration (TOML)")
         self.save_config_action = self._action("&Save config…",
-                                               self.wizard._ask_save_config, ["Ctrl+S"])
+                                               self.wizard.ask_save_config, ["Ctrl+S"])
         self.export_action = self._action("&Export model…", self._export_current, ["Ctrl+E"],
                                           "export", "Export the model of the current run")
         self.quit_action = self._action("&Quit", self.close, [QKeySequence.StandardKey.Quit])

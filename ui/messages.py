@@ -4,10 +4,11 @@ from __future__ import annotations
 
 # Keys are the ``RunFailed.kind`` values the trainer reports, or exception class names.
 _ADVICE = {
-    "nan_loss": "The loss became NaN or infinite, so training stopped. The last good checkpoint "
-    "is kept. Try a lower learning rate, a smaller depth, or the 'pretrained' initialisation.",
-    "out_of_memory": "The device ran out of memory. Try a smaller batch size, fewer encoded layers, "
-    "or the CPU.",
+    "nan_loss": "The loss became NaN or infinite, so training stopped. The last good "
+    "checkpoint is kept. Try a lower learning rate, a smaller depth, or the 'pretrained' "
+    "initialisation.",
+    "out_of_memory": "The device ran out of memory. Try a smaller batch size, fewer encoded "
+    "layers, or the CPU.",
     "data_unavailable": "The data set is not available.",
     "DataUnavailableError": "The data set is not available.",
     "device": "The chosen device cannot be used.",

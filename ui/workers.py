@@ -8,11 +8,13 @@ so their slots always run in the UI thread.
 
 from __future__ import annotations
 
-import traceback
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+log = logging.getLogger(__name__)
 
 # A task receives ``report(fraction, text)``; fraction is in [0, 1], or negative when unknown.
 ProgressReport = Callable[[float, str], None]
@@ -36,7 +38,7 @@ class _TaskWorker(QObject):
         try:
             result = self._function(self.progressed.emit)
         except Exception as exc:  # every failure reaches the user as a message
-            exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            log.debug("background task failed", exc_info=True)  # the traceback, for debugging
             self.failed.emit(exc)
         else:
             self.succeeded.emit(result)

@@ -9,6 +9,8 @@ from ui.formatting import format_count, format_ratio
 
 COLUMNS = ("layer", "depth", "ADTN params", "dense params", "ratio", "grad norm")
 
+RIGHT_ALIGNED = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+
 
 class LayerActivityTable(QTableWidget):
     """One row per encoded layer; the gradient-norm column follows the trainer's reports."""
@@ -36,7 +38,7 @@ class LayerActivityTable(QTableWidget):
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 if column:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    item.setTextAlignment(RIGHT_ALIGNED)
                 self.setItem(index, column, item)
 
     def set_grad_norms(self, norms: dict[str, float]) -> None:

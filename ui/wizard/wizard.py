@@ -100,7 +100,7 @@ class CompressionWizard(QWidget):
         self.source_page.data_root_changed.connect(self._check_data)
         self.source_page.download_requested.connect(self.download_data)
         self.review_page.name_edited.connect(self._refresh_review)
-        self.review_page.save_requested.connect(self._ask_save_config)
+        self.review_page.save_requested.connect(self.ask_save_config)
         self.layer_model.totals_changed.connect(self._layers_edited)
         self._update_nav()
 
@@ -312,7 +312,9 @@ class CompressionWizard(QWidget):
         return Path(path)
 
     @Slot()
-    def _ask_save_config(self) -> None:
+    def ask_save_config(self) -> None:
+        if self.config is None:
+            return  # the engine has not loaded yet: there is nothing to save
         config = self.current_config()
         start = Path(last_folder("configs", Path.home())) / f"{config.run_name}.toml"
         path, _ = QFileDialog.getSaveFileName(self, "Save run configuration", str(start),
