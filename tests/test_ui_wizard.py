@@ -178,3 +178,38 @@ def test_about_names_the_versions_and_device(window):
     for expected in ("Python", "PyTorch", window.catalog.versions["PyTorch"], "Qt",
                      f"Device</td><td>&nbsp;{window.device_text}"):
         assert expected in text
+
+
+def test_download_runs_in_the_background_with_progress(qtbot, window, monkeypatch):
+    """The network is not reachable from the tests: the engine's download is replaced by a
+    stand-in that reports progress from the worker thread like the real one."""
+    import threading
+
+    from ui.wizard import engine_calls
+
+    seen = {"threads": set(), "downloaded": False}
+    release = threading.Event()
+
+    def fake_download(config, report):
+        seen["threads"].add(threading.current_thread().name)
+        report(0.25, "2.5 of 10.0 MB")
+        release.wait(10)
+        report(1.0, "10.0 of 10.0 MB")
+        seen["downloaded"] = True
+
+    real_status = engine_calls.dataset_status
+    monkeypatch.setattr(engine_calls, "download", fake_download)
+    monkeypatch.setattr(engine_calls, "dataset_status",
+                        lambda config: (True, "✓ ready") if seen["downloaded"]
+                        else real_status(config))
+    source = window.wizard.source_page
+    source.dataset_combo.setCurrentIndex(source.dataset_combo.findData("mnist"))
+    qtbot.mouseClick(source.download_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: source.download_progress.value() == 250, timeout=10_000)
+    assert source.download_progress.isVisible() and "2.5 of 10.0 MB" in \
+        source.download_progress.format()
+    assert not source.download_button.isEnabled() and not source.dataset_combo.isEnabled()
+    release.set()
+    qtbot.waitUntil(lambda: source.data_status.text() == "✓ ready", timeout=10_000)
+    assert source.download_button.isHidden() and source.dataset_combo.isEnabled()
+    assert threading.main_thread().name not in seen["threads"]
