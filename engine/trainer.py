@@ -32,7 +32,7 @@ from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochE
 from engine.runs import (RunPaths, build_config_model, read_summary, write_metrics,
                          write_summary)
 
-__all__ = ["RunControl", "RunSummary", "TrainerCallback", "resolve_device", "train"]
+__all__ = ["RunControl", "RunSummary", "TrainerCallback", "list_devices", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,17 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return device.type
+
+
+def list_devices() -> list[tuple[str, str]]:
+    """Every device a run can use, as (configuration value, description), "auto" first."""
+    devices = [("auto", f"auto ({describe_device(resolve_device('auto'))})")]
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        devices.append((f"cuda:{index}", describe_device(torch.device(f"cuda:{index}"))))
+    if torch.backends.mps.is_available():
+        devices.append(("mps", "Apple GPU (mps)"))
+    devices.append(("cpu", "CPU"))
+    return devices
 
 
 def train(config: RunConfig, run_dir: str | Path, callbacks: Iterable[Any] = (),

@@ -255,3 +255,11 @@ def test_device_auto_falls_back_to_cpu_without_accelerators(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert trainer_module.resolve_device("auto") == torch.device("cpu")
+
+
+def test_list_devices_offers_auto_first_and_the_cpu():
+    from engine.trainer import list_devices
+
+    values = [value for value, _ in list_devices()]
+    assert values[0] == "auto" and values[-1] == "cpu"
+    assert all(value in ("auto", "cpu", "mps") or value.startswith("cuda:") for value in values)

@@ -49,19 +49,10 @@ def load_catalog() -> EngineCatalog:
 
 
 def _devices() -> tuple[DeviceChoice, ...]:
-    """Every device a run can use. The engine has no device-listing helper yet, so this
-    asks PyTorch directly (here, in a worker, never in a widget)."""
-    import torch
-    from engine.trainer import describe_device
+    """Every device a run can use (asked of the engine in a worker, never in a widget)."""
+    from engine.trainer import list_devices
 
-    choices = [DeviceChoice("auto", "auto (best available)")]
-    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        choices.append(DeviceChoice(f"cuda:{index}",
-                                    describe_device(torch.device(f"cuda:{index}"))))
-    if torch.backends.mps.is_available():
-        choices.append(DeviceChoice("mps", "Apple GPU (mps)"))
-    choices.append(DeviceChoice("cpu", "CPU"))
-    return tuple(choices)
+    return tuple(DeviceChoice(value, label) for value, label in list_devices())
 
 
 def _versions() -> dict[str, str]:
