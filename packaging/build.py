@@ -85,13 +85,15 @@ def macos_dmg(app: Path) -> Path:
 
 
 def find_iscc() -> str:
-    found = shutil.which("ISCC") or shutil.which("iscc")
-    default = Path(os.environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)")) / "Inno Setup 6" / "ISCC.exe"
+    found = shutil.which("ISCC")
     if found:
         return found
+    program_files = Path(os.environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)"))
+    default = program_files / "Inno Setup 6" / "ISCC.exe"
     if default.is_file():
         return str(default)
-    raise SystemExit("build: Inno Setup 6 (ISCC.exe) not found; install it, e.g. `choco install innosetup`")
+    raise SystemExit("build: Inno Setup 6 (ISCC.exe) not found; install it, e.g. "
+                     "`choco install innosetup`")
 
 
 def windows_setup(bundle: Path, icon_ico: Path) -> Path:
