@@ -25,10 +25,13 @@ def render_png(svg: Path, out: Path, size: int = 512) -> Path:
     """Draw the SVG on a transparent size×size image (no display needed)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import Qt
-    from PySide6.QtGui import QGuiApplication, QImage, QPainter
+    from PySide6.QtGui import QImage, QPainter
+    from PySide6.QtWidgets import QApplication
     from PySide6.QtSvg import QSvgRenderer
 
-    app = QGuiApplication.instance() or QGuiApplication([])  # noqa: F841 - Qt needs it alive
+    # A QApplication (not a bare QGuiApplication): in a process that later opens widgets,
+    # such as the test run, the first application object decides what Qt can do.
+    app = QApplication.instance() or QApplication([])  # noqa: F841 - Qt needs it alive
     renderer = QSvgRenderer(str(svg))
     if not renderer.isValid():
         raise SystemExit(f"make_icons: cannot read {svg}")
