@@ -33,6 +33,24 @@ class _ADTNLayer(nn.Module):
     adtn: ADTN
     fit_report: float | None
 
+    def _take_over(self, dense: nn.Module, fit: bool, fit_steps: int, fit_lr: float):
+        """Match ``dense``'s device and dtype, copy its bias, and optionally fit its weight."""
+        self.to(device=dense.weight.device, dtype=dense.weight.dtype)
+        with torch.no_grad():
+            if dense.bias is not None:
+                self.bias.copy_(dense.bias)
+        if fit:
+            self._fit_to(dense.weight, fit_steps, fit_lr)
+        return self
+
+    def _filled(self, dense: nn.Module) -> nn.Module:
+        """``dense`` holding the materialised weight and this layer's bias."""
+        with torch.no_grad():
+            dense.weight.copy_(self.adtn())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
     def _fit_to(self, weight: torch.Tensor, steps: int, lr: float) -> float:
         error = self.adtn.fit(weight, steps=steps, lr=lr)
         self.fit_report = error
@@ -106,32 +124,23 @@ class ADTNLinear(_ADTNLayer):
             depth=depth,
             activation=activation,
             layout=layout,
-        ).to(device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        if fit:
-            layer._fit_to(linear.weight, fit_steps, fit_lr)
-        return layer
+        )
+        return layer._take_over(linear, fit, fit_steps, fit_lr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.adtn(), self.bias)
 
     def to_dense(self) -> nn.Linear:
         """The equivalent ``nn.Linear`` holding the materialised weight."""
-        weight = self.adtn()
+        scale = self.adtn.scale
         dense = nn.Linear(
             self.in_features,
             self.out_features,
             bias=self.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
+            device=scale.device,
+            dtype=scale.dtype,
         )
-        with torch.no_grad():
-            dense.weight.copy_(weight)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._filled(dense)
 
     def extra_repr(self) -> str:
         return (
@@ -234,13 +243,8 @@ class ADTNConv2d(_ADTNLayer):
             depth=depth,
             activation=activation,
             layout=layout,
-        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        if fit:
-            layer._fit_to(conv.weight, fit_steps, fit_lr)
-        return layer
+        )
+        return layer._take_over(conv, fit, fit_steps, fit_lr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.adtn()
@@ -251,7 +255,7 @@ class ADTNConv2d(_ADTNLayer):
 
     def to_dense(self) -> nn.Conv2d:
         """The equivalent ``nn.Conv2d`` holding the materialised kernel."""
-        weight = self.adtn()
+        scale = self.adtn.scale
         dense = nn.Conv2d(
             self.in_channels,
             self.out_channels,
@@ -262,14 +266,10 @@ class ADTNConv2d(_ADTNLayer):
             groups=self.groups,
             bias=self.bias is not None,
             padding_mode=self.padding_mode,
-            device=weight.device,
-            dtype=weight.dtype,
+            device=scale.device,
+            dtype=scale.dtype,
         )
-        with torch.no_grad():
-            dense.weight.copy_(weight)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._filled(dense)
 
     def extra_repr(self) -> str:
         return (
