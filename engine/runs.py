@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +113,7 @@ class RunRecord:
     model: str
     dataset: str
     started_at: str  # ISO 8601, local time
-    status: str  # "running" (or killed), "finished", "stopped", "failed", "unreadable"
+    status: str  # "running", "interrupted" (killed), "finished", "stopped", "failed", "unreadable"
     epochs_completed: int
     epochs: int
     params_total: int
@@ -145,7 +147,7 @@ def _run_record(folder: Path) -> RunRecord:
         "%Y-%m-%dT%H:%M:%S", time.localtime(paths.config.stat().st_mtime))
     return RunRecord(
         path=str(folder), name=name, model=model, dataset=dataset, started_at=started,
-        status=summary.get("status", "unknown"),
+        status=_live_status(summary),
         epochs_completed=int(summary.get("epochs_completed", 0)),
         epochs=int(summary.get("epochs", 0)),
         params_total=int(summary.get("params_total", 0)),
@@ -154,6 +156,22 @@ def _run_record(folder: Path) -> RunRecord:
         best_test_acc=float(summary.get("best_test_acc", 0.0)),
         test_acc=float(summary.get("test_acc", 0.0)),
     )
+
+
+def _live_status(summary: dict) -> str:
+    """The summary's status, except that a "running" run whose process on this machine has
+    ended was killed: it is "interrupted" (and can be resumed)."""
+    status = summary.get("status", "unknown")
+    pid = int(summary.get("pid") or 0)
+    if status != "running" or pid <= 0 or summary.get("host") != socket.gethostname():
+        return status
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return "interrupted"
+    except OSError:  # exists but belongs to someone else, or cannot be asked
+        pass
+    return status
 
 
 # -- models of a configuration or a run -------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +75,9 @@ class RunSummary:
     finished_at: str = ""
     error_kind: str = ""
     error_message: str = ""
+    # Who runs it: a "running" run whose process is gone was killed (see engine.runs).
+    host: str = ""
+    pid: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +147,8 @@ class _Run:
         self.control = control
         self.summary = RunSummary("running", str(run_dir), config.run_name, config.model,
                                   config.dataset, epochs=config.total_epochs,
-                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                  host=socket.gethostname(), pid=os.getpid())
         self.history: list[dict[str, Any]] = []
         self.last_saved_epoch = 0
         self.owns_folder = False  # set once the folder is known to be this run's to write

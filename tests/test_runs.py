@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import csv
 import dataclasses
 import json
@@ -132,3 +133,24 @@ def test_new_run_dirs_are_unique_and_under_the_default_root(monkeypatch, tmp_pat
     a, b = new_run_dir(quick_config()), new_run_dir(quick_config())
     assert a != b and a.parent == b.parent == tmp_path / "runs"
     assert a.name.endswith("fc2-synthetic")
+
+
+def test_a_killed_run_is_listed_as_interrupted(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from engine.config import RunConfig
+    from engine.runs import list_runs
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    for name, pid in (("killed", int(gone.stdout)), ("alive", os.getpid())):
+        folder = tmp_path / name
+        folder.mkdir()
+        RunConfig(name=name, dataset="synthetic").save(folder / "config.toml")
+        (folder / "summary.json").write_text(json.dumps(
+            {"status": "running", "host": socket.gethostname(), "pid": pid, "epochs": 3}))
+    statuses = {record.name: record.status for record in list_runs(tmp_path)}
+    assert statuses == {"killed": "interrupted", "alive": "running"}

@@ -14,7 +14,7 @@ Index = QModelIndex | QPersistentModelIndex
 
 def resumable(run: Any) -> bool:
     """Whether a run (an engine RunRecord) can continue from its last checkpoint."""
-    return run.status in ("stopped", "failed", "running") and run.epochs_completed < run.epochs
+    return run.status in ("stopped", "failed", "interrupted") and run.epochs_completed < run.epochs
 
 
 def _date(iso: str) -> str:
