@@ -88,10 +88,15 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
     assert summary["status"] == "finished" and summary["epochs_completed"] == 2
 
 
+# Runs long enough (in epochs of 4 batches) that a stop or pause sent from the window cannot
+# arrive after the last batch, however fast the machine.
+LONG_EPOCHS = 30
+
+
 def test_stop_then_resume_from_the_history(qtbot, window):
     session = window.session
     with qtbot.waitSignal(session.epoch_ended, timeout=RUN_TIMEOUT_MS):
-        window.start_run(tiny_config(epochs=3, name="stop-me"))
+        window.start_run(tiny_config(epochs=LONG_EPOCHS, name="stop-me"))
     with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as stopped:
         qtbot.keyClick(window, Qt.Key.Key_Period, Qt.KeyboardModifier.ControlModifier)
         assert session.state == "stopping"
@@ -112,13 +117,13 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     assert session.run_dir == run_dir
     assert "resuming at epoch" in window.monitor.log_view.toPlainText()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["epochs_completed"] == 3
+    assert summary["status"] == "finished" and summary["epochs_completed"] == LONG_EPOCHS
 
 
 def test_pause_holds_the_trainer_until_resumed(qtbot, window):
     session = window.session
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
-        window.start_run(tiny_config(epochs=2, name="pause-me"))
+        window.start_run(tiny_config(epochs=LONG_EPOCHS, name="pause-me"))
     qtbot.keyClick(window, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier)
     assert session.state == "paused" and window.monitor.resume_button.isEnabled()
     qtbot.wait(300)  # the batch in flight when pausing may still arrive
@@ -127,7 +132,7 @@ def test_pause_holds_the_trainer_until_resumed(qtbot, window):
     assert len(session.history.batch_x) == batches
     with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
         qtbot.mouseClick(window.monitor.resume_button, Qt.MouseButton.LeftButton)
-    assert finished.args == ["finished"] and len(session.history.batch_x) == 8
+    assert finished.args == ["finished"] and len(session.history.batch_x) == 4 * LONG_EPOCHS
 
 
 def test_export_dialog_shows_the_verification(qtbot, window, tmp_path):
