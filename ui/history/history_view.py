@@ -246,9 +246,13 @@ class HistoryView(QWidget):
         for label in self._scatter_labels:
             item.removeItem(label)
         self._scatter_labels = []
-        for point in points:
-            label = pg.TextItem(point["data"].name, color="#333", anchor=(0, 1))
-            label.setPos(*point["pos"])
+        placed: list[tuple[float, float, tuple[int, int]]] = []
+        for point in sorted(points, key=lambda p: p["pos"]):
+            x, y = point["pos"]
+            anchor = _free_anchor(x, y, placed)
+            placed.append((x, y, anchor))
+            label = pg.TextItem(point["data"].name, color="#333", anchor=anchor)
+            label.setPos(x, y)
             item.addItem(label)
             self._scatter_labels.append(label)
         if points:
@@ -296,3 +300,16 @@ class HistoryView(QWidget):
         run = self._single()
         if run is not None:
             self.export_requested.emit(run.path)
+
+
+# Labels go above-right of their point, else below-right, else above-left: the first side
+# where no label already placed near the point (in decades of parameters and % accuracy) sits.
+LABEL_SIDES = ((0, 1), (0, 0), (1, 1), (1, 0))
+
+
+def _free_anchor(x: float, y: float, placed: list[tuple[float, float, tuple[int, int]]]):
+    for anchor in LABEL_SIDES:
+        if not any(side == anchor and abs(x - px) < 0.6 and abs(y - py) < 4.0
+                   for px, py, side in placed):
+            return anchor
+    return LABEL_SIDES[0]
