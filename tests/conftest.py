@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,38 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ADTN_CONFIG_DIR", str(home / "config"))
     if "ADTN_DATA_DIR" not in os.environ:
         monkeypatch.setenv("ADTN_DATA_DIR", str(home / "data"))
+
+
+@pytest.fixture
+def window(qtbot):
+    """The main window, shown offscreen, once its engine has loaded."""
+    from ui.main_window import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    window.load_engine()
+    qtbot.waitUntil(lambda: window.catalog is not None, timeout=60_000)
+    yield window
+    if window.session.is_active():  # never leave a trainer thread behind a failed test
+        window.session.stop_and_wait()
+
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave without the interpreter's final clean-up once Qt was used: after some sequences of
+    widget tests PySide6 6.12 aborts in that last garbage collection ("none_dealloc"), turning
+    a passing run into a crash. Every report has been printed by now; the status is kept."""
+    if "PySide6.QtWidgets" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)

@@ -5,24 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from PySide6.QtCore import Qt
 
-from ui.main_window import MONITOR_PAGE, RUNS_PAGE, MainWindow
+from ui.main_window import MONITOR_PAGE, RUNS_PAGE
 
 RUN_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def window(qtbot):
-    window = MainWindow()
-    qtbot.addWidget(window)
-    window.show()
-    window.load_engine()
-    qtbot.waitUntil(lambda: window.catalog is not None, timeout=60_000)
-    yield window
-    if window.session.is_active():  # never leave a trainer thread behind a failed test
-        window.session.stop_and_wait()
 
 
 def tiny_config(epochs: int = 2, name: str = "tiny", **changes):

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import tomllib
 
-import pytest
 from PySide6.QtCore import Qt
 
 from ui.main_window import MainWindow
 from ui.wizard.wizard import LAYERS, REVIEW, SOURCE, TRAINING
-
-
-@pytest.fixture
-def window(qtbot):
-    window = MainWindow()
-    qtbot.addWidget(window)
-    window.show()
-    window.load_engine()
-    qtbot.waitUntil(lambda: window.catalog is not None, timeout=60_000)
-    return window
 
 
 def go_to_layers(qtbot, wizard):
