@@ -16,13 +16,7 @@ from engine.export import BundleError, load_bundle, read_bundle_metadata, save_b
 from engine.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Cores are shared on test machines; one thread avoids oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LAYERS = [
     LayerSpec("conv2", depth=2),

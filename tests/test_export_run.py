@@ -17,13 +17,7 @@ from engine.export.run_export import plain_model, verification_batch
 from engine.trainer import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Cores are shared on test machines; one thread avoids oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

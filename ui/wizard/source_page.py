@@ -25,6 +25,18 @@ CUSTOM_PRESET = ""
 FORM_WIDTH = 860  # wizard forms stop growing here
 
 
+def place_form(page: QWidget, form) -> None:
+    """Lay ``form`` out at the top of ``page``, no wider than FORM_WIDTH: long fields read
+    badly across a wide window."""
+    form_box = QWidget()
+    form_box.setLayout(form)
+    form_box.setMaximumWidth(FORM_WIDTH)
+    layout = QVBoxLayout(page)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(form_box)
+    layout.addStretch(1)
+
+
 class SourcePage(QWidget):
     """Emits ``preset_chosen`` when the user picks a preset; the wizard loads it."""
 
@@ -69,13 +81,7 @@ class SourcePage(QWidget):
         form.addRow("", status_row)
         form.addRow("", self.download_progress)
 
-        form_box = QWidget()
-        form_box.setLayout(form)
-        form_box.setMaximumWidth(FORM_WIDTH)  # long fields read badly across a wide window
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(form_box)
-        layout.addStretch(1)
+        place_form(self, form)
 
         self._descriptions: dict[str, str] = {}
         self.preset_combo.activated.connect(self._on_preset_activated)

@@ -8,12 +8,11 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QLabel,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ui.engine_catalog import EngineCatalog
-from ui.wizard.source_page import FORM_WIDTH
+from ui.wizard.source_page import place_form
 
 OPTIMIZERS = (("Adam", "adam"), ("AdamW", "adamw"), ("SGD with momentum", "sgd"))
 INITS = (("from scratch", "scratch"), ("pretrained: train dense, fit ADTNs, fine-tune",
@@ -83,13 +82,7 @@ class TrainingPage(QWidget):
         form.addRow("Training examples", self.limit_train)
         form.addRow("Test examples", self.limit_test)
 
-        form_box = QWidget()
-        form_box.setLayout(form)
-        form_box.setMaximumWidth(FORM_WIDTH)  # long fields read badly across a wide window
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(form_box)
-        layout.addStretch(1)
+        place_form(self, form)
         self.init.currentIndexChanged.connect(self._follow_init)
 
     def set_catalog(self, catalog: EngineCatalog) -> None:
