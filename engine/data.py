@@ -9,7 +9,7 @@ batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int, int], None]  # (done_bytes, total_bytes); total 0 if unknown
 
-DATASET_NAMES = ("mnist", "cifar10", "cifar100", "synthetic")
+DATASET_NAMES = ("mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "synthetic")
+IMAGEFOLDER_PREFIX = "imagefolder:"  # "imagefolder:DIR" names a folder of class folders
+MNIST_LIKE = ("mnist", "fashionmnist", "kmnist")  # idx files, read alike
 SYNTHETIC_SIZES = (2000, 500)  # default (train, test) examples of the generated set
 CROP_PADDING = 4
 
@@ -47,11 +49,16 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augmentable: bool  # whether config.augment applies (crop + flip suit natural images)
+    classes: tuple[str, ...] = ()  # class names, when the data set has them (image folders)
 
 
 _INFOS = {
     "mnist": DatasetInfo("mnist", "MNIST", 1, 28, 10, 60000, 10000,
                          (0.1307,), (0.3081,), False),
+    "fashionmnist": DatasetInfo("fashionmnist", "Fashion-MNIST", 1, 28, 10, 60000, 10000,
+                                (0.2860,), (0.3530,), False),
+    "kmnist": DatasetInfo("kmnist", "Kuzushiji-MNIST", 1, 28, 10, 60000, 10000,
+                          (0.1918,), (0.3483,), False),
     "cifar10": DatasetInfo("cifar10", "CIFAR-10", 3, 32, 10, 50000, 10000,
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
     "cifar100": DatasetInfo("cifar100", "CIFAR-100", 3, 32, 100, 50000, 10000,
@@ -61,11 +68,41 @@ _INFOS = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Shape, class count, size and normalisation of data set ``name``."""
+def dataset_info(name: str, image_size: int = 0, test_fraction: float = 0.2,
+                 seed: int = 0) -> DatasetInfo:
+    """Shape, class count, size and normalisation of data set ``name``.
+
+    For ``imagefolder:DIR`` the folder is scanned (file names and a few image headers):
+    ``image_size`` 0 means the images' own size (at most 224), and the mean and standard
+    deviation are placeholders until ``load_data`` computes them on the training split.
+    """
+    if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
+        return _folder_info(name, image_size, test_fraction, seed)
     if name not in _INFOS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)} (got {name!r})")
+        raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)} or "
+                         f"'imagefolder:DIR' (got {name!r})")
     return _INFOS[name]
+
+
+def config_dataset_info(config: RunConfig) -> DatasetInfo:
+    """``dataset_info`` with the configuration's image size, split and given mean/std."""
+    info = dataset_info(config.dataset, getattr(config, "image_size", 0),
+                        getattr(config, "test_fraction", 0.2), config.seed)
+    mean, std = getattr(config, "data_mean", []), getattr(config, "data_std", [])
+    if mean and std:
+        info = replace(info, mean=tuple(mean), std=tuple(std))
+    return info
+
+
+def _folder_info(name: str, image_size: int, test_fraction: float, seed: int) -> DatasetInfo:
+    from engine import imagefolder
+
+    scanned = imagefolder.scan(imagefolder.folder_of(name), test_fraction, seed)
+    channels = scanned.channels
+    return DatasetInfo(name, f"image folder {scanned.root.name}", channels,
+                       scanned.image_size(image_size), len(scanned.classes),
+                       len(scanned.train), len(scanned.test), (0.5,) * channels,
+                       (0.25,) * channels, channels == 3, scanned.classes)
 
 
 @dataclass
@@ -85,6 +122,34 @@ class ImageSet:
         return ImageSet(self.images[:limit], self.labels[:limit])
 
 
+class FileImageSet:
+    """A split too large for memory: image files decoded batch by batch by ``workers``
+    DataLoader processes (``engine.imagefolder``)."""
+
+    def __init__(self, files: list, channels: int, image_size: int, workers: int) -> None:
+        self.files, self.channels, self.image_size = list(files), channels, image_size
+        self.workers = workers
+        self.labels = torch.tensor([label for _, label in self.files], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def head(self, limit: int) -> FileImageSet:
+        if limit <= 0 or limit >= len(self):
+            return self
+        return FileImageSet(self.files[:limit], self.channels, self.image_size, self.workers)
+
+
+@dataclass
+class LoadedData:
+    """Both splits of a configuration's data set, its resolved info, and notes for the log."""
+
+    train: ImageSet | FileImageSet
+    test: ImageSet | FileImageSet
+    info: DatasetInfo
+    notes: list[str] = field(default_factory=list)
+
+
 # -- loading ----------------------------------------------------------------------------
 
 
@@ -100,7 +165,39 @@ def load_datasets(config: RunConfig, progress: ProgressCallback | None = None
     A missing set is downloaded when ``config.download`` is true (``progress`` receives
     (done_bytes, total_bytes)); otherwise, or when that fails, ``DataUnavailableError``.
     """
-    info = dataset_info(config.dataset)
+    loaded = load_data(config, progress)
+    return loaded.train, loaded.test
+
+
+def load_data(config: RunConfig, progress: ProgressCallback | None = None,
+              load_progress: ProgressCallback | None = None) -> LoadedData:
+    """``load_datasets`` plus the resolved ``DatasetInfo`` (an image folder's mean and
+    standard deviation computed on its training split) and notes for the run's log.
+    ``load_progress`` receives (images decoded, images in all) while an image folder loads."""
+    if config.dataset.startswith(IMAGEFOLDER_PREFIX):
+        return _load_folder(config, load_progress)
+    info = config_dataset_info(config)
+    train, test = _load_named(info, config, progress)
+    return LoadedData(train, test, info)
+
+
+def _load_folder(config: RunConfig, load_progress: ProgressCallback | None) -> LoadedData:
+    from engine import imagefolder
+
+    info = config_dataset_info(config)
+    scanned = imagefolder.scan(imagefolder.folder_of(config.dataset),
+                               getattr(config, "test_fraction", 0.2), config.seed)
+    loaded = imagefolder.load(scanned, info.image_size, config.limit_train, config.limit_test,
+                              tuple(getattr(config, "data_mean", ())),
+                              tuple(getattr(config, "data_std", ())), config.workers,
+                              load_progress)
+    info = replace(info, mean=loaded.mean, std=loaded.std, train_size=len(loaded.train),
+                   test_size=len(loaded.test))
+    return LoadedData(loaded.train, loaded.test, info, loaded.notes)
+
+
+def _load_named(info: DatasetInfo, config: RunConfig, progress: ProgressCallback | None
+                ) -> tuple[ImageSet, ImageSet]:
     if info.name == "synthetic":
         train, test = synthetic_sets(config.limit_train or SYNTHETIC_SIZES[0],
                                      config.limit_test or SYNTHETIC_SIZES[1])
@@ -117,8 +214,8 @@ def download_dataset(name: str, root: str | Path | None = None,
     from engine import data_files  # torchvision loads only when files are needed
 
     info = dataset_info(name)
-    if name == "synthetic":
-        raise ValueError("the synthetic data set is generated, not downloaded")
+    if name == "synthetic" or name.startswith(IMAGEFOLDER_PREFIX):
+        raise ValueError(f"the {info.title} data set is not downloaded")
     files = data_files.FILES[name]
     root = resolve_data_root(root)
     if files.missing(root):
@@ -140,7 +237,7 @@ def _load_files(info: DatasetInfo, root: Path, download: bool,
             raise DataUnavailableError(
                 _unavailable_message(info, root, files, "downloading is switched off"))
         download_dataset(info.name, root, progress)
-    reader = data_files.read_mnist if info.name == "mnist" else data_files.read_cifar
+    reader = data_files.read_mnist if info.name in MNIST_LIKE else data_files.read_cifar
     folder = files.location(root)
     try:
         train = ImageSet(*reader(folder, files.train_files))
@@ -199,14 +296,15 @@ class BatchIterator:
     and flipped when ``augment``.
     """
 
-    def __init__(self, data: ImageSet, info: DatasetInfo, batch_size: int,
+    def __init__(self, data: ImageSet | FileImageSet, info: DatasetInfo, batch_size: int,
                  device: torch.device, shuffle: bool = False, augment: bool = False,
                  seed: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
         if len(data) == 0:
             raise ValueError(f"the {info.title} split is empty")
-        self.images = data.images.to(device)
+        self.files = data if isinstance(data, FileImageSet) else None  # streamed from disk
+        self.images = data.images.to(device) if self.files is None else None
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.device = device
@@ -230,12 +328,39 @@ class BatchIterator:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream=1))
             order = torch.randperm(self.num_examples, generator=generator).to(self.device)
         augment_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream=2))
+        if self.files is not None:
+            yield from self._streamed(order, augment_rng)
+            return
         for start, stop in self._batch_bounds():
             index = order[start:stop] if order is not None else slice(start, stop)
             images = self.images[index].float().div_(255)
             if self.augment:
                 images = _random_crop_and_flip(images, augment_rng)
             yield (images - self.mean) / self.std, self.labels[index]
+
+    def _streamed(self, order: torch.Tensor | None, augment_rng: torch.Generator
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same batches as in memory, decoded by DataLoader workers in the same order;
+        files that fail to decode are dropped from their batch."""
+        from engine.imagefolder import FileDataset
+
+        indices = order.cpu().tolist() if order is not None else list(range(self.num_examples))
+        batches = [indices[start:stop] for start, stop in self._batch_bounds()]
+        dataset = FileDataset(self.files.files, self.files.channels, self.files.image_size)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=self.files.workers,
+            pin_memory=self.device.type == "cuda",
+            multiprocessing_context=_worker_context() if self.files.workers > 0 else None)
+        for images, labels in loader:
+            keep = labels >= 0
+            if not bool(keep.all()):
+                images, labels = images[keep], labels[keep]
+            if labels.numel() == 0:
+                continue
+            images = images.to(self.device, non_blocking=True).float().div_(255)
+            if self.augment:
+                images = _random_crop_and_flip(images, augment_rng)
+            yield (images - self.mean) / self.std, labels.to(self.device)
 
     def _batch_bounds(self) -> list[tuple[int, int]]:
         n, size = self.num_examples, self.batch_size
@@ -244,6 +369,14 @@ class BatchIterator:
         if self.shuffle and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
             bounds.pop()
         return bounds
+
+
+def _worker_context():
+    """Worker processes are spawned, not forked: the training process may run threads (the
+    window's worker) whose locks a fork would copy mid-use."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
 
 
 def _random_crop_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

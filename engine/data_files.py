@@ -50,11 +50,13 @@ class DataFiles:
                 if not (folder / name).is_file()]
 
 
-def _mnist_files() -> DataFiles:
-    names = [name.removesuffix(".gz") for name, _ in tv_datasets.MNIST.resources]
-    urls = tuple((tuple(mirror + name for mirror in tv_datasets.MNIST.mirrors), md5)
-                 for name, md5 in tv_datasets.MNIST.resources)
-    return DataFiles("MNIST/raw", tuple(n for n in names if n.startswith("train")),
+def _mnist_files(cls: type = tv_datasets.MNIST) -> DataFiles:
+    """MNIST and its drop-in relatives (Fashion-MNIST, KMNIST): the same four idx files
+    under ``<ClassName>/raw``, as torchvision lays them out."""
+    names = [name.removesuffix(".gz") for name, _ in cls.resources]
+    urls = tuple((tuple(mirror + name for mirror in cls.mirrors), md5)
+                 for name, md5 in cls.resources)
+    return DataFiles(f"{cls.__name__}/raw", tuple(n for n in names if n.startswith("train")),
                      tuple(n for n in names if n.startswith("t10k")), urls)
 
 
@@ -65,6 +67,8 @@ def _cifar_files(cls: type) -> DataFiles:
 
 FILES: dict[str, DataFiles] = {
     "mnist": _mnist_files(),
+    "fashionmnist": _mnist_files(tv_datasets.FashionMNIST),
+    "kmnist": _mnist_files(tv_datasets.KMNIST),
     "cifar10": _cifar_files(tv_datasets.CIFAR10),
     "cifar100": _cifar_files(tv_datasets.CIFAR100),
 }

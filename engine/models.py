@@ -128,17 +128,34 @@ MODEL_TITLES = {
 }
 
 
-def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
-    """Build model ``name`` (one of ``MODEL_NAMES``) for square images of ``image_size``
-    pixels with ``in_channels`` channels and ``num_classes`` outputs, freshly initialised."""
-    if name not in MODEL_FACTORIES:
-        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)} (got {name!r})")
+def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Build model ``name`` for square images of ``image_size`` pixels with ``in_channels``
+    channels and ``num_classes`` outputs, freshly initialised. ``name`` is one of
+    ``MODEL_NAMES``, ``torchvision:NAME`` or ``path/to/file.py:factory``
+    (``engine.model_sources``)."""
+    return build_model_noted(name, in_channels, image_size, num_classes).model
+
+
+def build_model_noted(name: str, in_channels: int, image_size: int, num_classes: int):
+    """``build_model`` plus what was adapted to fit the data, as an
+    ``engine.model_sources.BuiltModel`` (its ``notes`` belong in the run's log)."""
+    from engine.model_sources import BuiltModel, build_source_model, parse_model_spec
+
+    source = parse_model_spec(name)
+    minimum_size = MIN_IMAGE_SIZE if source.kind == "zoo" else 1
     for arg, value, minimum in (("in_channels", in_channels, 1),
-                                ("image_size", image_size, MIN_IMAGE_SIZE),
+                                ("image_size", image_size, minimum_size),
                                 ("num_classes", num_classes, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{arg} must be a whole number of at least {minimum} (got {value!r})")
-    return MODEL_FACTORIES[name](in_channels, image_size, num_classes)
+    if source.kind != "zoo":
+        return build_source_model(name, in_channels, image_size, num_classes)
+    return BuiltModel(MODEL_FACTORIES[name](in_channels, image_size, num_classes))
+
+
+def model_title(name: str) -> str:
+    """How lists show model ``name``."""
+    return MODEL_TITLES.get(name, name)
 
 
 def describe_model(name: str) -> str:
