@@ -72,7 +72,7 @@ def run_variant(variant: Variant, args: argparse.Namespace, runs_root: Path) -> 
         "model": TITLES[variant.model],
         "variant": variant.label,
         "compressed_layers": ", ".join(linear) if variant.depth else "",
-        "layer_params": report["compressed_layers_adtn_params"] if variant.depth else None,
+        "layer_params": report["compressed_layers_encoded_params"] if variant.depth else None,
         "layer_dense_params": dense_layer_params,
         "layer_ratio": report["compressed_layers_ratio"] if variant.depth else 1.0,
         "model_params": summary.params_total,

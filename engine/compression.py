@@ -1,8 +1,9 @@
-"""Choosing layers of a model, replacing them by ADTN layers, and reporting the counts.
+"""Choosing layers of a model, replacing them by encoded layers, and reporting the counts.
 
-``plan_compression`` computes the report without building anything (the wizard shows it as
-the user edits); ``compress`` validates every requested layer first and only then replaces
-them, so a bad request leaves the model untouched.
+Each chosen layer gets an encoding (the ADTN, a TT-matrix, low rank, Tucker, CP: see
+``engine.encodings``). ``plan_compression`` computes the report without building anything
+(the wizard shows it as the user edits); ``compress`` validates every requested layer first
+and only then replaces them, so a bad request leaves the model untouched.
 """
 
 from __future__ import annotations
@@ -14,20 +15,13 @@ from typing import Iterable, Mapping, Sequence, Union
 
 from torch import nn
 
-from engine.adtn import ACTIVATIONS, ADTN, LAYOUTS, MAX_Q, mode_bits
-from engine.layers import DEFAULT_FIT_STEPS, ADTNConv2d, ADTNLinear
+from engine.adtn import MAX_Q, mode_bits
+from engine.encodings import EncodingError, EncodingPlan, plan_layer
+from engine.layer_spec import LayerSpec, LayerSpecError
+from engine.layers import DEFAULT_FIT_STEPS, ENCODED_LAYER_TYPES, EncodedLinear, encode_layer
 
-ADTN_LAYER_TYPES = (ADTNLinear, ADTNConv2d)
-
-
-@dataclass
-class LayerSpec:
-    """One layer to encode as an ADTN, as a run configuration names it."""
-
-    name: str
-    depth: int = 1
-    activation: str = "relu"
-    layout: str = "brick"
+__all__ = ["CompressionReport", "LayerInfo", "LayerReport", "LayerSpec", "compress",
+           "describe_layers", "encoded_layers", "materialize", "plan_compression"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +45,18 @@ class LayerReport:
     name: str
     kind: str
     weight_shape: tuple[int, ...]
-    Q: int
-    depth: int
+    Q: int  # binary indices of the weight (what an ADTN works on)
+    encoding: str
+    detail: str  # the resolved options in words: depth, ranks, factor shapes
+    options: dict  # the resolved options (depth, ranks, ...), as plain values
+    depth: int  # the ADTN depth (or the depth whose ADTN sets the budget)
     layout: str
     activation: str
     dense_params: int  # the dense weight's entries
-    adtn_params: int  # stored local tensors plus the scale
-    adtn_tensor_params: int  # stored local tensors only
+    encoded_params: int  # numbers of the encoding that can change the weight
+    budget: int  # the parameter count asked for (0: none)
     bias_params: int
-    ratio: float  # dense_params / adtn_params
+    ratio: float  # dense_params / encoded_params
 
 
 @dataclass
@@ -79,13 +76,18 @@ class CompressionReport:
         return sum(r.dense_params for r in self.rows)
 
     @property
-    def adtn_params(self) -> int:
-        """Parameters of the ADTNs that replace them."""
-        return sum(r.adtn_params for r in self.rows)
+    def encoded_params(self) -> int:
+        """Parameters of the encodings that replace them."""
+        return sum(r.encoded_params for r in self.rows)
+
+    @property
+    def encodings(self) -> list[str]:
+        """The encodings used, in the order they first appear."""
+        return list(dict.fromkeys(r.encoding for r in self.rows))
 
     @property
     def layers_ratio(self) -> float:
-        return self.dense_params / self.adtn_params if self.rows else 1.0
+        return self.dense_params / self.encoded_params if self.rows else 1.0
 
     @property
     def ratio(self) -> float:
@@ -96,7 +98,8 @@ class CompressionReport:
         return {
             "layers": [dict(asdict(r), weight_shape=list(r.weight_shape)) for r in self.rows],
             "compressed_layers_dense_params": self.dense_params,
-            "compressed_layers_adtn_params": self.adtn_params,
+            "compressed_layers_encoded_params": self.encoded_params,
+            "encodings": self.encodings,
             "compressed_layers_ratio": self.layers_ratio,
             "model_params_before": self.model_params_before,
             "model_params_after": self.model_params_after,
@@ -106,13 +109,14 @@ class CompressionReport:
 
     def format_table(self) -> str:
         """A plain-text table for the command line and logs."""
-        header = f"{'layer':<16} {'kind':<7} {'weight':<18} {'Q':>3} {'M':>2} {'dense':>12} {'ADTN':>8} {'ratio':>10}"
+        header = (f"{'layer':<16} {'kind':<7} {'weight':<18} {'encoding':<8} {'dense':>12} "
+                  f"{'encoded':>8} {'ratio':>10}  options")
         lines = [header, "-" * len(header)]
         for r in self.rows:
             shape = "×".join(str(d) for d in r.weight_shape)
             lines.append(
-                f"{r.name:<16} {r.kind:<7} {shape:<18} {r.Q:>3} {r.depth:>2} "
-                f"{r.dense_params:>12,} {r.adtn_params:>8,} {r.ratio:>9.1f}×"
+                f"{r.name:<16} {r.kind:<7} {shape:<18} {r.encoding:<8} "
+                f"{r.dense_params:>12,} {r.encoded_params:>8,} {r.ratio:>9.1f}×  {r.detail}"
             )
         lines.append("-" * len(header))
         lines.append(
@@ -129,17 +133,17 @@ def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.Conv2d) + ADTN_LAYER_TYPES)
+        if isinstance(module, (nn.Linear, nn.Conv2d) + ENCODED_LAYER_TYPES)
     }
 
 
 def _kind(module: nn.Module) -> str:
-    return "linear" if isinstance(module, (nn.Linear, ADTNLinear)) else "conv2d"
+    return "linear" if isinstance(module, (nn.Linear, EncodedLinear)) else "conv2d"
 
 
 def _weight_shape(module: nn.Module) -> tuple[int, ...]:
-    if isinstance(module, ADTN_LAYER_TYPES):
-        return module.adtn.shape
+    if isinstance(module, ENCODED_LAYER_TYPES):
+        return tuple(module.plan.weight_shape)
     return tuple(module.weight.shape)
 
 
@@ -159,7 +163,7 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
         shape = _weight_shape(module)
         bias = module.bias.numel() if module.bias is not None else 0
         reason = _unencodable_reason(shape)
-        compressed = isinstance(module, ADTN_LAYER_TYPES)
+        compressed = isinstance(module, ENCODED_LAYER_TYPES)
         infos.append(
             LayerInfo(
                 name=name,
@@ -168,7 +172,7 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
                 dense_params=math.prod(shape) + bias,
                 compressed=compressed,
                 encodable=not reason and not compressed,
-                reason=reason or ("already an ADTN layer" if compressed else ""),
+                reason=reason or ("already an encoded layer" if compressed else ""),
                 Q=sum(mode_bits(shape)),
             )
         )
@@ -180,40 +184,39 @@ def resolve_specs(
     depth: int = 1,
     activation: str = "relu",
     layout: str = "brick",
+    encoding: str = "adtn",
 ) -> list[LayerSpec]:
     """Layer requests (names, ``{name: depth}``, dicts or ``LayerSpec``) as ``LayerSpec``s."""
+    defaults = dict(depth=depth, activation=activation, layout=layout, encoding=encoding)
     if isinstance(layers, str):
         raise ValueError("layers must be a list of layer names, not a single string")
     if isinstance(layers, Mapping):
-        items: list = [LayerSpec(str(n), int(d), activation, layout) for n, d in layers.items()]
-    else:
-        items = []
-        for item in layers:
-            if isinstance(item, LayerSpec):
-                items.append(item)
-            elif isinstance(item, str):
-                items.append(LayerSpec(item, depth, activation, layout))
-            elif isinstance(item, Mapping):
-                unknown = set(item) - {"name", "depth", "activation", "layout"}
-                if unknown or "name" not in item:
-                    raise ValueError(f"a layer entry needs 'name' and may have depth, activation, layout; got {dict(item)}")
-                items.append(
-                    LayerSpec(
-                        str(item["name"]),
-                        int(item.get("depth", depth)),
-                        str(item.get("activation", activation)),
-                        str(item.get("layout", layout)),
-                    )
-                )
-            else:
-                raise ValueError(f"cannot read a layer request from {item!r}")
+        return [LayerSpec(str(n), **dict(defaults, depth=int(d))) for n, d in layers.items()]
+    items = []
+    fields = set(LayerSpec.__dataclass_fields__)
+    for item in layers:
+        if isinstance(item, LayerSpec):
+            items.append(item)
+        elif isinstance(item, str):
+            items.append(LayerSpec(item, **defaults))
+        elif isinstance(item, Mapping):
+            unknown = set(item) - fields
+            if unknown or "name" not in item:
+                raise ValueError(f"a layer entry needs 'name' and may have "
+                                 f"{', '.join(sorted(fields - {'name'}))}; got {dict(item)}")
+            items.append(LayerSpec(**dict(defaults, **item)))
+        else:
+            raise ValueError(f"cannot read a layer request from {item!r}")
     return items
 
 
-def _validate(model: nn.Module, specs: Sequence[LayerSpec]) -> dict[str, nn.Module]:
-    """The modules to replace; every problem of every request in one ``ValueError``."""
+def _validate(model: nn.Module, specs: Sequence[LayerSpec]
+              ) -> tuple[dict[str, nn.Module], dict[str, EncodingPlan]]:
+    """The modules to replace and their resolved encodings; every problem of every request in
+    one ``ValueError``."""
     available = _weight_layers(model)
     problems: list[str] = []
+    plans: dict[str, EncodingPlan] = {}
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
@@ -230,40 +233,46 @@ def _validate(model: nn.Module, specs: Sequence[LayerSpec]) -> dict[str, nn.Modu
                 names = ", ".join(available) or "none"
                 problems.append(f"'{spec.name}' is not a layer of the model (layers: {names})")
             continue
-        if isinstance(module, ADTN_LAYER_TYPES):
-            problems.append(f"'{spec.name}' is already an ADTN layer")
+        if isinstance(module, ENCODED_LAYER_TYPES):
+            problems.append(f"'{spec.name}' is already an encoded layer")
             continue
-        if int(spec.depth) < 1:
-            problems.append(f"'{spec.name}': depth must be at least 1, got {spec.depth}")
-        if spec.activation not in ACTIVATIONS:
-            problems.append(f"'{spec.name}': activation must be one of {ACTIVATIONS}, got {spec.activation!r}")
-        if spec.layout not in LAYOUTS:
-            problems.append(f"'{spec.name}': layout must be one of {LAYOUTS}, got {spec.layout!r}")
-        reason = _unencodable_reason(_weight_shape(module))
+        try:
+            spec.validate(where=f"'{spec.name}'")
+        except LayerSpecError as exc:
+            problems.append(str(exc))
+            continue
+        reason = _unencodable_reason(_weight_shape(module)) if spec.encoding == "adtn" else ""
         if reason:
             problems.append(f"'{spec.name}' cannot be encoded: {reason}")
+            continue
+        try:
+            plans[spec.name] = plan_layer(spec, _weight_shape(module))
+        except (EncodingError, ValueError) as exc:
+            problems.append(f"'{spec.name}' cannot be encoded as {spec.encoding}: {exc}")
     if problems:
         raise ValueError("cannot compress: " + "; ".join(problems))
-    return {spec.name: available[spec.name] for spec in specs}
+    return {spec.name: available[spec.name] for spec in specs}, plans
 
 
-def _row(spec: LayerSpec, module: nn.Module) -> LayerReport:
+def _row(spec: LayerSpec, module: nn.Module, plan: EncodingPlan) -> LayerReport:
     shape = _weight_shape(module)
-    adtn = ADTN.count_parameters(shape, spec.depth, spec.layout)
     dense = math.prod(shape)
     return LayerReport(
         name=spec.name,
         kind=_kind(module),
         weight_shape=shape,
         Q=sum(mode_bits(shape)),
-        depth=int(spec.depth),
+        encoding=plan.encoding,
+        detail=plan.detail,
+        options=dict(plan.options),
+        depth=int(plan.options.get("depth", spec.depth)),
         layout=spec.layout,
         activation=spec.activation,
         dense_params=dense,
-        adtn_params=adtn,
-        adtn_tensor_params=adtn - 1,
+        encoded_params=plan.params,
+        budget=plan.budget,
         bias_params=module.bias.numel() if module.bias is not None else 0,
-        ratio=dense / adtn,
+        ratio=dense / max(1, plan.params),
     )
 
 
@@ -277,13 +286,14 @@ def plan_compression(
     depth: int = 1,
     activation: str = "relu",
     layout: str = "brick",
+    encoding: str = "adtn",
 ) -> CompressionReport:
-    """The report ``compress`` would give, computed without building any ADTN."""
-    specs = resolve_specs(layers, depth, activation, layout)
-    modules = _validate(model, specs)
-    rows = [_row(spec, modules[spec.name]) for spec in specs]
+    """The report ``compress`` would give, computed without building any layer."""
+    specs = resolve_specs(layers, depth, activation, layout, encoding)
+    modules, plans = _validate(model, specs)
+    rows = [_row(spec, modules[spec.name], plans[spec.name]) for spec in specs]
     before = _count(model)
-    after = before - sum(r.dense_params - r.adtn_params for r in rows)
+    after = before - sum(r.dense_params - r.encoded_params for r in rows)
     return CompressionReport(rows, before, after)
 
 
@@ -296,47 +306,49 @@ def compress(
     fit: bool = False,
     fit_steps: int = DEFAULT_FIT_STEPS,
     inplace: bool = True,
+    encoding: str = "adtn",
 ) -> CompressionReport:
-    """Replace the named layers of ``model`` by ADTN layers and report the counts.
+    """Replace the named layers of ``model`` by encoded layers and report the counts.
 
-    ``layers`` holds names (using ``depth``, ``activation`` and ``layout``), a mapping
-    ``{name: depth}``, dicts or ``LayerSpec``s. With ``fit=True`` each ADTN is fitted to the
-    layer's current weight (least squares), else it starts fresh; biases are kept. With
-    ``inplace=False`` a copy is compressed and ``model`` is left alone. The compressed model is
-    ``report.model`` either way. Raises ``ValueError`` naming every bad request, before any
-    layer is replaced.
+    ``layers`` holds names (using ``depth``, ``activation``, ``layout`` and ``encoding``), a
+    mapping ``{name: depth}``, dicts or ``LayerSpec``s. With ``fit=True`` each encoding is
+    fitted to the layer's current weight (least squares), else it starts fresh; biases are
+    kept. With ``inplace=False`` a copy is compressed and ``model`` is left alone. The
+    compressed model is ``report.model`` either way. Raises ``ValueError`` naming every bad
+    request, before any layer is replaced.
     """
-    specs = resolve_specs(layers, depth, activation, layout)
+    specs = resolve_specs(layers, depth, activation, layout, encoding)
     target = model if inplace else copy.deepcopy(model)
-    modules = _validate(target, specs)
+    modules, plans = _validate(target, specs)
     before = _count(target)
     replacements = {}
     for spec in specs:
-        module = modules[spec.name]
-        options = dict(depth=spec.depth, activation=spec.activation, layout=spec.layout, fit=fit, fit_steps=fit_steps)
-        if isinstance(module, nn.Linear):
-            replacements[spec.name] = ADTNLinear.from_linear(module, **options)
-        else:
-            replacements[spec.name] = ADTNConv2d.from_conv(module, **options)
+        replacements[spec.name] = encode_layer(modules[spec.name], plans[spec.name], fit, fit_steps)
     for name, replacement in replacements.items():
         _set_submodule(target, name, replacement)
-    rows = [_row(spec, modules[spec.name]) for spec in specs]
-    fit_errors = {n: m.fit_report for n, m in replacements.items() if m.fit_report is not None}
+    rows = [_row(spec, modules[spec.name], plans[spec.name]) for spec in specs]
+    fit_errors = {n: m.fit_error for n, m in replacements.items() if m.fit_error is not None}
     return CompressionReport(rows, before, _count(target), model=target, fit_errors=fit_errors)
 
 
 def materialize(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ADTN layer replaced by its dense equivalent."""
+    """A copy of ``model`` with every encoded layer replaced by its dense equivalent."""
     dense = copy.deepcopy(model)
     for name, module in list(dense.named_modules()):
-        if isinstance(module, ADTN_LAYER_TYPES):
+        if isinstance(module, ENCODED_LAYER_TYPES):
             _set_submodule(dense, name, module.to_dense())
     return dense
 
 
+def encoded_layers(model: nn.Module, encoding: str | None = None) -> dict[str, nn.Module]:
+    """The encoded layers of a model (of one encoding, if given), by name."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, ENCODED_LAYER_TYPES) and encoding in (None, m.encoding)}
+
+
 def adtn_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The ADTN layers of a model, by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, ADTN_LAYER_TYPES)}
+    """The ADTN-encoded layers of a model, by name."""
+    return encoded_layers(model, "adtn")
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -1,7 +1,10 @@
-"""Drop-in ``nn.Linear`` and ``nn.Conv2d`` replacements whose weight is an ADTN.
+"""Drop-in ``nn.Linear`` and ``nn.Conv2d`` replacements whose weight comes from an encoding.
 
-The weight is materialised once per forward call (never per sample) and then used by the
-ordinary dense kernel, so the layers behave exactly like their dense counterparts.
+The weight is generated once per forward call (never per sample) by the layer's generator
+(an ADTN, a TT-matrix, ``U · V``, ...) and then used by the ordinary dense kernel, so the
+layers behave exactly like their dense counterparts. The generator is the submodule named
+after the encoding (``layer.adtn``, ``layer.tt``, ...), which keeps checkpoint keys readable.
+``ADTNLinear`` and ``ADTNConv2d`` are the same layers with the paper's encoding.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from engine.adtn import ADTN
+from engine.encodings import EncodingPlan, build_generator, plan_layer
+from engine.encodings.adtn import ADTNEncoding
+from engine.layer_spec import LayerSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,168 +32,134 @@ def _default_bias(fan_in: int, size: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(size).uniform_(-bound, bound))
 
 
-class _ADTNLayer(nn.Module):
-    """What both layers share: the generator, fitting and reporting."""
+def _as_plan(encoding: LayerSpec | EncodingPlan, weight_shape: tuple[int, ...]) -> EncodingPlan:
+    if isinstance(encoding, EncodingPlan):
+        if tuple(encoding.weight_shape) != tuple(weight_shape):
+            raise ValueError(f"the plan is for a {encoding.weight_shape} weight, the layer's is "
+                             f"{weight_shape}")
+        return encoding
+    return plan_layer(encoding, weight_shape)
 
-    adtn: ADTN
-    fit_report: float | None
 
-    def _take_over(self, dense: nn.Module, fit: bool, fit_steps: int, fit_lr: float):
+def _adtn_plan(weight_shape, depth, activation, layout, block_bits) -> EncodingPlan:
+    spec = LayerSpec("", depth=depth, activation=activation, layout=layout)
+    plan = ADTNEncoding().plan(spec, tuple(weight_shape), 0)
+    if block_bits:
+        plan.options["block_bits"] = int(block_bits)
+    return plan
+
+
+class EncodedLayer(nn.Module):
+    """What both layers share: the generator, fitting, counting and reporting."""
+
+    plan: EncodingPlan
+    fit_error: float | None  # relative error of the fit to a dense weight (None: not fitted)
+
+    def _set_generator(self, plan: EncodingPlan, fan_in: int) -> None:
+        self.plan = plan
+        self.encoding = plan.encoding
+        # PyTorch's default initialisation gives a dense weight this standard deviation.
+        self.add_module(plan.encoding, build_generator(plan, 1.0 / math.sqrt(3.0 * fan_in)))
+        self.fit_error = None
+
+    @property
+    def generator(self) -> nn.Module:
+        """The module that generates the weight (``forward()`` → weight)."""
+        return getattr(self, self.encoding)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The generated weight (computed on access; use ``to_dense()`` to keep it)."""
+        return self.generator()
+
+    def num_encoding_parameters(self) -> int:
+        """Numbers of the generator: those that can change the weight."""
+        return sum(p.numel() for p in self.generator.parameters())
+
+    def _take_over(self, dense: nn.Module, fit: bool, fit_steps: int, fit_lr: float | None):
         """Match ``dense``'s device and dtype, copy its bias, and optionally fit its weight."""
         self.to(device=dense.weight.device, dtype=dense.weight.dtype)
         with torch.no_grad():
             if dense.bias is not None:
                 self.bias.copy_(dense.bias)
         if fit:
-            self._fit_to(dense.weight, fit_steps, fit_lr)
+            options = {} if fit_lr is None else {"lr": fit_lr}
+            self.fit_error = self.generator.fit(dense.weight, steps=fit_steps, **options)
+            log.info("fitted a %s %s to the dense weight: relative error %.4g",
+                     self.encoding, tuple(dense.weight.shape), self.fit_error)
         return self
 
     def _filled(self, dense: nn.Module) -> nn.Module:
-        """``dense`` holding the materialised weight and this layer's bias."""
+        """``dense`` holding the generated weight and this layer's bias."""
         with torch.no_grad():
-            dense.weight.copy_(self.adtn())
+            dense.weight.copy_(self.generator())
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return dense
 
-    def _fit_to(self, weight: torch.Tensor, steps: int, lr: float) -> float:
-        error = self.adtn.fit(weight, steps=steps, lr=lr)
-        self.fit_report = error
-        log.info("fitted %s to the dense weight: relative error %.4g", self.adtn.shape, error)
-        return error
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The materialised weight (computed on access; use ``to_dense()`` to keep it)."""
-        return self.adtn()
-
-    def num_adtn_parameters(self, tensors_only: bool = False) -> int:
-        return self.adtn.num_parameters(tensors_only=tensors_only)
+    def _reference(self) -> torch.Tensor:
+        return next(self.generator.parameters())
 
 
-class ADTNLinear(_ADTNLayer):
-    """``nn.Linear`` whose ``out_features × in_features`` weight is generated by an ADTN."""
+class EncodedLinear(EncodedLayer):
+    """``nn.Linear`` whose ``out_features × in_features`` weight is generated by an encoding."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        depth: int = 1,
-        activation: str = "relu",
-        layout: str = "brick",
-        block_bits: int | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 encoding: LayerSpec | EncodingPlan | None = None, device=None, dtype=None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"features must be positive, got {in_features} → {out_features}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.adtn = ADTN(
-            (self.out_features, self.in_features),
-            depth=depth,
-            activation=activation,
-            layout=layout,
-            init_std=1.0 / math.sqrt(3.0 * self.in_features),
-            block_bits=block_bits,
-        )
+        shape = (self.out_features, self.in_features)
+        self._set_generator(_as_plan(encoding or LayerSpec(""), shape), self.in_features)
         if bias:
             self.bias = _default_bias(self.in_features, self.out_features)
         else:
             self.register_parameter("bias", None)
-        self.fit_report = None
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
     @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        depth: int = 1,
-        activation: str = "relu",
-        layout: str = "brick",
-        fit: bool = False,
-        fit_steps: int = DEFAULT_FIT_STEPS,
-        fit_lr: float = 0.05,
-    ) -> "ADTNLinear":
-        """An ADTN layer shaped like ``linear``: fresh, or fitted to its weight (``fit=True``);
-        the bias is copied either way. ``fit_report`` holds the relative error reached."""
+    def from_linear(cls, linear: nn.Linear, encoding: LayerSpec | EncodingPlan, fit: bool = False,
+                    fit_steps: int = DEFAULT_FIT_STEPS, fit_lr: float | None = None):
+        """An encoded layer shaped like ``linear``: fresh, or fitted to its weight
+        (``fit=True``); the bias is copied either way. ``fit_error`` holds the error reached."""
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            depth=depth,
-            activation=activation,
-            layout=layout,
-        )
-        return layer._take_over(linear, fit, fit_steps, fit_lr)
+        return encode_layer(linear, encoding, fit, fit_steps, fit_lr, cls)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.adtn(), self.bias)
+        return F.linear(x, self.generator(), self.bias)
 
     def to_dense(self) -> nn.Linear:
-        """The equivalent ``nn.Linear`` holding the materialised weight."""
-        scale = self.adtn.scale
-        dense = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=scale.device,
-            dtype=scale.dtype,
-        )
+        """The equivalent ``nn.Linear`` holding the generated weight."""
+        ref = self._reference()
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=ref.device, dtype=ref.dtype)
         return self._filled(dense)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}"
-        )
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self.encoding}: {self.plan.detail}")
 
 
-class ADTNConv2d(_ADTNLayer):
-    """``nn.Conv2d`` whose ``(out, in/groups, kh, kw)`` kernel is generated by an ADTN.
+class EncodedConv2d(EncodedLayer):
+    """``nn.Conv2d`` whose ``(out, in/groups, kh, kw)`` kernel is generated by an encoding.
 
     ``stride``, ``padding`` (numbers, pairs, ``"same"`` or ``"valid"``), ``dilation``,
     ``groups``, ``bias`` and ``padding_mode`` mean what they mean for ``nn.Conv2d``.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        depth: int = 1,
-        activation: str = "relu",
-        layout: str = "brick",
-        block_bits: int | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 encoding: LayerSpec | EncodingPlan | None = None, device=None, dtype=None) -> None:
         super().__init__()
         # nn.Conv2d validates every argument with clear messages; build one on the meta
         # device (no memory) and keep its resolved hyper-parameters.
-        reference = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            device="meta",
-        )
+        reference = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                              padding=padding, dilation=dilation, groups=groups, bias=bias,
+                              padding_mode=padding_mode, device="meta")
         self.in_channels = reference.in_channels
         self.out_channels = reference.out_channels
         self.kernel_size = reference.kernel_size
@@ -200,80 +171,126 @@ class ADTNConv2d(_ADTNLayer):
         self._reversed_padding_repeated_twice = reference._reversed_padding_repeated_twice
         shape = tuple(reference.weight.shape)
         fan_in = math.prod(shape[1:])
-        self.adtn = ADTN(
-            shape,
-            depth=depth,
-            activation=activation,
-            layout=layout,
-            init_std=1.0 / math.sqrt(3.0 * fan_in),
-            block_bits=block_bits,
-        )
+        self._set_generator(_as_plan(encoding or LayerSpec(""), shape), fan_in)
         if bias:
             self.bias = _default_bias(fan_in, self.out_channels)
         else:
             self.register_parameter("bias", None)
-        self.fit_report = None
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
+    def _hyper_parameters(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups, bias=self.bias is not None,
+                    padding_mode=self.padding_mode)
+
     @classmethod
-    def from_conv(
-        cls,
-        conv: nn.Conv2d,
-        depth: int = 1,
-        activation: str = "relu",
-        layout: str = "brick",
-        fit: bool = False,
-        fit_steps: int = DEFAULT_FIT_STEPS,
-        fit_lr: float = 0.05,
-    ) -> "ADTNConv2d":
-        """An ADTN layer with ``conv``'s hyper-parameters: fresh, or fitted to its kernel."""
+    def from_conv(cls, conv: nn.Conv2d, encoding: LayerSpec | EncodingPlan, fit: bool = False,
+                  fit_steps: int = DEFAULT_FIT_STEPS, fit_lr: float | None = None):
+        """An encoded layer with ``conv``'s hyper-parameters: fresh, or fitted to its kernel."""
         if not isinstance(conv, nn.Conv2d):
             raise ValueError(f"from_conv needs an nn.Conv2d, got {type(conv).__name__}")
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            depth=depth,
-            activation=activation,
-            layout=layout,
-        )
-        return layer._take_over(conv, fit, fit_steps, fit_lr)
+        return encode_layer(conv, encoding, fit, fit_steps, fit_lr, cls)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.adtn()
+        weight = self.generator()
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, weight, self.bias, self.stride, _pair(0), self.dilation, self.groups)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def to_dense(self) -> nn.Conv2d:
-        """The equivalent ``nn.Conv2d`` holding the materialised kernel."""
-        scale = self.adtn.scale
-        dense = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=scale.device,
-            dtype=scale.dtype,
-        )
+        """The equivalent ``nn.Conv2d`` holding the generated kernel."""
+        ref = self._reference()
+        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                          device=ref.device, dtype=ref.dtype, **self._hyper_parameters())
         return self._filled(dense)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"groups={self.groups}, bias={self.bias is not None}"
-        )
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, "
+                f"{self.encoding}: {self.plan.detail}")
+
+
+class ADTNLinear(EncodedLinear):
+    """``nn.Linear`` whose weight is generated by an ADTN (the paper's encoding)."""
+
+    adtn: nn.Module
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, depth: int = 1,
+                 activation: str = "relu", layout: str = "brick", block_bits: int | None = None,
+                 device=None, dtype=None) -> None:
+        plan = _adtn_plan((int(out_features), int(in_features)), depth, activation, layout,
+                          block_bits) if in_features >= 1 and out_features >= 1 else None
+        super().__init__(in_features, out_features, bias, plan, device, dtype)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, depth: int = 1, activation: str = "relu",
+                    layout: str = "brick", fit: bool = False, fit_steps: int = DEFAULT_FIT_STEPS,
+                    fit_lr: float | None = None) -> "ADTNLinear":
+        """An ADTN layer shaped like ``linear``: fresh, or fitted to its weight."""
+        spec = LayerSpec("", depth=depth, activation=activation, layout=layout)
+        return super().from_linear(linear, spec, fit, fit_steps, fit_lr)
+
+    def num_adtn_parameters(self, tensors_only: bool = False) -> int:
+        """The ADTN's numbers: stored local tensors, plus the scale unless ``tensors_only``."""
+        return self.adtn.num_parameters(tensors_only=tensors_only)
+
+
+class ADTNConv2d(EncodedConv2d):
+    """``nn.Conv2d`` whose kernel is generated by an ADTN (the paper's encoding)."""
+
+    adtn: nn.Module
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 depth: int = 1, activation: str = "relu", layout: str = "brick",
+                 block_bits: int | None = None, device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode,
+                         LayerSpec("", depth=depth, activation=activation, layout=layout),
+                         device, dtype)
+        if block_bits:
+            self.adtn.block_bits = max(2, int(block_bits))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, depth: int = 1, activation: str = "relu",
+                  layout: str = "brick", fit: bool = False, fit_steps: int = DEFAULT_FIT_STEPS,
+                  fit_lr: float | None = None) -> "ADTNConv2d":
+        """An ADTN layer with ``conv``'s hyper-parameters: fresh, or fitted to its kernel."""
+        spec = LayerSpec("", depth=depth, activation=activation, layout=layout)
+        return super().from_conv(conv, spec, fit, fit_steps, fit_lr)
+
+    num_adtn_parameters = ADTNLinear.num_adtn_parameters
+
+
+ENCODED_LAYER_TYPES = (EncodedLinear, EncodedConv2d)
+
+
+def encode_layer(dense: nn.Module, encoding: LayerSpec | EncodingPlan, fit: bool = False,
+                 fit_steps: int = DEFAULT_FIT_STEPS, fit_lr: float | None = None,
+                 cls: type | None = None) -> EncodedLayer:
+    """The encoded layer replacing ``dense`` (an ``nn.Linear`` or ``nn.Conv2d``): fresh, or
+    fitted to its weight; the bias is copied either way. ADTN encodings give ``ADTNLinear`` /
+    ``ADTNConv2d``, so ``isinstance`` tells a user which layers are the paper's."""
+    linear = isinstance(dense, nn.Linear)
+    if not linear and not isinstance(dense, nn.Conv2d):
+        raise ValueError(f"only nn.Linear and nn.Conv2d can be encoded, not {type(dense).__name__}")
+    plan = _as_plan(encoding, tuple(dense.weight.shape))
+    if cls is None:
+        if plan.encoding == "adtn":
+            cls = ADTNLinear if linear else ADTNConv2d
+        else:
+            cls = EncodedLinear if linear else EncodedConv2d
+    layer = cls.__new__(cls)
+    if linear:
+        EncodedLinear.__init__(layer, dense.in_features, dense.out_features,
+                               bias=dense.bias is not None, encoding=plan)
+    else:
+        EncodedConv2d.__init__(layer, dense.in_channels, dense.out_channels, dense.kernel_size,
+                               stride=dense.stride, padding=dense.padding,
+                               dilation=dense.dilation, groups=dense.groups,
+                               bias=dense.bias is not None, padding_mode=dense.padding_mode,
+                               encoding=plan)
+    return layer._take_over(dense, fit, fit_steps, fit_lr)

@@ -56,8 +56,8 @@ def test_compress_lenet_replaces_layers_and_reports_counts():
     fc1 = report.rows[1]
     assert (fc1.kind, fc1.weight_shape, fc1.Q, fc1.depth) == ("linear", (120, 400), 16, 2)
     assert fc1.dense_params == 48_000
-    assert fc1.adtn_params == model.fc1.adtn.num_parameters()
-    assert fc1.ratio == pytest.approx(48_000 / fc1.adtn_params)
+    assert fc1.encoded_params == model.fc1.adtn.num_parameters()
+    assert fc1.ratio == pytest.approx(48_000 / fc1.encoded_params)
     after = sum(p.numel() for p in model.parameters())
     assert (report.model_params_before, report.model_params_after) == (before, after)
     assert report.ratio == pytest.approx(before / after)
@@ -114,7 +114,7 @@ def test_layers_too_small_to_encode_are_named():
 def test_already_compressed_layers_are_refused():
     model = lenet_like()
     compress(model, ["fc1"])
-    with pytest.raises(ValueError, match="already an ADTN"):
+    with pytest.raises(ValueError, match="already an encoded layer"):
         compress(model, ["fc1"])
     assert [i.compressed for i in describe_layers(model) if i.name == "fc1"] == [True]
 

@@ -46,7 +46,7 @@ def test_from_conv_keeps_hyper_parameters_and_bias():
     assert (layer.stride, layer.padding, layer.groups) == (conv.stride, conv.padding, conv.groups)
     torch.testing.assert_close(layer.bias, conv.bias)
     assert layer.adtn.shape == tuple(conv.weight.shape)
-    assert layer.fit_report is None
+    assert layer.fit_error is None
 
 
 def test_from_linear_fit_reduces_the_error_on_a_representable_weight():
@@ -60,8 +60,8 @@ def test_from_linear_fit_reduces_the_error_on_a_representable_weight():
     with torch.no_grad():
         error_fresh = ((fresh.adtn() - dense.weight).norm() / dense.weight.norm()).item()
     fitted = ADTNLinear.from_linear(dense, depth=1, activation="none", fit=True, fit_steps=600)
-    assert fitted.fit_report is not None
-    assert fitted.fit_report < 0.05 < error_fresh
+    assert fitted.fit_error is not None
+    assert fitted.fit_error < 0.05 < error_fresh
     x = torch.randn(5, 16)
     torch.testing.assert_close(fitted(x), dense(x), rtol=0.1, atol=0.05)
 
@@ -70,7 +70,7 @@ def test_fit_to_a_trained_dense_conv_reports_its_error():
     torch.manual_seed(3)
     conv = nn.Conv2d(1, 6, 5)
     layer = ADTNConv2d.from_conv(conv, depth=2, fit=True, fit_steps=50)
-    assert 0.0 < layer.fit_report < 1.05  # a random kernel is not representable; error is honest
+    assert 0.0 < layer.fit_error < 1.05  # a random kernel is not representable; error is honest
 
 
 def test_weight_is_materialised_once_per_forward_call():

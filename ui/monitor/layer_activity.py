@@ -1,4 +1,4 @@
-"""Per-layer view of the ADTN layers of the running model: parameters and gradient norm."""
+"""Per-layer view of the encoded layers of the running model: parameters and gradient norm."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
 from ui.formatting import format_count, format_ratio
 
-COLUMNS = ("layer", "depth", "ADTN params", "dense params", "ratio", "grad norm")
+COLUMNS = ("layer", "encoding", "parameters", "dense params", "ratio", "grad norm")
 
 RIGHT_ALIGNED = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
@@ -33,7 +33,8 @@ class LayerActivityTable(QTableWidget):
         self._rows = {}
         for index, row in enumerate(rows):
             self._rows[row["name"]] = index
-            values = (row["name"], str(row["depth"]), format_count(row["adtn_params"]),
+            encoding = f"{row.get('encoding', 'adtn')}: {row.get('detail', '')}".rstrip(": ")
+            values = (row["name"], encoding, format_count(row["encoded_params"]),
                       format_count(row["dense_params"]), format_ratio(row["ratio"]), "–")
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)

@@ -147,7 +147,7 @@ class LayerPlanModel(QAbstractTableModel):
         if column == ACTIVATION:
             return choice.activation if choice.encode else ""
         if column == ADTN:
-            return format_count(row.adtn_params) if row is not None else ""
+            return format_count(row.encoded_params) if row is not None else ""
         if column == RATIO:
             return format_ratio(row.ratio) if row is not None else ""
         return None
