@@ -9,7 +9,8 @@ import sys
 from adtn_studio import __version__
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMAND_MODULES = ("train", "resume", "presets", "export", "inspect", "selftest")
+COMMAND_MODULES = ("train", "resume", "compare", "presets", "layers", "export", "inspect",
+                   "selftest")
 
 
 class CommandError(Exception):

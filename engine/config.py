@@ -18,6 +18,16 @@ import tomli_w
 from engine.adtn import ACTIVATIONS, LAYOUTS
 from engine.compression import LayerSpec
 from engine.data import DATASET_NAMES
+from engine.limits import (
+    MAX_BATCH_SIZE,
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    MAX_EPOCHS,
+    MAX_EXAMPLES,
+    MAX_FIT_STEPS,
+    MAX_SEED,
+    MAX_WORKERS,
+)
 from engine.models import MODEL_NAMES
 from engine.paths import atomic_write_text
 
@@ -46,6 +56,8 @@ class RunConfig:
     download: bool = True  # fetch a missing data set
     augment: bool = True  # random crop + flip (CIFAR only)
     layers: list[LayerSpec] = field(default_factory=list)  # layers encoded as ADTNs
+    # No layers to encode is refused unless asked for: an uncompressed reference run.
+    dense_baseline: bool = False
     init: str = "scratch"  # "scratch": fresh ADTNs; "pretrained": train dense, fit, fine-tune
     pretrain_epochs: int = 0  # dense epochs before compression (init = "pretrained")
     fit_steps: int = 500  # optimisation steps fitting each ADTN to its dense weight
@@ -103,15 +115,9 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        """Read a TOML file and validate it."""
+        """Read a TOML file and validate it; any problem is one ``ConfigError`` line."""
         path = Path(path)
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        data = _parse_toml(path)
         try:
             config = cls.from_dict(data)
             config.validate()
@@ -139,6 +145,7 @@ class RunConfig:
         for name in ("download", "augment", "amp"):
             _check_type(name, getattr(self, name), bool)
         _check_layers(self.layers)
+        _check_type("dense_baseline", self.dense_baseline, bool)
         _check_choice("init", self.init, INITS)
         _check_int("pretrain_epochs", self.pretrain_epochs, minimum=0)
         if self.init == "pretrained" and self.pretrain_epochs < 1:
@@ -169,7 +176,48 @@ class RunConfig:
             )
         for name in ("workers", "limit_train", "limit_test"):
             _check_int(name, getattr(self, name), minimum=0)
+        _check_limits(self)
         return self
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; a missing, huge, non-UTF-8, non-regular or absurdly
+    nested file is a ``ConfigError`` naming what is wrong."""
+    import os
+    import stat
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise ConfigError(f"{path} is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {info.st_size:,} bytes; a run configuration is at "
+                              f"most {MAX_CONFIG_BYTES:,}")
+        with open(path, "rb", opener=lambda name, flags: os.open(
+                name, flags | getattr(os, "O_NONBLOCK", 0))) as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path} is UTF-16 text; save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is harmless
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); "
+                          "save it as UTF-8") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path} holds NUL bytes: it is binary, not a TOML text file")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # the parser recurses once per nested array or table
+        raise ConfigError(f"{path} nests arrays or tables too deeply to be a run "
+                          "configuration") from None
 
 
 def _layers_from_data(items: Any) -> list[LayerSpec]:
@@ -209,6 +257,35 @@ def _check_layers(specs: Any) -> None:
         _check_int(f"{where}.depth", spec.depth, minimum=1)
         _check_choice(f"{where}.activation", spec.activation, ACTIVATIONS)
         _check_choice(f"{where}.layout", spec.layout, LAYOUTS)
+
+
+def _check_limits(config: RunConfig) -> None:
+    """The bounds of engine.limits, checked when a configuration is read, so that a run that
+    starts can also be exported (and an absurd one fails at once, not after hours)."""
+    for index, spec in enumerate(config.layers):
+        depth = getattr(spec, "depth", None)
+        if getattr(spec, "encoding", "adtn") == "adtn" and isinstance(depth, int) \
+                and depth > MAX_DEPTH:
+            raise ConfigError(f"layers[{index}].depth is {depth}; an ADTN has at most "
+                              f"{MAX_DEPTH} layers (export and loading refuse deeper ones)")
+    bounds = (("epochs", MAX_EPOCHS), ("pretrain_epochs", MAX_EPOCHS),
+              ("batch_size", MAX_BATCH_SIZE), ("fit_steps", MAX_FIT_STEPS),
+              ("seed", MAX_SEED), ("limit_train", MAX_EXAMPLES), ("limit_test", MAX_EXAMPLES),
+              ("holdout", MAX_EXAMPLES),
+              ("workers", MAX_WORKERS))
+    for name, maximum in bounds:
+        value = getattr(config, name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > maximum:
+            raise ConfigError(f"{name} is {value:,}; at most {maximum:,} is allowed")
+    milestones = config.lr_milestones if isinstance(config.lr_milestones, list) else []
+    for index, milestone in enumerate(milestones):
+        if isinstance(milestone, int) and milestone > MAX_EPOCHS:
+            raise ConfigError(f"lr_milestones[{index}] is {milestone:,}; at most "
+                              f"{MAX_EPOCHS:,} is allowed")
+    if not config.layers and not config.dense_baseline:
+        raise ConfigError("layers is empty: list at least one layer to encode (for example "
+                          "layers = [{name = 'fc1'}]), or set dense_baseline = true to train "
+                          "the uncompressed model as a baseline")
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:

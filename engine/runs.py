@@ -3,7 +3,8 @@ trained model of one.
 
 A run folder holds ``config.toml`` (the resolved configuration), ``metrics.csv`` (one row per
 epoch), ``summary.json`` and ``checkpoints/{last,best}.{safetensors,json}``; every file is
-written atomically.
+written atomically. While a process trains in it, ``run.lock`` names that process (see
+``RunLock``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "run.lock"
 
     def checkpoint(self, kind: str) -> Path:
         """``checkpoints/<kind>.safetensors`` for kind "last" or "best"."""
@@ -160,18 +165,174 @@ def _run_record(folder: Path) -> RunRecord:
 
 def _live_status(summary: dict) -> str:
     """The summary's status, except that a "running" run whose process on this machine has
-    ended was killed: it is "interrupted" (and can be resumed)."""
+    ended was killed: it is "interrupted" (and can be resumed). ``RunLock`` uses the same
+    test, so the list and ``resume`` agree on which runs are still running."""
     status = summary.get("status", "unknown")
-    pid = int(summary.get("pid") or 0)
+    try:
+        pid = int(summary.get("pid") or 0)
+    except (TypeError, ValueError):
+        pid = 0
     if status != "running" or pid <= 0 or summary.get("host") != socket.gethostname():
         return status
+    return status if process_exists(pid) else "interrupted"
+
+
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when that cannot be told)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return _windows_process_exists(pid)
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
-        return "interrupted"
+        return False
     except OSError:  # exists but belongs to someone else, or cannot be asked
-        pass
-    return status
+        return True
+    return True
+
+
+def _windows_process_exists(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return kernel32.GetLastError() == 5  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+# -- one process per run folder -----------------------------------------------------------
+
+
+class RunFolderBusy(CheckpointError):
+    """Another process trains in this run folder (a ``CheckpointError``: the run's files are
+    not this process's to write, and interfaces show it as one line)."""
+
+
+class RunLock:
+    """Exclusive use of a run folder by one process, held while it trains there.
+
+    ``run.lock`` holds the owner's pid, host and start time as JSON. It is created with
+    O_EXCL, so of two processes starting at once exactly one gets it. A lock whose process on
+    this host is gone (killed, crashed) is stale: it is taken over, by renaming it aside first
+    so that two processes cannot both take over the same stale lock. A lock from another host
+    cannot be checked; the message says which file to delete if that run is over.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = RunPaths(Path(run_dir)).lock
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(owner, handle)
+            self.held = True
+            return self
+        raise RunFolderBusy(f"{self.path.parent} is in use by another process; try again")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _take_over_if_stale(self) -> None:
+        holder = read_lock(self.path)
+        if holder is None:  # vanished meanwhile, or being written: look again
+            time.sleep(0.05)
+            holder = read_lock(self.path)
+            if holder is None:
+                if not self.path.exists():
+                    return
+                holder = {}
+        pid, host = holder.get("pid"), holder.get("host")
+        same_host = host == socket.gethostname()
+        if same_host and isinstance(pid, int) and not process_exists(pid):
+            aside = self.path.with_name(f".{self.path.name}.stale-{os.getpid()}")
+            try:
+                os.replace(self.path, aside)
+            except FileNotFoundError:
+                return  # another process took it over first; try to create it again
+            if read_lock(aside) != holder:  # we moved a fresh lock: that process won
+                os.replace(aside, self.path)
+                raise self._busy(read_lock(self.path) or {})
+            aside.unlink(missing_ok=True)
+            return
+        raise self._busy(holder)
+
+    def _busy(self, holder: dict) -> RunFolderBusy:
+        who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+               f" (since {holder.get('since', '?')})")
+        hint = ("" if holder.get("host") == socket.gethostname() else
+                f"; if that run has ended, delete {self.path}")
+        return RunFolderBusy(f"{self.path.parent} is in use: {who} is training in it{hint}")
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def read_lock(path: str | Path) -> dict | None:
+    """The owner a lock file names, or None when it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- resuming ---------------------------------------------------------------------------
+
+
+def check_resumable(run_dir: str | Path) -> int:
+    """The epoch a resumed run starts at; raise ``CheckpointError`` when the run made
+    progress but its ``checkpoints/last.safetensors`` is gone (resuming would silently
+    start again at epoch 1 and overwrite its history)."""
+    from engine.checkpoint import read_checkpoint_state
+
+    paths = RunPaths(Path(run_dir))
+    last = paths.checkpoint("last")
+    if last.exists():
+        return int(read_checkpoint_state(last).get("epoch", 0)) + 1
+    summary = read_summary(paths.summary) or {}
+    completed = summary.get("epochs_completed") if isinstance(summary, dict) else 0
+    evidence = []
+    if isinstance(completed, int) and completed > 0:
+        evidence.append(f"{completed} finished epoch{'s' if completed != 1 else ''}")
+    if paths.checkpoint("best").exists():
+        evidence.append("a best checkpoint")
+    if _metric_rows(paths.metrics):
+        evidence.append("metrics")
+    if evidence:
+        raise CheckpointError(
+            f"{last} is missing although the run has {' and '.join(evidence)}; resuming would "
+            f"start again at epoch 1. Restore the file, or start over in this folder with "
+            f"'adtn-studio resume --restart {paths.root}'")
+    return 1
+
+
+def _metric_rows(path: Path) -> int:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return 0
+    return max(0, len([line for line in lines if line.strip()]) - 1)
 
 
 # -- models of a configuration or a run -------------------------------------------------

@@ -31,8 +31,8 @@ from engine.data import BatchIterator, DataUnavailableError, dataset_info, epoch
 from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
                            EventDispatcher, RunControl, RunEnded, RunFailed, RunStarted,
                            TrainerCallback)
-from engine.runs import (RunPaths, build_config_model, read_summary, write_metrics,
-                         write_summary)
+from engine.runs import (RunLock, RunPaths, build_config_model, check_resumable, read_summary,
+                         write_metrics, write_summary)
 
 __all__ = ["RunControl", "RunSummary", "TrainerCallback", "list_devices", "resolve_device", "train"]
 
@@ -158,8 +158,11 @@ class _Run:
     def execute(self, resume: bool) -> RunSummary:
         try:
             self.config.validate()
-            self._prepare_folder(resume)
-            status = self._train(resume)
+            # One process per run folder: a second resume (or a train into the same folder)
+            # is refused before it writes anything; a killed run's lock is taken over.
+            with RunLock(self.paths.root):
+                self._prepare_folder(resume)
+                status = self._train(resume)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none is lost
             kind, message = self._classify(exc)
             if kind == "error":
@@ -210,6 +213,8 @@ class _Run:
         if last.exists() and not resume:
             raise ConfigError(f"the run folder {self.paths.root} already holds a run; "
                               "resume it or choose another folder")
+        if resume:
+            check_resumable(self.paths.root)  # a lost last checkpoint never restarts silently
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.owns_folder = True
         previous = read_summary(self.paths.summary) if resume else None
@@ -234,6 +239,8 @@ class _Run:
             checkpoint = load_checkpoint(self.paths.checkpoint("last"))
         compressed = checkpoint.state["compressed"] if checkpoint else config.init == "scratch"
         model, report = build_config_model(config, compressed=compressed)
+        if not config.layers:
+            log.warning("dense baseline run: no layer is compressed (dense_baseline = true)")
         self.summary.compression = report.to_dict()
         self.summary.dense_params_total = report.model_params_before
         self.summary.params_total = report.model_params_after

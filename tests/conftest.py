@@ -15,10 +15,13 @@ SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 
 @pytest.fixture
-def shared_datasets() -> Path:
-    """The read-only real data sets beside the checkout; skips when absent."""
+def shared_datasets(monkeypatch) -> Path:
+    """The read-only real data sets beside the checkout; skips when absent. A test that asks
+    for them also gets ``ADTN_DATA_DIR`` pointing there (every other test sees an empty
+    temporary data folder, whatever the user's environment says)."""
     if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
         pytest.skip("../shared/datasets/MNIST is not present on this machine")
+    monkeypatch.setenv("ADTN_DATA_DIR", str(SHARED_DATASETS))
     return SHARED_DATASETS
 
 
@@ -33,14 +36,18 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+# Every variable through which the user's environment could reach a test.
+ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data"}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Keep runs and settings of tests out of the user's real folders."""
+    """Keep tests out of the user's real folders and independent of them: runs, settings and
+    data sets live in a fresh temporary folder per test, even when the user has set
+    ADTN_DATA_DIR (a test that needs the real MNIST asks for ``shared_datasets``)."""
     home = tmp_path_factory.mktemp("user")
-    monkeypatch.setenv("ADTN_RUNS_DIR", str(home / "runs"))
-    monkeypatch.setenv("ADTN_CONFIG_DIR", str(home / "config"))
-    if "ADTN_DATA_DIR" not in os.environ:
-        monkeypatch.setenv("ADTN_DATA_DIR", str(home / "data"))
+    for variable, folder in ISOLATED_DIRS.items():
+        monkeypatch.setenv(variable, str(home / folder))
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def adtn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def write_config(path: Path, epochs: int = 2, limit_train: int = 128, adtn: bool = True) -> Path:
     text = QUICK_CONFIG.format(epochs=epochs, limit_train=limit_train)
-    path.write_text(text + ADTN_LAYER if adtn else text)
+    path.write_text(text + ADTN_LAYER if adtn else text + "dense_baseline = true\n")
     return path
 
 
@@ -101,7 +101,8 @@ def test_bad_config_exits_1_with_one_line_naming_the_field(tmp_path):
 
 def test_missing_data_set_exits_1_saying_how_to_provide_it(tmp_path, capsys):
     config = tmp_path / "mnist.toml"
-    config.write_text('model = "fc2"\ndataset = "mnist"\ndownload = false\n')
+    config.write_text('model = "fc2"\ndataset = "mnist"\ndownload = false\n'
+                      'dense_baseline = true\n')
     code = run_cli(["train", "--config", str(config), "--data-root", str(tmp_path / "empty"),
                     "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err

@@ -34,7 +34,8 @@ def test_save_leaves_no_temporary_files(tmp_path):
 
 
 def test_defaults_are_valid_and_total_epochs_counts_pretraining():
-    assert RunConfig().validate().total_epochs == RunConfig().epochs
+    baseline = RunConfig(dense_baseline=True)
+    assert baseline.validate().total_epochs == RunConfig().epochs
     assert full_config().total_epochs == 6
 
 

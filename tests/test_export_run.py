@@ -135,3 +135,57 @@ def test_verification_batch_comes_from_the_data_set_or_is_random(tmp_path, share
     batch, source = verification_batch(present)
     assert source == "test set" and batch.shape == (32, 1, 28, 28)
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded
+
+
+def disk_full_writer(error):
+    """A bundle writer that gets part of the file out, then meets a full disk."""
+    def write(model, path, config=None):
+        with open(path, "wb") as handle:
+            handle.write(b"\0" * 100)
+        raise error
+    return write
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    # what safetensors' writer raises instead of an OSError
+    __import__("safetensors").SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+        'message: "No space left on device" })'),
+])
+def test_full_disk_during_export_is_one_line_and_leaves_nothing(run_dir, tmp_path, monkeypatch,
+                                                                 capsys, error):
+    monkeypatch.setattr(run_export_module, "write_bundle", disk_full_writer(error))
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="the disk is full") as caught:
+        export_run(run_dir, out, formats=("dense", "adtn"))
+    assert "\n" not in str(caught.value)
+    assert files_in(out) == []  # neither the partial bundle nor the finished dense file
+
+    assert run_cli(["export", str(run_dir), "--out", str(out)]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "the disk is full" in errors[0]
+    assert files_in(out) == []
+
+
+def test_save_bundle_on_a_full_disk_is_an_export_error(tmp_path, monkeypatch):
+    from engine.export import bundle as bundle_module
+    from engine.export import save_bundle
+
+    def full(tensors, path, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle_module, "save_file", full)
+    model = load_bundle_model()
+    with pytest.raises(ExportError, match="disk is full"):
+        save_bundle(model, tmp_path / "m.adtn")
+    assert files_in(tmp_path) == []
+
+
+def load_bundle_model():
+    from engine.compression import compress
+    from engine.models import build_model
+
+    model = build_model("fc2", 1, 28, 10)
+    compress(model, [LayerSpec("fc2")])
+    return model

@@ -58,6 +58,8 @@ def format_summary(summary) -> str:
 
     meta = summary.metadata
     lines.append(f"format: {meta.format} version {meta.format_version}, written by {meta.producer}")
+    lines.append("tensor data: checksum verified" if summary.checksum == "verified" else
+                 "tensor data: no checksum (written before ADTN Studio stored one; not verified)")
     if meta.model is not None:
         model = meta.model
         lines.append(f"model: {model.name} for {model.in_channels}×{model.image_size}×"

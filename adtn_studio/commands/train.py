@@ -134,6 +134,9 @@ class ConsoleProgress(TrainerCallback):
     def on_run_start(self, event) -> None:
         self.epochs = event.epochs
         resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
+        if not self.config.layers:  # say so: nothing is compressed in this run
+            tqdm.write(f"{self.config.run_name}: dense baseline run (dense_baseline = true), "
+                       "no layer is compressed", file=sys.stderr)
         tqdm.write(f"{self.config.run_name}: {self.config.model} on {self.config.dataset}, "
                    f"{event.params_total:,} parameters (dense {event.dense_params_total:,}), "
                    f"{event.device}, {event.epochs} epochs{resumed} -> {event.run_dir}",

@@ -8,10 +8,16 @@ Ctrl-C) deletes every staged file, so a user never finds a partial export.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import uuid
 from pathlib import Path
+
+from engine.export.errors import ExportError
+
+# How safetensors' Rust writer words an I/O error (it raises SafetensorError, not OSError).
+_DISK_FULL_WORDS = ("no space left", "storagefull", "disk quota", "quota exceeded")
 
 
 class StagedFiles:
@@ -56,3 +62,22 @@ class StagedFiles:
 
     def __exit__(self, *exc_info: object) -> None:
         self.discard()  # after a commit nothing is left to discard
+
+
+def write_failure(exc: BaseException, destination: Path) -> ExportError | None:
+    """The one-line ``ExportError`` for a failed write (a full disk, no permission, a read-only
+    file system), or None when ``exc`` is not a write failure. Writers raise ``OSError`` or,
+    for safetensors, ``SafetensorError`` with the system's message inside."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, OSError):
+        code, reason = exc.errno, exc.strerror or str(exc)
+    elif isinstance(exc, SafetensorError):
+        code, reason = None, " ".join(str(exc).split())
+    else:
+        return None
+    lowered = reason.lower()
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or any(w in lowered for w in _DISK_FULL_WORDS):
+        return ExportError(f"cannot write {destination}: the disk is full; free some space or "
+                           "choose another folder (nothing was written)")
+    return ExportError(f"cannot write {destination}: {reason} (nothing was written)")

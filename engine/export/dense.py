@@ -13,9 +13,10 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from engine.export.bundle import cpu_state_dict
+from engine.export.bundle import cpu_state_dict, read_checked
+from engine.export.errors import BundleError
 from engine.export.metadata import DENSE_FORMAT, METADATA_KEY, ExportMetadata, build_metadata
-from engine.export.safe_read import read_header, read_tensors
+from engine.export.safe_read import FLOAT_DTYPES, tensors_from_data, tensors_sha256
 
 
 def write_dense(
@@ -23,12 +24,29 @@ def write_dense(
 ) -> ExportMetadata:
     """Write ``dense_model`` (``materialize(model)``) to ``path``; the metadata lists the
     layers of ``model`` that were compressed, with their ADTN structure."""
-    document = build_metadata(model, config, DENSE_FORMAT)
-    save_file(cpu_state_dict(dense_model), str(path), metadata={METADATA_KEY: document.to_json()})
+    tensors = cpu_state_dict(dense_model)
+    document = build_metadata(model, config, DENSE_FORMAT, tensors_sha256(tensors))
+    save_file(tensors, str(path), metadata={METADATA_KEY: document.to_json()})
     return document
 
 
 def load_dense_into(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a dense export into the plain (uncompressed) ``model``, after checking the file."""
-    model.load_state_dict(read_tensors(read_header(path)), strict=True)
+    """Load a dense export into the plain (uncompressed) ``model``, after checking the file
+    (header, metadata, checksum) and that its tensors are the model's, dtypes included."""
+    checked = read_checked(path, expected_format=DENSE_FORMAT)
+    name = checked.header.path.name
+    expected = model.state_dict()
+    stored = checked.header.tensors
+    if expected.keys() != stored.keys():
+        missing = sorted(expected.keys() - stored.keys())[:5]
+        unexpected = sorted(stored.keys() - expected.keys())[:5]
+        raise BundleError(f"{name}: tensors do not match the model (missing {missing}, "
+                          f"unexpected {unexpected})")
+    for key, tensor in expected.items():
+        entry = stored[key]
+        if entry.shape != tuple(tensor.shape) or (
+                entry.dtype in FLOAT_DTYPES) != tensor.is_floating_point():
+            raise BundleError(f"{name}: tensor {key!r} is {entry.dtype} {list(entry.shape)}; "
+                              f"the model needs {list(tensor.shape)} of its kind of dtype")
+    model.load_state_dict(tensors_from_data(checked.header, checked.data), strict=True)
     return model.eval()

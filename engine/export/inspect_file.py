@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.export.bundle import check_bundle, read_checked
 from engine.export.errors import BundleError
-from engine.export.metadata import ExportMetadata, parse_metadata
-from engine.export.safe_read import read_header
+from engine.export.metadata import BUNDLE_FORMAT, ExportMetadata
 
 
 @dataclass(frozen=True)
@@ -23,15 +23,21 @@ class FileSummary:
     metadata: ExportMetadata | None = None
     dtypes: dict[str, int] = field(default_factory=dict)  # dtype -> number of tensors
     onnx: dict[str, object] = field(default_factory=dict)  # opset, inputs, outputs
+    checksum: str = ""  # "verified", or "absent" (a file written before checksums existed)
 
 
 def inspect_file(path: str | Path) -> FileSummary:
-    """Summarise a bundle, a dense export or an ONNX export; raise ``BundleError`` if invalid."""
+    """Summarise a bundle, a dense export or an ONNX export; raise ``BundleError`` if invalid.
+
+    A bundle passes exactly the checks ``load_bundle`` makes before building the model, so a
+    file ``inspect`` describes is one that loads."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return _inspect_onnx(path)
-    header = read_header(path)
-    document = parse_metadata(header)
+    checked = read_checked(path)
+    header, document = checked.header, checked.document
+    if document.format == BUNDLE_FORMAT:
+        check_bundle(checked)
     dtypes: dict[str, int] = {}
     for entry in header.tensors.values():
         dtypes[entry.dtype] = dtypes.get(entry.dtype, 0) + 1
@@ -43,12 +49,16 @@ def inspect_file(path: str | Path) -> FileSummary:
         stored_numbers=sum(math.prod(entry.shape) for entry in header.tensors.values()),
         metadata=document,
         dtypes=dtypes,
+        checksum="verified" if checked.checksum_verified else "absent",
     )
 
 
 def _inspect_onnx(path: Path) -> FileSummary:
     import onnx  # protobuf only: parsing cannot run code
 
+    from engine.export.safe_read import open_regular_file
+
+    open_regular_file(path).close()  # a FIFO named *.onnx must not block the reader
     try:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)

@@ -17,15 +17,20 @@ from typing import Any
 
 from torch import nn
 
-from engine.adtn import ACTIVATIONS, ADTN, LAYOUTS, MAX_Q, mode_bits
+from engine.adtn import ACTIVATIONS, ADTN, LAYOUTS, mode_bits
 from engine.export.errors import BundleError
 from engine.export.safe_read import FLOAT_DTYPES, MAX_DIMS, SafetensorsHeader
+from engine.limits import MAX_DEPTH, MAX_Q
 
 METADATA_KEY = "adtn"
 BUNDLE_FORMAT = "adtn-bundle"
 DENSE_FORMAT = "adtn-dense"
 FORMAT_VERSION = 1
-MAX_DEPTH = 64  # far beyond any useful network; bounds the work a hostile header can ask for
+# How a layer's weight is stored. Each encoding has its own record parser here and its own
+# rebuild in the bundle loader; a file naming one this version does not know is refused.
+ADTN_ENCODING = "adtn"
+ENCODINGS = (ADTN_ENCODING,)
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class LayerRecord:
     negative_slope: float
     scale: str
     gates: tuple[GateRecord, ...]
+    encoding: str = ADTN_ENCODING
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The stored tensors that replace this layer's weight, and their shapes."""
+        return {self.scale: ()} | {g.tensor: (4, len(g.columns)) for g in self.gates}
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class ExportMetadata:
     dataset: str | None
     config: dict[str, Any] | None
     layers: tuple[LayerRecord, ...]
+    # SHA-256 of the tensor data (docs/FORMAT.md); None in files written before it existed.
+    data_sha256: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -124,14 +136,16 @@ def model_record(config: Any) -> ModelRecord | None:
     """The zoo model a run configuration builds (None without a configuration)."""
     if config is None:
         return None
-    from engine.data import dataset_info  # data sets are only needed when a config is given
+    from engine.data import config_dataset_info  # only needed when a config is given
 
-    info = dataset_info(config.dataset)
+    info = config_dataset_info(config)
     return ModelRecord(config.model, info.in_channels, info.image_size, info.num_classes)
 
 
-def build_metadata(model: nn.Module, config: Any, format: str) -> ExportMetadata:
-    """The document for ``model`` (compressed or materialised) trained with ``config``."""
+def build_metadata(model: nn.Module, config: Any, format: str,
+                   data_sha256: str | None = None) -> ExportMetadata:
+    """The document for ``model`` (compressed or materialised) trained with ``config``;
+    ``data_sha256`` is the checksum of the tensors the file will hold."""
     return ExportMetadata(
         format=format,
         format_version=FORMAT_VERSION,
@@ -140,6 +154,7 @@ def build_metadata(model: nn.Module, config: Any, format: str) -> ExportMetadata
         dataset=None if config is None else config.dataset,
         config=None if config is None else config.to_dict(),
         layers=tuple(layer_record(name, adtn) for name, adtn in compressed_layers(model)),
+        data_sha256=data_sha256,
     )
 
 
@@ -193,11 +208,24 @@ def _parse_gate(file_name: str, where: str, raw: object) -> GateRecord:
         raise reader.fail("pair", f"is {list(pair)}; expected two neighbouring indices")
     if list(columns) != sorted(set(columns)):
         raise reader.fail("columns", "must be increasing and distinct")
-    return GateRecord(reader.get("tensor", str), reader.int("layer", 0, MAX_DEPTH), pair, columns)
+    tensor = reader.get("tensor", str)
+    if not tensor:
+        raise reader.fail("tensor", "is empty")
+    return GateRecord(tensor, reader.int("layer", 0, MAX_DEPTH), pair, columns)
 
 
 def _parse_layer(file_name: str, index: int, raw: object) -> LayerRecord:
+    """One entry of ``layers``, read by the parser of its ``encoding`` ("adtn" if absent)."""
     reader = _Reader(file_name, f"layers[{index}]", raw)
+    encoding = raw.get("encoding", ADTN_ENCODING)
+    parser = _LAYER_PARSERS.get(encoding) if isinstance(encoding, str) else None
+    if parser is None:
+        raise reader.fail("encoding", f"is {encoding!r}; this version of ADTN Studio reads "
+                          f"{', '.join(ENCODINGS)} (update ADTN Studio)")
+    return parser(file_name, index, reader)
+
+
+def _parse_adtn_layer(file_name: str, index: int, reader: _Reader) -> LayerRecord:
     shape = reader.ints("weight_shape", 1, 2**MAX_Q)
     bits = mode_bits(shape)
     q = sum(bits)
@@ -220,8 +248,13 @@ def _parse_layer(file_name: str, index: int, raw: object) -> LayerRecord:
     for i, gate in enumerate(gates):
         if gate.pair[1] >= q or gate.layer >= depth:
             raise BundleError(f"{file_name}: metadata {where}[{i}] lies outside the network")
-    if [g.layer for g in gates] != sorted(g.layer for g in gates):
-        raise reader.fail("gates", "are not in contraction order")
+    gate_layers = [g.layer for g in gates]
+    # Layers 0, 1, ..., depth - 1 in order, none skipped: then "an activation before the first
+    # gate of every layer but the first" is one rule for the spec, its code and the engine.
+    if gate_layers[0] != 0 or gate_layers[-1] != depth - 1 or any(
+            b - a not in (0, 1) for a, b in zip(gate_layers, gate_layers[1:])):
+        raise reader.fail("gates", f"must run through gate layers 0 to {depth - 1} in "
+                          "contraction order, none skipped")
     slope = reader.get("negative_slope", (int, float))
     if not math.isfinite(slope) or not 0 <= slope < 1:
         raise reader.fail("negative_slope", f"is {slope}; expected a number in [0, 1)")
@@ -238,7 +271,20 @@ def _parse_layer(file_name: str, index: int, raw: object) -> LayerRecord:
         negative_slope=float(slope),
         scale=reader.get("scale", str),
         gates=gates,
+        encoding=ADTN_ENCODING,
     )
+
+
+_LAYER_PARSERS = {ADTN_ENCODING: _parse_adtn_layer}
+
+
+def _parse_checksum(reader: _Reader) -> str | None:
+    value = reader.data.get("data_sha256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
+        raise reader.fail("data_sha256", "must be 64 lowercase hexadecimal digits")
+    return value
 
 
 def _parse_model(file_name: str, raw: object) -> ModelRecord | None:
@@ -286,6 +332,7 @@ def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None
         dataset=dataset,
         config=config,
         layers=layers,
+        data_sha256=_parse_checksum(reader),
     )
     if fmt == BUNDLE_FORMAT:
         check_layers_against_tensors(header, layers)
@@ -297,11 +344,13 @@ def check_layers_against_tensors(header: SafetensorsHeader, layers: tuple[LayerR
     name = header.path.name
     claimed: set[str] = set()
     for layer in layers:
-        expected = [(layer.scale, ())] + [(g.tensor, (4, len(g.columns))) for g in layer.gates]
+        expected = layer.tensor_shapes()
+        if len(expected) != len(layer.gates) + 1:
+            raise BundleError(f"{name}: layer {layer.name!r} names one tensor for two roles")
         if layer.weight_key in header.tensors:
             raise BundleError(f"{name}: layer {layer.name!r} is compressed but the file also "
                               f"holds its dense weight {layer.weight_key!r}")
-        for tensor, shape in expected:
+        for tensor, shape in expected.items():
             entry = header.tensors.get(tensor)
             if entry is None:
                 raise BundleError(f"{name}: layer {layer.name!r} needs tensor {tensor!r}, "

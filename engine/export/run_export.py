@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.export.atomic import StagedFiles
+from engine.export.atomic import StagedFiles, write_failure
 from engine.export.bundle import load_bundle, write_bundle
 from engine.export.dense import load_dense_into, write_dense
 from engine.export.errors import ExportError
@@ -125,6 +125,22 @@ def export_model(
         tolerance=TOLERANCE,
         latency_runs=LATENCY_RUNS,
     )
+    destination = Path(out)  # the file being written when a write fails
+    try:
+        _write_verified(model, dense_model, batch, reference, config, paths, report, step)
+    except Exception as exc:
+        failure = write_failure(exc, destination)
+        if failure is None:
+            raise
+        raise failure from exc  # a full disk is one line, not a writer's traceback
+    notify(1.0, "done")
+    return report
+
+
+def _write_verified(model: nn.Module, dense_model: nn.Module, batch: torch.Tensor,
+                    reference: np.ndarray, config: Any, paths: dict[str, Path],
+                    report: ExportReport, step: Callable[[str], None]) -> None:
+    """Stage, write and verify every file, then publish them all; on any failure none."""
     with StagedFiles() as staged:
         staged_paths = {fmt: staged.path_for(path) for fmt, path in paths.items()}
         diffs = {}
@@ -145,21 +161,20 @@ def export_model(
             raise ExportError(f"verification failed: outputs differ from the trained model by "
                               f"more than {TOLERANCE:g} ({failures}); nothing was written")
         staged.commit()
-    notify(1.0, "done")
-    return report
 
 
 def verification_batch(config: Any) -> tuple[torch.Tensor, str]:
     """A test-set batch of ``config``'s data set when it is on disk, else random input."""
-    from engine.data import BatchIterator, DataUnavailableError, dataset_info, load_datasets
+    from engine.data import BatchIterator, DataUnavailableError, config_dataset_info, load_data
 
-    info = dataset_info(config.dataset)
+    info = config_dataset_info(config)
     try:
         # Never download during an export: a missing data set just means random input.
-        _, test = load_datasets(config.replace(download=False, limit_train=1,
-                                               limit_test=VERIFY_BATCH))
-        images, _ = next(BatchIterator(test, info, VERIFY_BATCH, torch.device("cpu")).epoch(0))
-    except (DataUnavailableError, OSError):
+        loaded = load_data(config.replace(download=False, limit_train=1,
+                                          limit_test=VERIFY_BATCH))
+        images, _ = next(BatchIterator(loaded.test, loaded.info, VERIFY_BATCH,
+                                       torch.device("cpu")).epoch(0))
+    except (DataUnavailableError, OSError, ValueError):  # ValueError: a damaged image folder
         images = None
     if images is not None and len(images) >= 2:  # ONNX needs two samples for a dynamic batch
         return images, "test set"
@@ -182,7 +197,9 @@ def _difference(fmt: str, path: Path, batch: torch.Tensor, reference: np.ndarray
                 config: Any) -> float:
     """Largest output difference between the written file, read back, and the trained model."""
     if fmt == "adtn":
-        return max_abs_diff(reference, model_outputs(load_bundle(path), batch))
+        # a user's model is rebuilt from its factory, never from the bundle's word
+        own = plain_model(config) if config is not None and _user_model(config) else None
+        return max_abs_diff(reference, model_outputs(load_bundle(path, model=own), batch))
     if fmt == "dense":
         return max_abs_diff(reference, model_outputs(load_dense_into(plain_model(config), path),
                                                      batch))
@@ -193,8 +210,14 @@ def _difference(fmt: str, path: Path, batch: torch.Tensor, reference: np.ndarray
 
 def plain_model(config: Any) -> nn.Module:
     """The uncompressed zoo model ``config`` describes, freshly initialised."""
-    from engine.data import dataset_info
+    from engine.data import config_dataset_info
     from engine.models import build_model
 
-    info = dataset_info(config.dataset)
+    info = config_dataset_info(config)
     return build_model(config.model, info.in_channels, info.image_size, info.num_classes)
+
+
+def _user_model(config: Any) -> bool:
+    from engine.model_sources import parse_model_spec
+
+    return parse_model_spec(config.model).kind == "file"

@@ -11,14 +11,17 @@ JSON, then the tensor data; each tensor's ``data_offsets`` are relative to the d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import stat
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from engine.export.errors import BundleError
 
@@ -40,6 +43,18 @@ DTYPE_SIZES = {
     "BOOL": 1,
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+TORCH_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 # Leading bytes of files that must never be handed to a pickle-based loader.
 _FOREIGN_SIGNATURES = (
@@ -90,7 +105,7 @@ def _parse_entry(path: Path, name: str, raw: object) -> TensorEntry:
     if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
         raise _fail(path, f"tensor {name!r} has a malformed header entry")
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list is not even hashable
         raise _fail(path, f"tensor {name!r} has unsupported dtype {dtype!r}")
     if (
         not isinstance(shape, list)
@@ -136,12 +151,33 @@ def _sniff_foreign(path: Path, head: bytes) -> None:
             raise _fail(path, f"this is {what}, not a safetensors file; refusing to open it")
 
 
+def open_regular_file(path: Path):
+    """Open ``path`` for reading only if it is a regular file. A FIFO, device or socket named
+    like a model file would block ``open`` (or never end); it is refused before opening, and
+    the descriptor is checked again after (the name could be swapped in between)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise _fail(path, f"{kind}; refusing to open it")
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX: opening a FIFO must not wait
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | nonblocking)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _fail(path, "not a regular file; refusing to read it")
+        if nonblocking:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_header(path: str | Path) -> SafetensorsHeader:
     """Parse and check the header of the safetensors file at ``path``; raise ``BundleError``."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            file_size = path.stat().st_size
+        with open_regular_file(path) as handle:
+            file_size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise _fail(path, f"file is too short ({file_size} bytes) to be a safetensors file")
@@ -187,9 +223,55 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     )
 
 
+def read_data(header: SafetensorsHeader) -> bytes:
+    """The data section of a file whose header passed ``read_header``, read in one go."""
+    try:
+        with open_regular_file(header.path) as handle:
+            if os.fstat(handle.fileno()).st_size != header.file_size:
+                raise _fail(header.path, "the file changed while it was being read")
+            handle.seek(header.data_start)
+            data = handle.read(header.file_size - header.data_start)
+    except OSError as exc:
+        raise _fail(header.path, f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) != header.file_size - header.data_start:
+        raise _fail(header.path, "the file changed while it was being read")
+    return data
+
+
+def tensors_from_data(header: SafetensorsHeader, data: bytes) -> dict[str, torch.Tensor]:
+    """CPU tensors over ``data`` (little-endian, as the format stores them; never unpickles)."""
+    tensors = {}
+    for name, entry in header.tensors.items():
+        dtype = TORCH_DTYPES[entry.dtype]
+        if entry.end == entry.begin:
+            tensors[name] = torch.empty(entry.shape, dtype=dtype)
+            continue
+        # A copy per tensor: its own aligned, writable memory, whatever the file's offsets.
+        buffer = bytearray(data[entry.begin:entry.end])
+        tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+    return tensors
+
+
+def data_sha256(header: SafetensorsHeader, data: bytes) -> str:
+    """The checksum docs/FORMAT.md defines: SHA-256 of every tensor's bytes, tensors taken in
+    sorted order of their names (independent of where the writer placed them)."""
+    digest = hashlib.sha256()
+    for name in sorted(header.tensors):
+        entry = header.tensors[name]
+        digest.update(data[entry.begin:entry.end])
+    return digest.hexdigest()
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """``data_sha256`` of the file that stores ``tensors`` (contiguous CPU tensors)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def read_tensors(header: SafetensorsHeader) -> dict[str, torch.Tensor]:
     """Load the tensors of a file whose header passed ``read_header`` (CPU, never unpickles)."""
-    try:
-        return load_file(str(header.path), device="cpu")
-    except Exception as exc:  # the file changed since validation, or safetensors disagrees
-        raise _fail(header.path, f"tensor data could not be read ({exc})") from exc
+    return tensors_from_data(header, read_data(header))
