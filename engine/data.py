@@ -175,10 +175,42 @@ def load_data(config: RunConfig, progress: ProgressCallback | None = None,
     standard deviation computed on its training split) and notes for the run's log.
     ``load_progress`` receives (images decoded, images in all) while an image folder loads."""
     if config.dataset.startswith(IMAGEFOLDER_PREFIX):
-        return _load_folder(config, load_progress)
-    info = config_dataset_info(config)
-    train, test = _load_named(info, config, progress)
-    return LoadedData(train, test, info)
+        loaded = _load_folder(config, load_progress)
+    else:
+        info = config_dataset_info(config)
+        train, test = _load_named(info, config, progress)
+        loaded = LoadedData(train, test, info)
+    if getattr(config, "holdout", 0):
+        loaded = hold_out(loaded, config.holdout)
+    return loaded
+
+
+# The held-out examples do not depend on the run's seed: every method of a comparison is
+# tuned on the same examples.
+HOLDOUT_SEED = 20_230_510
+
+
+def hold_out(loaded: LoadedData, count: int) -> LoadedData:
+    """``count`` training examples, drawn by a fixed seed, become the evaluation set in place
+    of the test set (which is then not used at all); the rest stay for training."""
+    train = loaded.train
+    if count >= len(train):
+        raise ValueError(f"holdout = {count} leaves no training examples (the training split "
+                         f"has {len(train)})")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    kept, held = order[count:].sort().values, order[:count].sort().values
+    if isinstance(train, ImageSet):
+        rest = ImageSet(train.images[kept], train.labels[kept])
+        evaluation = ImageSet(train.images[held], train.labels[held])
+    else:
+        files = train.files
+        rest = FileImageSet([files[i] for i in kept.tolist()], train.channels,
+                            train.image_size, train.workers)
+        evaluation = FileImageSet([files[i] for i in held.tolist()], train.channels,
+                                  train.image_size, train.workers)
+    note = (f"evaluating on {count:,} held-out training examples, not on the test set; "
+            f"{len(rest):,} examples train")
+    return replace(loaded, train=rest, test=evaluation, notes=[*loaded.notes, note])
 
 
 def _load_folder(config: RunConfig, load_progress: ProgressCallback | None) -> LoadedData:
