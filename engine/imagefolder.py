@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine.data import DataUnavailableError
+
 PREFIX = "imagefolder:"
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TEST_FOLDERS = ("test", "val")
@@ -35,8 +37,9 @@ GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 LoadProgress = Callable[[int, int], None]  # (images done, images in all)
 
 
-class ImageFolderError(ValueError):
-    """An image folder that cannot be a data set; the message names the folder or file."""
+class ImageFolderError(DataUnavailableError, ValueError):
+    """An image folder that cannot be a data set; the message names the folder or file.
+    (The trainer reports it as missing data; callers that validate input catch ValueError.)"""
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,23 @@ def build_from_file(path: str, factory: str, in_channels: int, image_size: int,
                     num_classes: int) -> BuiltModel:
     """Import the user's ``path`` and call ``factory`` with the keywords it accepts."""
     function = load_factory(path, factory)
+    model, accepted = _call(function, f"{path}:{factory}", in_channels, image_size,
+                            num_classes)
+    built = BuiltModel(model)
+    if not accepted:
+        built.notes.append(f"{path}:{factory} takes no in_channels/image_size/num_classes; "
+                           "it must fit the data set by itself")
+    return built
+
+
+def call_factory(function, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Call a model factory as training does (the keywords it takes); ``ModelSourceError``
+    when it fails or returns no ``nn.Module``."""
+    label = getattr(function, "__qualname__", None) or repr(function)
+    return _call(function, label, in_channels, image_size, num_classes)[0]
+
+
+def _call(function, label: str, in_channels: int, image_size: int, num_classes: int):
     arguments = {"in_channels": in_channels, "image_size": image_size,
                  "num_classes": num_classes}
     try:
@@ -239,16 +256,12 @@ def build_from_file(path: str, factory: str, in_channels: int, image_size: int,
     try:
         model = function(**accepted)
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
-        raise ModelSourceError(f"{path}:{factory}({_kwargs_text(accepted)}) failed: "
+        raise ModelSourceError(f"{label}({_kwargs_text(accepted)}) failed: "
                                f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise ModelSourceError(f"{path}:{factory} returned {type(model).__name__}, "
+        raise ModelSourceError(f"{label} returned {type(model).__name__}, "
                                "not a torch.nn.Module")
-    built = BuiltModel(model)
-    if not accepted:
-        built.notes.append(f"{path}:{factory} takes no in_channels/image_size/num_classes; "
-                           "it must fit the data set by itself")
-    return built
+    return model, accepted
 
 
 def load_factory(path: str, factory: str):
