@@ -15,9 +15,8 @@ from typing import Any
 
 import tomli_w
 
-from engine.adtn import ACTIVATIONS, LAYOUTS
-from engine.compression import LayerSpec
-from engine.data import DATASET_NAMES
+from engine.layer_spec import LayerSpec, LayerSpecError
+from engine.data import DATASET_NAMES, IMAGEFOLDER_PREFIX
 from engine.limits import (
     MAX_BATCH_SIZE,
     MAX_CONFIG_BYTES,
@@ -28,7 +27,6 @@ from engine.limits import (
     MAX_SEED,
     MAX_WORKERS,
 )
-from engine.models import MODEL_NAMES
 from engine.paths import atomic_write_text
 
 __all__ = ["ConfigError", "LayerSpec", "RunConfig"]
@@ -37,6 +35,7 @@ INITS = ("scratch", "pretrained")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+MAX_IMAGE_SIZE = 1024  # image folders: input size, as large as a bundle may declare
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
 
 
@@ -50,9 +49,17 @@ class RunConfig:
 
     name: str = ""  # run name; empty means "<model>-<dataset>"
     description: str = ""  # one line shown in preset lists
+    # a zoo name, "torchvision:NAME" or "path/to/file.py:factory" (engine.model_sources)
     model: str = "lenet5"
+    # a name of engine.data.DATASET_NAMES, or "imagefolder:DIR" (engine.imagefolder)
     dataset: str = "mnist"
     data_root: str = ""  # empty: engine.paths.default_data_root()
+    # pretrained weights: a safetensors / state-dict file, or "torchvision:DEFAULT" etc.
+    weights: str = ""
+    image_size: int = 0  # image folders: input size in pixels (0 = the images' own)
+    test_fraction: float = 0.2  # image folders without test/: share of each class held out
+    data_mean: list[float] = field(default_factory=list)  # empty: computed (image folders)
+    data_std: list[float] = field(default_factory=list)
     download: bool = True  # fetch a missing data set
     augment: bool = True  # random crop + flip (CIFAR only)
     layers: list[LayerSpec] = field(default_factory=list)  # layers encoded as ADTNs
@@ -82,7 +89,7 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.model}-{self.dataset}"
+        return self.name or f"{_short(self.model)}-{_short(self.dataset)}"
 
     @property
     def total_epochs(self) -> int:
@@ -109,6 +116,9 @@ class RunConfig:
         values = dict(data)
         if "layers" in values:
             values["layers"] = _layers_from_data(values["layers"])
+        for key in ("data_mean", "data_std"):
+            if isinstance(values.get(key), tuple):
+                values[key] = list(values[key])
         if "lr_milestones" in values and isinstance(values["lr_milestones"], tuple):
             values["lr_milestones"] = list(values["lr_milestones"])
         return cls(**values)
@@ -140,15 +150,24 @@ class RunConfig:
         """Raise ``ConfigError`` naming the first bad field and what it allows; return self."""
         for name in ("name", "description", "data_root"):
             _check_type(name, getattr(self, name), str)
-        _check_choice("model", self.model, MODEL_NAMES)
-        _check_choice("dataset", self.dataset, DATASET_NAMES)
+        _check_model(self.model)
+        _check_dataset(self.dataset)
+        _check_type("weights", self.weights, str)
+        _check_int("image_size", self.image_size, minimum=0)
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"image_size must be at most {MAX_IMAGE_SIZE} (got "
+                              f"{self.image_size})")
+        _check_number("test_fraction", self.test_fraction, positive=True)
+        if self.test_fraction >= 1:
+            raise ConfigError(f"test_fraction must be below 1 (got {self.test_fraction})")
+        _check_mean_std(self.data_mean, self.data_std)
         for name in ("download", "augment", "amp"):
             _check_type(name, getattr(self, name), bool)
         _check_layers(self.layers)
         _check_type("dense_baseline", self.dense_baseline, bool)
         _check_choice("init", self.init, INITS)
         _check_int("pretrain_epochs", self.pretrain_epochs, minimum=0)
-        if self.init == "pretrained" and self.pretrain_epochs < 1:
+        if self.init == "pretrained" and self.pretrain_epochs < 1 and not self.weights:
             raise ConfigError(
                 "pretrain_epochs must be at least 1 when init = 'pretrained' "
                 "(the dense model is trained first, then each ADTN is fitted to it)"
@@ -286,6 +305,52 @@ def _check_limits(config: RunConfig) -> None:
         raise ConfigError("layers is empty: list at least one layer to encode (for example "
                           "layers = [{name = 'fc1'}]), or set dense_baseline = true to train "
                           "the uncompressed model as a baseline")
+
+
+def _short(source: str) -> str:
+    """A model or data-set name without its path: ``torchvision:resnet18`` → ``resnet18``,
+    ``nets/my.py:build`` → ``build``, ``imagefolder:/data/cats`` → ``cats``."""
+    head, sep, tail = source.partition(":")
+    if not sep:
+        return source
+    if head == "imagefolder":
+        return Path(tail.rstrip("/\\")).name or "imagefolder"
+    return source.rpartition(":")[2] or source
+
+
+def _check_model(value: Any) -> None:
+    """A zoo name, ``torchvision:NAME`` or ``FILE.py:factory`` (the file's existence and
+    torchvision's list are checked when the model is built, not here: a config may be read
+    on another machine)."""
+    from engine.model_sources import ModelSourceError, parse_model_spec
+
+    _check_type("model", value, str)
+    try:
+        parse_model_spec(value)
+    except ModelSourceError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_dataset(value: Any) -> None:
+    _check_type("dataset", value, str)
+    if value.startswith(IMAGEFOLDER_PREFIX):
+        if not value[len(IMAGEFOLDER_PREFIX):].strip():
+            raise ConfigError("dataset 'imagefolder:DIR' needs the folder (DIR)")
+        return
+    if value not in DATASET_NAMES:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASET_NAMES)} or "
+                          f"'imagefolder:DIR' (got {value!r})")
+
+
+def _check_mean_std(mean: Any, std: Any) -> None:
+    for name, values in (("data_mean", mean), ("data_std", std)):
+        _check_type(name, values, list)
+        if len(values) not in (0, 1, 3):
+            raise ConfigError(f"{name} must list one value (grayscale) or three (RGB)")
+        for index, value in enumerate(values):
+            _check_number(f"{name}[{index}]", value, positive=name == "data_std")
+    if len(mean) != len(std):
+        raise ConfigError("data_mean and data_std must both be given, with as many values")
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:

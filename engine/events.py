@@ -25,6 +25,12 @@ class RunStarted:
     train_examples: int
     test_examples: int
     config: dict[str, Any] = field(default_factory=dict)
+    # how the run is spread: processes, backend, global batch size and learning rate
+    parallel: str = ""
+    # test accuracy of the model with its pretrained weights, before compression (runs
+    # with weights only; None otherwise)
+    dense_test_acc: float | None = None
+    notes: tuple[str, ...] = ()  # what was adapted, loaded or skipped, for the log
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class DownloadProgress:
     dataset: str
     done_bytes: int
     total_bytes: int  # 0 when the server does not say
+    # "download" (bytes arriving) or "load" (images decoded: done/total count images)
+    what: str = "download"
 
 
 @dataclass(frozen=True)

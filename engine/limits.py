@@ -27,4 +27,4 @@ MAX_WORKERS = 1024
 MAX_CONFIG_BYTES = 1 << 20  # a run configuration is a few hundred bytes of TOML
 # Memory a bundle may need to be loaded and evaluated (its dense tensors plus, per ADTN
 # layer, the 2**Q state vectors its contraction holds), estimated before anything is built.
-MAX_LOAD_BYTES = 2 << 30
+MAX_LOAD_BYTES = 8 << 30

@@ -242,6 +242,7 @@ class RunLock:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(owner, handle)
             self.held = True
+            self._refuse_if_summary_says_running()
             return self
         raise RunFolderBusy(f"{self.path.parent} is in use by another process; try again")
 
@@ -249,6 +250,19 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+    def _refuse_if_summary_says_running(self) -> None:
+        """A run listed as "running" (its summary names a live process here, e.g. one started
+        before run folders were locked) is not taken over either: the list and this lock
+        give the same answer."""
+        summary = read_summary(RunPaths(self.path.parent).summary)
+        if not isinstance(summary, dict) or _live_status(summary) != "running":
+            return
+        if summary.get("pid") == os.getpid():
+            return  # this process's own earlier run (the window trains in a thread)
+        self.release()
+        raise self._busy({key: summary.get(key) for key in ("pid", "host")}
+                         | {"since": summary.get("started_at", "?")})
 
     def _take_over_if_stale(self) -> None:
         holder = read_lock(self.path)

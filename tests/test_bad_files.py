@@ -78,6 +78,20 @@ def declare_huge_tensor(header: dict) -> None:
     entry["data_offsets"] = [entry["data_offsets"][0], entry["data_offsets"][0] + 2**62]
 
 
+def flip_data_byte(raw: bytes) -> bytes:
+    corrupted = bytearray(raw)
+    corrupted[-3] ^= 0x01  # one bit of the last tensor's data: the header stays valid
+    return bytes(corrupted)
+
+
+def skip_a_gate_layer(document: dict) -> None:
+    layer = fc1(document)  # depth 2: claim depth 3 with no gate in layer 1
+    layer["depth"] = 3
+    for gate in layer["gates"]:
+        if gate["layer"] == 1:
+            gate["layer"] = 2
+
+
 def shift_offsets(header: dict) -> None:
     begin, end = header["conv1.bias"]["data_offsets"]
     header["conv1.bias"]["data_offsets"] = [begin + 4, end + 4]
@@ -145,6 +159,19 @@ BAD_FILES = {
     "gates describe another network": (
         edit_metadata(lambda d: fc1(d).update(layout="stair")),
         r"layer 'fc1' describes a network this version of ADTN Studio does not build"),
+    "dtype is a list": (edit_header(lambda h: h["conv1.bias"].update(dtype=["F32"])),
+                        r"'conv1.bias' has unsupported dtype \['F32'\]"),
+    "integer bias": (edit_header(lambda h: h["conv1.bias"].update(dtype="I32")),
+                     r"tensor 'conv1.bias' has dtype I32; the model needs a floating-point "
+                     r"tensor there"),
+    "flipped data byte": (flip_data_byte,
+                          r"the tensor data does not match its checksum; the file is corrupted"),
+    "malformed checksum": (edit_metadata(lambda d: d.update(data_sha256="00")),
+                           r"data_sha256 must be 64 lowercase hexadecimal digits"),
+    "unknown encoding": (edit_metadata(lambda d: fc1(d).update(encoding="tt")),
+                         r"layers\[0\]\.encoding is 'tt'; this version of ADTN Studio reads adtn"),
+    "gate layer skipped": (edit_metadata(skip_a_gate_layer),
+                           r"gates must run through gate layers 0 to 2 in contraction order"),
 }
 
 
@@ -199,3 +226,126 @@ def test_corrupt_onnx_is_refused(tmp_path):
     path.write_bytes(b"\x08\x07garbage that is not a model")
     with pytest.raises(BundleError, match=r"model.onnx: not a valid ONNX model"):
         inspect_file(path)
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_inspect_refuses_every_file_load_bundle_refuses(case, bundle_bytes, tmp_path):
+    mutate, message = BAD_FILES[case]
+    path = tmp_path / "model.adtn"
+    path.write_bytes(mutate(bundle_bytes))
+    with pytest.raises(BundleError, match=message):
+        inspect_file(path)
+
+
+def test_a_damaged_header_whose_length_starts_like_a_pickle_is_not_called_one(bundle_bytes,
+                                                                            tmp_path):
+    header, data = split(bundle_bytes)
+    text = json.dumps(header)
+    text += " " * ((0x180 - len(text)) % 256)  # length ends in byte 0x80, a pickle's first byte
+    raw = bytearray(struct.pack("<Q", len(text)) + text.encode() + data)
+    assert raw[0] == 0x80
+    raw[8] ^= 0xFF
+    path = tmp_path / "model.adtn"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"header is not valid JSON"):
+        load_bundle(path)
+
+
+def run_with_deadline(function, *args, seconds: float = 20):
+    """``function(*args)`` in a thread; fail (instead of hanging the suite) if it blocks."""
+    import threading
+
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{function.__name__} blocked on a FIFO"
+    return outcome
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_fifo_named_like_a_model_or_config_is_refused_without_blocking(tmp_path):
+    from engine.config import ConfigError
+
+    fifo = tmp_path / "model.adtn"
+    os.mkfifo(fifo)  # opening it for reading would wait forever for a writer
+    for function, error in ((load_bundle, BundleError), (inspect_file, BundleError),
+                            (RunConfig.load, ConfigError)):
+        outcome = run_with_deadline(function, fifo)
+        assert isinstance(outcome.get("error"), error), outcome
+        assert "not a regular file" in str(outcome["error"])
+
+
+def test_bundle_needing_more_memory_than_the_limit_is_refused_before_building(tmp_path):
+    """A tiny file describing FC-2 at image size 1024 (Q = 28 for fc1): refused with one line
+    from its description, nothing allocated for the model."""
+    import resource
+
+    from engine.export.metadata import BUNDLE_FORMAT, METADATA_KEY, build_metadata
+    from engine.export.safe_read import tensors_sha256
+    from engine.layers import ADTNLinear
+
+    fc1 = ADTNLinear(1024 * 1024, 256, depth=1)  # gates only: nothing of 2**28 is allocated
+    model = torch.nn.Sequential()
+    model.add_module("flatten", torch.nn.Flatten())
+    model.add_module("fc1", fc1)
+    model.add_module("relu", torch.nn.ReLU())
+    model.add_module("fc2", torch.nn.Linear(256, 10))
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    document = build_metadata(model, None, BUNDLE_FORMAT, tensors_sha256(tensors))
+    raw = json.loads(document.to_json())
+    raw["model"] = {"name": "fc2", "in_channels": 1, "image_size": 1024, "num_classes": 10}
+    path = tmp_path / "huge.adtn"
+    save_file(tensors, path, metadata={"adtn": json.dumps(raw)})
+    assert path.stat().st_size < 64 * 1024
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for function in (load_bundle, inspect_file):
+        with pytest.raises(BundleError, match=r"huge.adtn: the model it describes would need "
+                           r"about [\d.]+ GiB to load \(largest ADTN: Q = 28\); the limit is "
+                           r"8 GiB") as refused:
+            function(path)
+        assert "\n" not in str(refused.value)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200 * 1024  # the 1 GiB dense fc1 was never built
+
+
+def test_a_bundle_without_checksum_still_loads_with_a_warning(bundle_bytes, tmp_path, caplog):
+    path = tmp_path / "old.adtn"
+    path.write_bytes(edit_metadata(lambda d: d.pop("data_sha256"))(bundle_bytes))
+    with caplog.at_level("WARNING"):
+        model = load_bundle(path)
+    assert "old.adtn has no checksum" in caplog.text
+    assert inspect_file(path).checksum == "absent"
+    good = tmp_path / "good.adtn"
+    good.write_bytes(bundle_bytes)
+    assert inspect_file(good).checksum == "verified"
+    reference = load_bundle(good)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_gates_are_read_by_the_names_the_metadata_lists(bundle_bytes, tmp_path):
+    """Swapping two gates' names in the metadata swaps the tensors the engine uses, as the
+    spec reads them; it does not silently keep the file's positional order."""
+    document = json.loads(split(bundle_bytes)[0]["__metadata__"]["adtn"])
+    full = [g for g in fc1(document)["gates"] if len(g["columns"]) == 4]
+    first, second = full[0]["tensor"], full[1]["tensor"]
+
+    def swap(doc):
+        gates = {g["tensor"]: g for g in fc1(doc)["gates"]}
+        gates[first]["tensor"], gates[second]["tensor"] = second, first
+
+    original, swapped = tmp_path / "original.adtn", tmp_path / "swapped.adtn"
+    original.write_bytes(bundle_bytes)
+    swapped.write_bytes(edit_metadata(swap)(bundle_bytes))
+    a, b = load_bundle(original).state_dict(), load_bundle(swapped).state_dict()
+    assert torch.equal(b[first], a[second]) and torch.equal(b[second], a[first])
+    assert not torch.equal(a[first], a[second])

@@ -149,8 +149,127 @@ def test_a_killed_run_is_listed_as_interrupted(tmp_path):
     for name, pid in (("killed", int(gone.stdout)), ("alive", os.getpid())):
         folder = tmp_path / name
         folder.mkdir()
-        RunConfig(name=name, dataset="synthetic").save(folder / "config.toml")
+        RunConfig(name=name, dataset="synthetic", dense_baseline=True).save(
+            folder / "config.toml")
         (folder / "summary.json").write_text(json.dumps(
             {"status": "running", "host": socket.gethostname(), "pid": pid, "epochs": 3}))
     statuses = {record.name: record.status for record in list_runs(tmp_path)}
     assert statuses == {"killed": "interrupted", "alive": "running"}
+
+
+
+# -- resuming: a lost checkpoint, two processes, a killed run -------------------------------
+
+
+def copy_run(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def test_resume_without_last_checkpoint_is_refused_not_restarted(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    paths = RunPaths(run_dir)
+    paths.checkpoint("last").unlink()
+    metrics_before = paths.metrics.read_text()
+
+    summary = train(quick_config(name="finished"), run_dir, resume=True)
+    assert summary.status == "failed" and summary.error_kind == "checkpoint"
+    assert "last.safetensors is missing although the run has 2 finished epochs" in \
+        summary.error_message and "--restart" in summary.error_message
+    assert "\n" not in summary.error_message
+    assert paths.metrics.read_text() == metrics_before  # nothing of the run was overwritten
+    assert json.loads(paths.summary.read_text())["status"] == "finished"
+
+
+def test_resume_without_any_progress_starts_at_epoch_one(tmp_path):
+    from engine.runs import check_resumable
+
+    run_dir = tmp_path / "fresh"
+    run_dir.mkdir()
+    assert check_resumable(run_dir) == 1  # stopped before its first epoch: nothing to lose
+
+
+def test_cli_resume_refuses_then_restart_starts_over(finished_run, tmp_path, capsys):
+    from adtn_studio.cli import run_cli
+
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    paths = RunPaths(run_dir)
+    paths.checkpoint("last").unlink()
+    assert run_cli(["resume", str(run_dir)]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "last.safetensors is missing" in errors[0]
+
+    assert run_cli(["resume", "--restart", str(run_dir)]) == 0
+    assert paths.checkpoint("last").is_file()
+    assert (paths.checkpoints / "best-before-restart.safetensors").is_file()
+    with open(paths.metrics, newline="") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+
+
+LOCK_HOLDER = """
+import sys, time
+from engine.runs import RunLock
+RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_process_on_a_run_folder_is_refused_naming_the_holder(finished_run, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from engine.runs import RunFolderBusy, RunLock, read_lock
+
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        summary = train(quick_config(name="finished", epochs=3), run_dir, resume=True)
+        assert summary.status == "failed"
+        assert (f"is in use: process {holder.pid} on {socket.gethostname()}"
+                in summary.error_message)
+        assert json.loads(RunPaths(run_dir).summary.read_text())["status"] == "finished"
+        with pytest.raises(RunFolderBusy):
+            RunLock(run_dir).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock is stale and taken over, then given back.
+    assert read_lock(RunPaths(run_dir).lock)["pid"] == holder.pid
+    with RunLock(run_dir):
+        assert read_lock(RunPaths(run_dir).lock)["pid"] == os.getpid()
+    assert not RunPaths(run_dir).lock.exists()
+    summary = train(quick_config(name="finished", epochs=3), run_dir, resume=True)
+    assert summary.status == "finished" and summary.epochs_completed == 3
+
+
+def test_list_and_resume_agree_on_a_running_and_a_killed_run(finished_run, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from engine.runs import RunFolderBusy, RunLock
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    try:
+        for name, pid in (("killed", int(gone.stdout)), ("alive", alive.pid)):
+            run_dir = copy_run(finished_run, tmp_path / name)
+            summary = json.loads(RunPaths(run_dir).summary.read_text())
+            summary.update(status="running", host=socket.gethostname(), pid=pid, name=name)
+            RunPaths(run_dir).summary.write_text(json.dumps(summary))
+        statuses = {r.path.rsplit("/", 1)[-1]: r.status for r in list_runs(tmp_path)}
+        assert statuses == {"killed": "interrupted", "alive": "running"}
+        with pytest.raises(RunFolderBusy, match=f"process {alive.pid}"):
+            RunLock(tmp_path / "alive").acquire()
+        with RunLock(tmp_path / "killed"):
+            pass
+    finally:
+        alive.kill()
+        alive.wait()

@@ -146,6 +146,11 @@ def _check_layout(path: Path, tensors: dict[str, TensorEntry], data_size: int) -
 
 
 def _sniff_foreign(path: Path, head: bytes) -> None:
+    # A real safetensors header is shorter than 64 KiB in practice, so bytes 2..7 of its
+    # length are zero: a damaged safetensors file whose length merely begins with 0x80 or
+    # 0x08 is not taken for a pickle or protobuf (those carry data in those bytes).
+    if len(head) == 8 and not any(head[2:]):
+        return
     for signature, what in _FOREIGN_SIGNATURES:
         if head.startswith(signature):
             raise _fail(path, f"this is {what}, not a safetensors file; refusing to open it")
