@@ -74,17 +74,17 @@ class CompareRequest:
     def validate(self) -> CompareRequest:
         unknown = [e for e in self.encodings if e not in COMPARE_CHOICES]
         if unknown or not self.encodings:
-            raise CompareError(f"--encodings takes some of {', '.join(COMPARE_CHOICES)} "
+            raise CompareError(f"encodings: choose some of {', '.join(COMPARE_CHOICES)} "
                                f"(got {', '.join(self.encodings) or 'none'})")
         if not self.depths or any(d < 1 for d in self.depths):
-            raise CompareError(f"--depths takes ADTN depths of 1 or more (got {self.depths})")
+            raise CompareError(f"budgets: ADTN depths of 1 or more (got {self.depths})")
         if not self.seeds or any(s < 0 for s in self.seeds):
-            raise CompareError(f"--seeds takes seeds of 0 or more (got {self.seeds})")
+            raise CompareError(f"seeds: whole numbers of 0 or more (got {self.seeds})")
         if self.epochs < 0 or self.search_epochs < 0:
-            raise CompareError("--epochs and --search-epochs must be 0 or more")
+            raise CompareError("epochs and search epochs must be 0 or more")
         if self.lr_search and (not self.lrs or any(not (lr > 0 and math.isfinite(lr))
                                                    for lr in self.lrs)):
-            raise CompareError(f"--lrs takes positive learning rates (got {self.lrs})")
+            raise CompareError(f"learning rates to search must be positive (got {self.lrs})")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise CompareError("the held-out fraction must lie between 0 and 1")
         if not self.base.layers:

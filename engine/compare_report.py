@@ -95,12 +95,12 @@ def markdown_text(request: CompareRequest, results: list[VariantResult], seconds
             f"| {r.label} | {layer_params} | {r.model_params:,} | {r.lr:g} | "
             f"{_percent(r.mean_best)} | {_percent(r.mean_final)} | {per_seed} | "
             f"{r.mean_seconds:.1f} | {_options(r) or '–'} |")
-    lines += ["", _verdict(results), "", "![Pareto plot](compare.png)", "",
+    lines += ["", verdict(results), "", "![Pareto plot](compare.png)", "",
               f"Total time: {seconds / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
 
-def _verdict(results: list[VariantResult]) -> str:
+def verdict(results: list[VariantResult]) -> str:
     """Per budget, which encoding reached the best mean accuracy, stated plainly."""
     by_depth: dict[int, list[VariantResult]] = {}
     for r in results:

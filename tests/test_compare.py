@@ -38,9 +38,9 @@ def test_variants_share_everything_but_the_encoding():
 
 
 def test_bad_requests_name_the_option():
-    with pytest.raises(CompareError, match="--encodings"):
+    with pytest.raises(CompareError, match="encodings: choose"):
         CompareRequest(base_config(), out=None, encodings=["svd"]).validate()
-    with pytest.raises(CompareError, match="--depths"):
+    with pytest.raises(CompareError, match="budgets"):
         CompareRequest(base_config(), out=None, depths=[0]).validate()
     with pytest.raises(CompareError, match="no layers"):
         CompareRequest(base_config(layers=[]), out=None).validate()
@@ -102,5 +102,5 @@ def test_compare_command_line_end_to_end(tmp_path):
         [sys.executable, "-m", "adtn_studio", "compare", "--config", str(config),
          "--encodings", "adtn,svd", "--out", str(out)], capture_output=True, text=True,
         timeout=120)
-    assert bad.returncode == 1 and "--encodings" in bad.stderr
+    assert bad.returncode == 1 and "encodings: choose" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
