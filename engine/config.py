@@ -77,6 +77,7 @@ class RunConfig:
     schedule: str = "cosine"
     lr_milestones: list[int] = field(default_factory=list)  # epochs where "step" decays
     lr_gamma: float = 0.1  # "step" decay factor
+    warmup_epochs: int = 0  # linear learning-rate warm-up over the first epochs, by batch
     weight_decay: float = 0.0  # not applied to ADTN parameters
     seed: int = 0
     device: str = "auto"
@@ -186,6 +187,7 @@ class RunConfig:
         if self.schedule == "step" and not self.lr_milestones:
             raise ConfigError("lr_milestones must list at least one epoch when schedule = 'step'")
         _check_number("lr_gamma", self.lr_gamma, positive=True)
+        _check_int("warmup_epochs", self.warmup_epochs, minimum=0)
         _check_number("weight_decay", self.weight_decay)
         _check_int("seed", self.seed, minimum=0)
         _check_type("device", self.device, str)

@@ -274,6 +274,7 @@ class _Run:
                     if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
             lr = _set_learning_rate(optimizer, config, *self._phase_position(epoch))
+            steps.warmup = _warmup_span(config, *self._phase_position(epoch))
             torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT))
             started = time.perf_counter()
             train_result = steps.run_epoch(model, optimizer, train_batches, epoch, phase,
@@ -384,6 +385,7 @@ class _Steps:
         self.batches_left = batches_per_epoch * (config.total_epochs - start_epoch + 1)
         self.session_start = time.perf_counter()
         self.session_batches = 0
+        self.warmup: tuple[float, float] | None = None  # this epoch's warm-up (start, end)
 
     def _autocast(self):
         if not self.use_amp:
@@ -397,7 +399,12 @@ class _Steps:
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.perf_counter()
+        epoch_lrs = [group["lr"] for group in optimizer.param_groups]
         for batch, (images, labels) in enumerate(batches.epoch(epoch), start=1):
+            if self.warmup is not None:
+                fraction = _warmup_fraction(self.warmup, batch, self.batches_per_epoch)
+                for group, epoch_lr in zip(optimizer.param_groups, epoch_lrs):
+                    group["lr"] = epoch_lr * fraction
             control.wait_while_paused()
             if control.stop_requested:
                 return None
@@ -501,3 +508,20 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, config: RunConfig,
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     return optimizer.param_groups[0]["lr"]
+
+
+def _warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
+                 ) -> tuple[float, float] | None:
+    """The warm-up factor at the start and end of this epoch of its phase (rising linearly
+    from 0 to 1 over ``warmup_epochs``, never longer than the phase), or None after it."""
+    warm = min(int(getattr(config, "warmup_epochs", 0)), phase_epochs)
+    if phase_epoch >= warm:
+        return None
+    return phase_epoch / warm, (phase_epoch + 1) / warm
+
+
+def _warmup_fraction(span: tuple[float, float], batch: int, batches: int) -> float:
+    """The factor at ``batch`` (1-based) of an epoch of ``batches``: never 0, so the first
+    step already moves."""
+    start, end = span
+    return start + (end - start) * min(batch, batches) / max(batches, 1)

@@ -263,3 +263,35 @@ def test_list_devices_offers_auto_first_and_the_cpu():
     values = [value for value, _ in list_devices()]
     assert values[0] == "auto" and values[-1] == "cpu"
     assert all(value in ("auto", "cpu", "mps") or value.startswith("cuda:") for value in values)
+
+
+def test_warmup_rises_linearly_by_batch_over_the_first_epochs():
+    config = quick_config(warmup_epochs=2, epochs=4)
+    assert trainer_module._warmup_span(config, 0, 4) == (0.0, 0.5)
+    assert trainer_module._warmup_span(config, 1, 4) == (0.5, 1.0)
+    assert trainer_module._warmup_span(config, 2, 4) is None
+    span = trainer_module._warmup_span(config, 0, 4)
+    fractions = [trainer_module._warmup_fraction(span, b, 10) for b in range(1, 11)]
+    assert fractions[0] == pytest.approx(0.05) and fractions[-1] == pytest.approx(0.5)
+    assert all(b > a for a, b in zip(fractions, fractions[1:]))
+    # a phase shorter than the warm-up ends it with the phase
+    assert trainer_module._warmup_span(config, 0, 1) == (0.0, 1.0)
+
+
+def test_warmup_run_steps_with_the_ramped_learning_rate(tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    summary = train(quick_config(warmup_epochs=1, epochs=2, schedule="none", lr=1e-3,
+                                 optimizer="adam", dense_baseline=True), tmp_path / "run")
+    assert summary.status == "finished", summary.error_message
+    per_epoch = len(seen) // 2
+    assert seen[0] == pytest.approx(1e-3 / per_epoch)
+    assert seen[per_epoch - 1] == pytest.approx(1e-3)
+    assert all(lr == pytest.approx(1e-3) for lr in seen[per_epoch:])
+    assert all(b > a for a, b in zip(seen[:per_epoch - 1], seen[1:per_epoch]))

@@ -1,0 +1,180 @@
+"""Sweeps for the ADTN accuracy-per-parameter research (docs/RESEARCH.md).
+
+Each probe is a named variant of one base run configuration (FC-2 or LeNet-5 on the real MNIST,
+every linear layer encoded), trained by the application's own ``engine.trainer.train``. Probes
+are scored on ``holdout`` training examples held out of the training set, so the test set is
+never seen while ideas are screened. Results are appended to ``OUT.jsonl`` (a probe already
+there is not trained again) and the table is printed and written to ``OUT`` as markdown.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adtn_research.py --list
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adtn_research.py \\
+        --probes base,lr-same,adamw --out benchmarks/results/research-screen.md
+
+Screening default: 20,000 training examples, 5,000 of them held out, 3 epochs, seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.config import LayerSpec, RunConfig  # noqa: E402
+
+LAYERS = {"fc2": ("fc1", "fc2"), "lenet5": ("fc1", "fc2", "fc3")}
+
+# The base: what the presets do today (Adam, lr 2e-3, ADTN lr 1e-2, cosine, batch 128).
+BASE: dict[str, Any] = dict(model="fc2", dataset="mnist", optimizer="adam", lr=2e-3, adtn_lr=1e-2,
+                            schedule="cosine", batch_size=128, init="scratch")
+BASE_LAYER: dict[str, Any] = dict(depth=3)
+
+# name -> (run configuration changes, changes to every encoded layer)
+PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "base": ({}, {}),
+    # -- optimisation
+    "lr-same-2e-3": ({"adtn_lr": 0.0}, {}),
+    "lr-same-1e-2": ({"lr": 1e-2, "adtn_lr": 0.0}, {}),
+    "adtn-lr-3e-3": ({"adtn_lr": 3e-3}, {}),
+    "adtn-lr-3e-2": ({"adtn_lr": 3e-2}, {}),
+    "adtn-lr-1e-1": ({"adtn_lr": 1e-1}, {}),
+    "lr-5e-3": ({"lr": 5e-3}, {}),
+    "adamw": ({"optimizer": "adamw", "weight_decay": 1e-4}, {}),
+    "sgd-0.05": ({"optimizer": "sgd", "lr": 0.05, "adtn_lr": 0.25}, {}),
+    "sgd-0.1": ({"optimizer": "sgd", "lr": 0.1, "adtn_lr": 0.1}, {}),
+    "no-schedule": ({"schedule": "none"}, {}),
+    "warmup-1": ({"warmup_epochs": 1}, {}),
+    # -- structure
+    "act-none": ({}, {"activation": "none"}),
+    "act-leaky": ({}, {"activation": "leaky_relu"}),
+    "stair": ({}, {"layout": "stair"}),
+    "interleaved": ({}, {"index_order": "interleaved"}),
+    "interleaved-none": ({}, {"index_order": "interleaved", "activation": "none"}),
+    "interleaved-leaky": ({}, {"index_order": "interleaved", "activation": "leaky_relu"}),
+    "interleaved-stair": ({}, {"index_order": "interleaved", "layout": "stair"}),
+    # -- initialisation
+    "init-near-identity": ({}, {"gate_init": "near_identity"}),
+    "init-normal": ({}, {"gate_init": "normal"}),
+    "interleaved-near-identity": ({}, {"index_order": "interleaved",
+                                       "gate_init": "near_identity"}),
+    # -- depth at a budget: depth d of the ADTN is the budget; here simply more depth
+    **{f"depth-{d}": ({}, {"depth": d}) for d in (1, 2, 4, 6, 8)},
+    # -- references at the same budget: the TT-matrix layer and the dense model
+    "tt": ({}, {"encoding": "tt", "budget": "match:adtn"}),
+    "tt-lr-same-1e-2": ({"lr": 1e-2, "adtn_lr": 0.0}, {"encoding": "tt", "budget": "match:adtn"}),
+    # -- from a trained dense layer
+    "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
+}
+
+
+def build_config(name: str, args: argparse.Namespace) -> RunConfig:
+    changes, layer_changes = PROBES[name]
+    values = dict(BASE, model=args.model, data_root=args.data_root, download=False,
+                  device=args.device, epochs=args.epochs, limit_train=args.limit_train,
+                  holdout=args.holdout, seed=args.seed, name=f"research-{name}")
+    values.update(changes)
+    if "pretrain_epochs" in changes:  # dense epochs count on top: keep the total the same
+        values["epochs"] = max(1, args.epochs - int(changes["pretrain_epochs"]))
+    layer = dict(BASE_LAYER, **layer_changes)
+    if args.depth and "depth" not in layer_changes:
+        layer["depth"] = args.depth
+    values["layers"] = [LayerSpec(n, **layer) for n in LAYERS[args.model]]
+    return RunConfig(**values).validate()
+
+
+def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from engine.trainer import train
+
+    config = build_config(name, args)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
+        summary = train(config, Path(folder) / name)
+    return {
+        "probe": name, "model": args.model, "status": summary.status,
+        "error": summary.error_message, "seed": args.seed, "epochs": args.epochs,
+        "limit_train": args.limit_train, "holdout": args.holdout,
+        "params_total": summary.params_total,
+        "layer_params": summary.compression.get("compressed_layers_encoded_params", 0),
+        "best_acc": summary.best_test_acc, "final_acc": summary.test_acc,
+        "seconds_per_epoch": summary.seconds_per_epoch, "wall_seconds": time.time() - started,
+        "changes": PROBES[name][0], "layer_changes": PROBES[name][1],
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| probe | model params | held-out acc (final) | best | s/epoch | changes |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        if r["status"] != "finished":
+            lines.append(f"| {r['probe']} | | {r['status']}: {r['error'][:60]} | | | |")
+            continue
+        changes = ", ".join(f"{k}={v}" for k, v in {**r["changes"], **r["layer_changes"]}.items())
+        lines.append(f"| {r['probe']} | {r['params_total']:,} | {r['final_acc']:.2%} | "
+                     f"{r['best_acc']:.2%} | {r['seconds_per_epoch']:.1f} | {changes or '—'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probes", default="base", help="comma-separated probe names")
+    parser.add_argument("--list", action="store_true", help="list the probes and exit")
+    parser.add_argument("--model", choices=sorted(LAYERS), default="fc2")
+    parser.add_argument("--depth", type=int, default=0, help="ADTN depth (default 3)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--limit-train", type=int, default=20000)
+    parser.add_argument("--holdout", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-root", default="/work/shared/datasets")
+    parser.add_argument("--out", default="benchmarks/results/adtn-research.md")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (changes, layer) in PROBES.items():
+            print(f"{name:28s} {changes} {layer}")
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.probes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        parser.error(f"unknown probe(s): {', '.join(unknown)} (see --list)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = out.with_suffix(".jsonl")
+    rows = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
+    key = (args.model, args.seed, args.epochs, args.limit_train, args.holdout, args.depth)
+
+    def same(r: dict[str, Any], name: str) -> bool:
+        return (r["probe"] == name and (r["model"], r["seed"], r["epochs"], r["limit_train"],
+                r["holdout"], r.get("depth", 0)) == key and r["status"] == "finished")
+
+    for name in names:
+        if any(same(r, name) for r in rows):
+            print(f"{name}: already measured", flush=True)
+            continue
+        row = run_probe(name, args)
+        row["depth"] = args.depth
+        rows.append(row)
+        with store.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{name}: {row['status']} final {row['final_acc']:.2%} best {row['best_acc']:.2%} "
+              f"({row['params_total']:,} params, {row['seconds_per_epoch']:.1f} s/epoch)",
+              flush=True)
+    text = table(rows)
+    header = (f"ADTN research probes (benchmarks/adtn_research.py); accuracy on held-out "
+              f"training examples, never the test set.\n\n")
+    out.write_text(header + text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
