@@ -1,6 +1,6 @@
 """docs/FORMAT.md is enough to rebuild every weight with numpy alone.
 
-The reader below follows the spec and imports only numpy, json and struct. It runs in a
+The reader below follows the spec and imports only numpy, json, struct and hashlib. It runs in a
 separate Python process that checks, at the end, that neither this project nor torch nor
 safetensors was imported. Only the test harness (inside the test function) uses the project,
 to write a bundle and the materialised weights to compare with.
@@ -8,6 +8,7 @@ to write a bundle and the materialised weights to compare with.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import subprocess
@@ -60,12 +61,22 @@ def rebuild_weight(layer, tensors):
     return float(tensors[layer["scale"]]) * weight / np.sqrt(np.mean(weight**2))
 
 
+def check_sha256(tensors, meta):
+    """The data_sha256 of section 2, when the file has one."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(tensors[name].tobytes())
+    assert meta.get("data_sha256") in (None, digest.hexdigest()), "corrupted tensor data"
+
+
 def read_bundle(path):
     """Every tensor of the dense model, as numpy arrays."""
     tensors, meta = read_safetensors(path)
     assert meta["format"] == "adtn-bundle" and meta["format_version"] == 1
+    check_sha256(tensors, meta)
     state = dict(tensors)
     for layer in meta["layers"]:
+        assert layer.get("encoding", "adtn") == "adtn"
         state[layer["weight_key"]] = rebuild_weight(layer, tensors)
         for gate in layer["gates"]:
             del state[gate["tensor"]]
@@ -108,6 +119,41 @@ def test_numpy_reader_rebuilds_every_weight(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "rebuilt 10 tensors" in result.stdout
+
+
+def test_numpy_reader_checks_the_checksum_and_reads_gates_by_name(tmp_path):
+    """The spec's checksum is the one the engine writes, and a file whose gate names are
+    permuted is rebuilt the same way by the spec's reader and by the engine."""
+    import torch
+
+    from engine.compression import materialize
+    from engine.export import load_bundle
+
+    bundle = tmp_path / "model.adtn"
+    write_bundle_and_expected(bundle, tmp_path / "expected.npz")
+    tensors, meta = read_safetensors(bundle)
+    assert len(meta["data_sha256"]) == 64
+    check_sha256(tensors, meta)
+
+    raw = bundle.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    document = json.loads(header["__metadata__"]["adtn"])
+    layer = next(entry for entry in document["layers"] if entry["name"] == "conv2")
+    full = [gate for gate in layer["gates"] if len(gate["columns"]) == 4]
+    full[0]["tensor"], full[1]["tensor"] = full[1]["tensor"], full[0]["tensor"]
+    header["__metadata__"]["adtn"] = json.dumps(document)
+    text = json.dumps(header).encode()
+    swapped = tmp_path / "swapped.adtn"
+    swapped.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+
+    spec_weight = read_bundle(swapped)["conv2.weight"]
+    engine_weight = materialize(load_bundle(swapped)).state_dict()["conv2.weight"].double()
+    original_weight = read_bundle(bundle)["conv2.weight"]
+    tolerance = 1e-5 * float(np.max(np.abs(spec_weight)))
+    assert float(np.max(np.abs(engine_weight.numpy() - spec_weight))) <= tolerance
+    assert float(np.max(np.abs(original_weight - spec_weight))) > 100 * tolerance
+    assert torch.is_tensor(engine_weight)
 
 
 def write_bundle_and_expected(bundle, expected):
