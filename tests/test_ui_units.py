@@ -58,7 +58,7 @@ def test_layer_plan_keeps_depth_editing_to_encoded_layers(lenet_plan):
                        Qt.ItemDataRole.CheckStateRole)
     assert lenet_plan.flags(depth) & Qt.ItemFlag.ItemIsEditable
     assert lenet_plan.setData(depth, 99)
-    assert lenet_plan.specs()[0].depth == 16  # clamped to the spin box's range
+    assert lenet_plan.specs()[0].depth == 64  # clamped to the engine's limit (MAX_DEPTH)
 
 
 def test_layer_plan_starts_from_a_configs_layers(qapp):

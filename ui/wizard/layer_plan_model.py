@@ -12,10 +12,10 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 
+from engine.limits import MAX_DEPTH  # plain numbers, no torch: the engine's own limit
 from ui.formatting import format_count, format_ratio
 
 ACTIVATIONS = ("relu", "leaky_relu", "none")
-MAX_DEPTH = 16
 
 ENCODE, NAME, KIND, SHAPE, DENSE, DEPTH, ACTIVATION, ADTN, RATIO = range(9)
 HEADERS = ("ADTN", "layer", "kind", "weight shape", "dense params", "depth", "activation",
@@ -91,6 +91,27 @@ class LayerPlanModel(QAbstractTableModel):
 
     def set_depth(self, name: str, depth: int) -> None:
         self.setData(self.index(self.layer_names().index(name), DEPTH), depth)
+
+    def layer_infos(self) -> list:
+        """The engine's LayerInfo rows, in model order."""
+        return list(self._layers)
+
+    def set_encoded_many(self, names, encode: bool) -> int:
+        """Tick (or untick) every encodable layer of ``names`` with one re-plan (a network
+        with hundreds of layers would otherwise re-plan per row); return how many changed."""
+        wanted = set(names)
+        changed = 0
+        for info in self._layers:
+            choice = self._choices[info.name]
+            if info.name in wanted and info.encodable and choice.encode != encode:
+                choice.encode = encode
+                changed += 1
+        if changed:
+            self._replan()
+            self.dataChanged.emit(self.index(0, 0),
+                                  self.index(len(self._layers) - 1, len(HEADERS) - 1))
+            self.totals_changed.emit()
+        return changed
 
     # -- Qt model interface -------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -22,6 +23,16 @@ from ui.engine_catalog import EngineCatalog
 from ui.settings import last_folder, remember_folder
 
 CUSTOM_PRESET = ""
+OWN_MODEL = "\x00own-model"  # the "Your own model…" entry of the network list
+IMAGE_FOLDER = "\x00image-folder"  # the "Image folder…" entry of the data-set list
+TORCHVISION_PREFIX = "torchvision:"
+IMAGEFOLDER_PREFIX = "imagefolder:"
+DEFAULT_FACTORY = "build_model"
+
+
+def data_root_key(dataset: str) -> str:
+    """Settings key of the data folder remembered for ``dataset`` (one per data set)."""
+    return f"data_root/{dataset}"
 FORM_WIDTH = 860  # wizard forms stop growing here
 
 
@@ -87,7 +98,11 @@ class SourcePage(QWidget):
         self.preset_combo.activated.connect(self._on_preset_activated)
         self.browse_button.clicked.connect(self._browse)
         self.data_root_edit.editingFinished.connect(self.data_root_changed)
-        self.dataset_combo.currentIndexChanged.connect(lambda _i: self.data_root_changed.emit())
+        self.data_root_edit.editingFinished.connect(self._remember_data_root)
+        self.model_combo.activated.connect(self._on_model_activated)
+        self.dataset_combo.activated.connect(self._on_dataset_activated)
+        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_changed)
+        self._model_index = self._dataset_index = 0  # to return to when a picker is cancelled
         self.download_button.clicked.connect(self.download_requested)
         self.download_button.setVisible(False)
 
@@ -99,10 +114,21 @@ class SourcePage(QWidget):
             self._descriptions[name] = description
         self.model_combo.clear()
         for name in catalog.models:
-            self.model_combo.addItem(model_titles.get(name, name), name)
+            if name.startswith(TORCHVISION_PREFIX):
+                title = f"{name[len(TORCHVISION_PREFIX):]} (torchvision)"
+            else:
+                title = model_titles.get(name, name)
+            self.model_combo.addItem(title, name)
+        self.model_combo.insertSeparator(self.model_combo.count())
+        self.model_combo.addItem("Your own model…", OWN_MODEL)
+        self.model_combo.setMaxVisibleItems(20)
+        self.dataset_combo.blockSignals(True)
         self.dataset_combo.clear()
         for name in catalog.datasets:
             self.dataset_combo.addItem(name, name)
+        self.dataset_combo.insertSeparator(self.dataset_combo.count())
+        self.dataset_combo.addItem("Image folder…", IMAGE_FOLDER)
+        self.dataset_combo.blockSignals(False)
 
     # -- config <-> widgets -----------------------------------------------------------
 
@@ -112,14 +138,109 @@ class SourcePage(QWidget):
         self.preset_description.setText(self._descriptions.get(name, ""))
 
     def load(self, config) -> None:
-        self.model_combo.setCurrentIndex(max(self.model_combo.findData(config.model), 0))
-        self.dataset_combo.setCurrentIndex(max(self.dataset_combo.findData(config.dataset), 0))
-        self.data_root_edit.setText(config.data_root or last_folder("data_root", ""))
+        self._select(self.model_combo, config.model, self._model_title(config.model))
+        self._model_index = self.model_combo.currentIndex()
+        self.dataset_combo.blockSignals(True)
+        self._select(self.dataset_combo, config.dataset, config.dataset)
+        self.dataset_combo.blockSignals(False)
+        self._dataset_index = self.dataset_combo.currentIndex()
+        # a preset names no folder: the one remembered for its data set (across launches)
+        remembered = last_folder(data_root_key(config.dataset), "")
+        self.data_root_edit.setText(config.data_root or remembered)
+        self._show_folder_row(config.dataset)
 
     def apply(self, config):
         return config.replace(model=self.model_combo.currentData(),
                               dataset=self.dataset_combo.currentData(),
                               data_root=self.data_root_edit.text().strip())
+
+    # -- the user's own model and images ------------------------------------------------
+
+    def ask_model_file(self) -> tuple[str, str] | None:
+        """(Python file, factory name) from dialogs, or None when cancelled (tests replace
+        this method)."""
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Your own model: a Python file", last_folder("model_file", str(Path.home())),
+            "Python files (*.py)")
+        if not path:
+            return None
+        remember_folder("model_file", str(Path(path).parent))
+        factory, ok = QInputDialog.getText(
+            self, "Your own model", "Function or class that builds the model (called with "
+            "in_channels, image_size, num_classes when it takes them):", text=DEFAULT_FACTORY)
+        factory = factory.strip()
+        return (path, factory) if ok and factory.isidentifier() else None
+
+    def ask_image_folder(self) -> str | None:
+        """A folder of class folders (or with train/ and test/), or None when cancelled."""
+        folder = QFileDialog.getExistingDirectory(
+            self, "Image folder: one folder per class, or train/ and test/ folders",
+            last_folder("image_folder", str(Path.home())))
+        if folder:
+            remember_folder("image_folder", folder)
+        return folder or None
+
+    @Slot(int)
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) != OWN_MODEL:
+            self._model_index = index
+            return
+        chosen = self.ask_model_file()
+        if chosen is None:
+            self.model_combo.setCurrentIndex(self._model_index)
+            return
+        spec = f"{chosen[0]}:{chosen[1]}"
+        self._select(self.model_combo, spec, self._model_title(spec))
+        self._model_index = self.model_combo.currentIndex()
+
+    @Slot(int)
+    def _on_dataset_activated(self, index: int) -> None:
+        if self.dataset_combo.itemData(index) != IMAGE_FOLDER:
+            self._dataset_index = index
+            return
+        folder = self.ask_image_folder()
+        if folder is None:
+            self.dataset_combo.setCurrentIndex(self._dataset_index)
+            return
+        spec = IMAGEFOLDER_PREFIX + folder
+        self._select(self.dataset_combo, spec, spec)
+        self._dataset_index = self.dataset_combo.currentIndex()
+
+    @Slot(int)
+    def _on_dataset_changed(self, index: int) -> None:
+        dataset = self.dataset_combo.itemData(index)
+        if not dataset or dataset == IMAGE_FOLDER:
+            return  # the picker decides; the entry itself is no data set
+        self.data_root_edit.setText(last_folder(data_root_key(dataset), ""))
+        self._show_folder_row(dataset)
+        self.data_root_changed.emit()
+
+    def _remember_data_root(self) -> None:
+        dataset = self.dataset_combo.currentData()
+        if dataset and dataset != IMAGE_FOLDER:
+            remember_folder(data_root_key(dataset), self.data_root_edit.text().strip())
+
+    def _show_folder_row(self, dataset: str) -> None:
+        # an image folder is its own location; the data folder applies to named sets
+        named = not str(dataset).startswith(IMAGEFOLDER_PREFIX)
+        self.data_root_edit.setEnabled(named)
+        self.browse_button.setEnabled(named)
+
+    @staticmethod
+    def _select(combo: QComboBox, value: str, title: str) -> None:
+        """Select ``value``, first adding it (before the trailing "…" entry) if absent."""
+        index = combo.findData(value)
+        if index < 0:
+            index = max(combo.count() - 2, 0)  # before the separator and the "…" entry
+            combo.insertItem(index, title, value)
+        combo.setCurrentIndex(index)
+
+    @staticmethod
+    def _model_title(spec: str) -> str:
+        if spec.startswith(TORCHVISION_PREFIX):
+            return f"{spec[len(TORCHVISION_PREFIX):]} (torchvision)"
+        path, sep, factory = spec.rpartition(":")
+        return f"{factory} ({Path(path).name})" if sep and path.endswith(".py") else spec
 
     # -- data availability (the wizard checks and downloads; this page shows) ----------
 
@@ -128,7 +249,8 @@ class SourcePage(QWidget):
         self.data_status.setProperty("state", "ok" if available else "missing")
         self.data_status.style().unpolish(self.data_status)
         self.data_status.style().polish(self.data_status)
-        self.download_button.setVisible(not available)
+        folder = str(self.dataset_combo.currentData()).startswith(IMAGEFOLDER_PREFIX)
+        self.download_button.setVisible(not available and not folder)  # nothing to download
 
     def show_download_progress(self, fraction: float, text: str) -> None:
         self.download_progress.setVisible(True)
@@ -160,4 +282,5 @@ class SourcePage(QWidget):
         if folder:
             remember_folder("data_root", folder)
             self.data_root_edit.setText(folder)
+            self._remember_data_root()
             self.data_root_changed.emit()
