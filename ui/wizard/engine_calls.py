@@ -25,8 +25,15 @@ def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
     from engine.data import dataset_info
     from engine.models import build_model
 
+    import torch
+
     info = dataset_info(dataset_name)
-    model = build_model(model_name, info.in_channels, info.image_size, info.num_classes)
+    arguments = (model_name, info.in_channels, info.image_size, info.num_classes)
+    try:  # on the meta device: counting needs shapes only, even for a ViT-H
+        with torch.device("meta"):
+            model = build_model(*arguments)
+    except (RuntimeError, NotImplementedError):  # a user's model doing arithmetic when built
+        model = build_model(*arguments)
     return NetworkPlan(model_name, dataset_name, tuple(describe_layers(model)),
                        functools.partial(plan_compression, model))
 
@@ -67,6 +74,17 @@ def dataset_status(config) -> tuple[bool, str]:
     from engine import data_files
     from engine.data import dataset_info, resolve_data_root
 
+    if config.dataset.startswith("imagefolder:"):
+        from engine.data import config_dataset_info
+
+        try:
+            info = config_dataset_info(config)
+        except ValueError as exc:  # the folder's problem, in one line naming it
+            return False, str(exc)
+        return True, (f"✓ {info.title}: {info.num_classes} classes, {info.train_size} training "
+                      f"and {info.test_size} test images, "
+                      f"{'grayscale' if info.in_channels == 1 else 'colour'}, "
+                      f"{info.image_size}×{info.image_size} pixels")
     info = dataset_info(config.dataset)
     if config.dataset not in data_files.FILES:
         return True, f"✓ {info.title} is generated on the fly; nothing to download."
