@@ -8,6 +8,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
+        from ui.platform_check import check_platform
+
+        problem = check_platform()  # Qt aborts without its X libraries: name them first
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
         from ui.app import run_app  # Qt is imported only when the window is wanted
 
         return run_app()

@@ -129,13 +129,16 @@ def test_invalid_settings_block_start_with_the_reason(qtbot, window):
 
 def test_start_emits_the_configuration(qtbot, window):
     wizard = window.wizard
+    # A generated data set: Start refuses a data set that is not on disk (it never downloads).
+    source = wizard.source_page
+    source.dataset_combo.setCurrentIndex(source.dataset_combo.findData("synthetic"))
     go_to_layers(qtbot, wizard)
     started = []
     wizard.start_requested.disconnect()
     wizard.start_requested.connect(started.append)
     qtbot.keyClick(window, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
     assert len(started) == 1
-    assert started[0].model == "lenet5"
+    assert started[0].model == "lenet5" and not started[0].download
     assert started[0].layers == wizard.layer_model.specs()
 
 

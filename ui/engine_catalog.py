@@ -31,21 +31,42 @@ class EngineCatalog:
         return device_id
 
 
-def load_catalog() -> EngineCatalog:
-    """Import the engine and list what it offers (blocking: call from a worker)."""
+def load_catalog(report=None) -> EngineCatalog:
+    """Import the engine and list what it offers (blocking: call from a worker).
+    ``report(fraction, text)``, when given, hears each step: the window shows it."""
+    step = report or (lambda fraction, text: None)
+    step(0.0, "Loading PyTorch…")
+    import torch  # noqa: F401 (the slow part: seconds on a cold start)
+
+    step(0.6, "Loading the engine (models, data sets, trainer)…")
     from engine import presets
     from engine.data import DATASET_NAMES
     from engine.models import MODEL_NAMES
     from engine.trainer import describe_device, resolve_device
 
+    step(0.8, "Reading the presets…")
     described = []
     for name in presets.list_presets():
         description = getattr(presets.load_preset(name), "description", "")
         described.append((name, description))
-    return EngineCatalog(presets=tuple(described), models=tuple(MODEL_NAMES),
+    step(0.9, "Looking for GPUs…")
+    step(0.95, "Listing torchvision's models…")
+    models = tuple(MODEL_NAMES) + _torchvision_models()
+    return EngineCatalog(presets=tuple(described), models=models,
                          datasets=tuple(DATASET_NAMES), devices=_devices(),
                          default_device=describe_device(resolve_device("auto")),
                          versions=_versions())
+
+
+def _torchvision_models() -> tuple[str, ...]:
+    """torchvision's image classifiers as model names ("torchvision:resnet18", ...); none
+    when torchvision cannot be imported (the zoo still works)."""
+    try:
+        from engine.model_sources import TORCHVISION_PREFIX, torchvision_names
+
+        return tuple(TORCHVISION_PREFIX + name for name in torchvision_names())
+    except ImportError:
+        return ()
 
 
 def _devices() -> tuple[DeviceChoice, ...]:

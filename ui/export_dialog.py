@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -26,7 +27,6 @@ from PySide6.QtWidgets import (
 
 from ui.formatting import format_bytes, format_count, format_ratio
 from ui.messages import describe_exception
-from ui.settings import last_folder, remember_folder
 from ui.workers import BackgroundTask
 
 FORMAT_LABELS = {"adtn": "ADTN bundle (.adtn)", "dense": "dense safetensors",
@@ -38,6 +38,27 @@ def export_run_in_worker(run_dir: Path, out: Path, formats: tuple[str, ...], che
     from engine.export import export_run
 
     return export_run(run_dir, out, formats=formats, checkpoint=checkpoint, progress=report)
+
+
+def existing_outputs(run_dir: Path, out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """The files an export of ``run_dir`` into ``out`` would replace (the engine names them)."""
+    from engine.config import RunConfig
+    from engine.export.run_export import output_paths
+    from engine.runs import RunPaths
+
+    stem = RunConfig.load(RunPaths(run_dir).config).run_name
+    return [path for path in output_paths(out, formats, stem).values() if path.exists()]
+
+
+def confirm_overwrite(parent: QWidget, paths: list[Path]) -> bool:
+    """Ask before replacing files (tests replace this on the dialog)."""
+    names = "\n".join(f"  {path}" for path in paths)
+    answer = QMessageBox.question(
+        parent, "Replace files?",
+        f"These files exist already and would be replaced:\n{names}\n\nReplace them?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
 
 RIGHT_ALIGNED = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
@@ -65,7 +86,10 @@ class ExportDialog(QDialog):
         self.checkpoint = QComboBox()
         self.checkpoint.addItem("best (highest test accuracy)", "best")
         self.checkpoint.addItem("last", "last")
-        self.out_edit = QLineEdit(last_folder("export", run_dir / "export"))
+        # Always the run's own export folder: a folder remembered from another run would
+        # put this run's files beside that run's.
+        self.out_edit = QLineEdit(str(run_dir / "export"))
+        self.confirm_overwrite = lambda paths: confirm_overwrite(self, paths)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         out_row = QHBoxLayout()
@@ -125,7 +149,14 @@ class ExportDialog(QDialog):
         if not formats or self._task is not None:
             return
         out = Path(self.out_edit.text().strip() or self.run_dir / "export")
-        remember_folder("export", out)
+        try:
+            existing = existing_outputs(self.run_dir, out, formats)
+        except Exception as exc:  # an unreadable run folder: say so, export nothing
+            self._on_failed(exc)
+            return
+        if existing and not self.confirm_overwrite(existing):
+            self.summary.setText("Export cancelled: the existing files were kept.")
+            return
         run_dir, checkpoint = self.run_dir, self.checkpoint.currentData()
         self.summary.setText("")
         self.files_table.setVisible(False)
@@ -170,8 +201,18 @@ class ExportDialog(QDialog):
                 if column in (2, 3):
                     item.setTextAlignment(RIGHT_ALIGNED)
                 self.files_table.setItem(row, column, item)
+        self._fit_table_height()
         self.files_table.setVisible(True)
         self.exported.emit(report)
+
+    def _fit_table_height(self) -> None:
+        """Tall enough for every row (three at most), so no row is cut in half."""
+        table = self.files_table
+        table.resizeRowsToContents()
+        rows = sum(table.rowHeight(row) for row in range(table.rowCount()))
+        frame = 2 * table.frameWidth()
+        scroll = table.horizontalScrollBar().sizeHint().height()
+        table.setMinimumHeight(table.horizontalHeader().height() + rows + frame + scroll)
 
     @Slot(object)
     def _on_failed(self, exc: Exception) -> None:

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ui.about import show_about
+from ui.about import HELP_DOCUMENTS, open_document, show_about
 from ui.engine_catalog import EngineCatalog, load_catalog
 from ui.messages import describe_exception
 from ui.resources import icon
@@ -99,13 +99,14 @@ class MainWindow(QMainWindow):
             action.setIcon(icon(icon_name))
         if shortcuts:
             action.setShortcuts([QKeySequence(s) for s in shortcuts])
-        action.setStatusTip(tip or text)
+        action.setStatusTip(tip or text.replace("&", ""))  # "&" only marks the access key
         action.triggered.connect(slot)
         return action
 
     def _create_actions(self) -> None:
-        self.new_action = self._action("&New compression", lambda: self.show_page(WIZARD_PAGE),
-                                       ["Ctrl+N"], "page-wizard")
+        self.new_action = self._action("&New compression", self.new_compression,
+                                       ["Ctrl+N"], "page-wizard",
+                                       "Start a new compression from the default preset")
         self.open_config_action = self._action("&Open config…", self._ask_open_config,
                                                ["Ctrl+O"], "", "Load a run configuration (TOML)")
         self.save_config_action = self._action("&Save config…",
@@ -126,6 +127,10 @@ class MainWindow(QMainWindow):
                                           [f"Ctrl+{i + 1}"])
                              for i, title in enumerate(PAGE_TITLES)]
         self.about_action = self._action("&About ADTN Studio", self.show_about)
+        self.help_actions = [
+            self._action(text, lambda _=False, name=name: open_document(self, name),
+                         tip=f"Open docs/{name}")
+            for text, name in HELP_DOCUMENTS]
 
     def _create_menus_and_toolbar(self) -> None:
         menu = self.menuBar()
@@ -144,6 +149,9 @@ class MainWindow(QMainWindow):
         for action in self.page_actions:
             view_menu.addAction(action)
         help_menu = menu.addMenu("&Help")
+        for action in self.help_actions:
+            help_menu.addAction(action)
+        help_menu.addSeparator()
         help_menu.addAction(self.about_action)
 
         toolbar = self.addToolBar("Run")
@@ -159,6 +167,11 @@ class MainWindow(QMainWindow):
 
     def show_page(self, index: int) -> None:
         self.sidebar.setCurrentRow(index)
+
+    def new_compression(self) -> None:
+        """File ▸ New compression: the wizard starts over from the default preset."""
+        self.wizard.reset()
+        self.show_page(WIZARD_PAGE)
 
     @Slot(int)
     def _show_page(self, index: int) -> None:
@@ -198,16 +211,32 @@ class MainWindow(QMainWindow):
             placeholder.deleteLater()
         self.pages.setCurrentIndex(self.sidebar.currentRow())
         self.monitor.export_requested.connect(self.open_export_dialog)
+        self.monitor.resume_requested.connect(self.resume_run)
         self.history.resume_requested.connect(self.resume_run)
+        self.history.refreshed.connect(self._offer_latest_run)
+        self.monitor.outcome_shown.connect(lambda text: self.statusBar().showMessage(text, 10_000))
         self.history.rerun_requested.connect(self.rerun_config)
         self.history.export_requested.connect(self.open_export_dialog)
 
     def _start_engine_task(self) -> None:
-        self.statusBar().showMessage("Loading the engine…")
-        self._engine_task = BackgroundTask(lambda _report: load_catalog(), self)
+        self._show_loading(-1.0, "Loading the engine…")
+        self._engine_task = BackgroundTask(load_catalog, self)
+        self._engine_task.progressed.connect(self._show_loading)
         self._engine_task.succeeded.connect(self._on_engine_loaded)
         self._engine_task.failed.connect(self._on_engine_failed)
         self._engine_task.start()
+
+    @Slot(float, str)
+    def _show_loading(self, _fraction: float, text: str) -> None:
+        """What the engine is loading now, in the status bar and on the wizard's page."""
+        self.statusBar().showMessage(text)
+        self.wizard.show_loading(text)
+
+    @Slot()
+    def _offer_latest_run(self) -> None:
+        """After a restart the monitor points at the newest run instead of "No run yet"."""
+        if self.monitor is not None and self.session.run_dir is None and self.history.model.rows:
+            self.monitor.show_latest_run(self.history.model.rows[0])
 
     @Slot(object)
     def _on_engine_loaded(self, catalog: EngineCatalog) -> None:
@@ -218,6 +247,8 @@ class MainWindow(QMainWindow):
         self._show_device()
         self.wizard.set_catalog(catalog, MODEL_TITLES)
         self.statusBar().showMessage("Ready.", 5000)
+        if self.history is not None:
+            self.history.refresh()  # lists past runs, so the monitor can point at the latest
 
     @Slot(object)
     def _on_engine_failed(self, exc: Exception) -> None:
@@ -271,13 +302,16 @@ class MainWindow(QMainWindow):
         self.pause_action.setEnabled(state == "running")
         self.resume_action.setEnabled(state == "paused")
         self.stop_action.setEnabled(state in ("running", "paused"))
-        self.export_action.setEnabled(self.session.run_dir is not None and not active)
+        self.export_action.setEnabled(self.session.run_dir is not None and not active
+                                      and self.monitor is not None
+                                      and self.monitor.has_checkpoint())
         self.statusBar().showMessage({"running": "Training…", "paused": "Paused.",
                                       "stopping": "Stopping…"}.get(state, ""))
 
     @Slot(str)
     def _on_run_finished(self, status: str) -> None:
-        self.statusBar().showMessage(f"Run {status}.", 10_000)
+        self.statusBar().showMessage(f"Run {status}.", 10_000)  # the monitor may say more
+        self._on_session_state(self.session.state)  # Export follows the checkpoint just written
         self.history.refresh()
 
     @Slot(str)

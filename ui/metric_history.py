@@ -4,7 +4,9 @@ folder's ``metrics.csv``. No Qt here; plots and the history view read it."""
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ EPOCH_COLUMNS = (
     "train_acc",
     "test_loss",
     "test_acc",
+    "best_test_acc",
     "params_total",
     "dense_params_total",
     "seconds",
@@ -36,6 +39,7 @@ class MetricHistory:
     )
     batch_x: list[float] = field(default_factory=list)  # fractional epoch, 1-based
     batch_loss: list[float] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)  # "pretrain" (dense) or "train", per epoch
 
     def __len__(self) -> int:
         return len(self.epochs["epoch"])
@@ -46,6 +50,7 @@ class MetricHistory:
     def add_epoch(self, values: dict[str, object]) -> None:
         for name in EPOCH_COLUMNS:
             self.epochs[name].append(_number(values.get(name)))
+        self.phases.append(str(values.get("phase") or "train"))
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
         # Batches are counted from 1 within an epoch that is counted from 1, so the last
@@ -54,15 +59,33 @@ class MetricHistory:
         self.batch_loss.append(_number(loss))
 
     def best_test_acc(self) -> float:
-        finite = [a for a in self.epochs["test_acc"] if not math.isnan(a)]
+        """The engine's best test accuracy of the compressed model: dense pre-training epochs
+        do not count. NaN until a compressed epoch has ended."""
+        compressed = [i for i, phase in enumerate(self.phases) if phase != "pretrain"]
+        engine_best = [self.epochs["best_test_acc"][i] for i in compressed
+                       if not math.isnan(self.epochs["best_test_acc"][i])]
+        if engine_best:
+            return engine_best[-1]
+        finite = [self.epochs["test_acc"][i] for i in compressed
+                  if not math.isnan(self.epochs["test_acc"][i])]
         return max(finite) if finite else math.nan
 
     def to_csv(self, path: str | Path) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(EPOCH_COLUMNS)
-            for row in zip(*(self.epochs[name] for name in EPOCH_COLUMNS)):
-                writer.writerow(["" if math.isnan(v) else f"{v:g}" for v in row])
+        """Write the epoch table (atomically: a failed write leaves no partial file; an
+        unwritable place raises OSError)."""
+        path = Path(path)
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow((EPOCH_COLUMNS[0], "phase", *EPOCH_COLUMNS[1:]))
+        for index, row in enumerate(zip(*(self.epochs[name] for name in EPOCH_COLUMNS))):
+            cells = ["" if math.isnan(v) else f"{v:g}" for v in row]
+            writer.writerow((cells[0], self.phases[index], *cells[1:]))
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            temporary.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     @classmethod
     def from_csv(cls, path: str | Path) -> MetricHistory:

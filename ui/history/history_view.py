@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal, Slot
+from PySide6.QtCore import QFileSystemWatcher, QSortFilterProxyModel, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -37,6 +37,10 @@ from ui.plots import (
     new_plot,
 )
 from ui.workers import BackgroundTask
+
+
+WATCH_DELAY_MS = 300  # a new run folder is listed this long after it appears
+POLL_INTERVAL_MS = 5000
 
 
 def _list_runs(_report):
@@ -138,6 +142,38 @@ class HistoryView(QWidget):
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
         self._on_selection()
 
+        # New runs appear by themselves: a watcher on the runs folder sees a run folder
+        # created, and a slow timer catches what it cannot see (a run's status changing
+        # inside its folder, a runs folder created later). Both only while the page shows.
+        self._watcher = QFileSystemWatcher(self)
+        self._watcher.directoryChanged.connect(lambda _path: self._soon.start())
+        self._soon = QTimer(self)
+        self._soon.setSingleShot(True)
+        self._soon.setInterval(WATCH_DELAY_MS)
+        self._soon.timeout.connect(self.refresh)
+        self._poll = QTimer(self)
+        self._poll.setInterval(POLL_INTERVAL_MS)
+        self._poll.timeout.connect(self.refresh)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        self._watch_runs_root()
+        self._poll.start()
+        self.refresh()
+
+    def hideEvent(self, event) -> None:  # noqa: N802
+        super().hideEvent(event)
+        self._poll.stop()
+
+    def _watch_runs_root(self) -> None:
+        from engine.paths import default_runs_root
+
+        root = str(default_runs_root())
+        if root not in self._watcher.directories() and Path(root).is_dir():
+            if self._watcher.directories():
+                self._watcher.removePaths(self._watcher.directories())
+            self._watcher.addPath(root)
+
     # -- listing ------------------------------------------------------------------------
 
     @Slot()
@@ -153,12 +189,15 @@ class HistoryView(QWidget):
 
     @Slot(object)
     def _on_listed(self, records: list) -> None:
+        if records == self.model.rows and self.folder_label.text():
+            return  # nothing changed: keep the selection, scroll position and plots as they are
         selected = {run.path for run in self.selected_runs()}
         self.model.set_rows(records)
         from engine.paths import default_runs_root
 
         count = f"{len(records)} run" + ("" if len(records) == 1 else "s")
         self.folder_label.setText(f"{count} in {default_runs_root()}")
+        self._watch_runs_root()
         selection = self.table.selectionModel()
         for row, run in enumerate(records):
             if run.path in selected:

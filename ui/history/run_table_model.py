@@ -52,13 +52,16 @@ class RunTableModel(QAbstractTableModel):
         column = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             done = run.epochs_completed > 0
+            # A run that failed before building its model, or has not written its counts
+            # yet, has no ratio: "–", never a made-up 1.0×.
+            counted = run.params_total > 0 and run.dense_params_total > 0
             return (run.name, run.model, run.dataset, _date(run.started_at),
-                    format_count(run.params_total) if run.params_total else "–",
-                    format_ratio(run.compression_ratio) if run.compression_ratio else "–",
+                    format_count(run.params_total) if counted else "–",
+                    format_ratio(run.compression_ratio) if counted else "–",
                     format_percent(run.best_test_acc) if done else "–",
                     f"{run.status} ({run.epochs_completed}/{run.epochs})")[column]
         if role == Qt.ItemDataRole.ToolTipRole:
-            return run.path
+            return f"{run.name}, started {_date(run.started_at)}\n{run.path}"
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (4, 5, 6):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None

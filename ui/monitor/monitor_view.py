@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QFont, QTextCursor
 from PySide6.QtWidgets import (
     QFileDialog,
+    QMessageBox,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
@@ -35,14 +36,23 @@ class MonitorView(QWidget):
     """Watches one TrainingSession."""
 
     export_requested = Signal(str)  # the run folder
+    resume_requested = Signal(str)  # the run folder of a stopped run, to continue it
+    outcome_shown = Signal(str)  # how the run ended, once the page shows it
 
     def __init__(self, session: TrainingSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
         self._total_epochs = 0
         self._batches_dirty = False
+        self._run_summary: dict = {}  # summary.json of the run that just ended
+        self._progress_text = ""  # the progress label without its ETA
+        self._saw_batch = False
+        self.outcome = ""  # how the last run ended, in words (the window's status bar shows it)
+        # Reports a failed save; tests replace it to read the message without a dialog.
+        self.show_error = lambda title, text: QMessageBox.warning(self, title, text)
 
-        self.title = QLabel("No run yet. Start one from <b>New compression</b>.")
+        self.title = QLabel(NO_RUN_TEXT)
+        self.title.setWordWrap(True)
         self.title.setObjectName("pageTitle")
         self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.summary = QLabel("")
@@ -61,7 +71,7 @@ class MonitorView(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setObjectName("stopButton")
         self.pause_button.clicked.connect(session.pause)
-        self.resume_button.clicked.connect(session.resume)
+        self.resume_button.clicked.connect(self._resume)
         self.stop_button.clicked.connect(session.stop)
 
         self.save_plots_button = QPushButton("Save plots…")
@@ -71,6 +81,7 @@ class MonitorView(QWidget):
         self.save_csv_button.clicked.connect(self._ask_save_csv)
         self.export_button.clicked.connect(self._request_export)
 
+        self.summary.setWordWrap(True)
         self.curves = RunCurves()
         self.layers = LayerActivityTable()
         self.log_view = QPlainTextEdit()
@@ -87,6 +98,7 @@ class MonitorView(QWidget):
 
         files = QHBoxLayout()
         files.addWidget(self.summary, 1)
+        files.addWidget(self.curves.smoothing_control())
         for button in (self.save_plots_button, self.save_csv_button, self.export_button):
             files.addWidget(button)
 
@@ -125,6 +137,7 @@ class MonitorView(QWidget):
         session.epoch_ended.connect(self._on_epoch)
         session.checkpoint_saved.connect(self._on_checkpoint)
         session.log.connect(self.append_log)
+        session.run_ended.connect(self._on_run_ended)
         session.finished.connect(self._on_finished)
         self._on_state(session.state)
 
@@ -134,12 +147,22 @@ class MonitorView(QWidget):
     def _on_state(self, state: str) -> None:
         active = state in ("running", "paused", "stopping")
         self.pause_button.setEnabled(state == "running")
-        self.resume_button.setEnabled(state == "paused")
+        self.resume_button.setEnabled(state == "paused" or (not active and self.can_resume()))
+        self.resume_button.setToolTip(
+            "Continue the paused run" if active else
+            "Continue this run from its last checkpoint" if self.can_resume() else "")
         self.stop_button.setEnabled(state in ("running", "paused"))
         has_run = self.session.run_dir is not None
         self.save_plots_button.setEnabled(has_run)
         self.save_csv_button.setEnabled(has_run)
-        self.export_button.setEnabled(has_run and not active)
+        self.export_button.setEnabled(has_run and not active and self.has_checkpoint())
+        self.export_button.setToolTip("" if self.export_button.isEnabled() or active else
+                                      "This run saved no checkpoint, so there is nothing to "
+                                      "export.")
+        if state == "paused":
+            # The ETA would freeze while nothing trains: say so instead.
+            self.progress_label.setText(f"{self._progress_text} · paused"
+                                        if self._progress_text else "paused")
         if active:
             self._redraw_timer.start()
             if state == "running" and self.progress.maximum() == 1 and self.progress.value() == 0:
@@ -147,10 +170,51 @@ class MonitorView(QWidget):
             self.progress.setFormat({"running": "%p %", "paused": "paused · %p %",
                                      "stopping": "stopping…"}[state])
 
+    def can_resume(self) -> bool:
+        """Whether the run that ended can continue from its last checkpoint."""
+        summary = self._run_summary
+        return (self.session.run_dir is not None and not self.session.is_active()
+                and summary.get("status") in ("stopped", "failed")
+                and 0 < int(summary.get("epochs_completed", 0)) < int(summary.get("epochs", 0))
+                and self.has_checkpoint(("last",)))
+
+    def has_checkpoint(self, kinds=("best", "last")) -> bool:
+        run_dir = self.session.run_dir
+        return run_dir is not None and any(
+            (Path(run_dir) / "checkpoints" / f"{kind}.safetensors").is_file() for kind in kinds)
+
+    @Slot()
+    def _resume(self) -> None:
+        if self.session.state == "paused":
+            self.session.resume()
+        elif self.can_resume():
+            self.resume_requested.emit(str(self.session.run_dir))
+
+    def show_latest_run(self, run) -> None:
+        """After a restart, no run of this session: point at the newest run folder (an engine
+        RunRecord) and show its curves, instead of a bare "No run yet"."""
+        if self.session.run_dir is not None or run is None:
+            return
+        from ui.history.history_view import read_history
+
+        date = run.started_at.replace("T", " ")[:16]
+        self.title.setText(f"No run in this session yet. The latest run is <b>{run.name}</b> "
+                           f"({run.model} on {run.dataset}, {date}, {run.status}); its curves "
+                           "are below. Resume or export it from the <b>Runs</b> page, or start "
+                           "a new one from <b>New compression</b>.")
+        self.curves.clear()
+        self.curves.show(read_history(run.path))
+        best = format_percent(run.best_test_acc) if run.epochs_completed else "–"
+        self.summary.setText(f"Best test accuracy {best}.  Folder: {run.path}")
+
     def begin(self, title: str) -> None:
         """Reset for a new run (called by the window just before the session starts)."""
         self.title.setText(title)
         self.summary.setText("")
+        self.outcome = ""
+        self._run_summary = {}
+        self._progress_text = ""
+        self._saw_batch = False
         self.curves.clear()
         self.layers.set_layers([])
         self.log_view.clear()
@@ -165,6 +229,10 @@ class MonitorView(QWidget):
         self._total_epochs = event.epochs
         self.layers.set_layers(event.compression.get("layers", []))
         params, dense = event.params_total, event.dense_params_total
+        config = event.config or {}
+        pretraining = (config.get("init") == "pretrained"
+                       and event.start_epoch <= int(config.get("pretrain_epochs", 0)))
+        self.curves.plan(dense if pretraining else params, dense, event.epochs)
         resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
         self.append_log(
             "info",
@@ -181,10 +249,15 @@ class MonitorView(QWidget):
             self.progress.setRange(0, total)
         self.progress.setValue(min(done, total))
         phase = " (dense pre-training)" if event.phase == "pretrain" else ""
-        self.progress_label.setText(
+        self._saw_batch = True
+        self._progress_text = (
             f"epoch {event.epoch}/{epochs}{phase} · batch {event.batch}/{event.batches}"
-            f" · loss {event.loss:.4f} · acc {format_percent(event.acc)}"
-            f" · ETA {format_duration(event.eta_seconds)}")
+            f" · loss {event.loss:.4f} · acc {format_percent(event.acc)}")
+        if self.session.state == "paused":
+            self.progress_label.setText(f"{self._progress_text} · paused")
+        else:
+            self.progress_label.setText(
+                f"{self._progress_text} · ETA {format_duration(event.eta_seconds)}")
         if event.grad_norms:
             self.layers.set_grad_norms(event.grad_norms)
         self._batches_dirty = True
@@ -203,6 +276,10 @@ class MonitorView(QWidget):
     def _on_checkpoint(self, event) -> None:
         self.append_log("info", f"Saved the {event.kind} checkpoint (epoch {event.epoch}).")
 
+    @Slot(object)
+    def _on_run_ended(self, event) -> None:
+        self._run_summary = dict(event.summary or {})
+
     @Slot(str)
     def _on_finished(self, status: str) -> None:
         self._redraw_timer.stop()
@@ -212,10 +289,38 @@ class MonitorView(QWidget):
         if status == "finished":
             self.progress.setValue(self.progress.maximum())
         self.progress.setFormat(f"{status} · %p %")
+        if not self._saw_batch:  # "starting…" must not outlive a run that never started
+            self.progress_label.setText(f"{status} before the first batch")
+        elif status != "finished":
+            self.progress_label.setText(f"{self._progress_text} · {status}")
+        else:
+            self.progress_label.setText(self._progress_text)
+        self._run_summary.setdefault("status", status)
         best = self.session.history.best_test_acc()
-        self.summary.setText(f"Run {status}. Best test accuracy {format_percent(best)}."
+        chance = self._chance_level()
+        self.outcome = f"Run {status}."
+        if status == "finished" and chance and not best > 1.5 * chance:
+            self.outcome = (f"Run finished, but the test accuracy stayed at chance level "
+                            f"({format_percent(best)}; guessing gives {format_percent(chance)})"
+                            ": the network learned nothing. Try a lower learning rate, a "
+                            "larger depth or more epochs.")
+            self.append_log("warning", self.outcome)
+        self.summary.setText(f"{self.outcome} Best test accuracy {format_percent(best)}."
                              f"  Folder: {self.session.run_dir}")
         self._on_state(self.session.state)
+        self.outcome_shown.emit(self.outcome)
+
+    def _chance_level(self) -> float:
+        """1 / number of classes of the run's data set (asked of the engine), or 0."""
+        config = self.session.config
+        if config is None:
+            return 0.0
+        try:
+            from engine.data import dataset_info
+
+            return 1.0 / dataset_info(config.dataset).num_classes
+        except Exception:  # an unknown data set: no judgement rather than a wrong one
+            return 0.0
 
     @Slot(str, str)
     def append_log(self, level: str, text: str) -> None:
@@ -234,6 +339,7 @@ class MonitorView(QWidget):
     # -- saving -----------------------------------------------------------------------
 
     def save_plots(self, folder: str | Path, fmt: str = "png") -> list[Path]:
+        """Write every plot into ``folder``; raises OSError when a file cannot be written."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         return [save_plot(plot, folder / f"{name}.{fmt}")
@@ -243,26 +349,57 @@ class MonitorView(QWidget):
         self.session.history.to_csv(path)
         return Path(path)
 
+    def save_plots_into(self, folder: str | Path) -> bool:
+        """Save PNG and SVG of every plot; log and show what really happened."""
+        try:
+            saved = self.save_plots(folder, "png") + self.save_plots(folder, "svg")
+        except OSError as exc:
+            self._save_failed("Save plots", f"The plots were not saved in {folder}: "
+                              f"{_reason(exc)}")
+            return False
+        self.append_log("info", f"Saved {len(saved)} plot files (PNG and SVG) in {folder}")
+        return True
+
+    def save_csv_to(self, path: str | Path) -> bool:
+        try:
+            self.save_metrics_csv(path)
+        except OSError as exc:
+            self._save_failed("Save metrics", f"The metrics were not saved to {path}: "
+                              f"{_reason(exc)}")
+            return False
+        self.append_log("info", f"Saved metrics to {path}")
+        return True
+
+    def _save_failed(self, title: str, text: str) -> None:
+        self.append_log("error", text)
+        self.show_error(title, text)
+
     def _ask_save_plots(self) -> None:
         folder = QFileDialog.getExistingDirectory(
             self, "Save plots into folder", last_folder("plots", self.session.run_dir or ""))
         if not folder:
             return
-        remember_folder("plots", folder)
-        saved = self.save_plots(folder, "png") + self.save_plots(folder, "svg")
-        self.append_log("info", f"Saved {len(saved)} plot files (PNG and SVG) in {folder}")
+        if self.save_plots_into(folder):
+            remember_folder("plots", folder)
 
     def _ask_save_csv(self) -> None:
         start = Path(last_folder("plots", self.session.run_dir or "")) / "metrics.csv"
         path, _ = QFileDialog.getSaveFileName(self, "Save metrics", str(start),
                                               "CSV files (*.csv)")
-        if path:
+        if path and self.save_csv_to(path):
             remember_folder("plots", Path(path).parent)
-            self.append_log("info", f"Saved metrics to {self.save_metrics_csv(path)}")
 
     def _request_export(self) -> None:
         if self.session.run_dir is not None:
             self.export_requested.emit(str(self.session.run_dir))
+
+
+NO_RUN_TEXT = "No run yet. Start one from <b>New compression</b>."
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError in words, without its errno number."""
+    return f"{exc.strerror} ({exc.filename})" if exc.strerror and exc.filename else str(exc)
 
 
 def _titled(title: str, widget: QWidget) -> QWidget:

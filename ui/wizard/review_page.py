@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (
 
 class ReviewPage(QWidget):
     title = "Review"
-    subtitle = "The run configuration, exactly as the run folder will keep it."
+    subtitle = ("The settings of the run as TOML: what the pages before offer. The run folder "
+                "keeps them in config.toml.")
 
     name_edited = Signal()
     save_requested = Signal()

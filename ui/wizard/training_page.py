@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QGroupBox,
     QLabel,
     QSpinBox,
     QWidget,
@@ -18,6 +23,55 @@ OPTIMIZERS = (("Adam", "adam"), ("AdamW", "adamw"), ("SGD with momentum", "sgd")
 INITS = (("from scratch", "scratch"), ("pretrained: train dense, fit ADTNs, fine-tune",
                                        "pretrained"))
 SCHEDULES = (("cosine", "cosine"), ("constant", "none"))
+
+
+class ScientificSpinBox(QDoubleSpinBox):
+    """A spin box for rates: reads and shows ``1e-3`` as well as ``0.001``, keeps every
+    significant digit (a QDoubleSpinBox rounds to its decimals), and steps by factors of two,
+    since rates are tuned on a log scale."""
+
+    def __init__(self, minimum: float, maximum: float, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDecimals(12)  # the value is kept as typed; the text shows it with %g
+        self.setRange(minimum, maximum)
+        self.setKeyboardTracking(False)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt's name)
+        return f"{value:g}"
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802
+        if self.specialValueText() and text == self.specialValueText():
+            return self.minimum()
+        try:
+            return float(text.strip().replace(",", "."))
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, position: int):
+        if self.specialValueText() and text == self.specialValueText():
+            return QValidator.State.Acceptable, text, position
+        stripped = text.strip().replace(",", ".")
+        try:
+            value = float(stripped)
+        except ValueError:
+            # Half-typed numbers ("1e", "1e-", "-", ".") may still become valid.
+            allowed = set("0123456789.eE+-")
+            state = (QValidator.State.Intermediate if stripped == "" or set(stripped) <= allowed
+                     else QValidator.State.Invalid)
+            return state, text, position
+        if not math.isfinite(value):
+            return QValidator.State.Invalid, text, position
+        inside = self.minimum() <= value <= self.maximum()
+        return (QValidator.State.Acceptable if inside else QValidator.State.Intermediate,
+                text, position)
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802
+        value = self.value()
+        if value <= 0:
+            value = max(self.minimum(), 1e-4) if steps > 0 else value
+        else:
+            value *= 2.0 ** steps
+        self.setValue(min(max(value, self.minimum()), self.maximum()))
 
 
 def _combo(items: tuple[tuple[str, str], ...]) -> QComboBox:
@@ -46,10 +100,8 @@ class TrainingPage(QWidget):
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 65_536)
         self.optimizer = _combo(OPTIMIZERS)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(6)
-        self.lr.setRange(1e-6, 10.0)
-        self.lr.setSingleStep(1e-4)
+        self.lr = ScientificSpinBox(1e-8, 100.0)
+        self.lr.setToolTip("Type 0.001 or 1e-3; the arrows double or halve it")
         self.schedule = _combo(SCHEDULES)
         self.init = _combo(INITS)
         self.pretrain_epochs = QSpinBox()
@@ -68,6 +120,38 @@ class TrainingPage(QWidget):
         self.device_hint = QLabel("")
         self.device_hint.setObjectName("hintLabel")
 
+        # Settings of the run configuration that the presets set and the review shows.
+        self.adtn_lr = ScientificSpinBox(0.0, 100.0)
+        self.adtn_lr.setSpecialValueText("same as the learning rate")
+        self.adtn_lr.setToolTip("Learning rate of the ADTN tensors (0: the learning rate)")
+        self.weight_decay = ScientificSpinBox(0.0, 10.0)
+        self.weight_decay.setSpecialValueText("none")
+        self.weight_decay.setToolTip("Not applied to the ADTN tensors")
+        self.momentum = QDoubleSpinBox()
+        self.momentum.setRange(0.0, 0.999)
+        self.momentum.setDecimals(3)
+        self.momentum.setSingleStep(0.05)
+        self.fit_steps = QSpinBox()
+        self.fit_steps.setRange(0, 1_000_000)
+        self.fit_steps.setSingleStep(100)
+        self.fit_steps.setToolTip("Optimisation steps fitting each ADTN to its pretrained weight")
+        self.augment = QCheckBox("random crops and flips (CIFAR data sets)")
+        self.amp = QCheckBox("mixed precision on CUDA GPUs")
+        advanced_form = QFormLayout()
+        advanced_form.addRow("ADTN learning rate", self.adtn_lr)
+        advanced_form.addRow("Weight decay", self.weight_decay)
+        advanced_form.addRow("Momentum (SGD)", self.momentum)
+        advanced_form.addRow("ADTN fitting steps", self.fit_steps)
+        advanced_form.addRow("Augmentation", self.augment)
+        advanced_form.addRow("Precision", self.amp)
+        self.advanced = QGroupBox("Advanced")
+        self.advanced.setCheckable(True)
+        self.advanced.setChecked(False)  # folded: the defaults come from the preset
+        self.advanced.setLayout(advanced_form)
+        self.advanced.toggled.connect(self._fold_advanced)
+        self._advanced_rows = [advanced_form.itemAt(i).widget()
+                               for i in range(advanced_form.count())]
+
         form = QFormLayout()
         form.addRow("Epochs", self.epochs)
         form.addRow("Batch size", self.batch_size)
@@ -81,9 +165,12 @@ class TrainingPage(QWidget):
         form.addRow("", self.device_hint)
         form.addRow("Training examples", self.limit_train)
         form.addRow("Test examples", self.limit_test)
+        form.addRow(self.advanced)
 
         place_form(self, form)
         self.init.currentIndexChanged.connect(self._follow_init)
+        self.optimizer.currentIndexChanged.connect(self._follow_init)
+        self._fold_advanced(False)
 
     def set_catalog(self, catalog: EngineCatalog) -> None:
         self.device.clear()
@@ -105,6 +192,12 @@ class TrainingPage(QWidget):
         _select(self.device, config.device)
         self.limit_train.setValue(config.limit_train)
         self.limit_test.setValue(config.limit_test)
+        self.adtn_lr.setValue(config.adtn_lr)
+        self.weight_decay.setValue(config.weight_decay)
+        self.momentum.setValue(config.momentum)
+        self.fit_steps.setValue(config.fit_steps)
+        self.augment.setChecked(config.augment)
+        self.amp.setChecked(config.amp)
         self._follow_init()
 
     def apply(self, config):
@@ -115,7 +208,18 @@ class TrainingPage(QWidget):
             schedule=self.schedule.currentData(), init=init,
             pretrain_epochs=self.pretrain_epochs.value() if init == "pretrained" else 0,
             seed=self.seed.value(), device=self.device.currentData() or "auto",
-            limit_train=self.limit_train.value(), limit_test=self.limit_test.value())
+            limit_train=self.limit_train.value(), limit_test=self.limit_test.value(),
+            adtn_lr=self.adtn_lr.value(), weight_decay=self.weight_decay.value(),
+            momentum=self.momentum.value(), fit_steps=self.fit_steps.value(),
+            augment=self.augment.isChecked(), amp=self.amp.isChecked())
 
     def _follow_init(self) -> None:
-        self.pretrain_epochs.setEnabled(self.init.currentData() == "pretrained")
+        pretrained = self.init.currentData() == "pretrained"
+        self.pretrain_epochs.setEnabled(pretrained)
+        self.fit_steps.setEnabled(pretrained)
+        self.momentum.setEnabled(self.optimizer.currentData() == "sgd")
+
+    def _fold_advanced(self, unfolded: bool) -> None:
+        for widget in self._advanced_rows:
+            if widget is not None:
+                widget.setVisible(unfolded)

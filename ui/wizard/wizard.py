@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -33,6 +34,53 @@ from ui.wizard.training_page import TrainingPage
 from ui.workers import BackgroundTask
 
 SOURCE, LAYERS, TRAINING, REVIEW = range(4)
+DEFAULT_PRESET = "lenet5-mnist"
+
+# Keys of the run configuration the wizard does not offer: the review leaves them out (the
+# run folder still keeps them). The step schedule's keys show only with that schedule.
+UNOFFERED_KEYS = ("description", "download", "workers")
+STEP_SCHEDULE_KEYS = ("lr_milestones", "lr_gamma")
+
+# Learning rates from which training with these optimisers practically always diverges.
+ABSURD_RATES = {"adam": 1.0, "adamw": 1.0, "sgd": 10.0}
+OPTIMIZER_TITLES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+
+
+def rate_warning(config) -> str:
+    """Why the configuration's learning rates look absurd for its optimiser ("" if not)."""
+    limit = ABSURD_RATES.get(config.optimizer)
+    if limit is None:
+        return ""
+    for label, rate in (("learning rate", config.lr), ("ADTN learning rate", config.adtn_lr)):
+        if rate >= limit:
+            return (f"The {label} is {rate:g}. With {OPTIMIZER_TITLES[config.optimizer]}, rates "
+                    f"of {limit:g} or more make the loss explode or leave the accuracy at chance "
+                    f"level (usual rates: 1e-4 to 1e-2). Start anyway?")
+    return ""
+
+
+def reviewed_settings(values: dict) -> dict:
+    """The configuration's values that the wizard offers, for the review page."""
+    hidden = set(UNOFFERED_KEYS)
+    if values.get("schedule") != "step":
+        hidden.update(STEP_SCHEDULE_KEYS)
+    return {key: value for key, value in values.items() if key not in hidden}
+
+
+class StepLabel(QLabel):
+    """A step of the wizard's header; clicking it opens that page."""
+
+    clicked = Signal()
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
+        if event.button() == Qt.MouseButton.LeftButton and self.rect().contains(
+                event.position().toPoint()):
+            self.clicked.emit()
+        super().mouseReleaseEvent(event)
 
 
 class CompressionWizard(QWidget):
@@ -48,6 +96,12 @@ class CompressionWizard(QWidget):
         self._download: BackgroundTask | None = None
         self._data_available = False
         self._problem = ""  # why the reviewed configuration cannot start ("" when it can)
+        # Dialogs that tests replace: a notice, and a yes/no question before Start.
+        self.show_message = self._open_notice
+        self.notice: QMessageBox | None = None
+        self.confirm_start = lambda title, text: QMessageBox.question(
+            self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No) == QMessageBox.StandardButton.Yes
 
         self.layer_model = LayerPlanModel(self)
         self.source_page = SourcePage()
@@ -59,8 +113,10 @@ class CompressionWizard(QWidget):
         self.step_labels = []
         steps = QHBoxLayout()
         for number, page in enumerate(self.pages, start=1):
-            label = QLabel(f"{number}  {page.title}")
+            label = StepLabel(f"{number}  {page.title}")
             label.setObjectName("wizardStep")
+            label.setToolTip(f"Go to {page.title}")
+            label.clicked.connect(lambda index=number - 1: self.go_to(index))
             self.step_labels.append(label)
             steps.addWidget(label)
         steps.addStretch(1)
@@ -104,6 +160,18 @@ class CompressionWizard(QWidget):
         self.layer_model.totals_changed.connect(self._layers_edited)
         self._update_nav()
 
+    def show_loading(self, text: str) -> None:
+        """What the engine is loading now (shown until the first page appears)."""
+        self.loading.setText(text)
+
+    def _open_notice(self, title: str, text: str) -> None:
+        """A window-modal notice that does not block (the event loop keeps running)."""
+        box = QMessageBox(QMessageBox.Icon.Information, title, text,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self.notice = box
+
     # -- set-up -------------------------------------------------------------------------
 
     def set_catalog(self, catalog: EngineCatalog, model_titles: dict[str, str]) -> None:
@@ -111,10 +179,15 @@ class CompressionWizard(QWidget):
         self.catalog = catalog
         self.source_page.set_catalog(catalog, model_titles)
         self.training_page.set_catalog(catalog)
-        preferred = "lenet5-mnist"
-        names = [name for name, _ in catalog.presets]
-        if preferred in names or names:
-            self.load_preset(preferred if preferred in names else names[0])
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over: the default preset on every page, the first page shown."""
+        if getattr(self, "catalog", None) is None:
+            return  # the engine is still loading; the wizard is empty anyway
+        names = [name for name, _ in self.catalog.presets]
+        if names:
+            self.load_preset(DEFAULT_PRESET if DEFAULT_PRESET in names else names[0])
         else:
             self.load_config(engine_calls.default_config())
         self.show_page(SOURCE)
@@ -176,6 +249,13 @@ class CompressionWizard(QWidget):
             self.config = self.current_config()
             self.show_page(page + 1)
 
+    def go_to(self, index: int) -> None:
+        """Jump to a page (a click on its step label), keeping what the pages show."""
+        if self.config is None or index == self.current_page():
+            return
+        self.config = self.current_config()
+        self.show_page(index)
+
     @Slot()
     def go_back(self) -> None:
         page = self.current_page()
@@ -193,7 +273,22 @@ class CompressionWizard(QWidget):
             self.show_page(REVIEW)
             return
         self.config = config
-        self.start_requested.emit(config)
+        try:
+            available, text = engine_calls.dataset_status(config)
+        except Exception as exc:
+            available, text = False, describe_exception(exc)
+        if not available:
+            # Start never downloads: the Download button does, when the user asks.
+            self.show_page(SOURCE)
+            self.show_message("Data set missing", f"{text}\n\nNothing was downloaded. Click "
+                              "Download on this page to fetch it, or Browse… to the folder "
+                              "that holds a copy; then start again.")
+            return
+        warning = rate_warning(config)
+        if warning and not self.confirm_start("Learning rate", warning):
+            self.show_page(TRAINING)
+            return
+        self.start_requested.emit(config.replace(download=False))
 
     def _update_nav(self) -> None:
         page = self.current_page()
@@ -301,8 +396,11 @@ class CompressionWizard(QWidget):
     def _refresh_review(self) -> None:
         if self.config is None:
             return
+        import tomli_w
+
         self.config = self.current_config()
-        text, self._problem = engine_calls.config_toml(self.config)
+        _, self._problem = engine_calls.config_toml(self.config)
+        text = tomli_w.dumps(reviewed_settings(self.config.to_dict()))
         self.review_page.show_config(text, self._problem)
         self._update_nav()
 
