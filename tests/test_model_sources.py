@@ -279,3 +279,21 @@ def test_a_bundle_of_a_users_model_needs_its_factory(tmp_path, model_file):
     assert torch.allclose(loaded(images), model(images), atol=1e-5)
     with pytest.raises(BundleError, match="returned int"):
         load_bundle(path, model_factory=lambda: 42)
+
+
+def test_a_bundle_never_imports_the_file_it_names(tmp_path, model_file):
+    """A bundle whose metadata names a Python file is refused without running that file."""
+    trap = tmp_path / "trap.py"
+    marker = tmp_path / "ran"
+    trap.write_text(f"open({str(marker)!r}, 'w').close()\n"
+                    + textwrap.dedent(TINY_MODEL))
+    spec = f"{trap}:make"
+    model = build_model(f"{model_file}:make", 1, 28, 10)  # the same network, another file
+    compress(model, ["3"])
+    path = tmp_path / "trap.adtn"
+    save_bundle(model, path, RunConfig(model=spec, dataset="synthetic",
+                                       layers=[LayerSpec(name="3")]))
+    assert not marker.exists()
+    with pytest.raises(BundleError, match="model_factory"):
+        load_bundle(path)
+    assert not marker.exists()
