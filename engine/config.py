@@ -34,7 +34,8 @@ __all__ = ["ConfigError", "LayerSpec", "RunConfig"]
 INITS = ("scratch", "pretrained")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# "cuda:all": data-parallel on every GPU of the machine, one process each (torchrun)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+|:all)?)$")
 MAX_IMAGE_SIZE = 1024  # image folders: input size, as large as a bundle may declare
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
 
@@ -85,6 +86,9 @@ class RunConfig:
     workers: int = 0  # kept for compatibility; data sets are held in memory, no workers
     limit_train: int = 0  # use at most this many training examples (0 = all)
     limit_test: int = 0  # use at most this many test examples (0 = all)
+    # Hold out this many training examples and evaluate on them instead of the test set
+    # (0 = evaluate on the test set): learning-rate searches must never see the test set.
+    holdout: int = 0
 
     # -- naming -------------------------------------------------------------------------
 
@@ -100,8 +104,12 @@ class RunConfig:
     # -- conversion ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only (TOML and JSON serialisable)."""
-        return dataclasses.asdict(self)
+        """Plain values only (TOML and JSON serialisable); layer options at their defaults are
+        left out, so a configuration file lists only what was chosen."""
+        data = dataclasses.asdict(self)
+        data["layers"] = [spec.to_dict() if isinstance(spec, LayerSpec) else spec
+                          for spec in self.layers]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -193,9 +201,10 @@ class RunConfig:
         _check_type("device", self.device, str)
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(
-                f"device must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})"
+                f"device must be one of auto, cpu, cuda, cuda:N, cuda:all, mps "
+                f"(got {self.device!r})"
             )
-        for name in ("workers", "limit_train", "limit_test"):
+        for name in ("workers", "limit_train", "limit_test", "holdout"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_limits(self)
         return self
@@ -259,7 +268,13 @@ def _layers_from_data(items: Any) -> list[LayerSpec]:
             )
         if "name" not in item:
             raise ConfigError(f"layers[{index}] needs a 'name'")
-        specs.append(LayerSpec(**item))
+        values = dict(item)
+        if isinstance(values.get("factors"), (list, tuple)):  # TOML may give tuples
+            values["factors"] = [list(f) if isinstance(f, (list, tuple)) else f
+                                 for f in values["factors"]]
+        if isinstance(values.get("ranks"), tuple):
+            values["ranks"] = list(values["ranks"])
+        specs.append(LayerSpec(**values))
     return specs
 
 
@@ -270,14 +285,13 @@ def _check_layers(specs: Any) -> None:
         where = f"layers[{index}]"
         if not isinstance(spec, LayerSpec):
             raise ConfigError(f"{where} must be a LayerSpec, not {type(spec).__name__}")
-        if not isinstance(spec.name, str) or not spec.name:
-            raise ConfigError(f"{where}.name must be a layer name such as 'fc1'")
-        if spec.name in seen:
+        if isinstance(spec.name, str) and spec.name in seen:
             raise ConfigError(f"{where}.name: layer {spec.name!r} is listed twice")
         seen.add(spec.name)
-        _check_int(f"{where}.depth", spec.depth, minimum=1)
-        _check_choice(f"{where}.activation", spec.activation, ACTIVATIONS)
-        _check_choice(f"{where}.layout", spec.layout, LAYOUTS)
+        try:
+            spec.validate(where)
+        except LayerSpecError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check_limits(config: RunConfig) -> None:

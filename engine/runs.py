@@ -357,16 +357,36 @@ def build_config_model(config: RunConfig, compressed: bool = True
     """The freshly initialised model of ``config``; with ``compressed`` its chosen layers are
     ADTNs (fresh, not fitted). Also returns the compression report (planned when not
     compressed). Initialisation is seeded by ``config.seed``."""
+    model, report, _ = build_config_model_noted(config, compressed)
+    return model, report
+
+
+def build_config_model_noted(config: RunConfig, compressed: bool = True,
+                             load_weights: bool = False, info=None, progress=None
+                             ) -> tuple[nn.Module, CompressionReport, list[str]]:
+    """``build_config_model``, plus: with ``load_weights`` the configuration's pretrained
+    weights are loaded before compression; ``info`` is the resolved data set (default: from
+    the configuration); the third value lists what was adapted or loaded, for the log."""
     import torch
 
-    info = dataset_info(config.dataset)
+    from engine.data import config_dataset_info
+    from engine.models import build_model_noted
+
+    info = info or config_dataset_info(config)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, info.in_channels, info.image_size, info.num_classes)
+    built = build_model_noted(config.model, info.in_channels, info.image_size,
+                              info.num_classes)
+    model, notes = built.model, list(built.notes)
+    if load_weights and config.weights:
+        from engine.weights import load_weights as load
+
+        notes += load(model, config.weights, config.model, built.adapted,
+                      allow_download=config.download, progress=progress)
     if compressed and config.layers:
         report = compress(model, config.layers)
     else:
         report = plan_compression(model, config.layers)
-    return model, report
+    return model, report, notes
 
 
 def build_run_model(run_dir: str | Path, checkpoint: str = "best") -> nn.Module:

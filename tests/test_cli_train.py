@@ -81,7 +81,7 @@ def test_train_prints_a_summary_and_writes_the_run_folder(tmp_path):
                   "--epochs", 2, "--limit-test", 32)
     assert result.returncode == 0, result.stderr
     assert "status:      finished (2/2 epochs, cpu)" in result.stdout
-    assert "ADTN layers: fc2 (depth 1)" in result.stdout
+    assert "encoded layers: fc2 (adtn: depth 1, brick, relu)" in result.stdout
     assert "epoch 2/2: train loss" in result.stderr  # the per-epoch line beside the bar
     assert metric_epochs(run_dir) == [1, 2]
 
