@@ -48,6 +48,10 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "adamw": ({"optimizer": "adamw", "weight_decay": 1e-4}, {}),
     "sgd-0.05": ({"optimizer": "sgd", "lr": 0.05, "adtn_lr": 0.25}, {}),
     "sgd-0.1": ({"optimizer": "sgd", "lr": 0.1, "adtn_lr": 0.1}, {}),
+    "sgd-0.05-0.05": ({"optimizer": "sgd", "lr": 0.05, "adtn_lr": 0.05}, {}),
+    "sgd-0.1-0.02": ({"optimizer": "sgd", "lr": 0.1, "adtn_lr": 0.02}, {}),
+    "batch-64": ({"batch_size": 64}, {}),
+    "lr-5e-3-adtn-2e-2": ({"lr": 5e-3, "adtn_lr": 2e-2}, {}),
     "no-schedule": ({"schedule": "none"}, {}),
     "warmup-1": ({"warmup_epochs": 1}, {}),
     # -- structure
@@ -71,6 +75,53 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # -- from a trained dense layer
     "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
 }
+
+
+def interleaved_order(mode_bits: tuple[int, ...]) -> list[int]:
+    """Network position -> flat-index bit (rows first): one bit of each mode in turn, most
+    significant first, the longer mode's extra bits at the end."""
+    starts = [sum(mode_bits[:m]) for m in range(len(mode_bits))]
+    order = []
+    for k in range(max(mode_bits)):
+        order += [starts[m] + k for m in range(len(mode_bits)) if k < mode_bits[m]]
+    return order
+
+
+def install_prototypes() -> None:
+    """Screen options the engine's ADTN does not have yet (``index_order``, ``init``) with a
+    subclass, only while ``engine.adtn.ADTN`` lacks them; the engine's own are used once there."""
+    import inspect
+
+    import torch
+
+    import engine.encodings.adtn as encoding_module
+    from engine.adtn import ADTN
+
+    accepted = inspect.signature(ADTN.__init__).parameters
+    if "index_order" in accepted and "init" in accepted:
+        return
+
+    class PrototypeADTN(ADTN):
+        def __init__(self, *a, index_order="rows_first", init="orthogonal", **k):
+            super().__init__(*a, **k)
+            self.index_order = index_order
+            order = (interleaved_order(self.mode_bits) if index_order == "interleaved"
+                     else list(range(self.Q)))
+            self._to_rows_first = [order.index(j) for j in range(self.Q)]
+            if init != "orthogonal":
+                generator = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
+                with torch.no_grad():
+                    for spec, gate in zip(self.specs, self.gates):
+                        noise = torch.randn(4, 4, generator=generator)
+                        full = (torch.eye(4) + 0.1 * noise if init == "near_identity"
+                                else noise / 2.0)
+                        gate.copy_(full[:, list(spec.columns)])
+
+        def _crop(self, state):
+            state = state.reshape((2,) * self.Q).permute(self._to_rows_first)
+            return super()._crop(state.reshape(-1))
+
+    encoding_module.ADTN = PrototypeADTN
 
 
 def build_config(name: str, args: argparse.Namespace) -> RunConfig:
@@ -142,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    install_prototypes()
     names = [n.strip() for n in args.probes.split(",") if n.strip()]
     unknown = [n for n in names if n not in PROBES]
     if unknown:

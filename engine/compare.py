@@ -169,9 +169,11 @@ def variant_config(request: CompareRequest, variant: Variant, seed: int, lr: flo
     if variant.encoding == DENSE:
         layers: list[LayerSpec] = []
     else:
+        # the ADTN's own options (index order, gate init) travel with it: they set no budget
         layers = [LayerSpec(spec.name, depth=variant.depth, activation=spec.activation,
                             layout=spec.layout, encoding=variant.encoding,
-                            budget=0 if variant.encoding == "adtn" else MATCH_ADTN)
+                            budget=0 if variant.encoding == "adtn" else MATCH_ADTN,
+                            index_order=spec.index_order, gate_init=spec.gate_init)
                   for spec in base.layers]
     changes: dict[str, Any] = dict(
         name=f"{base.run_name}-{variant.key}-" + (f"lr{lr:g}" if search else f"seed{seed}"),

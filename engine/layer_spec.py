@@ -24,6 +24,10 @@ ENCODING_LABELS = {
 }
 ACTIVATIONS = ("relu", "leaky_relu", "none")
 LAYOUTS = ("brick", "stair")
+# ADTN options: the order of the binary indices (the rows' bits before the columns', or a row
+# bit and a column bit side by side as a TT-matrix pairs them) and the gates' initialisation.
+INDEX_ORDERS = ("rows_first", "interleaved")
+GATE_INITS = ("orthogonal", "near_identity", "normal")
 MATCH_ADTN = "match:adtn"
 MAX_TT_CORES = 8
 
@@ -36,8 +40,8 @@ class LayerSpecError(ValueError):
 class LayerSpec:
     """One layer to encode, and how.
 
-    ``depth``, ``activation`` and ``layout`` are the ADTN's options (``depth`` and ``layout``
-    also fix the size of ``budget = "match:adtn"``); ``ranks`` are a TT-matrix's inner bond
+    ``depth``, ``activation``, ``layout``, ``index_order`` and ``gate_init`` are the ADTN's
+    options (``depth`` and ``layout`` also fix the size of ``budget = "match:adtn"``); ``ranks`` are a TT-matrix's inner bond
     ranks or a Tucker decomposition's per-mode ranks; ``factors`` the TT-matrix's factorisation
     of the output and input sizes (``[[4, 4, 4, 4], [4, 7, 7, 4]]``); ``cores`` the number of
     TT cores when ``factors`` is not given (0: chosen); ``rank`` the rank of ``lowrank`` and
@@ -55,6 +59,8 @@ class LayerSpec:
     cores: int = 0
     rank: int = 0
     budget: int | str = 0
+    index_order: str = "rows_first"
+    gate_init: str = "orthogonal"
 
     def validate(self, where: str = "layer") -> LayerSpec:
         """Raise ``LayerSpecError`` naming the first bad field (``where.field``)."""
@@ -64,6 +70,8 @@ class LayerSpec:
         _whole(f"{where}.depth", self.depth, 1, MAX_DEPTH)
         _choice(f"{where}.activation", self.activation, ACTIVATIONS)
         _choice(f"{where}.layout", self.layout, LAYOUTS)
+        _choice(f"{where}.index_order", self.index_order, INDEX_ORDERS)
+        _choice(f"{where}.gate_init", self.gate_init, GATE_INITS)
         if not isinstance(self.ranks, list):
             raise LayerSpecError(f"{where}.ranks must be a list of whole numbers, not {self.ranks!r}")
         for index, rank in enumerate(self.ranks):
@@ -102,7 +110,7 @@ class LayerSpec:
         data: dict[str, Any] = {"name": self.name}
         defaults = LayerSpec("")
         for key in ("depth", "activation", "layout", "encoding", "ranks", "factors", "cores",
-                    "rank", "budget"):
+                    "rank", "budget", "index_order", "gate_init"):
             value = getattr(self, key)
             if key in ("depth", "activation", "layout") or value != getattr(defaults, key):
                 data[key] = [list(v) for v in value] if key == "factors" else (

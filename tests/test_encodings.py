@@ -201,3 +201,24 @@ def test_conv_generator_for_tucker_uses_all_four_modes():
 def test_balanced_factors_multiply_back(size, count):
     factors = balanced_factors(size, count)
     assert len(factors) == count and math.prod(factors) == size
+
+
+def test_adtn_index_order_and_gate_init_are_validated_stored_and_planned():
+    with pytest.raises(LayerSpecError, match=r"layers\[0\]\.index_order"):
+        LayerSpec("fc", index_order="zigzag").validate("layers[0]")
+    with pytest.raises(LayerSpecError, match=r"layers\[1\]\.gate_init"):
+        LayerSpec("fc", gate_init="zeros").validate("layers[1]")
+    assert "index_order" not in LayerSpec("fc").to_dict()
+    spec = LayerSpec("fc", depth=3, index_order="interleaved", gate_init="normal")
+    assert spec.to_dict()["index_order"] == "interleaved"
+    assert spec.to_dict()["gate_init"] == "normal"
+    shape = (256, 784)
+    plan = plan_layer(spec, shape)
+    assert plan.options["index_order"] == "interleaved"
+    assert plan.options["gate_init"] == "normal"
+    assert "interleaved" in plan.detail
+    # the order of the indices and the start values change no count, nor a matched budget
+    assert plan.params == plan_layer(LayerSpec("fc", depth=3), shape).params
+    matched = plan_layer(LayerSpec("fc", depth=3, encoding="tt", budget="match:adtn",
+                                   index_order="interleaved"), shape)
+    assert matched.budget == plan.params

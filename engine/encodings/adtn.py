@@ -34,11 +34,23 @@ class ADTNEncoding(Encoding):
                 )
             depth = best[1]
         params = adtn_count(weight_shape, depth, spec.layout)
-        options = {"depth": depth, "activation": spec.activation, "layout": spec.layout}
+        options = {"depth": depth, "activation": spec.activation, "layout": spec.layout,
+                   "index_order": spec.index_order, "gate_init": spec.gate_init}
         detail = f"depth {depth}, {spec.layout}, {spec.activation}"
+        if spec.index_order != "rows_first":
+            detail += f", {spec.index_order}"
+        if spec.gate_init != "orthogonal":
+            detail += f", {spec.gate_init.replace('_', '-')} init"
         return EncodingPlan(self.name, tuple(weight_shape), options, params, detail, budget)
 
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         o = plan.options
+        # Only options away from their defaults are passed: plans stored before they existed
+        # still build.
+        extra = {}
+        if o.get("index_order", "rows_first") != "rows_first":
+            extra["index_order"] = o["index_order"]
+        if o.get("gate_init", "orthogonal") != "orthogonal":
+            extra["init"] = o["gate_init"]
         return ADTN(plan.weight_shape, o["depth"], o["activation"], o["layout"], init_std=init_std,
-                    block_bits=o.get("block_bits"))
+                    block_bits=o.get("block_bits"), **extra)
