@@ -239,6 +239,11 @@ class MonitorView(QWidget):
             f"Run started on {event.device}{resumed}: {event.train_examples:,} training and "
             f"{event.test_examples:,} test examples; {format_count(params)} parameters "
             f"instead of {format_count(dense)} ({format_ratio(dense / max(params, 1))} smaller).")
+        for note in getattr(event, "notes", ()):  # adapted layers, weights, skipped images
+            self.append_log("info", note)
+        if getattr(event, "dense_test_acc", None) is not None:
+            self.append_log("info", "Before compression, the dense model with its pretrained "
+                            f"weights: {format_percent(event.dense_test_acc)} test accuracy.")
 
     @Slot(object)
     def _on_batch(self, event) -> None:
@@ -305,8 +310,11 @@ class MonitorView(QWidget):
                             ": the network learned nothing. Try a lower learning rate, a "
                             "larger depth or more epochs.")
             self.append_log("warning", self.outcome)
-        self.summary.setText(f"{self.outcome} Best test accuracy {format_percent(best)}."
-                             f"  Folder: {self.session.run_dir}")
+        before = self._run_summary.get("dense_test_acc")
+        before_text = (f" (dense with pretrained weights, before compression: "
+                       f"{format_percent(before)})" if before is not None else "")
+        self.summary.setText(f"{self.outcome} Best test accuracy {format_percent(best)}"
+                             f"{before_text}.  Folder: {self.session.run_dir}")
         self._on_state(self.session.state)
         self.outcome_shown.emit(self.outcome)
 

@@ -1,0 +1,313 @@
+"""The ADTN's contraction with a hand-written backward pass.
+
+The network is compiled once into a list of *applications* per layer: each multiplies the
+``2**Q`` state by one small matrix (a grown first-layer step, or a block of gates). The small
+matrices are built from the gates by ordinary autograd (a few batched operations on tiny
+tensors); everything that touches the big state happens inside ``NetworkState``, one
+``torch.autograd.Function`` whose backward computes each matrix's gradient with one matrix
+product instead of going through hundreds of autograd nodes.
+
+Two ways to pay for the backward pass:
+
+* *stored* (``low_memory=False``): the forward pass keeps the input of every application, so
+  the backward pass is exactly two products per application (the input's gradient and the
+  matrix's gradient). Used when those states fit the memory budget (small and mid-size layers).
+* *low memory*: only the last layer's input is kept. The backward pass recomputes each
+  layer's input from the start, and inside a layer recomputes the input of each application
+  from the layer's input, working in place on preallocated states. At most four states of
+  ``2**Q`` numbers are alive (the incoming gradient, the running gradient, the layer's input
+  and a work state), whatever the depth and the number of gates.
+
+Applications are of three kinds. ``tail``: the state viewed as ``(n, c_in)`` times a
+``(c_in, c_out)`` matrix (the first layer grows the product state this way). ``rot``: a
+``K × K`` block on the last ``log2 K`` indices, computed as ``B @ X.T`` so that the result has
+those indices first (a sweep of such products over a Kronecker product of blocks needs no
+transposing copy). ``mid``: a ``K × K`` block on indices ``[lo, lo + w)`` of the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+# Entries processed per in-place chunk: a quarter of a 4 MiB L2 cache in float32 on the CPU;
+# on a GPU the chunk only bounds the temporary's size.
+CPU_CHUNK = 1 << 18
+GPU_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class App:
+    """One application of ``mats[m]`` to the state (see the module docstring)."""
+
+    kind: str  # "tail", "rot" or "mid"
+    m: int
+    a: int = 0  # tail: c_in; mid: lo
+    b: int = 0  # tail: c_out; mid: width
+    c: int = 0  # mid: number of indices of the state
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The compiled network: applications per layer (layer 0 acts on the product state)."""
+
+    num_bits: int
+    fast: tuple[tuple[App, ...], ...]  # rotating sweeps, out of place
+    low: tuple[tuple[App, ...], ...]  # the same products as in-place ``mid`` applications
+    slope: float | None  # activation between layers: None identity, 0.0 ReLU, else leaky
+    normalise: bool
+
+
+# ------------------------------------------------------------------------------- kernels
+def apply_on_axis(view: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (k_out × k_in) applied to the middle axis of ``view`` (L, k_in, R), flattened.
+
+    The fastest kernel depends on the outer sizes (measured on CPU): plain matrix products when
+    one side is 1, a broadcast batched product for long rows, einsum for short ones.
+    """
+    left, _, right = view.shape
+    if right == 1:
+        out = view.squeeze(2) @ matrix.T
+    elif left == 1:
+        out = matrix @ view.squeeze(0)
+    elif right >= 16:
+        out = torch.matmul(matrix, view)
+    else:
+        out = torch.einsum("ij,ljr->lir", matrix, view)
+    return out.reshape(-1)
+
+
+def _mid_view(state: torch.Tensor, app: App) -> torch.Tensor:
+    return state.view(1 << app.a, 1 << app.b, -1)
+
+
+def _apply(app: App, matrix: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """Out-of-place application."""
+    if app.kind == "tail":
+        return (state.view(-1, app.a) @ matrix).view(-1)
+    if app.kind == "rot":
+        return torch.mm(matrix, state.view(-1, matrix.shape[1]).t()).view(-1)
+    return apply_on_axis(_mid_view(state, app), matrix)
+
+
+def _backward(app: App, matrix: torch.Tensor, state: torch.Tensor, grad: torch.Tensor,
+              need_input: bool = True):
+    """(gradient of the application's input, gradient of its matrix)."""
+    if app.kind == "tail":
+        inputs, grads = state.view(-1, app.a), grad.view(-1, app.b)
+        d_input = (grads @ matrix.t()).view(-1) if need_input else None
+        return d_input, inputs.t() @ grads
+    if app.kind == "rot":
+        k = matrix.shape[0]
+        grads = grad.view(k, -1)
+        d_input = torch.mm(grads.t(), matrix).view(-1) if need_input else None
+        return d_input, grads @ state.view(-1, k)
+    d_input = apply_on_axis(_mid_view(grad, app), matrix.t()) if need_input else None
+    return d_input, _mid_gram(_mid_view(grad, app), _mid_view(state, app), CPU_CHUNK)
+
+
+def _mid_gram(grad: torch.Tensor, state: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``sum_{l,r} grad[l, i, r] * state[l, j, r]`` without a temporary the size of the state."""
+    left, k, right = grad.shape
+    if right == 1:
+        return grad.squeeze(2).t() @ state.squeeze(2)
+    if left == 1:
+        return grad.squeeze(0) @ state.squeeze(0).t()
+    step = max(1, chunk // (k * right))
+    total = None
+    for lo in range(0, left, step):
+        part = torch.einsum("lir,ljr->ij", grad[lo:lo + step], state[lo:lo + step])
+        total = part if total is None else total + part
+    return total
+
+
+def _apply_inplace(app: App, matrix: torch.Tensor, state: torch.Tensor, chunk: int) -> None:
+    """A ``mid`` application computed chunk by chunk into the state's own memory."""
+    view = _mid_view(state, app)
+    left, k, right = view.shape
+    if right == 1:
+        rows = view.squeeze(2)
+        step = max(1, chunk // k)
+        for lo in range(0, left, step):
+            part = rows[lo:lo + step]
+            part.copy_(part @ matrix.T)
+    elif k * right <= chunk:
+        step = max(1, chunk // (k * right))
+        for lo in range(0, left, step):
+            part = view[lo:lo + step]
+            part.copy_(apply_on_axis(part, matrix).view_as(part))
+    else:
+        step = max(1, chunk // k)
+        for row in range(left):
+            for lo in range(0, right, step):
+                part = view[row, :, lo:lo + step]
+                part.copy_(matrix @ part)
+
+
+# --------------------------------------------------------------------------- the network
+def _activate_(state: torch.Tensor, slope: float | None) -> torch.Tensor:
+    if slope is None:
+        return state
+    if slope == 0.0:
+        return state.relu_()
+    return torch.nn.functional.leaky_relu_(state, slope)
+
+
+def _inverse_rms(state: torch.Tensor) -> torch.Tensor:
+    rms = torch.linalg.vector_norm(state) / (state.numel() ** 0.5)
+    return 1.0 / rms.clamp_min(torch.finfo(state.dtype).tiny)
+
+
+def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan) -> torch.Tensor:
+    """Gradient through ``activation`` and the division by the rms (``grad`` may be edited).
+
+    ``grad`` arrives as the gradient with respect to the activated state ``a`` through the
+    layer's products (whose first matrix carries the factor ``1/rms(a)``); the factor's own
+    dependence on ``a`` adds ``-a * <a, grad> / (N * rms(a)**2)``. Each step is one fused
+    pass (a multiply-add in place, then the activation's own backward kernel).
+    """
+    if plan.normalise:
+        coefficient = torch.dot(layer_input, grad) * (inverse_rms.square() / layer_input.numel())
+        grad.addcmul_(layer_input, coefficient, value=-1.0)
+    # a > 0 exactly where the pre-activation is > 0 (the slopes are positive), so the
+    # activations' backward kernels can read the activated state.
+    if plan.slope == 0.0:
+        return torch.ops.aten.threshold_backward(grad, layer_input, 0.0)
+    if plan.slope is not None:
+        return torch.ops.aten.leaky_relu_backward(grad, layer_input, plan.slope, True)
+    return grad
+
+
+def _first_layer(plan: Plan, mats, keep: list | None = None) -> torch.Tensor:
+    ref = mats[plan.fast[0][0].m]
+    state = torch.ones(1, dtype=ref.dtype, device=ref.device)
+    for app in plan.fast[0]:
+        if keep is not None:
+            keep.append(state)
+        state = _apply(app, mats[app.m], state)
+    return state
+
+
+def _chunk_for(state: torch.Tensor) -> int:
+    return CPU_CHUNK if state.device.type == "cpu" else GPU_CHUNK
+
+
+def forward_state(plan: Plan, mats: Sequence[torch.Tensor], low_memory: bool = False,
+                  saved: list | None = None, inverse_rms: list | None = None,
+                  stop_layer: int | None = None) -> torch.Tensor:
+    """The network's output state (or, with ``stop_layer``, the activated input of that
+    layer). ``saved`` collects what the backward pass needs (every application's input,
+    or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors."""
+    stop = len(plan.fast) if stop_layer is None else stop_layer
+    state = _first_layer(plan, mats, saved if (saved is not None and not low_memory) else None)
+    chunk = _chunk_for(state)
+    for layer in range(1, stop + (stop_layer is not None)):
+        state = _activate_(state, plan.slope)
+        if layer == stop:
+            return state
+        factor = _inverse_rms(state) if plan.normalise else None
+        if inverse_rms is not None:
+            inverse_rms.append(factor)
+        if low_memory:
+            if saved is not None and layer == len(plan.fast) - 1:
+                saved.append(state)
+                state = state.clone()
+            for j, app in enumerate(plan.low[layer]):
+                matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
+                _apply_inplace(app, matrix, state, chunk)
+        else:
+            for j, app in enumerate(plan.fast[layer]):
+                if saved is not None:
+                    saved.append(state)
+                matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
+                state = _apply(app, matrix, state)
+    return state
+
+
+class NetworkState(torch.autograd.Function):
+    """``apply(plan, low_memory, *mats)`` → the network's output state (``2**Q`` numbers)."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, low_memory: bool, *mats):
+        saved: list = []
+        inverse_rms: list = []
+        out = forward_state(plan, mats, low_memory, saved, inverse_rms)
+        ctx.plan, ctx.low_memory = plan, low_memory
+        ctx.num_mats, ctx.num_saved = len(mats), len(saved)
+        ctx.save_for_backward(*mats, *saved, *inverse_rms)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        plan = ctx.plan
+        tensors = ctx.saved_tensors
+        mats = tensors[: ctx.num_mats]
+        saved = list(tensors[ctx.num_mats: ctx.num_mats + ctx.num_saved])
+        inverse_rms = list(tensors[ctx.num_mats + ctx.num_saved:])
+        needs = ctx.needs_input_grad[2:]
+        grads: list = [None] * len(mats)
+        grad = grad_out.contiguous()
+        if ctx.low_memory:
+            grad = _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
+        else:
+            grad = _backward_stored(plan, mats, saved, inverse_rms, grad, grads)
+        del grad
+        return (None, None, *(g if need else None for g, need in zip(grads, needs)))
+
+
+def _backward_stored(plan, mats, saved, inverse_rms, grad, grads):
+    for layer in range(len(plan.fast) - 1, -1, -1):
+        apps = plan.fast[layer]
+        factor = inverse_rms[layer - 1] if (layer and plan.normalise) else None
+        for j in range(len(apps) - 1, -1, -1):
+            app, state = apps[j], saved.pop()
+            matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
+            need_input = layer > 0 or j > 0
+            grad_in, grad_matrix = _backward(app, matrix, state, grad, need_input)
+            grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
+            # grad_in is a fresh tensor (never the incoming gradient): safe to edit in place.
+            grad = _transition_backward_(grad_in, state, factor, plan) if layer and not j else grad_in
+    return grad
+
+
+def _backward_low_memory(plan, mats, saved, inverse_rms, grad_out, grads):
+    depth = len(plan.fast)
+    grad = grad_out.clone() if depth > 1 else grad_out
+    chunk = _chunk_for(grad)
+    for layer in range(depth - 1, 0, -1):
+        if layer == depth - 1 and saved:
+            layer_input = saved.pop()
+        else:
+            layer_input = forward_state(plan, mats, low_memory=True, stop_layer=layer)
+        factor = inverse_rms[layer - 1] if plan.normalise else None
+        apps = plan.low[layer]
+        effective = [mats[a.m] if (j or factor is None) else mats[a.m] * factor
+                     for j, a in enumerate(apps)]
+        work = torch.empty_like(layer_input) if len(apps) > 1 else None
+        for j in range(len(apps) - 1, -1, -1):
+            if j == 0:
+                state = layer_input
+            else:
+                # The input of application j, recomputed from the layer's input in place.
+                work.copy_(layer_input)
+                for i in range(j):
+                    _apply_inplace(apps[i], effective[i], work, chunk)
+                state = work
+            app = apps[j]
+            grad_matrix = _mid_gram(_mid_view(grad, app), _mid_view(state, app), chunk)
+            grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
+            _apply_inplace(app, effective[j].t(), grad, chunk)
+        del work
+        grad = _transition_backward_(grad, layer_input, factor, plan)
+        del layer_input
+    # The first layer: its states are at most a quarter of the output, recomputed and kept.
+    keep: list = []
+    _first_layer(plan, mats, keep)
+    apps = plan.fast[0]
+    for j in range(len(apps) - 1, -1, -1):
+        grad, grads[apps[j].m] = _backward(apps[j], mats[apps[j].m], keep.pop(), grad, j > 0)
+    return grad
