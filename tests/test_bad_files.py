@@ -124,7 +124,7 @@ BAD_FILES = {
                             r"'conv1.bias': shape \[6\] of F64 needs 48 bytes but its byte "
                             r"range holds 24"),
     "integer ADTN tensor": (edit_header(lambda h: h["fc1.adtn.gates.9"].update(dtype="I32")),
-                            r"'fc1.adtn.gates.9' has dtype I32; ADTN tensors must be floating"),
+                            r"'fc1.adtn.gates.9' has dtype I32; encoding tensors must be floating"),
     "shape differs from metadata": (edit_header(resize_first_gate),
                                     r"'fc1.adtn.gates.0' has shape \[2, 2\] but the metadata "
                                     r"describes \[4, 1\]"),
@@ -168,8 +168,11 @@ BAD_FILES = {
                           r"the tensor data does not match its checksum; the file is corrupted"),
     "malformed checksum": (edit_metadata(lambda d: d.update(data_sha256="00")),
                            r"data_sha256 must be 64 lowercase hexadecimal digits"),
-    "unknown encoding": (edit_metadata(lambda d: fc1(d).update(encoding="tt")),
-                         r"layers\[0\]\.encoding is 'tt'; this version of ADTN Studio reads adtn"),
+    "unknown encoding": (edit_metadata(lambda d: fc1(d).update(encoding="mera")),
+                         r"layers\[0\]\.encoding is 'mera'; this version of ADTN Studio reads "
+                         r"adtn, tt, lowrank, tucker, cp"),
+    "known encoding, wrong record": (edit_metadata(lambda d: fc1(d).update(encoding="tt")),
+                                     r"layers\[0\]\.options is missing"),
     "gate layer skipped": (edit_metadata(skip_a_gate_layer),
                            r"gates must run through gate layers 0 to 2 in contraction order"),
 }

@@ -119,3 +119,60 @@ def test_materialised_weights_match_the_bundle_model(trained):
     dense = materialize(model)
     with torch.no_grad():
         torch.testing.assert_close(dense.fc1.weight, model.fc1.adtn())
+
+
+MIXED = [LayerSpec("conv1", encoding="tucker", ranks=[3, 1, 3, 2]),
+         LayerSpec("conv2", encoding="cp", rank=5),
+         LayerSpec("fc1", encoding="tt", ranks=[3, 2], factors=[[4, 5, 6], [4, 10, 10]]),
+         LayerSpec("fc2", encoding="lowrank", rank=4),
+         LayerSpec("fc3", depth=2)]
+
+
+def test_every_encoding_round_trips_with_its_own_factors(tmp_path):
+    torch.manual_seed(0)
+    config = RunConfig(model="lenet5", dataset="synthetic", layers=list(MIXED))
+    model = build_model("lenet5", 1, 28, 10)
+    compress(model, config.layers)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    path = tmp_path / "mixed.adtn"
+    save_bundle(model.eval(), path, config)
+    document = read_bundle_metadata(path)
+    by_name = {layer.name: layer for layer in document.layers}
+    assert {n: l.encoding for n, l in by_name.items()} == {
+        "conv1": "tucker", "conv2": "cp", "fc1": "tt", "fc2": "lowrank", "fc3": "adtn"}
+    assert {f.role for f in by_name["fc1"].factors} == {"core_0", "core_1", "core_2"}
+    assert by_name["fc2"].options == {"rank": 4}
+    stored = load_file(str(path))
+    assert "fc1.weight" not in stored and stored["fc2.lowrank.U"].shape == (84, 4)
+    loaded = load_bundle(path)
+    batch = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), model(batch))
+        assert torch.allclose(materialize(loaded)(batch), model(batch), atol=1e-5)
+    assert loaded.fc1.encoding == "tt"
+    loaded.train()
+    loaded(batch).sum().backward()
+    assert loaded.fc2.lowrank.U.grad is not None
+
+
+def test_factor_shapes_that_disagree_with_the_options_are_refused(tmp_path):
+    torch.manual_seed(0)
+    config = RunConfig(model="lenet5", dataset="synthetic", layers=list(MIXED))
+    model = build_model("lenet5", 1, 28, 10)
+    compress(model, config.layers)
+    path = tmp_path / "mixed.adtn"
+    save_bundle(model.eval(), path, config)
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    document = json.loads(header["__metadata__"]["adtn"])
+    layer = next(entry for entry in document["layers"] if entry["name"] == "fc2")
+    layer["options"]["rank"] = 5  # the stored U and V have rank 4
+    header["__metadata__"]["adtn"] = json.dumps(document)
+    text = json.dumps(header).encode()
+    bad = tmp_path / "bad.adtn"
+    bad.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+    with pytest.raises(BundleError, match=r"factors\[\d\]\.shape"):
+        load_bundle(bad)

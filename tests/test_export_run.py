@@ -189,3 +189,25 @@ def load_bundle_model():
     model = build_model("fc2", 1, 28, 10)
     compress(model, [LayerSpec("fc2")])
     return model
+
+
+def test_every_encoding_exports_to_all_formats_verified(tmp_path):
+    """Bundle, dense safetensors and ONNX of a model holding every encoding agree."""
+    import torch
+
+    from engine.compression import compress
+    from engine.export.run_export import export_model
+    from engine.layer_spec import LayerSpec as Spec
+    from engine.models import build_model
+
+    torch.manual_seed(0)
+    config = RunConfig(model="lenet5", dataset="synthetic", name="mixed", layers=[
+        Spec("conv1", encoding="tucker", ranks=[3, 1, 3, 2]), Spec("conv2", encoding="cp", rank=5),
+        Spec("fc1", encoding="tt", budget=900), Spec("fc2", encoding="lowrank", rank=4),
+        Spec("fc3", depth=2)])
+    model = build_model("lenet5", 1, 28, 10)
+    compress(model, config.layers)
+    report = export_model(model, config, tmp_path / "out")
+    assert {written.format for written in report.files} == {"adtn", "dense", "onnx"}
+    assert report.passed and report.max_abs_diff <= report.tolerance
+    assert (tmp_path / "out" / "mixed.adtn").is_file() and (tmp_path / "out" / "mixed.onnx").is_file()

@@ -61,6 +61,39 @@ def rebuild_weight(layer, tensors):
     return float(tensors[layer["scale"]]) * weight / np.sqrt(np.mean(weight**2))
 
 
+def rebuild_factor_weight(layer, tensors):
+    """Section 4: a TT-matrix, U·V, Tucker or CP layer from its factors."""
+    factor = {f["role"]: tensors[f["tensor"]].astype(np.float64) for f in layer["factors"]}
+    shape, kind, options = layer["weight_shape"], layer["encoding"], layer["options"]
+    if kind == "lowrank":
+        return (factor["U"] @ factor["V"]).reshape(shape)
+    if kind == "tt":
+        cores = [factor[f"core_{k}"] for k in range(len(options["ranks"]) + 1)]
+        result = cores[0]  # (1, m1, n1, r1)
+        for core in cores[1:]:
+            result = np.tensordot(result, core, axes=([-1], [0]))
+        result = result.reshape(result.shape[1:-1])  # (m1, n1, m2, n2, ..., md, nd)
+        d = len(cores)
+        result = result.transpose([2 * k for k in range(d)] + [2 * k + 1 for k in range(d)])
+        rows, cols = int(np.prod(options["out_factors"])), int(np.prod(options["in_factors"]))
+        return result.reshape(rows, cols).reshape(shape)
+    if kind == "tucker":
+        result = factor["core"]
+        for mode in range(len(shape)):
+            result = np.moveaxis(np.tensordot(factor[f"factor_{mode}"], result, axes=([1], [mode])),
+                                 0, mode)
+        return result
+    if kind == "cp":
+        result = np.zeros(shape)
+        for r in range(options["rank"]):
+            term = factor["weights"][r]
+            for mode in range(len(shape)):
+                term = np.multiply.outer(term, factor[f"factor_{mode}"][:, r])
+            result += term
+        return result
+    raise AssertionError(kind)
+
+
 def check_sha256(tensors, meta):
     """The data_sha256 of section 2, when the file has one."""
     digest = hashlib.sha256()
@@ -76,7 +109,11 @@ def read_bundle(path):
     check_sha256(tensors, meta)
     state = dict(tensors)
     for layer in meta["layers"]:
-        assert layer.get("encoding", "adtn") == "adtn"
+        if layer.get("encoding", "adtn") != "adtn":
+            state[layer["weight_key"]] = rebuild_factor_weight(layer, tensors)
+            for factor in layer["factors"]:
+                del state[factor["tensor"]]
+            continue
         state[layer["weight_key"]] = rebuild_weight(layer, tensors)
         for gate in layer["gates"]:
             del state[gate["tensor"]]
@@ -121,6 +158,23 @@ def test_numpy_reader_rebuilds_every_weight(tmp_path):
     assert "rebuilt 10 tensors" in result.stdout
 
 
+def test_numpy_reader_rebuilds_every_encoding(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        write_bundle_and_expected(tmp_path / "model.adtn", tmp_path / "expected.npz",
+                                  layers=MIXED_ENCODINGS)
+    finally:
+        torch.set_num_threads(threads)
+    result = subprocess.run([sys.executable, __file__, str(tmp_path / "model.adtn"),
+                             str(tmp_path / "expected.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt 10 tensors" in result.stdout
+
+
 def test_numpy_reader_checks_the_checksum_and_reads_gates_by_name(tmp_path):
     """The spec's checksum is the one the engine writes, and a file whose gate names are
     permuted is rebuilt the same way by the spec's reader and by the engine."""
@@ -156,8 +210,17 @@ def test_numpy_reader_checks_the_checksum_and_reads_gates_by_name(tmp_path):
     assert torch.is_tensor(engine_weight)
 
 
-def write_bundle_and_expected(bundle, expected):
-    """Harness: a bundle with every activation, layout and column kind, and its dense weights."""
+# Every encoding in one LeNet-5 (layer name, encoding, options).
+MIXED_ENCODINGS = (("conv1", "tucker", {"ranks": [3, 1, 3, 2]}),
+                   ("conv2", "cp", {"rank": 5}),
+                   ("fc1", "tt", {"ranks": [3, 2], "factors": [[4, 5, 6], [4, 10, 10]]}),
+                   ("fc2", "lowrank", {"rank": 4}),
+                   ("fc3", "adtn", {"depth": 2}))
+
+
+def write_bundle_and_expected(bundle, expected, layers=None):
+    """Harness: a bundle with every activation, layout and column kind (or the given
+    encodings), and its dense weights."""
     import torch
 
     from engine.compression import LayerSpec, compress, materialize
@@ -166,12 +229,14 @@ def write_bundle_and_expected(bundle, expected):
     from engine.models import build_model
 
     torch.manual_seed(1)
-    config = RunConfig(model="lenet5", dataset="synthetic", layers=[
+    specs = [
         LayerSpec("conv2", depth=3, activation="relu", layout="brick"),
         LayerSpec("fc1", depth=2, activation="leaky_relu", layout="stair"),
         LayerSpec("fc2", depth=2, activation="none", layout="brick"),
         LayerSpec("fc3", depth=1),
-    ])
+    ] if layers is None else [LayerSpec(name, encoding=encoding, **options)
+                              for name, encoding, options in layers]
+    config = RunConfig(model="lenet5", dataset="synthetic", layers=specs)
     model = build_model("lenet5", 1, 28, 10)
     compress(model, config.layers)
     with torch.no_grad():  # move away from the orthogonal initialisation, as training would

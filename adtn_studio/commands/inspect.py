@@ -66,11 +66,11 @@ def format_summary(summary) -> str:
                      f"{model.image_size} inputs, {model.num_classes} classes; "
                      f"data set: {meta.dataset}")
     if meta.layers:
-        lines.append("ADTN layers" + (" (materialised in this file):" if meta.format == "adtn-dense"
-                                      else ":"))
+        lines.append("encoded layers" + (" (materialised in this file):"
+                                         if meta.format == "adtn-dense" else ":"))
         lines += layer_table(meta.layers)
     else:
-        lines.append("ADTN layers: none")
+        lines.append("encoded layers: none")
     if meta.config is not None:
         lines.append("run configuration:")
         lines += [f"  {key} = {_short(value)}" for key, value in meta.config.items()]
@@ -78,18 +78,15 @@ def format_summary(summary) -> str:
 
 
 def layer_table(layers) -> list[str]:
-    header = ("layer", "weight shape", "padded", "Q", "depth", "layout", "activation", "gates",
-              "params", "dense", "ratio")
+    header = ("layer", "encoding", "weight shape", "params", "dense", "ratio", "options")
     rows = []
     for layer in layers:
-        params = sum(4 * len(g.columns) for g in layer.gates) + 1  # local tensors + scale
+        params = layer.params
         dense = math.prod(layer.weight_shape)
-        rows.append((layer.name, "×".join(map(str, layer.weight_shape)),
-                     "×".join(map(str, layer.padded_shape)), str(layer.Q), str(layer.depth),
-                     layer.layout, layer.activation, str(len(layer.gates)), f"{params:,}",
-                     f"{dense:,}", f"{dense / params:,.1f}x"))
+        rows.append((layer.name, layer.encoding, "×".join(map(str, layer.weight_shape)),
+                     f"{params:,}", f"{dense:,}", f"{dense / params:,.1f}x", layer.detail))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return ["  " + "  ".join(cell.ljust(w) if i < 7 else cell.rjust(w)
+    return ["  " + "  ".join(cell.ljust(w) if i in (0, 1, 2, 6) else cell.rjust(w)
                              for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
             for row in (header, *rows)]
 

@@ -53,6 +53,15 @@ class Encoding(ABC):
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         """A fresh weight generator whose weight has about ``init_std`` standard deviation."""
 
+    def factor_shapes(self, weight_shape: tuple[int, ...], options: dict) -> dict[str, tuple]:
+        """The shape of each stored factor (``named_factors()`` of the generator), from the
+        options alone: what an export checks a file against before building anything."""
+        raise NotImplementedError(self.name)
+
+    def spec_fields(self, options: dict) -> dict[str, Any]:
+        """``LayerSpec`` fields that rebuild exactly this plan (explicit ranks, no budget)."""
+        raise NotImplementedError(self.name)
+
 
 def matrix_shape(weight_shape: Sequence[int]) -> tuple[int, int]:
     """A weight read as a matrix: (outputs, everything else)."""

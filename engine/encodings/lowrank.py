@@ -71,5 +71,12 @@ class LowRankEncoding(Encoding):
         detail = f"rank {rank}: {out}×{rank} · {rank}×{inputs}"
         return EncodingPlan(self.name, tuple(weight_shape), {"rank": rank}, params, detail, budget)
 
+    def factor_shapes(self, weight_shape, options) -> dict[str, tuple]:
+        out, inputs = matrix_shape(weight_shape)
+        return {"U": (out, options["rank"]), "V": (options["rank"], inputs)}
+
+    def spec_fields(self, options) -> dict:
+        return {"rank": int(options["rank"])}
+
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         return LowRankWeight(plan.weight_shape, plan.options["rank"], init_std)

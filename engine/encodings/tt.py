@@ -162,6 +162,16 @@ class TTEncoding(Encoding):
                   f"{'×'.join(map(str, in_f))}, ranks {'-'.join(map(str, [1, *ranks, 1]))}")
         return EncodingPlan(self.name, tuple(weight_shape), options, params, detail, budget)
 
+    def factor_shapes(self, weight_shape, options) -> dict[str, tuple]:
+        out_f, in_f, ranks = options["out_factors"], options["in_factors"], options["ranks"]
+        bonds = [1, *ranks, 1]
+        return {f"core_{k}": (bonds[k], m, n, bonds[k + 1])
+                for k, (m, n) in enumerate(zip(out_f, in_f))}
+
+    def spec_fields(self, options) -> dict:
+        return {"factors": [list(options["out_factors"]), list(options["in_factors"])],
+                "ranks": list(options["ranks"])}
+
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         o = plan.options
         return TTMatrixWeight(plan.weight_shape, o["out_factors"], o["in_factors"], o["ranks"],

@@ -103,6 +103,14 @@ class TuckerEncoding(Encoding):
         detail = f"Tucker ranks {'×'.join(map(str, ranks))}"
         return EncodingPlan(self.name, shape, {"ranks": list(ranks)}, params, detail, budget)
 
+    def factor_shapes(self, weight_shape, options) -> dict[str, tuple]:
+        ranks = options["ranks"]
+        shapes = {f"factor_{i}": (d, r) for i, (d, r) in enumerate(zip(weight_shape, ranks))}
+        return shapes | {"core": tuple(ranks)}
+
+    def spec_fields(self, options) -> dict:
+        return {"ranks": list(options["ranks"])}
+
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         return FactorizedWeight(plan.weight_shape, "tucker", list(plan.options["ranks"]), init_std)
 
@@ -129,6 +137,14 @@ class CPEncoding(Encoding):
             rank = best[1]
         params = cp_count(shape, rank)
         return EncodingPlan(self.name, shape, {"rank": rank}, params, f"CP rank {rank}", budget)
+
+    def factor_shapes(self, weight_shape, options) -> dict[str, tuple]:
+        rank = options["rank"]
+        shapes = {f"factor_{i}": (d, rank) for i, d in enumerate(weight_shape)}
+        return shapes | {"weights": (rank,)}
+
+    def spec_fields(self, options) -> dict:
+        return {"rank": int(options["rank"])}
 
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         return FactorizedWeight(plan.weight_shape, "cp", int(plan.options["rank"]), init_std)

@@ -26,6 +26,7 @@ from engine.export.atomic import StagedFiles
 from engine.export.errors import BundleError
 from engine.export.metadata import (
     ADTN_ENCODING,
+    FACTOR_ENCODINGS,
     BUNDLE_FORMAT,
     METADATA_KEY,
     ExportMetadata,
@@ -235,7 +236,7 @@ def estimated_load_bytes(header: SafetensorsHeader, document: ExportMetadata,
     else:
         dense = sum(entry.end - entry.begin for entry in header.tensors.values()) + sum(
             4 * math.prod(layer.weight_shape) for layer in document.layers)
-    contraction = sum(STATE_VECTORS_AT_PEAK * 4 * (1 << layer.Q) for layer in document.layers)
+    contraction = sum(layer.peak_bytes for layer in document.layers)
     return dense + contraction
 
 
@@ -243,7 +244,7 @@ def _check_memory(header: SafetensorsHeader, document: ExportMetadata,
                   skeleton: nn.Module | None) -> None:
     need = estimated_load_bytes(header, document, skeleton)
     if need > MAX_LOAD_BYTES:
-        largest = max((layer.Q for layer in document.layers), default=0)
+        largest = max((getattr(layer, "Q", 0) for layer in document.layers), default=0)
         raise BundleError(f"{header.path.name}: the model it describes would need about "
                           f"{need / 2**30:.1f} GiB to load (largest ADTN: Q = {largest}); "
                           f"the limit is {MAX_LOAD_BYTES / 2**30:.0f} GiB")
@@ -296,9 +297,14 @@ def _check_adtn_network(file_name: str, layer: LayerRecord) -> None:
                           "slope differ)")
 
 
+def _check_factors(file_name: str, layer) -> None:
+    """Factor layers were fully checked against their options when the metadata was parsed."""
+
+
 # One check, rebuild and tensor mapping per encoding (metadata.ENCODINGS); adding an encoding
 # adds an entry to each.
-_LAYER_CHECKS = {ADTN_ENCODING: _check_adtn_network}
+_LAYER_CHECKS = {ADTN_ENCODING: _check_adtn_network} | {
+    name: _check_factors for name in FACTOR_ENCODINGS}
 
 
 # ------------------------------------------------------------------------------- building
@@ -306,9 +312,13 @@ def _compress_as_described(
     header: SafetensorsHeader, document: ExportMetadata, model: nn.Module
 ) -> None:
     from engine.compression import LayerSpec, compress
+    from engine.encodings import get_encoding
 
     specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout)
-             for layer in document.layers if layer.encoding == ADTN_ENCODING]
+             if layer.encoding == ADTN_ENCODING else
+             LayerSpec(layer.name, encoding=layer.encoding,
+                       **get_encoding(layer.encoding).spec_fields(layer.options))
+             for layer in document.layers]
     try:
         compress(model, specs)
     except (ValueError, KeyError) as exc:
@@ -326,7 +336,24 @@ def _adtn_state(layer: LayerRecord, tensors: dict[str, torch.Tensor]) -> dict[st
     return state
 
 
-_LAYER_STATES = {ADTN_ENCODING: _adtn_state}
+def _factor_state(layer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A factor layer's state entries: each factor by its role, under the key the rebuilt
+    layer's generator keeps that factor."""
+    from engine.compression import LayerSpec
+    from engine.encodings import get_encoding, plan_layer
+
+    coder = get_encoding(layer.encoding)
+    plan = plan_layer(LayerSpec(layer.name, encoding=layer.encoding,
+                                **coder.spec_fields(layer.options)), layer.weight_shape)
+    with torch.device("meta"):  # only the parameter names are needed: nothing allocated
+        generator = coder.build(plan, 1.0)
+    keys = {id(p): key for key, p in generator.named_parameters()}
+    prefix = f"{layer.name}.{layer.encoding}"
+    roles = {role: keys[id(t)] for role, t in generator.named_factors().items()}
+    return {f"{prefix}.{roles[f.role]}": tensors.pop(f.tensor) for f in layer.factors}
+
+
+_LAYER_STATES = {ADTN_ENCODING: _adtn_state} | {name: _factor_state for name in FACTOR_ENCODINGS}
 
 
 def _state_by_name(document: ExportMetadata, tensors: dict[str, torch.Tensor]

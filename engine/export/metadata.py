@@ -29,7 +29,11 @@ FORMAT_VERSION = 1
 # How a layer's weight is stored. Each encoding has its own record parser here and its own
 # rebuild in the bundle loader; a file naming one this version does not know is refused.
 ADTN_ENCODING = "adtn"
-ENCODINGS = (ADTN_ENCODING,)
+# Encodings stored as named factor tensors with a few integer options (docs/FORMAT.md §4).
+FACTOR_ENCODINGS = ("tt", "lowrank", "tucker", "cp")
+ENCODINGS = (ADTN_ENCODING, *FACTOR_ENCODINGS)
+# A factor layer's options are a handful of small integer lists; bound what a file may claim.
+MAX_FACTOR_NUMBERS = 1 << 28
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -61,9 +65,69 @@ class LayerRecord:
     gates: tuple[GateRecord, ...]
     encoding: str = ADTN_ENCODING
 
+    def tensor_names(self) -> list[str]:
+        """Every tensor name the record lists (a name listed twice is an error)."""
+        return [self.scale, *(g.tensor for g in self.gates)]
+
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """The stored tensors that replace this layer's weight, and their shapes."""
         return {self.scale: ()} | {g.tensor: (4, len(g.columns)) for g in self.gates}
+
+    @property
+    def peak_bytes(self) -> int:
+        """Memory of the contraction at its peak: about nine float32 states of 2**Q numbers
+        (measured; see engine.export.bundle)."""
+        return 9 * 4 * (1 << self.Q)
+
+    @property
+    def detail(self) -> str:
+        return f"depth {self.depth}, {self.layout}, {self.activation}, Q = {self.Q}"
+
+    @property
+    def params(self) -> int:
+        """Stored numbers: the local tensors and the scale."""
+        return sum(4 * len(g.columns) for g in self.gates) + 1
+
+
+@dataclass(frozen=True)
+class FactorRecord:
+    """One stored factor of a shallow encoding: its role (``core_0``, ``U``, ...), tensor
+    name and shape."""
+
+    role: str
+    tensor: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FactorLayerRecord:
+    """A layer encoded as a TT-matrix, ``U · V``, Tucker or CP: its options and factors."""
+
+    name: str
+    weight_key: str
+    weight_shape: tuple[int, ...]
+    encoding: str
+    options: dict[str, Any]
+    factors: tuple[FactorRecord, ...]
+
+    def tensor_names(self) -> list[str]:
+        return [f.tensor for f in self.factors]
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f.tensor: f.shape for f in self.factors}
+
+    @property
+    def peak_bytes(self) -> int:
+        """The generated weight and one intermediate of its size, float32."""
+        return 2 * 4 * math.prod(self.weight_shape)
+
+    @property
+    def detail(self) -> str:
+        return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in self.options.items())
+
+    @property
+    def params(self) -> int:
+        return sum(math.prod(f.shape) for f in self.factors)
 
 
 @dataclass(frozen=True)
@@ -102,13 +166,30 @@ def producer() -> str:
         return "adtn-studio"
 
 
-def compressed_layers(model: nn.Module) -> list[tuple[str, ADTN]]:
-    """``(layer name, its ADTN)`` for every compressed layer of ``model``, in module order."""
-    return [
-        (name, module.adtn)
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "adtn", None), ADTN)
-    ]
+def compressed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(layer name, the layer)`` for every encoded layer of ``model``, in module order."""
+    from engine.layers import ENCODED_LAYER_TYPES
+
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, ENCODED_LAYER_TYPES)]
+
+
+def encoded_layer_record(name: str, layer: nn.Module) -> LayerRecord | FactorLayerRecord:
+    """The record of one encoded layer, whatever its encoding."""
+    if layer.encoding == ADTN_ENCODING:
+        return layer_record(name, layer.adtn)
+    keys = {id(p): key for key, p in layer.named_parameters(prefix=name)}
+    factors = tuple(FactorRecord(role, keys[id(tensor)], tuple(tensor.shape))
+                    for role, tensor in layer.generator.named_factors().items())
+    return FactorLayerRecord(name=name, weight_key=f"{name}.weight",
+                             weight_shape=tuple(layer.plan.weight_shape),
+                             encoding=layer.encoding, options=_plain(layer.plan.options),
+                             factors=factors)
+
+
+def _plain(options: dict) -> dict[str, Any]:
+    return {key: (list(value) if isinstance(value, (list, tuple)) else value)
+            for key, value in options.items()}
 
 
 def layer_record(name: str, adtn: ADTN) -> LayerRecord:
@@ -153,7 +234,7 @@ def build_metadata(model: nn.Module, config: Any, format: str,
         model=model_record(config),
         dataset=None if config is None else config.dataset,
         config=None if config is None else config.to_dict(),
-        layers=tuple(layer_record(name, adtn) for name, adtn in compressed_layers(model)),
+        layers=tuple(encoded_layer_record(name, layer) for name, layer in compressed_layers(model)),
         data_sha256=data_sha256,
     )
 
@@ -275,7 +356,52 @@ def _parse_adtn_layer(file_name: str, index: int, reader: _Reader) -> LayerRecor
     )
 
 
-_LAYER_PARSERS = {ADTN_ENCODING: _parse_adtn_layer}
+def _parse_factor_layer(file_name: str, index: int, reader: _Reader) -> FactorLayerRecord:
+    """A shallow encoding's layer: its options are checked by replanning them (the count and
+    every factor shape follow from the options), then each listed factor against them."""
+    from engine.encodings import get_encoding
+    from engine.layer_spec import LayerSpec
+
+    encoding = reader.choice("encoding", FACTOR_ENCODINGS)
+    shape = reader.ints("weight_shape", 1, 2**MAX_Q)
+    options = reader.get("options", dict)
+    for key, value in options.items():
+        flat = value if isinstance(value, list) else [value]
+        if not flat or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**MAX_Q
+                               for v in flat) or len(flat) > 64:
+            raise reader.fail(f"options.{key}", "must be a positive integer or a short list of them")
+    coder = get_encoding(encoding)
+    try:
+        spec = LayerSpec("layer", encoding=encoding, **coder.spec_fields(options))
+        spec.validate()
+        plan = coder.plan(spec, shape, 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise reader.fail("options", f"do not describe a {encoding} encoding of a "
+                          f"{list(shape)} weight ({exc})") from None
+    if plan.params > MAX_FACTOR_NUMBERS or math.prod(shape) > 2**MAX_Q:
+        raise reader.fail("options", "describe a layer larger than this version loads")
+    expected = coder.factor_shapes(shape, plan.options)
+    raw_factors = reader.get("factors", list)
+    factors = []
+    for i, raw in enumerate(raw_factors):
+        item = _Reader(file_name, f"layers[{index}].factors[{i}]", raw)
+        role = item.choice("role", tuple(expected))
+        tensor = item.get("tensor", str)
+        if not tensor:
+            raise item.fail("tensor", "is empty")
+        declared = item.ints("shape", 1, 2**MAX_Q) if raw.get("shape") != [] else ()
+        if declared != tuple(expected[role]):
+            raise item.fail("shape", f"is {list(declared)}; the options give {list(expected[role])}")
+        factors.append(FactorRecord(role, tensor, declared))
+    if sorted(f.role for f in factors) != sorted(expected):
+        raise reader.fail("factors", f"must list each of {', '.join(expected)} once")
+    return FactorLayerRecord(name=reader.get("name", str), weight_key=reader.get("weight_key", str),
+                             weight_shape=shape, encoding=encoding, options=_plain(plan.options),
+                             factors=tuple(factors))
+
+
+_LAYER_PARSERS = {ADTN_ENCODING: _parse_adtn_layer} | {
+    name: _parse_factor_layer for name in FACTOR_ENCODINGS}
 
 
 def _parse_checksum(reader: _Reader) -> str | None:
@@ -345,7 +471,7 @@ def check_layers_against_tensors(header: SafetensorsHeader, layers: tuple[LayerR
     claimed: set[str] = set()
     for layer in layers:
         expected = layer.tensor_shapes()
-        if len(expected) != len(layer.gates) + 1:
+        if len(expected) != len(layer.tensor_names()):
             raise BundleError(f"{name}: layer {layer.name!r} names one tensor for two roles")
         if layer.weight_key in header.tensors:
             raise BundleError(f"{name}: layer {layer.name!r} is compressed but the file also "
@@ -359,7 +485,7 @@ def check_layers_against_tensors(header: SafetensorsHeader, layers: tuple[LayerR
                 raise BundleError(f"{name}: tensor {tensor!r} is claimed twice by the metadata")
             if entry.dtype not in FLOAT_DTYPES:
                 raise BundleError(f"{name}: tensor {tensor!r} has dtype {entry.dtype}; "
-                                  "ADTN tensors must be floating point")
+                                  "encoding tensors must be floating point")
             if entry.shape != shape:
                 raise BundleError(f"{name}: tensor {tensor!r} has shape {list(entry.shape)} but "
                                   f"the metadata describes {list(shape)}")
