@@ -54,6 +54,37 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     # for a parent process that follows and steers the run (the window)
     parser.add_argument("--event-log", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--control-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--nice", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def lower_priority(args: argparse.Namespace) -> None:
+    """Run at a lower CPU priority when asked (the window asks for its training child, so
+    that on a busy machine the window's own short bursts of work are scheduled first)."""
+    amount = getattr(args, "nice", 0)
+    if amount > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(amount)
+        except OSError:
+            pass  # not allowed here: train at the normal priority
+
+
+def every_gpu(config: RunConfig, args: argparse.Namespace) -> None:
+    """Device "cuda:all" without ``--nproc-per-node``: one process per GPU of this machine
+    (a machine with one GPU trains in this process)."""
+    if config.device != "cuda:all" or getattr(args, "nproc_per_node", None) is not None:
+        return
+    from engine.distributed import detect_environment
+
+    if detect_environment() is not None:
+        return  # already one of the workers
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise CommandError("device 'cuda:all' was asked for, but CUDA is not available on "
+                           "this machine; use device 'auto' or 'cpu'")
+    if count > 1:
+        args.nproc_per_node = count
 
 
 def launch_requested(args: argparse.Namespace) -> bool:
@@ -106,6 +137,14 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
+def self_command() -> list[str]:
+    """The command line that runs this program's subcommands: the frozen executable itself,
+    or this interpreter with ``-m adtn_studio``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "adtn_studio"]
+
+
 def worker_options(args: argparse.Namespace) -> list[str]:
     """The hidden options a worker passes on."""
     extra = []
@@ -113,7 +152,7 @@ def worker_options(args: argparse.Namespace) -> list[str]:
         extra += ["--event-log", str(args.event_log)]
     if getattr(args, "control_file", None):
         extra += ["--control-file", str(args.control_file)]
-    return extra
+    return extra  # --nice is not passed on: the workers inherit the launcher's priority
 
 
 def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: bool) -> int:
@@ -164,7 +203,8 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
           f"{args.nnodes}, rendezvous {addr}:{port} -> {run_dir}", file=sys.stderr)
     previous = signal.signal(signal.SIGINT, _note_interrupt)
     try:
-        elastic_launch(launch_config, sys.executable)("-m", "adtn_studio", *worker_args)
+        program, *prefix = self_command()
+        elastic_launch(launch_config, program)(*prefix, *worker_args)
     except ChildFailedError as exc:
         raise CommandError(_failure_line(exc.failures, run_dir, args)) from None
     finally:

@@ -1,13 +1,21 @@
-"""How long the window's event loop is blocked while a real training runs (target: p99 < 50 ms).
+"""How long the window's event loop is blocked while a real training runs.
+
+Target: at most 16 ms at the 99th percentile (one frame at 60 Hz) and 100 ms at worst.
 
 Opens the main window, trains FC-2 with both layers as ADTNs on the generated data set
-through the GUI's worker thread (the same TrainingSession the window uses, with the live
-monitor redrawing), and meanwhile lets a 5 ms QTimer record the time between its ticks.
-A tick that comes late means the event loop was busy: that lateness is what a user feels.
+through the window's own TrainingSession (the live monitor redrawing), and meanwhile lets a
+5 ms QTimer record the time between its ticks. A tick that comes late means the event loop
+was busy: that lateness is what a user feels. Only ticks from the first reported batch to the
+end of the run count (a child process spends its first seconds importing PyTorch, when the
+window has nothing to do).
 
-    python benchmarks/gui_responsiveness.py [--epochs 2] [--examples 2000]
+    python benchmarks/gui_responsiveness.py [--mode process|thread] [--switch-interval S]
+                                            [--epochs 5] [--examples 2000]
 
-Runs headless (offscreen) unless a display is set.
+``--mode process`` (the default) trains in a child process, as the window does;
+``--mode thread`` trains in a worker thread of the window's process, optionally with
+``sys.setswitchinterval(S)``. Runs headless (offscreen) unless a display is set. Prints the
+machine's load (``os.getloadavg``), since other jobs on the same cores change the figures.
 """
 
 from __future__ import annotations
@@ -17,11 +25,15 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 TICK_MS = 5
+TARGET_P99_MS, TARGET_MAX_MS = 16.0, 100.0
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -31,11 +43,17 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--mode", choices=("process", "thread"), default="process")
+    parser.add_argument("--switch-interval", type=float, metavar="S",
+                        help="sys.setswitchinterval for the thread mode (default: Python's)")
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
     args = parser.parse_args()
+    os.environ["ADTN_TRAINING_MODE"] = args.mode
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
 
     from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 
@@ -54,14 +72,14 @@ def main() -> int:
                        epochs=args.epochs, batch_size=args.batch_size,
                        limit_train=args.examples, limit_test=500, device="cpu")
 
-    gaps: list[float] = []
+    ticks: list[tuple[float, float]] = []  # (time of the tick, ms since the previous one)
     clock = QElapsedTimer()
     ticker = QTimer()
     ticker.setInterval(TICK_MS)
     ticker.setTimerType(Qt.TimerType.PreciseTimer)
 
     def tick() -> None:
-        gaps.append(clock.nsecsElapsed() / 1e6)
+        ticks.append((time.perf_counter(), clock.nsecsElapsed() / 1e6))
         clock.restart()
 
     ticker.timeout.connect(tick)
@@ -69,40 +87,62 @@ def main() -> int:
     # The same measurement with the window idle: the machine's own noise floor.
     clock.start()
     ticker.start()
-    # exit(), unlike quit(), closes no window.
-    QTimer.singleShot(int(args.idle_seconds * 1000), app.exit)
+    QTimer.singleShot(int(args.idle_seconds * 1000), app.exit)  # exit() closes no window
     app.exec()
     ticker.stop()
-    idle = [max(0.0, gap - TICK_MS) for gap in gaps[1:]]
-    gaps.clear()
-    batches = []
-    window.session.batch_progress.connect(batches.append)
-    window.session.finished.connect(lambda status: app.exit(0 if status == "finished" else 1))
+    idle = [max(0.0, gap - TICK_MS) for _, gap in ticks[1:]]
+    ticks.clear()
+    batches: list = []
+    marks: dict[str, float] = {}
+
+    def on_batch(event) -> None:
+        marks.setdefault("first_batch", time.perf_counter())
+        batches.append(event)
+
+    window.session.batch_progress.connect(on_batch)
+
+    def on_finished(status: str) -> None:
+        marks["end"] = time.perf_counter()
+        app.exit(0 if status == "finished" else 1)
+
+    window.session.finished.connect(on_finished)
+    load_before = os.getloadavg()
+    cpu_before = time.process_time()
     started = time.perf_counter()
     window.start_run(config)
     clock.start()
     ticker.start()
     code = app.exec()
-    seconds = time.perf_counter() - started
     ticker.stop()
+    seconds = time.perf_counter() - started
+    window_cpu = time.process_time() - cpu_before
+    load_after = os.getloadavg()
 
-    lateness = [max(0.0, gap - TICK_MS) for gap in gaps[1:]]
+    first = marks.get("first_batch", started)
+    gaps = [gap for at, gap in ticks[1:] if first <= at <= marks.get("end", at)]
+    lateness = [max(0.0, gap - TICK_MS) for gap in gaps] or [0.0]
     history = window.session.history
+    mode = args.mode + (f", switch interval {args.switch_interval:g} s"
+                        if args.switch_interval and args.mode == "thread" else "")
     print(f"Training {config.model} ({', '.join(s.name for s in config.layers)} as ADTNs) on "
-          f"{args.examples} generated examples, {args.epochs} epochs, CPU: {seconds:.1f} s, "
-          f"{len(history.batch_x)} batches, {len(batches)} monitor updates "
-          f"({len(batches) / seconds:.1f} per second), status {window.session.state}.")
+          f"{args.examples} generated examples, {args.epochs} epochs, CPU, {mode}: "
+          f"{seconds:.1f} s in all ({marks.get('end', started) - first:.1f} s from the first "
+          f"batch), {len(history.batch_x)} batches, {len(batches)} monitor updates, status "
+          f"{window.session.state}.")
+    print(f"Load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+          f"{os.cpu_count()} CPUs. CPU time of the window's process during the run: "
+          f"{window_cpu:.1f} s" + (" (training included)" if args.mode == "thread" else ""))
     print(f"Idle window, {args.idle_seconds:g} s: blocked beyond the tick p50 "
           f"{statistics.median(idle):.1f} ms, p99 {percentile(idle, 0.99):.1f} ms, "
           f"max {max(idle):.1f} ms (the machine's noise floor)")
     print(f"During training, event-loop ticks every {TICK_MS} ms: {len(gaps)} ticks")
-    print(f"  interval between ticks: p50 {statistics.median(gaps):.1f} ms, "
-          f"p99 {percentile(gaps, 0.99):.1f} ms, max {max(gaps):.1f} ms")
+    p99, worst = percentile(lateness, 0.99), max(lateness)
+    met = p99 <= TARGET_P99_MS and worst <= TARGET_MAX_MS
     print(f"  blocked beyond the tick: p50 {statistics.median(lateness):.1f} ms, "
-          f"p99 {percentile(lateness, 0.99):.1f} ms, max {max(lateness):.1f} ms "
-          f"(target p99 < 50 ms)")
+          f"p99 {p99:.1f} ms, max {worst:.1f} ms (target p99 <= {TARGET_P99_MS:g} ms, "
+          f"max <= {TARGET_MAX_MS:g} ms: {'met' if met else 'NOT met'})")
     window.close()
-    return code or (0 if percentile(lateness, 0.99) < 50 else 1)
+    return code or (0 if met else 1)
 
 
 if __name__ == "__main__":

@@ -56,12 +56,23 @@ def event_from_json(line: str) -> Any:
     data = record.get("data")
     if not isinstance(data, dict):
         raise ValueError("an event record without data")
-    names = {f.name for f in dataclasses.fields(cls)}
-    # fields a newer writer added are ignored; a missing required field raises TypeError
-    try:
-        return cls(**{key: _restore(value) for key, value in data.items() if key in names})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            continue  # a field a newer writer added
+        value = _restore(value)
+        if isinstance(value, list) and _is_tuple_field(fields[key]):
+            value = tuple(value)  # JSON has only lists
+        values[key] = value
+    try:  # a missing required field raises TypeError
+        return cls(**values)
     except TypeError as exc:
         raise ValueError(f"bad {record['event']} record: {exc}") from None
+
+
+def _is_tuple_field(field: dataclasses.Field) -> bool:
+    return isinstance(field.default, tuple) or str(field.type).startswith(("tuple", "Tuple"))
 
 
 def _plain(value: Any) -> Any:
@@ -182,8 +193,8 @@ class FileRunControl(_events.RunControl):
     """A ``RunControl`` that also obeys a control file.
 
     The trainer asks ``stop_requested`` and ``wait_while_paused()`` between batches; each ask
-    polls the file at most every ``poll_seconds`` (a ``stat``; the file is read only when its
-    modification time or size changed). Requests made directly (Ctrl-C, a signal handler)
+    polls the file at most every ``poll_seconds`` (a ``stat``; the file is read only when it
+    was replaced or changed). Requests made directly (Ctrl-C, a signal handler)
     still work. A stop in the file is final; "pause" blocks until the file says "run" or
     "stop".
     """
@@ -192,7 +203,7 @@ class FileRunControl(_events.RunControl):
         super().__init__()
         self.path = Path(path)
         self.poll_seconds = poll_seconds
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._polled_at = -math.inf
 
     def poll(self, force: bool = False) -> None:
@@ -202,7 +213,8 @@ class FileRunControl(_events.RunControl):
         self._polled_at = now
         try:
             info = os.stat(self.path)
-            stamp = (info.st_mtime_ns, info.st_size)
+            # an atomic replace makes a new inode: no change is missed at coarse mtimes
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         except OSError:
             stamp = None
         if stamp == self._stamp:

@@ -1,26 +1,47 @@
-"""One training run in a background thread, as a model the views subscribe to.
+"""One training run, as a model the views subscribe to.
 
-The engine's trainer runs in a worker object on a QThread. Its callback only appends the
-engine's events (frozen dataclasses of plain values) to a queue; a timer in the UI thread
-drains the queue ten times a second and re-emits the events as Qt signals. However fast the
-trainer produces batches, the window redraws at most that often and never floods its event
-loop.
+By default the run trains in a child process — ``adtn-studio train``/``resume`` started with
+``QProcess``, never by forking the window — which writes the engine's events to the run
+folder's event log (JSON lines, rank 0 only) and obeys a control file there (run, pause,
+stop). The window's interpreter then never shares its lock with the training loop's many
+small operations, so the event loop stays responsive, and a data-parallel run (device
+"cuda:all", started through torchrun by the child) is followed exactly like a one-process
+run. The older mode, the trainer in a worker thread of this process, remains for tests and
+for a build that cannot start a child (``mode="thread"`` or ``ADTN_TRAINING_MODE=thread``).
+
+In both modes the events (frozen dataclasses of plain values) land in one queue that a timer
+in the UI thread drains ten times a second, re-emitting them as Qt signals: however fast the
+trainer produces batches, the window redraws at most that often.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal, Slot
 
 from ui.messages import describe_exception, describe_failure
 from ui.metric_history import MetricHistory
 from ui.workers import start_in_thread
 
 DRAIN_INTERVAL_MS = 100
+STOP_TIMEOUT_MS = 60_000  # a stopped child ends after its current batch; then it is killed
+STDERR_LINES_KEPT = 40
+MODES = ("process", "thread")
+# The child trains at a lower CPU priority: where cores are busy, the window's short bursts
+# of work (a repaint, a drained slice of events) then run before the next training step.
+CHILD_NICENESS = 10
+
+
+def default_mode() -> str:
+    mode = os.environ.get("ADTN_TRAINING_MODE", "process")
+    return mode if mode in MODES else "process"
 
 
 class _QueueingCallback:
@@ -29,26 +50,11 @@ class _QueueingCallback:
     def __init__(self, queue: collections.deque) -> None:
         self._queue = queue  # deque.append is atomic, so no lock is needed
 
-    def on_run_start(self, event: Any) -> None:
+    def _append(self, event: Any) -> None:
         self._queue.append(event)
 
-    def on_batch_end(self, event: Any) -> None:
-        self._queue.append(event)
-
-    def on_epoch_end(self, event: Any) -> None:
-        self._queue.append(event)
-
-    def on_checkpoint(self, event: Any) -> None:
-        self._queue.append(event)
-
-    def on_run_end(self, event: Any) -> None:
-        self._queue.append(event)
-
-    def on_download(self, event: Any) -> None:
-        self._queue.append(event)
-
-    def on_error(self, event: Any) -> None:
-        self._queue.append(event)
+    on_run_start = on_batch_end = on_epoch_end = on_checkpoint = _append
+    on_run_end = on_download = on_error = _append
 
 
 class _TrainingWorker(QObject):
@@ -79,6 +85,132 @@ class _TrainingWorker(QObject):
             self.finished.emit()
 
 
+def child_command(config: Any, run_dir: Path, resume: bool, config_file: Path,
+                  event_log: Path, control_file: Path, processes: int = 0) -> list[str]:
+    """The command line of the child that trains ``config`` into ``run_dir``; with
+    ``processes`` it launches that many data-parallel workers (device "cuda:all" does so by
+    itself, one per GPU)."""
+    from adtn_studio.launch import self_command
+
+    if resume:
+        args = ["resume", str(run_dir), "--device", config.device]
+    else:
+        args = ["train", "--config", str(config_file), "--out", str(run_dir)]
+    if processes:
+        args += ["--nproc-per-node", str(processes)]
+    return [*self_command(), *args, "--event-log", str(event_log),
+            "--control-file", str(control_file), "--nice", str(CHILD_NICENESS)]
+
+
+class _ChildRun(QObject):
+    """A training child process, the event log it writes and the control file it reads."""
+
+    ended = Signal(int, str)  # exit code (-1: crashed or never started), last stderr line
+
+    def __init__(self, config: Any, run_dir: Path, resume: bool, queue: collections.deque,
+                 processes: int = 0, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        from engine.event_log import (CONTROL_FILE_NAME, EVENT_LOG_NAME, EventLogReader,
+                                      write_control)
+
+        self._write_control = write_control
+        self.queue = queue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.control_file = run_dir / CONTROL_FILE_NAME
+        event_log = run_dir / EVENT_LOG_NAME
+        # a resumed run appends to the log: follow only what this session adds
+        self.reader = EventLogReader(event_log, EventLogReader.end_of(event_log))
+        write_control(self.control_file, "run")
+        handle, name = tempfile.mkstemp(prefix="adtn-window-", suffix=".toml")
+        os.close(handle)
+        self.config_file = Path(name)
+        config.save(self.config_file)
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self._partial = b""
+        self._ended = False
+
+        program, *args = child_command(config, run_dir, resume, self.config_file, event_log,
+                                       self.control_file, processes)
+        self.process = QProcess(self)
+        self.process.setProcessEnvironment(_child_environment())
+        self.process.readyReadStandardError.connect(self._read_stderr)
+        self.process.readyReadStandardOutput.connect(self._discard_stdout)
+        self.process.finished.connect(self._on_finished)
+        self.process.errorOccurred.connect(self._on_error)
+        self.process.start(program, args)
+
+    def command(self, command: str) -> None:
+        """Send "run", "pause" or "stop" to every process of the run."""
+        try:
+            self._write_control(self.control_file, command)
+        except OSError:
+            pass  # the folder vanished: the child's own end will be reported
+
+    def collect(self) -> None:
+        self.queue.extend(self.reader.read())
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Stop the child and wait for it; kill it when it does not end in time."""
+        if self.process.state() == QProcess.ProcessState.NotRunning:
+            return True
+        self.command("stop")
+        if self.process.waitForFinished(timeout_ms):
+            return True
+        self.process.terminate()
+        if not self.process.waitForFinished(5_000):
+            self.process.kill()
+            self.process.waitForFinished(5_000)
+        return False
+
+    @Slot()
+    def _read_stderr(self) -> None:
+        data = self._partial + bytes(self.process.readAllStandardError().data())
+        *lines, self._partial = data.replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                self.stderr_tail.append(text)
+
+    @Slot()
+    def _discard_stdout(self) -> None:
+        self.process.readAllStandardOutput()  # the summary; the events already hold it
+
+    @Slot(int, QProcess.ExitStatus)
+    def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        self._read_stderr()
+        if self._partial.strip():
+            self.stderr_tail.append(self._partial.decode("utf-8", "replace").strip())
+            self._partial = b""
+        crashed = status == QProcess.ExitStatus.CrashExit
+        self._end(-1 if crashed else code)
+
+    @Slot(QProcess.ProcessError)
+    def _on_error(self, error: QProcess.ProcessError) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.stderr_tail.append(f"could not start the training process "
+                                    f"({self.process.errorString()})")
+            self._end(-1)
+
+    def _end(self, code: int) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.collect()
+        self.config_file.unlink(missing_ok=True)
+        self.ended.emit(code, self.stderr_tail[-1] if self.stderr_tail else "")
+
+
+def _child_environment() -> QProcessEnvironment:
+    env = QProcessEnvironment.systemEnvironment()
+    if not getattr(sys, "frozen", False):  # the child must import this very source tree
+        root = str(Path(__file__).resolve().parents[1])
+        path = env.value("PYTHONPATH", "")
+        env.insert("PYTHONPATH", root + (os.pathsep + path if path else ""))
+    env.insert("TQDM_DISABLE", "1")  # progress bars are for terminals; the events carry it
+    env.insert("PYTHONUNBUFFERED", "1")
+    return env
+
+
 class TrainingSession(QObject):
     """Start, pause, resume and stop one run; emit what the engine reports."""
 
@@ -93,8 +225,11 @@ class TrainingSession(QObject):
     download_progress = Signal(object)  # DownloadProgress of a missing data set
     finished = Signal(str)  # the final status: "finished", "stopped" or "failed"
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, mode: str | None = None) -> None:
         super().__init__(parent)
+        self.mode = mode or default_mode()
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         self.history = MetricHistory()
         self.run_dir: Path | None = None
         self.config: Any = None
@@ -103,7 +238,9 @@ class TrainingSession(QObject):
         self._control: Any = None
         self._worker: _TrainingWorker | None = None
         self._thread: QThread | None = None
+        self._child: _ChildRun | None = None
         self._final_status = "stopped"
+        self._run_ended_seen = False
         self._drain_timer = QTimer(self)
         self._drain_timer.setInterval(DRAIN_INTERVAL_MS)
         self._drain_timer.timeout.connect(self._drain)
@@ -111,53 +248,84 @@ class TrainingSession(QObject):
     # -- commands ---------------------------------------------------------------------
 
     def is_active(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self._child is not None
 
-    def start(self, config: Any, run_dir: str | Path, resume: bool = False) -> None:
-        """Train ``config`` into ``run_dir`` (continuing its last checkpoint if ``resume``)."""
+    def start(self, config: Any, run_dir: str | Path, resume: bool = False,
+              processes: int = 0) -> None:
+        """Train ``config`` into ``run_dir`` (continuing its last checkpoint if ``resume``);
+        ``processes`` > 1 trains data-parallel in that many processes (child mode only)."""
+        if processes > 1 and self.mode != "process":
+            raise ValueError("a data-parallel run needs the child-process mode")
         if self.is_active():
             raise RuntimeError("a run is already in progress")
-        from engine.trainer import RunControl
-
         self.history = MetricHistory()
         self.run_dir = Path(run_dir)
         self.config = config
         self._queue.clear()
         self._final_status = "stopped"
-        self._control = RunControl()
-        self._worker = _TrainingWorker(config, self.run_dir, self._control, resume, self._queue)
-        self._worker.crashed.connect(self._on_crashed)
-        self._worker.finished.connect(self._on_worker_finished)
-        self._set_state("running")
+        self._run_ended_seen = False
         verb = "Resuming" if resume else "Starting"
-        self.log.emit("info", f"{verb} run in {self.run_dir}")
-        self._thread = start_in_thread(self._worker, self._worker.run, self._worker.finished)
+        if self.mode == "process":
+            self._child = _ChildRun(config, self.run_dir, resume, self._queue, processes, self)
+            self._child.ended.connect(self._on_child_ended)
+            self._set_state("running")
+            self.log.emit("info", f"{verb} run in {self.run_dir}")
+        else:
+            from engine.trainer import RunControl
+
+            self._control = RunControl()
+            self._worker = _TrainingWorker(config, self.run_dir, self._control, resume,
+                                           self._queue)
+            self._worker.crashed.connect(self._on_crashed)
+            self._worker.finished.connect(self._on_worker_finished)
+            self._set_state("running")
+            self.log.emit("info", f"{verb} run in {self.run_dir}")
+            self._thread = start_in_thread(self._worker, self._worker.run,
+                                           self._worker.finished)
         self._drain_timer.start()
 
-    def pause(self) -> None:
-        if self._control is not None and self.state == "running":
+    def _send(self, command: str) -> bool:
+        if self._child is not None:
+            self._child.command(command)
+            return True
+        if self._control is None:
+            return False
+        if command == "pause":
             self._control.pause()
+        elif command == "run":
+            self._control.resume()
+        else:
+            self._control.request_stop()
+            self._control.resume()  # a paused trainer must wake up to notice the request
+        return True
+
+    def pause(self) -> None:
+        if self.state == "running" and self._send("pause"):
             self._set_state("paused")
             self.log.emit("info", "Paused after the current batch.")
 
     def resume(self) -> None:
-        if self._control is not None and self.state == "paused":
-            self._control.resume()
+        if self.state == "paused" and self._send("run"):
             self._set_state("running")
             self.log.emit("info", "Resumed.")
 
     def stop(self) -> None:
         """Ask the trainer to stop after the current batch; it keeps its last checkpoint."""
-        if self._control is None or self.state not in ("running", "paused"):
+        if self.state not in ("running", "paused") or not self._send("stop"):
             return
-        self._control.request_stop()
-        self._control.resume()  # a paused trainer must wake up to notice the request
         self._set_state("stopping")
         self.log.emit("info", "Stopping after the current batch…")
 
-    def stop_and_wait(self, timeout_ms: int = 60_000) -> bool:
-        """Stop and block until the worker thread has ended (used when the window closes)."""
+    def stop_and_wait(self, timeout_ms: int = STOP_TIMEOUT_MS) -> bool:
+        """Stop and block until the run has ended (used when the window closes): the child
+        process has exited, or the worker thread has finished, and every object of the run
+        is released here, in order, before the window goes."""
         self.stop()
+        if self._child is not None:
+            child = self._child
+            done = child.wait(timeout_ms)
+            child._end(child.process.exitCode())  # no-op when its finished signal came
+            return done
         thread = self._thread
         if thread is None:
             return True
@@ -166,7 +334,7 @@ class TrainingSession(QObject):
             self._on_worker_finished()
         return done
 
-    # -- from the worker --------------------------------------------------------------
+    # -- the end of a run ---------------------------------------------------------------
 
     @Slot(object)
     def _on_crashed(self, exc: Exception) -> None:
@@ -179,9 +347,36 @@ class TrainingSession(QObject):
     def _on_worker_finished(self) -> None:
         if self._thread is None:
             return  # already handled (stop_and_wait and the queued signal both land here)
-        self._thread.wait()
+        thread, worker = self._thread, self._worker
+        thread.wait()
         self._thread = None
         self._worker = None
+        # nothing of the finished worker may call back into the session from here on
+        worker.crashed.disconnect(self._on_crashed)
+        worker.finished.disconnect(self._on_worker_finished)
+        self._finish_run()
+
+    @Slot(int, str)
+    def _on_child_ended(self, code: int, last_line: str) -> None:
+        child = self._child
+        if child is None:
+            return
+        self._child = None
+        child.ended.disconnect(self._on_child_ended)
+        self._drain()
+        if not self._run_ended_seen:  # the child ended without saying how: it died
+            self._final_status = "failed"
+            how = "was killed or crashed" if code < 0 else f"ended with exit code {code}"
+            text = f"The training process {how}."
+            if last_line:
+                text += f" Its last message: {last_line.removeprefix('adtn-studio ')}"
+            text += " The run folder keeps its last finished epoch; resume it from Runs."
+            self.log.emit("error", text)
+            self.run_failed.emit(text)
+        child.deleteLater()
+        self._finish_run()
+
+    def _finish_run(self) -> None:
         self._drain_timer.stop()
         self._drain()
         self._control = None
@@ -192,6 +387,8 @@ class TrainingSession(QObject):
 
     @Slot()
     def _drain(self) -> None:
+        if self._child is not None:
+            self._child.collect()
         latest_batch = None
         while self._queue:
             event = self._queue.popleft()
@@ -204,11 +401,14 @@ class TrainingSession(QObject):
                 self.epoch_ended.emit(event)
             elif name == "RunStarted":
                 self.run_started.emit(event)
+                if getattr(event, "parallel", "").startswith("data-parallel"):
+                    self.log.emit("info", event.parallel)
             elif name == "DownloadProgress":
                 self.download_progress.emit(event)
             elif name == "CheckpointSaved":
                 self.checkpoint_saved.emit(event)
             elif name == "RunEnded":
+                self._run_ended_seen = True
                 self._final_status = str(event.status)
                 self.log.emit("info", f"Run {self._final_status}.")
                 self.run_ended.emit(event)

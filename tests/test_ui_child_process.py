@@ -1,0 +1,155 @@
+"""The window's training in a child process: events through the run folder's event log,
+pause/resume/stop through its control file (to every rank of a data-parallel run), a dead
+child reported in plain words, and closing the window mid-run without a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ui.training_session import TrainingSession
+
+RUN_TIMEOUT_MS = 180_000
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(epochs: int = 2, name: str = "child", limit_train: int = 256, **changes):
+    from engine.config import LayerSpec, RunConfig
+
+    return RunConfig(name=name, model="fc2", dataset="synthetic", layers=[LayerSpec("fc2")],
+                     epochs=epochs, batch_size=64, limit_train=limit_train, limit_test=128,
+                     device="cpu", schedule="none", **changes)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.fixture
+def session(qtbot):
+    session = TrainingSession(mode="process")
+    yield session
+    if session.is_active():
+        session.stop_and_wait()
+
+
+def test_a_child_process_run_reports_what_a_thread_run_reports(qtbot, session, tmp_path):
+    started, epochs, checkpoints = [], [], []
+    session.run_started.connect(started.append)
+    session.epoch_ended.connect(epochs.append)
+    session.checkpoint_saved.connect(checkpoints.append)
+    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        session.start(tiny_config(), tmp_path / "run")
+        assert session.is_active() and session.state == "running"
+    assert finished.args == ["finished"] and not session.is_active()
+    assert started and started[0].train_examples == 256 and started[0].start_epoch == 1
+    assert [e.epoch for e in epochs] == [1, 2] and len(session.history.batch_x) == 8
+    assert {c.kind for c in checkpoints} >= {"last"}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["pid"] != os.getpid()
+    assert session._child is None  # the QProcess and its helper are released
+
+
+def test_a_killed_child_is_reported_in_plain_words(qtbot, session, tmp_path):
+    failures = []
+    session.run_failed.connect(failures.append)
+    with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
+        session.start(tiny_config(epochs=200), tmp_path / "run")
+    pid = session._child.process.processId()
+    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        os.kill(pid, signal.SIGKILL)
+    assert finished.args == ["failed"]
+    assert failures and "killed or crashed" in failures[-1] and "resume" in failures[-1]
+
+
+def test_pause_resume_and_stop_reach_every_rank_of_a_data_parallel_run(qtbot, session,
+                                                                        tmp_path):
+    run = tmp_path / "run"
+    with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
+        session.start(tiny_config(epochs=300, limit_train=512), run, processes=2)
+    session.pause()
+    qtbot.wait(1500)  # the ranks finish their batch and meet in the pause
+    session._drain()
+    held = len(session.history.batch_x)
+    qtbot.wait(1000)
+    session._drain()
+    assert len(session.history.batch_x) == held and session.state == "paused"
+    session.resume()
+    qtbot.waitUntil(lambda: len(session.history.batch_x) > held, timeout=30_000)
+    launcher = session._child.process.processId()
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+               and _parent(p) == launcher]
+    assert len(workers) == 2
+    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        session.stop()
+    assert finished.args == ["stopped"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "×2 (gloo)" in summary["device"]
+    assert not any(alive(pid) for pid in workers + [launcher])
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_the_thread_mode_still_trains(qtbot, tmp_path):
+    session = TrainingSession(mode="thread")
+    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        session.start(tiny_config(epochs=1), tmp_path / "run")
+    assert finished.args == ["finished"] and len(session.history.batch_x) == 4
+    with pytest.raises(ValueError, match="child-process"):
+        session.start(tiny_config(epochs=1), tmp_path / "other", processes=2)
+
+
+CLOSE_SCRIPT = """
+import sys, time
+from PySide6.QtCore import QTimer
+from ui.app import create_application, show_main_window
+from engine.config import LayerSpec, RunConfig
+app = create_application()
+window = show_main_window()
+while window.catalog is None:
+    app.processEvents()
+    time.sleep(0.005)
+config = RunConfig(name="close", model="fc2", dataset="synthetic", layers=[LayerSpec("fc2")],
+                   epochs=200, batch_size=64, limit_train=512, limit_test=128, device="cpu")
+window.confirm_stop_on_close = lambda: True
+def on_batch(event):
+    if window.isVisible():
+        QTimer.singleShot(0, window.close)
+window.session.batch_progress.connect(on_batch)
+window.start_run(config)
+code = app.exec()
+print("RUN", window.session.run_dir, window.session.state, flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_closing_the_window_mid_run_exits_cleanly_leaving_a_stopped_run(tmp_path, mode):
+    env = dict(os.environ, ADTN_TRAINING_MODE=mode, OMP_NUM_THREADS="1",
+               QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(REPO_ROOT))
+    done = subprocess.run([sys.executable, "-c", CLOSE_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Fatal Python error" not in done.stderr
+    run_dir = Path(done.stdout.split("RUN ", 1)[1].split()[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    assert not alive(summary["pid"])
