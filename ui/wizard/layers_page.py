@@ -137,6 +137,8 @@ class LayersPage(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(60)
+        # the depth column is as wide as its editor, so the arrows never cover the digits
+        header.setSectionResizeMode(DEPTH, QHeaderView.ResizeMode.Fixed)
         self.table.setColumnWidth(DEPTH, DEPTH_EDITOR_MIN_WIDTH)
 
         # Networks with hundreds of layers: a name filter, the parent modules as groups,
