@@ -152,3 +152,22 @@ def test_depth_above_the_limit_is_capped_and_said_and_the_editor_has_room(qtbot,
     editor.lineEdit().setText("12")
     page.depth_delegate.setModelData(editor, model, index)
     assert model.specs()[0].depth == 12
+
+
+def test_the_monitor_shows_images_loading_and_the_run_notes(window):
+    from engine.events import DownloadProgress, RunStarted
+
+    monitor = window.monitor
+    window.session.download_progress.emit(DownloadProgress("imagefolder:/x", 150, 600, "load"))
+    assert monitor.progress_label.text() == "loading images: 150 of 600"
+    assert (monitor.progress.value(), monitor.progress.maximum()) == (150, 600)
+    window.session.download_progress.emit(DownloadProgress("mnist", 2_000_000, 10_000_000))
+    assert monitor.progress_label.text() == "downloading mnist: 2.0 of 10.0 MB"
+    window.session.run_started.emit(RunStarted(
+        run_dir="/r", device="cpu", epochs=1, batches_per_epoch=1, compression={},
+        params_total=10, dense_params_total=100, start_epoch=1, train_examples=8,
+        test_examples=4, dense_test_acc=0.875,
+        notes=("torchvision:resnet18: classifier built for 3 classes (ImageNet has 1000)",)))
+    log = monitor.log_view.toPlainText()
+    assert "classifier built for 3 classes" in log
+    assert "pretrained weights: 87.5" in log

@@ -133,6 +133,7 @@ class MonitorView(QWidget):
 
         session.state_changed.connect(self._on_state)
         session.run_started.connect(self._on_run_started)
+        session.download_progress.connect(self._on_data_progress)
         session.batch_progress.connect(self._on_batch)
         session.epoch_ended.connect(self._on_epoch)
         session.checkpoint_saved.connect(self._on_checkpoint)
@@ -223,6 +224,21 @@ class MonitorView(QWidget):
         self.progress_label.setText("starting…")
         self._total_epochs = self.session.config.total_epochs if self.session.config else 0
         self._started_at = time.monotonic()
+
+    @Slot(object)
+    def _on_data_progress(self, event) -> None:
+        """A data set arriving (bytes) or an image folder being decoded (images)."""
+        done, total = event.done_bytes, event.total_bytes
+        loading = getattr(event, "what", "download") == "load"
+        if total:
+            self.progress.setRange(0, max(total, 1))
+            self.progress.setValue(min(done, total))
+        if loading:
+            text = f"loading images: {done:,} of {total:,}"
+        else:
+            text = f"downloading {event.dataset}: {done / 1e6:.1f}" + (
+                f" of {total / 1e6:.1f} MB" if total else " MB")
+        self.progress_label.setText(text)
 
     @Slot(object)
     def _on_run_started(self, event) -> None:
