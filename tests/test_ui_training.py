@@ -54,7 +54,8 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
 
     monitor = window.monitor
     counts = monitor.curves.point_counts()
-    assert counts["train_loss"] == counts["test_acc"] == counts["params"] == 2
+    assert counts["train_loss"] == counts["test_acc"] == 2
+    assert counts["params"] == 3  # the count at the start, then one point an epoch
     assert counts["batch_loss"] == 2 * 4  # 256 examples in batches of 64, two epochs
     assert monitor.progress.value() == monitor.progress.maximum()
     assert monitor.layers.rowCount() == 1 and monitor.layers.item(0, 0).text() == "fc2"
@@ -69,7 +70,7 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
     assert "<svg" in saved[3].read_text()[:500]
     csv_text = monitor.save_metrics_csv(tmp_path / "metrics.csv").read_text()
     lines = csv_text.splitlines()
-    assert lines[0].startswith("epoch,train_loss") and len(lines) == 3
+    assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 3
 
     summary = json.loads((window.session.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 2

@@ -7,7 +7,9 @@ from PySide6.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
 from ui.formatting import format_count, format_ratio
 
-COLUMNS = ("layer", "encoding", "parameters", "dense params", "ratio", "grad norm")
+# "dense weight": the entries of the dense weight the encoding replaces (the engine's
+# LayerReport.dense_params), which the ratio divides; the bias stays dense and is not in it.
+COLUMNS = ("layer", "encoding", "parameters", "dense weight", "ratio", "grad norm")
 
 RIGHT_ALIGNED = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 

@@ -422,8 +422,8 @@ NO_RUN_TEXT = "No run yet. Start one from <b>New compression</b>."
 
 
 def _reason(exc: OSError) -> str:
-    """An OSError in words, without its errno number."""
-    return f"{exc.strerror} ({exc.filename})" if exc.strerror and exc.filename else str(exc)
+    """An OSError in words, without its errno number (the message names the place)."""
+    return (exc.strerror or str(exc)).lower() if exc.strerror else str(exc)
 
 
 def _titled(title: str, widget: QWidget) -> QWidget:
