@@ -65,7 +65,9 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"model": "resnet"}, "model must be one of fc2, lenet5"),
-    ({"dataset": "imagenet"}, "dataset must be one of mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic or .imagefolder:DIR."),
+    ({"dataset": "imagenet"},
+     "dataset must be one of mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic or "
+     ".imagefolder:DIR."),
     ({"name": 3}, "name must be a str"),
     ({"download": "yes"}, "download must be a bool"),
     ({"augment": 1}, "augment must be a bool"),
