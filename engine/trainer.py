@@ -25,13 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.compression import adtn_layers, compress
+from engine.compression import compress, encoded_layers
 from engine.config import ConfigError, RunConfig
-from engine.data import BatchIterator, DataUnavailableError, dataset_info, epoch_seed, load_datasets
+from engine.data import BatchIterator, DataUnavailableError, epoch_seed, load_data
+from engine.model_sources import record_model_source
+from engine.distributed import (DistributedContext, DistributedEnv, DistributedSetupError,
+                                ShardedBatches, SynchronizedControl, detect_environment)
+from engine.distributed import describe as describe_parallel
 from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
                            EventDispatcher, RunControl, RunEnded, RunFailed, RunStarted,
                            TrainerCallback)
-from engine.runs import (RunLock, RunPaths, build_config_model, check_resumable, read_summary,
+from engine.runs import (RunLock, RunPaths, build_config_model_noted, check_resumable,
+                         read_summary,
                          write_metrics, write_summary)
 
 __all__ = ["RunControl", "RunSummary", "TrainerCallback", "list_devices", "resolve_device", "train"]
@@ -78,6 +83,9 @@ class RunSummary:
     # Who runs it: a "running" run whose process is gone was killed (see engine.runs).
     host: str = ""
     pid: int = 0
+    # runs with pretrained weights: the dense model's test accuracy before compression
+    dense_test_acc: float | None = None
+    notes: list[str] = field(default_factory=list)  # adapted layers, loaded weights, data
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +99,8 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if name == "cuda:all":  # data-parallel: each process takes its GPU (see _rank_device)
+        name = "cuda"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -116,8 +126,11 @@ def describe_device(device: torch.device) -> str:
 def list_devices() -> list[tuple[str, str]]:
     """Every device a run can use, as (configuration value, description), "auto" first."""
     devices = [("auto", f"auto ({describe_device(resolve_device('auto'))})")]
-    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index in range(gpus):
         devices.append((f"cuda:{index}", describe_device(torch.device(f"cuda:{index}"))))
+    if gpus > 1:
+        devices.append(("cuda:all", f"all {gpus} GPUs (data-parallel)"))
     if torch.backends.mps.is_available():
         devices.append(("mps", "Apple GPU (mps)"))
     devices.append(("cpu", "CPU"))
@@ -132,7 +145,12 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: Iterable[Any] = (),
     when there is none). Failures are not raised: they are reported to ``on_error`` and
     ``on_run_end`` and returned as a summary with status "failed".
     """
-    run = _Run(config, Path(run_dir), EventDispatcher(callbacks), control or RunControl())
+    # under torchrun or srun every process calls train(); rank 0 alone reports and writes
+    env = detect_environment()
+    if env is not None and env.rank != 0:
+        callbacks = ()
+    run = _Run(config, Path(run_dir), EventDispatcher(callbacks), control or RunControl(),
+               env)
     return run.execute(resume)
 
 
@@ -140,8 +158,11 @@ class _Run:
     """The state of one training session of a run folder."""
 
     def __init__(self, config: RunConfig, run_dir: Path, events: EventDispatcher,
-                 control: RunControl) -> None:
+                 control: RunControl, env: DistributedEnv | None = None) -> None:
         self.config = config
+        self.env = env
+        self.is_main = env is None or env.rank == 0  # the one process that writes the folder
+        self.dist: DistributedContext | None = None
         self.paths = RunPaths(run_dir)
         self.events = events
         self.control = control
@@ -160,7 +181,7 @@ class _Run:
             self.config.validate()
             # One process per run folder: a second resume (or a train into the same folder)
             # is refused before it writes anything; a killed run's lock is taken over.
-            with RunLock(self.paths.root):
+            with RunLock(self.paths.root) if self.is_main else contextlib.nullcontext():
                 self._prepare_folder(resume)
                 status = self._train(resume)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none is lost
@@ -168,6 +189,9 @@ class _Run:
             if kind == "error":
                 log.exception("training failed")
             return self._finish("failed", RunFailed(kind, message))
+        finally:
+            if self.dist is not None:
+                self.dist.close()
         return self._finish(status)
 
     def _classify(self, exc: Exception) -> tuple[str, str]:
@@ -191,6 +215,11 @@ class _Run:
                                      f"(e.g. {smaller}) or compress more layers.{kept}")
         if isinstance(exc, CheckpointError):
             return "checkpoint", f"{exc}."
+        if isinstance(exc, DistributedSetupError):
+            return "distributed", str(exc)
+        if self.dist is not None and _is_collective_failure(exc):
+            return "distributed", (f"Another process of the data-parallel job failed or was "
+                                   f"killed (rank {self.dist.rank} saw: {exc}).{kept}")
         if isinstance(exc, ValueError):  # a layer that cannot be encoded, a bad argument
             return "config", f"{exc}"
         return "error", f"Unexpected error: {type(exc).__name__}: {exc}.{kept}"
@@ -215,30 +244,63 @@ class _Run:
                               "resume it or choose another folder")
         if resume:
             check_resumable(self.paths.root)  # a lost last checkpoint never restarts silently
+        if not self.is_main:
+            return  # the other ranks of a data-parallel job only read the folder
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.owns_folder = True
         previous = read_summary(self.paths.summary) if resume else None
         if previous and previous.get("started_at"):
             self.summary.started_at = previous["started_at"]  # keeps the run's place in lists
+        if previous:
+            self.summary.dense_test_acc = previous.get("dense_test_acc")
         self.config.replace(name=self.config.run_name).save(self.paths.config)
         write_summary(self.paths.summary, self.summary.to_dict())
 
     def _train(self, resume: bool) -> str:
         config = self.config
         device = resolve_device(config.device)
+        if self.env is not None:
+            device = _rank_device(device, self.env)
+            self.dist = DistributedContext(self.env, device).start()
+            log.info("rank %d of %d on %s", self.env.rank, self.env.world_size, device)
         self.summary.device = describe_device(device)
-        info = dataset_info(config.dataset)
-        train_set, test_set = load_datasets(config, progress=self._download_progress)
+        loaded = load_data(config, progress=self._download_progress,
+                           load_progress=self._load_progress)
+        info, train_set, test_set = loaded.info, loaded.train, loaded.test
+        notes = list(loaded.notes)
         train_batches = BatchIterator(train_set, info, config.batch_size, device, shuffle=True,
                                       augment=config.augment and info.augmentable,
                                       seed=config.seed)
         test_batches = BatchIterator(test_set, info, config.batch_size, device)
+        if self.dist is not None:  # every rank walks the same global batches, takes its share
+            train_batches = ShardedBatches(train_batches, self.dist.rank, self.dist.world_size)
+            test_batches = ShardedBatches(test_batches, self.dist.rank, self.dist.world_size,
+                                          drop_small=False)
+            self.control = SynchronizedControl(self.control, self.dist)
+            self.summary.device = (f"{self.summary.device} ×{self.dist.world_size} "
+                                   f"({self.dist.backend})")
 
         checkpoint = None
         if resume and self.paths.checkpoint("last").exists():
             checkpoint = load_checkpoint(self.paths.checkpoint("last"))
         compressed = checkpoint.state["compressed"] if checkpoint else config.init == "scratch"
-        model, report = build_config_model(config, compressed=compressed)
+        before = bool(config.weights) and checkpoint is None  # measure the dense model first
+        model, report, model_notes = build_config_model_noted(
+            config, compressed=compressed and not before, load_weights=checkpoint is None,
+            info=info, progress=self._download_progress)
+        notes += model_notes
+        if self.is_main:  # rank 0 alone writes the run folder
+            notes += record_model_source(config, self.paths.root)
+        if before:
+            dense_steps = _Steps(config, device, 1, 1, self.dist)
+            _, self.summary.dense_test_acc = dense_steps.evaluate(model.to(device), test_batches)
+            notes.append(f"dense model with {config.weights}: test accuracy "
+                         f"{self.summary.dense_test_acc:.2%} before compression")
+            if compressed and config.layers:
+                report = compress(model, config.layers)
+        for note in notes:
+            log.info("%s", note)
+        self.summary.notes = notes
         if not config.layers:
             log.warning("dense baseline run: no layer is compressed (dense_baseline = true)")
         self.summary.compression = report.to_dict()
@@ -251,6 +313,9 @@ class _Run:
             self._restore_progress(checkpoint.state)
             start_epoch = checkpoint.state["epoch"] + 1
         model.to(device)
+        if self.dist is not None:
+            model = self.dist.prepare_model(model)
+            log.info("%s", describe_parallel(self.dist, config.batch_size, config.lr))
 
         self.events.emit("on_run_start", RunStarted(
             run_dir=str(self.paths.root), device=self.summary.device,
@@ -258,9 +323,11 @@ class _Run:
             compression=report.to_dict(), params_total=report.model_params_after,
             dense_params_total=report.model_params_before, start_epoch=start_epoch,
             train_examples=train_batches.num_examples, test_examples=test_batches.num_examples,
-            config=config.to_dict()))
+            config=config.to_dict(), parallel=describe_parallel(self.dist, config.batch_size,
+                                                                config.lr),
+            dense_test_acc=self.summary.dense_test_acc, notes=tuple(notes)))
 
-        steps = _Steps(config, device, len(train_batches), start_epoch)
+        steps = _Steps(config, device, len(train_batches), start_epoch, self.dist)
         optimizer = None
         for epoch in range(start_epoch, config.total_epochs + 1):
             phase = self._phase(epoch)
@@ -275,7 +342,8 @@ class _Run:
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
             lr = _set_learning_rate(optimizer, config, *self._phase_position(epoch))
             steps.warmup = _warmup_span(config, *self._phase_position(epoch))
-            torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT))
+            rank = self.dist.rank if self.dist is not None else 0  # own dropout masks a rank
+            torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT) + rank)
             started = time.perf_counter()
             train_result = steps.run_epoch(model, optimizer, train_batches, epoch, phase,
                                            self.control, self.events)
@@ -291,6 +359,10 @@ class _Run:
 
     def _download_progress(self, done: int, total: int) -> None:
         self.events.emit("on_download", DownloadProgress(self.config.dataset, done, total))
+
+    def _load_progress(self, done: int, total: int) -> None:
+        self.events.emit("on_download",
+                         DownloadProgress(self.config.dataset, done, total, what="load"))
 
     def _phase(self, epoch: int) -> str:
         pretraining = self.config.init == "pretrained" and epoch <= self.config.pretrain_epochs
@@ -353,11 +425,12 @@ class _Run:
             "config": self.config.to_dict(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         saved = ["last"] + (["best"] if improved else [])
-        for kind in saved:
-            save_checkpoint(self.paths.checkpoint(kind), model, state, optimizer)
+        if self.is_main:
+            for kind in saved:
+                save_checkpoint(self.paths.checkpoint(kind), model, state, optimizer)
+            write_metrics(self.paths.metrics, self.history)
+            write_summary(self.paths.summary, summary.to_dict())
         self.last_saved_epoch = epoch
-        write_metrics(self.paths.metrics, self.history)
-        write_summary(self.paths.summary, summary.to_dict())
 
         self.events.emit("on_epoch_end", EpochEnded(
             epoch=epoch, train_loss=train_result[0], train_acc=train_result[1],
@@ -373,8 +446,10 @@ class _Steps:
     """Optimiser steps and evaluation on one device, with mixed precision on CUDA."""
 
     def __init__(self, config: RunConfig, device: torch.device, batches_per_epoch: int,
-                 start_epoch: int) -> None:
+                 start_epoch: int, dist: DistributedContext | None = None) -> None:
         self.device = device
+        self.dist = dist
+        self._ddp: tuple[tuple[int, ...], nn.Module] | None = None
         use_amp = config.amp and device.type == "cuda"
         # bfloat16 has float32's range, so products of many ADTN gates cannot overflow it
         bf16 = use_amp and torch.cuda.is_bf16_supported()
@@ -392,11 +467,22 @@ class _Steps:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
+    def _trainable(self, model: nn.Module) -> nn.Module:
+        """``model`` itself, or in a data-parallel run its DDP wrapper (made again when its
+        parameters change: dense pre-training ends by compressing the model in place)."""
+        if self.dist is None:
+            return model
+        key = tuple(id(p) for p in model.parameters())
+        if self._ddp is None or self._ddp[0] != key:
+            self._ddp = (key, self.dist.wrap(model))
+        return self._ddp[1]
+
     def run_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                   batches: BatchIterator, epoch: int, phase: str, control: RunControl,
                   events: EventDispatcher) -> tuple[float, float] | None:
         """Train one epoch; (mean loss, accuracy), or None when a stop was requested."""
         model.train()
+        net = self._trainable(model)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.perf_counter()
         epoch_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -409,23 +495,29 @@ class _Steps:
             if control.stop_requested:
                 return None
             with self._autocast():
-                logits = model(images)
+                logits = net(images)
                 loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            # a rank's share weighted so that DDP's average is the global batch's gradient
+            weight = getattr(batches, "loss_weight", 1.0)
+            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             grad_norms = None
             if batch == 1 or batch % GRAD_NORM_EVERY == 0:
                 grad_norms = _adtn_grad_norms(model, self.scaler)
             batch_correct = (logits.argmax(1) == labels).sum()
-            loss_value, correct_value = torch.stack(
-                [loss.detach().float(), batch_correct.float()]).tolist()
+            stats = torch.stack([loss.detach().float(), batch_correct.float()])
+            count = int(labels.shape[0])
+            if self.dist is not None:  # the global batch's loss and hits, the same on all ranks
+                share = stats.new_tensor([weight / self.dist.world_size, 1.0])
+                stats = self.dist.sum_tensor(stats * share)
+                count = batches.global_size
+            loss_value, correct_value = stats.tolist()
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(f"The loss became {loss_value} at epoch {epoch}, "
                                     f"batch {batch}.")
             self.scaler.step(optimizer)
             self.scaler.update()
 
-            count = int(labels.shape[0])
             loss_sum += loss_value * count
             correct += int(correct_value)
             seen += count
@@ -448,23 +540,49 @@ class _Steps:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for images, labels in batches.epoch(0):
+            if labels.numel() == 0:
+                continue  # a rank with no share of a small last batch
             with self._autocast():
                 logits = model(images).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
         count = batches.num_examples
+        if self.dist is not None:  # each rank evaluated its share of the test set
+            total_loss, total_correct = self.dist.sum([loss_sum.item(), float(correct.item())])
+            return total_loss / count, total_correct / count
         return loss_sum.item() / count, correct.item() / count
 
 
+def _is_collective_failure(exc: Exception) -> bool:
+    """A collective that failed because a peer went away (gloo raises plain RuntimeErrors)."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection closed", "Broken pipe",
+                                  "Connection reset"))
+
+
+def _rank_device(device: torch.device, env: DistributedEnv) -> torch.device:
+    """One GPU per process on a node (``cuda:LOCAL_RANK``); on the CPU every rank uses it."""
+    if device.type != "cuda":
+        return device
+    if env.local_rank >= torch.cuda.device_count():
+        raise DistributedSetupError(
+            f"rank {env.rank} needs GPU cuda:{env.local_rank}, but this machine has "
+            f"{torch.cuda.device_count()}; start at most that many processes per machine")
+    return torch.device(f"cuda:{env.local_rank}")
+
+
 def _adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str, float]:
-    """The gradient norm of each ADTN layer's tensor-network parameters (unscaled)."""
-    layers = adtn_layers(model)
+    """The gradient norm of each encoded layer's generator parameters (unscaled)."""
+    layers = encoded_layers(model)
     if not layers:
         return {}
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     norms = {}
     for name, layer in layers.items():
-        grads = [p.grad for p in layer.adtn.parameters() if p.grad is not None]
+        grads = [p.grad for p in layer.generator.parameters() if p.grad is not None]
         norms[name] = torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
     return {name: (float(norm) / scale if norm is not None else 0.0)
@@ -472,9 +590,11 @@ def _adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str
 
 
 def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """Two parameter groups: ADTN tensor networks (``adtn_lr``, no weight decay — the
-    generated weight is renormalised, so decaying gates would only fight that) and the rest."""
-    adtn_ids = {id(p) for layer in adtn_layers(model).values() for p in layer.adtn.parameters()}
+    """Two parameter groups: the encoded layers' generators (``adtn_lr``, no weight decay —
+    the ADTN's weight is renormalised, so decaying its gates would only fight that, and a
+    product of factors is not a weight to shrink) and the rest."""
+    adtn_ids = {id(p) for layer in encoded_layers(model).values()
+                for p in layer.generator.parameters()}
     adtn_params = [p for p in model.parameters() if id(p) in adtn_ids]
     other_params = [p for p in model.parameters() if id(p) not in adtn_ids]
     groups = [{"params": other_params, "base_lr": config.lr,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from adtn_studio.cli import CommandError
+from adtn_studio.launch import (add_launch_arguments, every_gpu, launch, launch_requested,
+                                lower_priority)
 from engine.events import RunControl, TrainerCallback  # plain Python: no torch at start-up
 
 if TYPE_CHECKING:
@@ -27,9 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a preset or a configuration file. Progress goes to stderr, the "
                     "final summary to stdout. Ctrl-C stops after the current batch; "
                     "'adtn-studio resume RUN_DIR' continues from the last finished epoch.")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="a built-in preset (see 'presets')")
     source.add_argument("--config", metavar="FILE", type=Path, help="a run configuration (TOML)")
+    add_source_arguments(parser)
     parser.add_argument("--out", metavar="RUN_DIR", type=Path,
                         help="run folder (default: a new folder under the runs folder)")
     add_override_arguments(parser)
@@ -48,6 +51,7 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder holding the data sets (default: $ADTN_DATA_DIR or a "
                              "per-user folder)")
     parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N or mps")
+    add_launch_arguments(parser)  # --nproc-per-node and the rest of torchrun's options
 
 
 def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
@@ -69,27 +73,62 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.presets import load_preset
     from engine.runs import new_run_dir
 
+    if not (args.preset or args.config or (args.model and args.dataset)):
+        raise CommandError("say what to train: --preset NAME, --config FILE, or --model MODEL "
+                           "--dataset DATASET --encode PATTERNS")
     try:
-        config = load_preset(args.preset) if args.preset else RunConfig.load(args.config)
+        if args.preset:
+            config = load_preset(args.preset)
+        elif args.config:
+            config = RunConfig.load(args.config)
+        else:
+            config = RunConfig()
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
+    config = apply_source_arguments(config, args)
     config = apply_overrides(config, args)
+    launch_requested(args)  # bad launch options fail before a run folder is made
     run_dir = args.out if args.out else new_run_dir(config)
-    return run_and_report(config, run_dir, resume=False)
+    return run_and_report(config, run_dir, resume=False, options=args)
 
 
-def run_and_report(config: RunConfig, run_dir: Path, resume: bool) -> int:
-    """Train with a console progress display; print the summary; raise on failure or stop."""
+def run_and_report(config: RunConfig, run_dir: Path, resume: bool,
+                   options: argparse.Namespace | None = None) -> int:
+    """Train with a console progress display; print the summary; raise on failure or stop.
+
+    ``options`` (the parsed command line) may ask for a data-parallel launch, an event log
+    and a control file (see ``adtn_studio.launch``)."""
+    from engine.distributed import detect_environment
     from engine.trainer import train
 
+    if options is not None:
+        lower_priority(options)
+        every_gpu(config, options)
+        if launch_requested(options):
+            return launch(options, config, Path(run_dir), resume)
     control = RunControl()
-    progress = ConsoleProgress(config)
+    callbacks: list = [ConsoleProgress(config)]
+    if options is not None and options.control_file:
+        from engine.event_log import FileRunControl
+
+        control = FileRunControl(options.control_file)
+    if options is not None and options.event_log:
+        from engine.event_log import EventLogWriter
+
+        callbacks.append(EventLogWriter(options.event_log))
+    env = detect_environment()
     with _stop_on_ctrl_c(control):
-        summary = train(config, run_dir, callbacks=[progress], control=control, resume=resume)
-    progress.close()
+        summary = train(config, run_dir, callbacks=callbacks, control=control, resume=resume)
+    callbacks[0].close()
+    if env is not None and env.rank != 0:  # rank 0 speaks for the job
+        if summary.status == "failed":
+            raise CommandError(f"rank {env.rank}: {summary.error_message}")
+        return 0
     if summary.status == "failed":
         raise CommandError(summary.error_message)
     print(format_summary(summary))
+    if summary.status == "stopped" and env is not None:
+        return 0  # a requested stop is no failure of the worker; the launcher reports it
     if summary.status == "stopped":
         raise CommandError(f"stopped after epoch {summary.epochs_completed} of "
                            f"{summary.epochs}; continue with: adtn-studio resume {run_dir}")
@@ -107,10 +146,15 @@ def format_summary(summary) -> str:
         f"parameters:  {summary.params_total:,} (dense {summary.dense_params_total:,}; "
         f"{summary.compression_ratio:.2f}x smaller)",
     ]
+    dense_acc = getattr(summary, "dense_test_acc", None)
+    if dense_acc is not None:  # pretrained weights: before and after, side by side
+        lines.insert(3, f"before:      {dense_acc:.2%} test accuracy of the dense model with "
+                        "its pretrained weights, before compression")
     if report.get("layers"):
-        names = ", ".join(f"{row['name']} (depth {row['depth']})" for row in report["layers"])
+        names = ", ".join(f"{row['name']} ({row.get('encoding', 'adtn')}: {row.get('detail', '')})"
+                          for row in report["layers"])
         lines.append(
-            f"ADTN layers: {names}: {report['compressed_layers_adtn_params']:,} parameters "
+            f"encoded layers: {names}: {report['compressed_layers_encoded_params']:,} parameters "
             f"instead of {report['compressed_layers_dense_params']:,} "
             f"({report['compressed_layers_ratio']:.1f}x)")
     lines.append(f"time:        {summary.seconds_total:.1f} s "
@@ -141,11 +185,17 @@ class ConsoleProgress(TrainerCallback):
                    f"{event.params_total:,} parameters (dense {event.dense_params_total:,}), "
                    f"{event.device}, {event.epochs} epochs{resumed} -> {event.run_dir}",
                    file=sys.stderr)
+        if getattr(event, "parallel", ""):
+            tqdm.write(event.parallel, file=sys.stderr)
+        for note in getattr(event, "notes", ()):  # adapted layers, weights, skipped files
+            tqdm.write(f"  {note}", file=sys.stderr)
 
     def on_download(self, event) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=event.total_bytes or None, unit="B", unit_scale=True,
-                            desc=f"downloading {event.dataset}", file=sys.stderr)
+            loading = getattr(event, "what", "download") == "load"  # images being decoded
+            self.bar = tqdm(total=event.total_bytes or None, unit="img" if loading else "B",
+                            unit_scale=not loading, file=sys.stderr,
+                            desc=f"{'loading' if loading else 'downloading'} {event.dataset}")
         self.bar.update(event.done_bytes - self.bar.n)
         if event.total_bytes and event.done_bytes >= event.total_bytes:
             self._close_bar()
@@ -188,3 +238,136 @@ class _stop_on_ctrl_c:
 
     def __exit__(self, *exc_info) -> None:
         signal.signal(signal.SIGINT, self.previous)
+
+
+# -- model, data and layers from the command line (no configuration file needed) -----------
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --dataset, --weights, --encode and their companions (``train`` only)."""
+    group = parser.add_argument_group(
+        "model, data and layers (instead of, or on top of, --preset / --config)")
+    group.add_argument("--model", metavar="MODEL",
+                       help="lenet5, fc2, ...; torchvision:NAME (e.g. torchvision:resnet18); "
+                            "or path/to/file.py:factory")
+    group.add_argument("--dataset", metavar="DATASET",
+                       help="mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic, or "
+                            "imagefolder:DIR (one folder per class)")
+    group.add_argument("--weights", metavar="FILE",
+                       help="pretrained weights: a .safetensors file or a PyTorch state dict "
+                            "(read with weights_only), or torchvision:DEFAULT for a "
+                            "torchvision model; ADTNs are then fitted to these weights")
+    group.add_argument("--encode", metavar="PATTERNS",
+                       help="layers to compress, comma-separated name patterns such as "
+                            "'fc,layer4.*' (see 'adtn-studio layers')")
+    group.add_argument("--depth", type=int, metavar="N", help="ADTN depth of encoded layers")
+    group.add_argument("--image-size", type=int, metavar="PX",
+                       help="image folders: input size in pixels (default: the images' own)")
+    group.add_argument("--batch-size", type=int, metavar="N", help="examples per batch")
+    group.add_argument("--lr", type=float, metavar="X", help="learning rate")
+    group.add_argument("--name", metavar="NAME", help="run name")
+
+
+def apply_source_arguments(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``config`` with --model/--dataset/--weights/--encode/... applied; file and folder
+    paths are made absolute, so the run folder's config.toml works from anywhere."""
+    from engine.config import ConfigError
+
+    changes: dict = {}
+    if args.model:
+        changes["model"] = absolute_model(args.model)
+    if args.dataset:
+        changes["dataset"] = absolute_dataset(args.dataset)
+    if args.weights:
+        changes["weights"] = absolute_weights(args.weights)
+        if args.weights and not args.preset and not args.config:
+            changes.update(init="pretrained", pretrain_epochs=0)  # fit ADTNs to the weights
+    for arg, field in (("image_size", "image_size"), ("batch_size", "batch_size"),
+                       ("lr", "lr"), ("name", "name")):
+        if getattr(args, arg, None) is not None:
+            changes[field] = getattr(args, arg)
+    try:
+        config = config.replace(**changes)
+    except (ConfigError, TypeError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.encode:
+        config = config.replace(layers=encode_layers(config, args.encode, args.depth or 1))
+    elif args.depth is not None:
+        if not config.layers:
+            raise CommandError("--depth needs layers to encode: add --encode PATTERNS")
+        config = config.replace(layers=[_with_depth(spec, args.depth) for spec in config.layers])
+    elif not config.layers and args.model and not args.preset and not args.config:
+        raise CommandError("say which layers to compress with --encode PATTERNS (e.g. "
+                           f"--encode 'fc*'); 'adtn-studio layers --model {args.model} "
+                           f"--dataset {args.dataset}' lists them")
+    return config
+
+
+def absolute_model(model: str) -> str:
+    from engine.model_sources import parse_model_spec
+
+    try:
+        source = parse_model_spec(model)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if source.kind == "file":
+        return f"{Path(source.path).expanduser().resolve()}:{source.name}"
+    return model
+
+
+def absolute_dataset(dataset: str) -> str:
+    from engine.data import IMAGEFOLDER_PREFIX
+
+    if dataset.startswith(IMAGEFOLDER_PREFIX) and dataset[len(IMAGEFOLDER_PREFIX):].strip():
+        folder = Path(dataset[len(IMAGEFOLDER_PREFIX):]).expanduser().resolve()
+        return IMAGEFOLDER_PREFIX + str(folder)
+    return dataset
+
+
+def absolute_weights(weights: str) -> str:
+    if weights.startswith("torchvision:"):
+        return weights
+    return str(Path(weights).expanduser().resolve())
+
+
+def encode_layers(config: RunConfig, patterns: str, depth: int) -> list:
+    """LayerSpecs for the layers of ``config``'s model that match ``patterns``."""
+    from engine.config import LayerSpec
+    from engine.layer_select import select_layer_names
+
+    try:
+        infos = describe_config_layers(config)
+        names = select_layer_names(infos, patterns)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return [LayerSpec(name=name, depth=depth) for name in names]
+
+
+def describe_config_layers(config: RunConfig) -> list:
+    """The layers of ``config``'s model for its data set: ``engine.describe_layers`` rows."""
+    from engine.compression import describe_layers
+
+    return describe_layers(config_skeleton(config))
+
+
+def config_skeleton(config: RunConfig):
+    """``config``'s model for its data set, built on the meta device (no memory, no
+    initialisation); every failure is one ``CommandError`` line."""
+    import torch
+
+    from engine.data import DataUnavailableError, config_dataset_info
+    from engine.models import build_model
+
+    try:
+        info = config_dataset_info(config)
+        with torch.device("meta"):
+            return build_model(config.model, info.in_channels, info.image_size,
+                               info.num_classes)
+    except (DataUnavailableError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _with_depth(spec, depth: int):
+    import dataclasses
+
+    return dataclasses.replace(spec, depth=depth)
