@@ -194,8 +194,10 @@ class MainWindow(QMainWindow):
         return handled
 
     def _finish_start_up(self) -> None:
-        self._build_plot_pages()
+        # The engine loads in its thread while this one builds the plot pages: the status
+        # bar names each loading step from the start, and the two overlap.
         self._start_engine_task()
+        self._build_plot_pages()
 
     def _build_plot_pages(self) -> None:
         # pyqtgraph takes a good part of a second to import: it loads after the first paint.
