@@ -50,6 +50,8 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--worst", type=int, default=0, metavar="N",
+                        help="also list the N longest blocks and the epoch ends near them")
     args = parser.parse_args()
     os.environ["ADTN_TRAINING_MODE"] = args.mode
     if args.switch_interval:
@@ -100,6 +102,8 @@ def main() -> int:
         batches.append(event)
 
     window.session.batch_progress.connect(on_batch)
+    epoch_ends: list[float] = []
+    window.session.epoch_ended.connect(lambda event: epoch_ends.append(time.perf_counter()))
 
     def on_finished(status: str) -> None:
         marks["end"] = time.perf_counter()
@@ -141,6 +145,14 @@ def main() -> int:
     print(f"  blocked beyond the tick: p50 {statistics.median(lateness):.1f} ms, "
           f"p99 {p99:.1f} ms, max {worst:.1f} ms (target p99 <= {TARGET_P99_MS:g} ms, "
           f"max <= {TARGET_MAX_MS:g} ms: {'met' if met else 'NOT met'})")
+    if args.worst:
+        late = sorted(((gap - TICK_MS, at) for at, gap in ticks[1:]
+                       if first <= at <= marks.get("end", at)), reverse=True)[:args.worst]
+        for blocked, at in late:
+            near = min(epoch_ends, key=lambda t: abs(t - at), default=None)
+            where = (f", {1000 * (at - near):+.0f} ms from an epoch's end"
+                     if near is not None else "")
+            print(f"  {blocked:6.1f} ms at {at - first:5.2f} s{where}")
     window.close()
     return code or (0 if met else 1)
 

@@ -242,3 +242,33 @@ def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_pa
     assert whole.status == "finished"
     # 40 epochs of Adam let the last-bit differences of the summation order grow to ~1e-6
     assert_same_weights(run, tmp_path / "whole", atol=2e-5)
+
+
+# -- the device list ---------------------------------------------------------------------
+
+
+def test_several_gpus_offer_a_data_parallel_choice(monkeypatch):
+    from engine import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: f"GPU model {index}")
+    choices = dict(trainer.list_devices())
+    assert choices["cuda:all"] == "all 3 GPUs (data-parallel)"
+    assert {"cuda:0", "cuda:1", "cuda:2", "cpu"} <= set(choices)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert "cuda:all" not in dict(trainer.list_devices())  # one GPU: nothing to share
+
+
+def test_cuda_all_is_a_valid_device_that_needs_cuda(tmp_path, capsys):
+    config = RunConfig.load(write_config(tmp_path / "run.toml")).replace(device="cuda:all")
+    assert config.validate().device == "cuda:all"
+    config.save(tmp_path / "all.toml")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--config", str(tmp_path / "all.toml"),
+                 "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("adtn-studio train: device 'cuda:all' was asked for, but CUDA is not "
+                   "available on this machine; use device 'auto' or 'cpu'")

@@ -241,6 +241,7 @@ class TrainingSession(QObject):
         self._child: _ChildRun | None = None
         self._final_status = "stopped"
         self._run_ended_seen = False
+        self._pending_batch: Any = None
         self._drain_timer = QTimer(self)
         self._drain_timer.setInterval(DRAIN_INTERVAL_MS)
         self._drain_timer.timeout.connect(self._drain)
@@ -379,6 +380,7 @@ class TrainingSession(QObject):
     def _finish_run(self) -> None:
         self._drain_timer.stop()
         self._drain()
+        self._emit_pending_batch()  # the last progress comes before "finished"
         self._control = None
         self._set_state("finished")
         self.finished.emit(self._final_status)
@@ -390,6 +392,7 @@ class TrainingSession(QObject):
         if self._child is not None:
             self._child.collect()
         latest_batch = None
+        heavy = False  # whether views already redraw much for this slice
         while self._queue:
             event = self._queue.popleft()
             name = type(event).__name__
@@ -399,8 +402,10 @@ class TrainingSession(QObject):
             elif name == "EpochEnded":
                 self.history.add_epoch(_fields(event))
                 self.epoch_ended.emit(event)
+                heavy = True
             elif name == "RunStarted":
                 self.run_started.emit(event)
+                heavy = True
                 if getattr(event, "parallel", "").startswith("data-parallel"):
                     self.log.emit("info", event.parallel)
             elif name == "DownloadProgress":
@@ -417,8 +422,21 @@ class TrainingSession(QObject):
                 text = describe_failure(event.kind, event.message)
                 self.log.emit("error", text)
                 self.run_failed.emit(text)
-        if latest_batch is not None:
-            self.batch_progress.emit(latest_batch)
+        if latest_batch is None:
+            return
+        self._pending_batch = latest_batch
+        if heavy:
+            # after an epoch's redraw, the batch curve's redraw waits for the next turn of
+            # the event loop: two shorter blocks instead of one long one
+            QTimer.singleShot(0, self._emit_pending_batch)
+        else:
+            self._emit_pending_batch()
+
+    @Slot()
+    def _emit_pending_batch(self) -> None:
+        event, self._pending_batch = self._pending_batch, None
+        if event is not None:
+            self.batch_progress.emit(event)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
