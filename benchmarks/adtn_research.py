@@ -11,6 +11,8 @@ there is not trained again) and the table is printed and written to ``OUT`` as m
         --probes base,lr-same,adamw --out benchmarks/results/research-screen.md
 
 Screening default: 20,000 training examples, 5,000 of them held out, 3 epochs, seed 0.
+``adtn_research.py compare ARGS`` runs ``adtn-studio compare ARGS`` in this process, with the
+prototypes installed (``--config FILE`` may then name their options).
 """
 
 from __future__ import annotations
@@ -50,11 +52,16 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "sgd-0.1": ({"optimizer": "sgd", "lr": 0.1, "adtn_lr": 0.1}, {}),
     "sgd-0.05-0.05": ({"optimizer": "sgd", "lr": 0.05, "adtn_lr": 0.05}, {}),
     "sgd-0.1-0.02": ({"optimizer": "sgd", "lr": 0.1, "adtn_lr": 0.02}, {}),
+    "sgd-0.05-1e-3": ({"optimizer": "sgd", "lr": 0.05, "adtn_lr": 1e-3}, {}),
+    "sgd-0.05-1e-4": ({"optimizer": "sgd", "lr": 0.05, "adtn_lr": 1e-4}, {}),
     "batch-64": ({"batch_size": 64}, {}),
     "lr-5e-3-adtn-2e-2": ({"lr": 5e-3, "adtn_lr": 2e-2}, {}),
     "no-schedule": ({"schedule": "none"}, {}),
     "warmup-1": ({"warmup_epochs": 1}, {}),
     # -- structure
+    "no-normalise": ({"prototype": {"normalise": False}}, {}),
+    "interleaved-no-normalise": ({"prototype": {"normalise": False}},
+                                 {"index_order": "interleaved"}),
     "act-none": ({}, {"activation": "none"}),
     "act-leaky": ({}, {"activation": "leaky_relu"}),
     "stair": ({}, {"layout": "stair"}),
@@ -72,6 +79,10 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # -- references at the same budget: the TT-matrix layer and the dense model
     "tt": ({}, {"encoding": "tt", "budget": "match:adtn"}),
     "tt-lr-same-1e-2": ({"lr": 1e-2, "adtn_lr": 0.0}, {"encoding": "tt", "budget": "match:adtn"}),
+    # -- the issue's small-model target: FC-2 with at most 5,000 parameters (depth 10: 4,568)
+    "target-adtn-d10": ({"lr": 1e-2, "adtn_lr": 0.0}, {"depth": 10, "index_order": "interleaved"}),
+    "target-tt-d10": ({"lr": 1e-2, "adtn_lr": 0.0},
+                      {"depth": 10, "encoding": "tt", "budget": "match:adtn"}),
     # -- from a trained dense layer
     "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
 }
@@ -117,11 +128,28 @@ def install_prototypes() -> None:
                                 else noise / 2.0)
                         gate.copy_(full[:, list(spec.columns)])
 
+        normalise = True  # set by a probe's "prototype" changes
+
+        def _weight(self):
+            if self.normalise:
+                return super()._weight()
+            # no rms normalisation, in the network nor of the weight: a constant fixed at
+            # initialisation gives the weight its starting spread instead
+            raw = self._crop(self._network_state(normalise=False))
+            if not hasattr(self, "_fixed_rms"):
+                self._fixed_rms = float(raw.detach().square().mean().sqrt())
+            return raw * (self.scale / self._fixed_rms)
+
         def _crop(self, state):
             state = state.reshape((2,) * self.Q).permute(self._to_rows_first)
             return super()._crop(state.reshape(-1))
 
     encoding_module.ADTN = PrototypeADTN
+    global PROTOTYPE
+    PROTOTYPE = PrototypeADTN
+
+
+PROTOTYPE = None
 
 
 def build_config(name: str, args: argparse.Namespace) -> RunConfig:
@@ -129,7 +157,7 @@ def build_config(name: str, args: argparse.Namespace) -> RunConfig:
     values = dict(BASE, model=args.model, data_root=args.data_root, download=False,
                   device=args.device, epochs=args.epochs, limit_train=args.limit_train,
                   holdout=args.holdout, seed=args.seed, name=f"research-{name}")
-    values.update(changes)
+    values.update({k: v for k, v in changes.items() if k != "prototype"})
     if "pretrain_epochs" in changes:  # dense epochs count on top: keep the total the same
         values["epochs"] = max(1, args.epochs - int(changes["pretrain_epochs"]))
     layer = dict(BASE_LAYER, **layer_changes)
@@ -143,9 +171,16 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from engine.trainer import train
 
     config = build_config(name, args)
+    prototype = PROBES[name][0].get("prototype", {})
+    if prototype and PROTOTYPE is None:
+        raise SystemExit(f"{name}: needs the prototype ADTN (the engine's has its options)")
+    for key, value in prototype.items():
+        setattr(PROTOTYPE, key, value)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
         summary = train(config, Path(folder) / name)
+    for key in prototype:
+        delattr(PROTOTYPE, key)
     return {
         "probe": name, "model": args.model, "status": summary.status,
         "error": summary.error_message, "seed": args.seed, "epochs": args.epochs,
@@ -172,6 +207,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # `adtn-studio compare ARGS`, with the prototypes installed
+        from adtn_studio.cli import run_cli
+
+        install_prototypes()
+        return run_cli(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", default="base", help="comma-separated probe names")
     parser.add_argument("--list", action="store_true", help="list the probes and exit")
