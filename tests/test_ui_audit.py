@@ -375,7 +375,9 @@ def test_review_shows_only_offered_settings_and_advanced_ones_are_offered(qtbot,
 
     wizard = window.wizard
     page = wizard.training_page
-    page.advanced.setChecked(True)
+    assert page.adtn_lr.isHidden()  # folded until asked for
+    page.advanced_toggle.setChecked(True)
+    assert not page.adtn_lr.isHidden() and not page.amp.isHidden()
     page.adtn_lr.setValue(0.01)
     page.augment.setChecked(False)
     page.amp.setChecked(False)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGroupBox,
     QLabel,
     QSpinBox,
+    QToolButton,
     QWidget,
 )
 
@@ -137,20 +138,18 @@ class TrainingPage(QWidget):
         self.fit_steps.setToolTip("Optimisation steps fitting each ADTN to its pretrained weight")
         self.augment = QCheckBox("random crops and flips (CIFAR data sets)")
         self.amp = QCheckBox("mixed precision on CUDA GPUs")
-        advanced_form = QFormLayout()
-        advanced_form.addRow("ADTN learning rate", self.adtn_lr)
-        advanced_form.addRow("Weight decay", self.weight_decay)
-        advanced_form.addRow("Momentum (SGD)", self.momentum)
-        advanced_form.addRow("ADTN fitting steps", self.fit_steps)
-        advanced_form.addRow("Augmentation", self.augment)
-        advanced_form.addRow("Precision", self.amp)
-        self.advanced = QGroupBox("Advanced")
-        self.advanced.setCheckable(True)
-        self.advanced.setChecked(False)  # folded: the defaults come from the preset
-        self.advanced.setLayout(advanced_form)
-        self.advanced.toggled.connect(self._fold_advanced)
-        self._advanced_rows = [advanced_form.itemAt(i).widget()
-                               for i in range(advanced_form.count())]
+        self.advanced_rows = (("ADTN learning rate", self.adtn_lr),
+                              ("Weight decay", self.weight_decay),
+                              ("Momentum (SGD)", self.momentum),
+                              ("ADTN fitting steps", self.fit_steps),
+                              ("Augmentation", self.augment), ("Precision", self.amp))
+        # Folded at first (the preset's values serve most runs); the arrow unfolds it.
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setText("Advanced settings")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setAutoRaise(True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.toggled.connect(self._fold_advanced)
 
         form = QFormLayout()
         form.addRow("Epochs", self.epochs)
@@ -165,7 +164,10 @@ class TrainingPage(QWidget):
         form.addRow("", self.device_hint)
         form.addRow("Training examples", self.limit_train)
         form.addRow("Test examples", self.limit_test)
-        form.addRow(self.advanced)
+        form.addRow(self.advanced_toggle)
+        for label, field in self.advanced_rows:
+            form.addRow(label, field)
+        self.form = form
 
         place_form(self, form)
         self.init.currentIndexChanged.connect(self._follow_init)
@@ -220,6 +222,7 @@ class TrainingPage(QWidget):
         self.momentum.setEnabled(self.optimizer.currentData() == "sgd")
 
     def _fold_advanced(self, unfolded: bool) -> None:
-        for widget in self._advanced_rows:
-            if widget is not None:
-                widget.setVisible(unfolded)
+        for _label, field in self.advanced_rows:
+            self.form.setRowVisible(field, unfolded)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if unfolded
+                                          else Qt.ArrowType.RightArrow)
