@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (
 
 class ReviewPage(QWidget):
     title = "Review"
-    subtitle = ("The settings of the run as TOML: what the pages before offer. The run folder "
-                "keeps them in config.toml.")
+    subtitle = ("The settings of the run as TOML: what the pages before offer, and any other "
+                "that this configuration changes. The run folder keeps them in config.toml.")
 
     name_edited = Signal()
     save_requested = Signal()
@@ -40,6 +40,7 @@ class ReviewPage(QWidget):
         form.addRow("Run name", self.name_edit)
         buttons = QHBoxLayout()
         buttons.addWidget(self.problem, 1)
+        buttons.addStretch(0)  # the button keeps its size when there is no problem to show
         buttons.addWidget(self.save_button)
 
         layout = QVBoxLayout(self)

@@ -36,10 +36,16 @@ from ui.workers import BackgroundTask
 SOURCE, LAYERS, TRAINING, REVIEW = range(4)
 DEFAULT_PRESET = "lenet5-mnist"
 
-# Keys of the run configuration the wizard does not offer: the review leaves them out (the
-# run folder still keeps them). The step schedule's keys show only with that schedule.
-UNOFFERED_KEYS = ("description", "download", "workers")
+# The keys of the run configuration the wizard's pages offer: the review shows these. Others
+# show only when the configuration (a loaded file, a past run) sets them to something other
+# than their default, so the review neither lists settings nobody can change here nor hides
+# one that changes the run. The step schedule's keys belong to that schedule.
+OFFERED_KEYS = ("name", "model", "dataset", "data_root", "layers", "init", "pretrain_epochs",
+                "fit_steps", "epochs", "batch_size", "optimizer", "lr", "adtn_lr", "momentum",
+                "schedule", "weight_decay", "seed", "device", "amp", "augment", "limit_train",
+                "limit_test")
 STEP_SCHEDULE_KEYS = ("lr_milestones", "lr_gamma")
+NEVER_REVIEWED = ("description", "download")  # a preset's blurb; Start never downloads
 
 # Learning rates from which training with these optimisers practically always diverges.
 ABSURD_RATES = {"adam": 1.0, "adamw": 1.0, "sgd": 10.0}
@@ -59,12 +65,15 @@ def rate_warning(config) -> str:
     return ""
 
 
-def reviewed_settings(values: dict) -> dict:
-    """The configuration's values that the wizard offers, for the review page."""
-    hidden = set(UNOFFERED_KEYS)
-    if values.get("schedule") != "step":
-        hidden.update(STEP_SCHEDULE_KEYS)
-    return {key: value for key, value in values.items() if key not in hidden}
+def reviewed_settings(values: dict, defaults: dict) -> dict:
+    """The configuration's values for the review page: what the wizard offers, and whatever
+    else differs from its default (``defaults``: a default RunConfig's values)."""
+    offered = set(OFFERED_KEYS)
+    if values.get("schedule") == "step":
+        offered.update(STEP_SCHEDULE_KEYS)
+    return {key: value for key, value in values.items()
+            if key not in NEVER_REVIEWED
+            and (key in offered or value != defaults.get(key, value))}
 
 
 class StepLabel(QLabel):
@@ -400,7 +409,8 @@ class CompressionWizard(QWidget):
 
         self.config = self.current_config()
         _, self._problem = engine_calls.config_toml(self.config)
-        text = tomli_w.dumps(reviewed_settings(self.config.to_dict()))
+        defaults = engine_calls.default_config().to_dict()
+        text = tomli_w.dumps(reviewed_settings(self.config.to_dict(), defaults))
         self.review_page.show_config(text, self._problem)
         self._update_nav()
 
