@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from engine.adtn_kernel import App, NetworkState, Plan, apply_on_axis, forward_state
+from engine.adtn_kernel import App, NetworkState, Plan, apply_on_axis, finish, forward_state
 
 ACTIVATIONS = ("relu", "leaky_relu", "none")
 LAYOUTS = ("brick", "stair")
@@ -205,7 +205,7 @@ class ADTN(nn.Module):
     # ---------------------------------------------------------------------------- contraction
     def contract(self) -> torch.Tensor:
         """The raw network tensor cropped to ``shape`` (no scale, no normalisation)."""
-        return self._crop(self._network_state(normalise=False))
+        return self._generate(scaled=False)
 
     def forward(self) -> torch.Tensor:
         """The weight: ``scale * W / rms(W)``. Cached while gradients are off (inference)."""
@@ -222,32 +222,28 @@ class ADTN(nn.Module):
         # Matmuls in half precision would lose the weight's accuracy over many gates.
         device_type = self.scale.device.type
         with torch.autocast(device_type=device_type, enabled=False):
-            weight = self._crop(self._network_state(normalise=True))
-            return weight * (self.scale / _rms(weight))
+            return self._generate(scaled=True)
 
-    def _crop(self, state: torch.Tensor) -> torch.Tensor:
-        tensor = state.reshape(self.padded_shape)
-        if self.padded_shape != self.shape:
-            tensor = tensor[tuple(slice(0, d) for d in self.shape)]
-        return tensor
-
-    def _network_state(self, normalise: bool) -> torch.Tensor:
-        """The 2**Q output vector of the network (``engine.adtn_kernel`` does the work).
+    def _generate(self, scaled: bool) -> torch.Tensor:
+        """The weight (``scaled``: normalised between layers, times ``scale / rms``) or the
+        raw network tensor, cropped to ``shape``; ``engine.adtn_kernel`` does the work.
 
         The first layer acts on a product state (``_compile_first_layer``). In later layers, a
         half-layer of side-by-side gates is a Kronecker product: groups of its gates become
         block matrices, all built in one batched product, each applied in one matrix product.
         Other runs of gates (the stair layout) are merged into blocks one gate at a time.
-        Between layers the state is divided by its rms when ``normalise``; that commutes with
+        Between layers the state is divided by its rms when ``scaled``; that commutes with
         the (positively homogeneous) activations, so it changes nothing but the numbers' range.
         """
         plans, recipe = self._compiled()
-        plan = plans[bool(normalise)]
+        plan = plans[scaled]
         mats = self._matrices(recipe)
         low_memory = self._use_low_memory(mats)
-        if torch.is_grad_enabled() and any(m.requires_grad for m in mats):
-            return NetworkState.apply(plan, low_memory, *mats)
-        return forward_state(plan, mats, low_memory)
+        scale = self.scale if scaled else None
+        tracked = mats + ([scale] if scaled else [])
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
+            return NetworkState.apply(plan, low_memory, scale, *mats)
+        return finish(plan, forward_state(plan, mats, low_memory), scale)[0]
 
     def _use_low_memory(self, mats) -> bool:
         """Recompute in the backward pass when keeping every block's input would not fit."""
@@ -321,7 +317,8 @@ class ADTN(nn.Module):
             low.append(tuple(low_layer))
         slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(self.activation)
         plans = {
-            normalise: Plan(self.Q, tuple(fast), tuple(low), slope, normalise)
+            normalise: Plan(self.Q, self.shape, self.padded_shape, tuple(fast), tuple(low), slope,
+                            normalise)
             for normalise in (False, True)
         }
         return plans, recipe

@@ -55,6 +55,8 @@ class Plan:
     """The compiled network: applications per layer (layer 0 acts on the product state)."""
 
     num_bits: int
+    shape: tuple[int, ...]  # the weight's
+    padded_shape: tuple[int, ...]
     fast: tuple[tuple[App, ...], ...]  # rotating sweeps, out of place
     low: tuple[tuple[App, ...], ...]  # the same products as in-place ``mid`` applications
     slope: float | None  # activation between layers: None identity, 0.0 ReLU, else leaky
@@ -181,12 +183,17 @@ def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan) -> torch.T
     return grad
 
 
-def _first_layer(plan: Plan, mats, keep: list | None = None) -> torch.Tensor:
+def _first_layer(plan: Plan, mats, keep: list | None = None, inputs_only: bool = False):
+    """The first layer's output state; ``keep`` collects each application's input (with
+    ``inputs_only``, only those are computed, not the output)."""
     ref = mats[plan.fast[0][0].m]
     state = torch.ones(1, dtype=ref.dtype, device=ref.device)
-    for app in plan.fast[0]:
+    apps = plan.fast[0]
+    for j, app in enumerate(apps):
         if keep is not None:
             keep.append(state)
+        if inputs_only and j == len(apps) - 1:
+            return None
         state = _apply(app, mats[app.m], state)
     return state
 
@@ -227,36 +234,88 @@ def forward_state(plan: Plan, mats: Sequence[torch.Tensor], low_memory: bool = F
     return state
 
 
+def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None):
+    """The weight from the output state: cropped, then ``scale * W / rms(W)`` (the raw
+    cropped tensor when ``scale`` is None). Returns (weight, 1 / rms(W) or None)."""
+    tensor = state.view(plan.padded_shape)
+    if plan.padded_shape != plan.shape:
+        tensor = tensor[tuple(slice(0, d) for d in plan.shape)]
+    if scale is None:
+        return tensor, None
+    inverse_rms = _inverse_rms(tensor)
+    return tensor * (scale * inverse_rms), inverse_rms
+
+
+def _finish_backward(plan: Plan, state, scale, inverse_rms, grad_weight):
+    """(gradient of the output state as a fresh flat tensor, gradient of the scale)."""
+    cropped = plan.padded_shape != plan.shape
+    tensor = state.view(plan.padded_shape)
+    if cropped:
+        tensor = tensor[tuple(slice(0, d) for d in plan.shape)]
+    grad_scale = None
+    if scale is None:
+        grad = grad_weight.clone(memory_format=torch.contiguous_format)
+    else:
+        grad_weight = grad_weight.contiguous()
+        if cropped:
+            dot = (tensor * grad_weight).sum()
+        else:
+            dot = torch.dot(state, grad_weight.view(-1))
+        grad_scale = dot * inverse_rms
+        # d/dW of scale * W / rms(W): scale/rms * (g - W <W, g> / (N rms**2)).
+        grad = grad_weight * (scale * inverse_rms)
+        grad.addcmul_(tensor, scale * inverse_rms ** 3 * dot / tensor.numel(), value=-1.0)
+    if cropped:
+        full = grad.new_zeros(plan.padded_shape)
+        full[tuple(slice(0, d) for d in plan.shape)] = grad
+        grad = full
+    return grad.view(-1), grad_scale
+
+
+def _graph_is_kept() -> bool:
+    """Whether this backward pass was asked to keep the graph (``retain_graph=True``; a
+    private query, so when it is missing the states are kept, which is always correct)."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    try:
+        return True if query is None else bool(query())
+    except RuntimeError:
+        return True
+
+
 class NetworkState(torch.autograd.Function):
-    """``apply(plan, low_memory, *mats)`` → the network's output state (``2**Q`` numbers)."""
+    """``apply(plan, low_memory, scale, *mats)`` → the weight (``finish`` of the state)."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, low_memory: bool, *mats):
+    def forward(ctx, plan: Plan, low_memory: bool, scale, *mats):
         saved: list = []
         inverse_rms: list = []
-        out = forward_state(plan, mats, low_memory, saved, inverse_rms)
-        ctx.plan, ctx.low_memory = plan, low_memory
-        ctx.num_mats, ctx.num_saved = len(mats), len(saved)
-        ctx.save_for_backward(*mats, *saved, *inverse_rms)
-        return out
+        state = forward_state(plan, mats, low_memory, saved, inverse_rms)
+        weight, final_inverse_rms = finish(plan, state, scale)
+        ctx.plan, ctx.low_memory, ctx.num_mats = plan, low_memory, len(mats)
+        # Big states are kept as attributes, not saved tensors, so that the backward pass
+        # can let go of each as soon as it is used (saved tensors live until it returns).
+        ctx.state, ctx.saved = state, saved
+        ctx.save_for_backward(scale, final_inverse_rms, *mats, *inverse_rms)
+        return weight
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_weight):
         plan = ctx.plan
-        tensors = ctx.saved_tensors
-        mats = tensors[: ctx.num_mats]
-        saved = list(tensors[ctx.num_mats: ctx.num_mats + ctx.num_saved])
-        inverse_rms = list(tensors[ctx.num_mats + ctx.num_saved:])
-        needs = ctx.needs_input_grad[2:]
+        scale, final_inverse_rms, *rest = ctx.saved_tensors
+        mats, inverse_rms = rest[: ctx.num_mats], rest[ctx.num_mats:]
+        saved, state = list(ctx.saved), ctx.state
+        if not _graph_is_kept():
+            ctx.saved = ctx.state = None  # let each big state go as soon as it is used
+        grad, grad_scale = _finish_backward(plan, state, scale, final_inverse_rms, grad_weight)
+        del state
         grads: list = [None] * len(mats)
-        grad = grad_out.contiguous()
         if ctx.low_memory:
-            grad = _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
+            _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
-            grad = _backward_stored(plan, mats, saved, inverse_rms, grad, grads)
-        del grad
-        return (None, None, *(g if need else None for g, need in zip(grads, needs)))
+            _backward_stored(plan, mats, saved, inverse_rms, grad, grads)
+        needs = ctx.needs_input_grad[3:]
+        return (None, None, grad_scale, *(g if need else None for g, need in zip(grads, needs)))
 
 
 def _backward_stored(plan, mats, saved, inverse_rms, grad, grads):
@@ -271,12 +330,12 @@ def _backward_stored(plan, mats, saved, inverse_rms, grad, grads):
             grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
             # grad_in is a fresh tensor (never the incoming gradient): safe to edit in place.
             grad = _transition_backward_(grad_in, state, factor, plan) if layer and not j else grad_in
-    return grad
+            del state
 
 
-def _backward_low_memory(plan, mats, saved, inverse_rms, grad_out, grads):
+def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
+    """``grad`` (the output state's, owned here) is transformed in place."""
     depth = len(plan.fast)
-    grad = grad_out.clone() if depth > 1 else grad_out
     chunk = _chunk_for(grad)
     for layer in range(depth - 1, 0, -1):
         if layer == depth - 1 and saved:
@@ -301,12 +360,13 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad_out, grads):
             grad_matrix = _mid_gram(_mid_view(grad, app), _mid_view(state, app), chunk)
             grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
             _apply_inplace(app, effective[j].t(), grad, chunk)
+            state = None
         del work
         grad = _transition_backward_(grad, layer_input, factor, plan)
         del layer_input
     # The first layer: its states are at most a quarter of the output, recomputed and kept.
     keep: list = []
-    _first_layer(plan, mats, keep)
+    _first_layer(plan, mats, keep, inputs_only=True)
     apps = plan.fast[0]
     for j in range(len(apps) - 1, -1, -1):
         grad, grads[apps[j].m] = _backward(apps[j], mats[apps[j].m], keep.pop(), grad, j > 0)

@@ -46,6 +46,33 @@ def randomised(adtn: ADTN) -> ADTN:
     return adtn
 
 
+def naive_weight(adtn: ADTN, gates, scale) -> torch.Tensor:
+    """The weight by plain autograd operations from the gates: explicit 2^Q × 2^Q layer
+    matrices, the division by the rms between layers, then ``scale * W / rms(W)``."""
+    q = adtn.Q
+    state = torch.zeros(2**q, dtype=torch.float64)
+    state[0] = 1.0
+    for layer in range(adtn.depth):
+        if layer > 0:
+            if adtn.activation == "relu":
+                state = torch.relu(state)
+            elif adtn.activation == "leaky_relu":
+                state = F.leaky_relu(state, 0.01)
+            state = state / state.square().mean().sqrt()
+        for k, spec in enumerate(adtn.gate_specs()):
+            if spec.layer == layer:
+                local = gates[k].new_zeros(4, 4).index_copy(1, torch.tensor(spec.columns), gates[k])
+                a = spec.pair[0]
+                eye_left = torch.eye(2**a, dtype=torch.float64)
+                eye_right = torch.eye(2 ** (q - a - 2), dtype=torch.float64)
+                state = torch.kron(torch.kron(eye_left, local), eye_right) @ state
+    tensor = state.reshape(adtn.padded_shape)[tuple(slice(0, d) for d in adtn.shape)]
+    return scale * tensor / tensor.square().mean().sqrt()
+
+
+MEMORY_MODES = ["fast", "low"]
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (4, 4), (3, 2, 5, 5), (7, 9), (1, 8), (16, 1), (2, 2), (6, 1, 3, 3)])
 @pytest.mark.parametrize("layout", ["brick", "stair"])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "none"])
@@ -54,9 +81,94 @@ def test_contraction_matches_naive_reference(shape, layout, activation):
     for depth in (1, 2, 3):
         adtn = randomised(ADTN(shape, depth=depth, activation=activation, layout=layout).double())
         expected = naive_network_tensor(adtn)
-        got = adtn.contract()
-        assert got.shape == torch.Size(shape)
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+        for memory in MEMORY_MODES:
+            adtn.memory = memory
+            got = adtn.contract()
+            assert got.shape == torch.Size(shape)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 5, 5), (7, 9), (16, 1), (2, 2), (12, 20)])
+@pytest.mark.parametrize("layout", ["brick", "stair"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "none"])
+def test_hand_written_backward_matches_autograd_of_the_naive_reference(shape, layout, activation):
+    """Gradients of every gate and of the scale, in both memory modes, against autograd
+    through the naive reference (odd Q among the shapes: (5, 3), (7, 9), (16, 1))."""
+    torch.manual_seed(hash((shape, layout, activation, "grad")) % 2**31)
+    for depth in (1, 2, 3):
+        while True:  # a tiny ReLU network can die (an all-zero state has no rms): redraw
+            adtn = randomised(ADTN(shape, depth=depth, activation=activation, layout=layout).double())
+            with torch.no_grad():
+                adtn.scale.fill_(0.8)
+            upstream = torch.randn(shape, dtype=torch.float64)
+            gates = [g.detach().clone().requires_grad_(True) for g in adtn.gates]
+            scale = adtn.scale.detach().clone().requires_grad_(True)
+            (naive_weight(adtn, gates, scale) * upstream).sum().backward()
+            if all(torch.isfinite(g.grad).all() for g in gates):
+                break
+        for memory in MEMORY_MODES:
+            adtn.memory = memory
+            adtn.zero_grad(set_to_none=True)
+            (adtn() * upstream).sum().backward()
+            for k, (got, ref) in enumerate(zip(adtn.gates, gates)):
+                torch.testing.assert_close(got.grad, ref.grad, rtol=0, atol=1e-10,
+                                           msg=lambda m: f"{memory}, depth {depth}, gate {k}: {m}")
+            torch.testing.assert_close(adtn.scale.grad, scale.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("memory", MEMORY_MODES)
+@pytest.mark.parametrize("layout, activation, shape", [
+    ("brick", "relu", (3, 2, 3)), ("stair", "leaky_relu", (5, 3)), ("brick", "none", (4, 8)),
+])
+def test_gradcheck_of_the_hand_written_backward(memory, layout, activation, shape):
+    torch.manual_seed(9)
+    adtn = randomised(ADTN(shape, depth=3, activation=activation, layout=layout, memory=memory).double())
+    names = [n for n, _ in adtn.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in adtn.parameters())
+
+    def weight(*values):
+        return torch.func.functional_call(adtn, dict(zip(names, values)), ())
+
+    assert torch.autograd.gradcheck(weight, params, eps=1e-6, atol=1e-7)
+
+    raw = RawTensor(adtn)  # contract(): no normalisation, no scale
+    raw_names = [n for n, _ in raw.named_parameters()]
+
+    def network_tensor(*values):
+        return torch.func.functional_call(raw, dict(zip(raw_names, values)), ())
+
+    assert torch.autograd.gradcheck(network_tensor, params[:-1] + (params[-1].detach(),),
+                                    eps=1e-6, atol=1e-7)
+
+
+class RawTensor(torch.nn.Module):
+    def __init__(self, adtn: ADTN) -> None:
+        super().__init__()
+        self.adtn = adtn
+
+    def forward(self) -> torch.Tensor:
+        return self.adtn.contract()
+
+
+def test_low_memory_mode_is_chosen_for_large_states_and_both_modes_agree():
+    torch.manual_seed(10)
+    small = ADTN((64, 64), depth=3)
+    assert not small._use_low_memory(small._matrices(small._compiled()[1]))
+    big = ADTN((4096, 4096), depth=4)
+    assert big._use_low_memory(big._matrices(big._compiled()[1]))
+    fast = randomised(ADTN((32, 64), depth=4, layout="brick", memory="fast").double())
+    low = ADTN((32, 64), depth=4, layout="brick", memory="low").double()
+    low.load_state_dict(fast.state_dict())
+    upstream = torch.randn(32, 64, dtype=torch.float64)
+    for adtn in (fast, low):
+        (adtn() * upstream).sum().backward()
+    for a, b in zip(fast.parameters(), low.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+
+
+def test_memory_mode_is_checked():
+    with pytest.raises(ValueError, match="memory"):
+        ADTN((4, 4), memory="some")
 
 
 @pytest.mark.parametrize("block_bits", [2, 3, 6])
