@@ -11,7 +11,7 @@ from ui.messages import describe_failure
 from ui.metric_history import MetricHistory
 from ui.settings import app_settings, last_folder, remember_folder
 from ui.wizard import engine_calls
-from ui.wizard.layer_plan_model import ADTN, DEPTH, ENCODE, RATIO, LayerPlanModel
+from ui.wizard.layer_plan_model import DEPTH, ENCODE, PARAMS, RATIO, LayerPlanModel
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_layer_plan_totals_follow_encoding_and_depth(lenet_plan, qtbot):
     encoded = lenet_plan.report.model_params_after
     assert encoded < before - 40_000  # fc1 (48,120 parameters) shrinks to a few hundred
     row = lenet_plan.layer_names().index("fc1")
-    assert lenet_plan.data(lenet_plan.index(row, ADTN)) not in ("", None)
+    assert lenet_plan.data(lenet_plan.index(row, PARAMS)) not in ("", None)
     assert lenet_plan.data(lenet_plan.index(row, RATIO)).endswith("×")
 
     lenet_plan.set_depth("fc1", 3)
@@ -46,7 +46,32 @@ def test_layer_plan_totals_follow_encoding_and_depth(lenet_plan, qtbot):
 
     lenet_plan.set_encoded("fc1", False)
     assert lenet_plan.report.model_params_after == before
-    assert lenet_plan.data(lenet_plan.index(row, ADTN)) == ""
+    assert lenet_plan.data(lenet_plan.index(row, PARAMS)) == ""
+
+
+def test_switching_a_layers_encoding_updates_its_count_and_the_totals(lenet_plan, qtbot):
+    from ui.wizard.layer_plan_model import ENCODING, OPTIONS
+
+    row = lenet_plan.layer_names().index("fc1")
+    lenet_plan.set_encoded("fc1", True)
+    lenet_plan.set_depth("fc1", 3)
+    adtn_count = lenet_plan.report.rows[0].encoded_params
+    adtn_total = lenet_plan.report.model_params_after
+    with qtbot.waitSignal(lenet_plan.totals_changed):
+        lenet_plan.set_encoding("fc1", "tt")
+    row_report = lenet_plan.report.rows[0]
+    assert row_report.encoding == "tt" and row_report.encoded_params <= adtn_count * 1.05
+    assert lenet_plan.data(lenet_plan.index(row, PARAMS)) == f"{row_report.encoded_params:,}"
+    assert lenet_plan.data(lenet_plan.index(row, OPTIONS)).startswith("TT ")
+    assert lenet_plan.report.model_params_after == (
+        adtn_total - adtn_count + row_report.encoded_params)
+    assert [(s.name, s.encoding) for s in lenet_plan.specs()] == [("fc1", "tt")]
+    # A budget an encoding cannot meet is said on the row and left out of the totals.
+    lenet_plan.set_depth("fc1", 1)
+    lenet_plan.set_encoding("fc1", "lowrank")
+    assert "needs at least" in lenet_plan.data(lenet_plan.index(row, OPTIONS))
+    assert lenet_plan.report.model_params_after == lenet_plan.report.model_params_before
+    assert not lenet_plan.setData(lenet_plan.index(row, ENCODING), "svd")
 
 
 def test_layer_plan_keeps_depth_editing_to_encoded_layers(lenet_plan):

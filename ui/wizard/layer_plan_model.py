@@ -1,4 +1,4 @@
-"""The layer table's model: which layers become ADTNs, how deep, and what that saves.
+"""The layer table's model: which layers are encoded, how, and what that saves.
 
 No widgets here. The parameter counts come from the engine (``plan_compression``); this
 model only keeps the user's choices and hands them to the engine after every edit.
@@ -12,14 +12,15 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 
+from engine.layer_spec import ACTIVATIONS, ENCODINGS  # torch-free: the engine's own names
 from engine.limits import MAX_DEPTH  # plain numbers, no torch: the engine's own limit
 from ui.formatting import format_count, format_ratio
 
-ACTIVATIONS = ("relu", "leaky_relu", "none")
-
-ENCODE, NAME, KIND, SHAPE, DENSE, DEPTH, ACTIVATION, ADTN, RATIO = range(9)
-HEADERS = ("ADTN", "layer", "kind", "weight shape", "dense params", "depth", "activation",
-           "ADTN params", "ratio")
+ENCODE, NAME, KIND, SHAPE, DENSE, ENCODING, DEPTH, ACTIVATION, PARAMS, RATIO, OPTIONS = range(11)
+HEADERS = ("encode", "layer", "kind", "weight shape", "dense params", "encoding", "depth",
+           "activation", "parameters", "ratio", "options")
+# Other encodings than the ADTN take the ADTN's count at this depth as their budget, so the
+# depth column sets every layer's size whatever its encoding.
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -30,6 +31,7 @@ class LayerChoice:
     depth: int = 1
     activation: str = "relu"
     layout: str = "brick"
+    encoding: str = "adtn"
 
 
 class LayerPlanModel(QAbstractTableModel):
@@ -44,6 +46,7 @@ class LayerPlanModel(QAbstractTableModel):
         self._planner: Callable[[list], Any] | None = None
         self._spec_factory: Callable[..., Any] | None = None
         self.report: Any = None
+        self.problems: dict[str, str] = {}  # layer name -> why the engine cannot encode it
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -60,7 +63,8 @@ class LayerPlanModel(QAbstractTableModel):
         for spec in specs:
             if spec.name in self._choices:
                 self._choices[spec.name] = LayerChoice(True, spec.depth, spec.activation,
-                                                       spec.layout)
+                                                       spec.layout,
+                                                       getattr(spec, "encoding", "adtn"))
         self._replan()
         self.endResetModel()
         self.totals_changed.emit()
@@ -78,7 +82,7 @@ class LayerPlanModel(QAbstractTableModel):
         if self._spec_factory is None:
             return []
         return [self._spec_factory(name=info.name, depth=c.depth, activation=c.activation,
-                                   layout=c.layout)
+                                   layout=c.layout, encoding=c.encoding)
                 for info in self._layers if (c := self._choices[info.name]).encode]
 
     def layer_names(self) -> list[str]:
@@ -91,6 +95,9 @@ class LayerPlanModel(QAbstractTableModel):
 
     def set_depth(self, name: str, depth: int) -> None:
         self.setData(self.index(self.layer_names().index(name), DEPTH), depth)
+
+    def set_encoding(self, name: str, encoding: str) -> None:
+        self.setData(self.index(self.layer_names().index(name), ENCODING), encoding)
 
     def layer_infos(self) -> list:
         """The engine's LayerInfo rows, in model order."""
@@ -134,7 +141,7 @@ class LayerPlanModel(QAbstractTableModel):
             return Qt.ItemFlag.ItemIsSelectable  # shown greyed out, with the reason as tip
         if index.column() == ENCODE:
             flags |= Qt.ItemFlag.ItemIsUserCheckable
-        elif index.column() in (DEPTH, ACTIVATION) and self._choices[info.name].encode:
+        elif index.column() in (ENCODING, DEPTH, ACTIVATION) and self._choices[info.name].encode:
             flags |= Qt.ItemFlag.ItemIsEditable
         return flags
 
@@ -148,10 +155,20 @@ class LayerPlanModel(QAbstractTableModel):
             return Qt.CheckState.Checked if choice.encode else Qt.CheckState.Unchecked
         if role == Qt.ItemDataRole.ToolTipRole and not info.encodable:
             return info.reason or "This layer cannot be encoded."
-        if role == Qt.ItemDataRole.TextAlignmentRole and column in (DENSE, DEPTH, ADTN, RATIO):
+        problem = self.problems.get(info.name) if choice.encode else None
+        if role == Qt.ItemDataRole.ToolTipRole and problem:
+            return problem
+        if role == Qt.ItemDataRole.ToolTipRole and column == DEPTH and choice.encoding != "adtn":
+            return "The ADTN depth whose parameter count this encoding matches"
+        if role == Qt.ItemDataRole.ForegroundRole and problem and column == OPTIONS:
+            from PySide6.QtGui import QColor
+
+            return QColor("#b00020")
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in (DENSE, DEPTH, PARAMS, RATIO):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.EditRole:
-            return {DEPTH: choice.depth, ACTIVATION: choice.activation}.get(column)
+            return {DEPTH: choice.depth, ACTIVATION: choice.activation,
+                    ENCODING: choice.encoding}.get(column)
         if role != Qt.ItemDataRole.DisplayRole:
             return None
         row = self._report_row(info.name) if choice.encode else None
@@ -163,14 +180,20 @@ class LayerPlanModel(QAbstractTableModel):
             return " × ".join(str(n) for n in info.weight_shape)
         if column == DENSE:
             return format_count(info.dense_params)
+        if column == ENCODING:
+            return choice.encoding if choice.encode else ""
         if column == DEPTH:
             return str(choice.depth) if choice.encode else ""
         if column == ACTIVATION:
-            return choice.activation if choice.encode else ""
-        if column == ADTN:
+            return choice.activation if choice.encode and choice.encoding == "adtn" else ""
+        if column == PARAMS:
             return format_count(row.encoded_params) if row is not None else ""
         if column == RATIO:
             return format_ratio(row.ratio) if row is not None else ""
+        if column == OPTIONS:
+            if problem:
+                return "does not fit: " + problem
+            return row.detail if row is not None else ""
         return None
 
     def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
@@ -186,6 +209,10 @@ class LayerPlanModel(QAbstractTableModel):
             if value not in ACTIVATIONS:
                 return False
             choice.activation = str(value)
+        elif column == ENCODING and role == Qt.ItemDataRole.EditRole and choice.encode:
+            if value not in ENCODINGS:
+                return False
+            choice.encoding = str(value)
         else:
             return False
         self._replan()
@@ -197,7 +224,27 @@ class LayerPlanModel(QAbstractTableModel):
     # -- the engine's plan ------------------------------------------------------------
 
     def _replan(self) -> None:
-        self.report = self._planner(self.specs()) if self._planner else None
+        """Ask the engine for the counts. A layer the engine cannot encode as chosen (a budget
+        below an encoding's smallest size) is left out of the totals and its reason kept."""
+        self.problems = {}
+        if self._planner is None:
+            self.report = None
+            return
+        specs = self.specs()
+        try:
+            self.report = self._planner(specs)
+            return
+        except ValueError:
+            pass
+        usable = []
+        for spec in specs:
+            try:
+                self._planner([spec])
+                usable.append(spec)
+            except ValueError as exc:
+                reason = str(exc).removeprefix("cannot compress: ")
+                self.problems[spec.name] = reason.removeprefix(f"'{spec.name}' cannot be encoded as {spec.encoding}: ")
+        self.report = self._planner(usable)
 
     def _report_row(self, name: str) -> Any:
         if self.report is None:

@@ -26,6 +26,8 @@ from ui.wizard.layer_plan_model import (
     ACTIVATIONS,
     DEPTH,
     ENCODE,
+    ENCODING,
+    ENCODINGS,
     MAX_DEPTH,
     NAME,
     LayerPlanModel,
@@ -95,16 +97,22 @@ class _DepthDelegate(QStyledItemDelegate):
             editor.typed_too_large = 0
 
 
-class _ActivationDelegate(QStyledItemDelegate):
+class _ChoiceDelegate(QStyledItemDelegate):
+    """A combo box of the engine's names for one column (activation, encoding)."""
+
+    def __init__(self, choices, parent=None) -> None:
+        super().__init__(parent)
+        self._choices = tuple(choices)
+
     def createEditor(self, parent, option, index):
         editor = QComboBox(parent)
-        editor.addItems(ACTIVATIONS)
+        editor.addItems(self._choices)
         # Commit as soon as a choice is made, not only when the editor loses focus.
         editor.activated.connect(lambda _=0, e=editor: self.commitData.emit(e))
         return editor
 
     def setEditorData(self, editor, index):
-        editor.setCurrentText(str(index.data(Qt.ItemDataRole.EditRole) or "relu"))
+        editor.setCurrentText(str(index.data(Qt.ItemDataRole.EditRole) or self._choices[0]))
 
     def setModelData(self, editor, model, index):
         model.setData(index, editor.currentText())
@@ -114,9 +122,10 @@ class LayersPage(QWidget):
     """Choose the layers to encode; the totals follow every edit."""
 
     title = "Layers"
-    subtitle = ("Tick the layers to encode as ADTNs and choose their depth. "
-                "Double-click depth or activation to change them. For large networks, "
-                "filter by name (e.g. layer4.*) and tick what is shown.")
+    subtitle = ("Tick the layers to encode and choose how: the ADTN of a depth, or a tensor "
+                "train, low-rank, Tucker or CP layer with that ADTN's parameter count. "
+                "Double-click encoding, depth or activation to change them. For large "
+                "networks, filter by name (e.g. layer4.*) and tick what is shown.")
 
     def __init__(self, model: LayerPlanModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -126,7 +135,8 @@ class LayersPage(QWidget):
         self.depth_delegate = _DepthDelegate(self.table)
         self.depth_delegate.capped.connect(self._depth_capped)
         self.table.setItemDelegateForColumn(DEPTH, self.depth_delegate)
-        self.table.setItemDelegateForColumn(ACTIVATION, _ActivationDelegate(self.table))
+        self.table.setItemDelegateForColumn(ACTIVATION, _ChoiceDelegate(ACTIVATIONS, self.table))
+        self.table.setItemDelegateForColumn(ENCODING, _ChoiceDelegate(ENCODINGS, self.table))
         self.table.setEditTriggers(QTableView.EditTrigger.DoubleClicked
                                    | QTableView.EditTrigger.SelectedClicked
                                    | QTableView.EditTrigger.EditKeyPressed)
