@@ -1,16 +1,28 @@
-"""How much an ADTN costs over the dense layer it replaces, on the CPU.
+"""How much an ADTN costs over the dense layer it replaces, next to the floor of its work.
 
-Prints the median time of one training step (forward, backward, Adam step) for LeNet-5 with
-its three linear layers as ADTNs and for FC-2 with both layers as ADTNs, next to the same model
-dense, measured in the same run; and the time to materialise a 4096×4096 weight.
+Per model (LeNet-5 with its three linear layers as ADTNs, FC-2 with both), the median time of
+one training step (forward, backward, fused Adam; dense and ADTN steps interleaved in one run)
+and their ratio; the floor of the ADTN layers' extra work (every gate touches the 2**Q state
+once each way with 4 multiply-adds per entry: FLOP, and bytes read and written in float32);
+how long that floor takes at the arithmetic rate the dense step reaches in the same run, and
+which fraction of the measured extra time that is (100 %: the ADTN costs no more than its
+arithmetic). Then the time to materialise a 4096×4096 weight with and without its backward
+pass, and the peak memory of materialise + backward at depth 4 (on the CPU the growth of the
+resident set of a fresh process whose large blocks are returned to the system when freed; on a
+GPU ``torch.cuda.max_memory_allocated``), also in states of 2**Q float32 numbers.
 
-    python benchmarks/adtn_overhead.py [--depth 3] [--batch 128] [--repeats 30] [--threads N]
+    python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--depth 3] [--batch 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -20,8 +32,16 @@ from engine.adtn import ADTN
 from engine.compression import compress
 from engine.models import build_model
 
+BYTES_PER_NUMBER = 4  # float32
+PEAK_SHAPE, PEAK_DEPTH = (4096, 4096), 4
 
-def median_step_seconds(model: nn.Module, inputs, targets, repeats: int) -> float:
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_step(model: nn.Module, inputs, targets):
     # fused: one kernel for all parameters; the default per-tensor loop would dominate the
     # step of a model made of many small local tensors.
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -32,67 +52,144 @@ def median_step_seconds(model: nn.Module, inputs, targets, repeats: int) -> floa
         loss_fn(model(inputs), targets).backward()
         optimiser.step()
 
+    return step
+
+
+def median_seconds(step, repeats: int, device: str) -> float:
     for _ in range(3):  # warm-up: allocator, kernels, first-call costs
         step()
+    synchronise(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
+        synchronise(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def compare(name, model_name, layers, depth, batch, repeats, block_bits=None):
+def step_flop(model: nn.Module, inputs, targets) -> int:
+    """FLOP of one forward and backward pass (PyTorch's own counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        nn.CrossEntropyLoss()(model(inputs), targets).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def floor_of(adtns: list[ADTN]) -> tuple[int, int]:
+    """(FLOP, bytes) that no contraction of these ADTNs can go below in one training step:
+    each gate touches the 2**Q state once each way, 4 multiply-adds per entry, reading and
+    writing every entry once."""
+    flop = sum(len(a.gates) * (1 << a.Q) * 4 * 2 * 2 for a in adtns)
+    moved = sum(len(a.gates) * (1 << a.Q) * BYTES_PER_NUMBER * 2 * 2 for a in adtns)
+    return flop, moved
+
+
+def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=None):
     torch.manual_seed(0)
-    dense = build_model(model_name, 1, 28, 10)
+    dense = build_model(model_name, 1, 28, 10).to(device)
     compressed = build_model(model_name, 1, 28, 10)
     report = compress(compressed, layers, depth=depth)
+    compressed.to(device)
+    adtns = [m for m in compressed.modules() if isinstance(m, ADTN)]
     if block_bits:
-        for module in compressed.modules():
-            if isinstance(module, ADTN):
-                module.block_bits = block_bits
-    inputs = torch.randn(batch, 1, 28, 28)
-    targets = torch.randint(0, 10, (batch,))
+        for module in adtns:
+            module.block_bits = block_bits
+    inputs = torch.randn(batch, 1, 28, 28, device=device)
+    targets = torch.randint(0, 10, (batch,), device=device)
+    dense_step = make_step(dense, inputs, targets)
+    adtn_step = make_step(compressed, inputs, targets)
     # Interleave the two measurements so that load from other processes hits both alike.
     dense_times, adtn_times = [], []
     for _ in range(3):
-        dense_times.append(median_step_seconds(dense, inputs, targets, repeats))
-        adtn_times.append(median_step_seconds(compressed, inputs, targets, repeats))
+        dense_times.append(median_seconds(dense_step, repeats, device))
+        adtn_times.append(median_seconds(adtn_step, repeats, device))
     t_dense, t_adtn = min(dense_times), min(adtn_times)
+    rate = step_flop(dense, inputs, targets) / t_dense  # the dense step's FLOP per second
+    flop, moved = floor_of(adtns)
+    floor_seconds = flop / rate
+    extra = max(t_adtn - t_dense, 1e-12)
     print(
-        f"| {name} | {depth} | {block_bits or 'default'} | {report.model_params_before:,} | {report.model_params_after:,} "
-        f"| {t_dense * 1e3:.2f} | {t_adtn * 1e3:.2f} | {t_adtn / t_dense:.2f}× |"
+        f"| {name} | {block_bits or 'default'} | {report.model_params_before:,} → "
+        f"{report.model_params_after:,} | {t_dense * 1e3:.2f} | {t_adtn * 1e3:.2f} "
+        f"| {t_adtn / t_dense:.2f}× | {flop / 1e9:.3f} GFLOP, {moved / 1e6:.0f} MB "
+        f"| {rate / 1e9:.0f} GFLOP/s | {floor_seconds * 1e3:.2f} | {floor_seconds / extra:.0%} |"
     )
 
 
-def materialise_times(depths, device: str, repeats: int = 3):
-    def synchronise():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
+def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto") -> None:
     for depth in depths:
-        adtn = ADTN((4096, 4096), depth=depth).to(device)
+        adtn = ADTN(PEAK_SHAPE, depth=depth, memory=memory).to(device)
         with torch.no_grad():
             adtn._weight()  # warm-up
         times = []
         for _ in range(repeats):
-            synchronise()
+            synchronise(device)
             start = time.perf_counter()
             with torch.no_grad():
                 adtn._weight()
-            synchronise()
+            synchronise(device)
             times.append(time.perf_counter() - start)
         grad_times = []
         for _ in range(repeats):
-            synchronise()
+            synchronise(device)
             start = time.perf_counter()
             adtn().sum().backward()
-            synchronise()
+            synchronise(device)
             grad_times.append(time.perf_counter() - start)
+        low = adtn._use_low_memory(adtn._matrices(adtn._compiled()[1]))
         print(
             f"| 4096×4096 (Q = 24) | {device} | {depth} | {adtn.num_parameters():,} "
-            f"| {min(times) * 1e3:.0f} | {min(grad_times) * 1e3:.0f} |"
+            f"| {'low' if low else 'fast'} | {min(times) * 1e3:.0f} | {min(grad_times) * 1e3:.0f} |"
         )
+
+
+def peak_child(device: str, memory: str) -> None:
+    """Run in a fresh process: materialise + backward once, print the peak growth (JSON)."""
+    adtn = ADTN(PEAK_SHAPE, depth=PEAK_DEPTH, memory=memory).to(device)
+    upstream = torch.randn(PEAK_SHAPE, device=device)  # a real incoming gradient
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _resident_bytes()
+    start = time.perf_counter()
+    weight = adtn()
+    weight.backward(upstream)
+    synchronise(device)
+    seconds = time.perf_counter() - start
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"peak": peak, "seconds": seconds}))
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(device: str, memory: str, threads: int) -> None:
+    env = dict(os.environ)
+    # Blocks above 64 KiB are mapped and unmapped one by one, so the resident set follows
+    # the memory that is really in use (glibc would otherwise keep freed blocks).
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    command = [sys.executable, __file__, "--peak-child", "--device", device, "--memory", memory,
+               "--threads", str(threads)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    state = (1 << 24) * BYTES_PER_NUMBER
+    how = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "resident-set growth"
+    print(
+        f"| 4096×4096, depth {PEAK_DEPTH}, memory={memory!r} | {device} | "
+        f"{result['peak'] / 2**20:.0f} MiB ({how}) | {result['peak'] / state:.2f} "
+        f"| {result['seconds'] * 1e3:.0f} ms |"
+    )
 
 
 def main() -> None:
@@ -101,23 +198,44 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--skip-materialise", action="store_true")
-    parser.add_argument("--device", default="cpu", help="device for the materialisation timings")
-    parser.add_argument("--skip-steps", action="store_true", help="only the materialisation timings")
-    parser.add_argument("--block-bits", type=int, nargs="*", help="compare block sizes (indices a block spans)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--skip-steps", action="store_true", help="no training-step timings")
+    parser.add_argument("--skip-materialise", action="store_true", help="no 4096×4096 timings")
+    parser.add_argument("--skip-peak", action="store_true", help="no peak-memory measurement")
+    parser.add_argument("--memory", default="auto", choices=("auto", "low", "fast"),
+                        help="the ADTN's memory mode for the 4096×4096 measurements")
+    parser.add_argument("--block-bits", type=int, nargs="*", help="compare block sizes")
+    parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch}\n")
-    print("| model | depth | block bits | params dense | params ADTN | step dense (ms) | step ADTN (ms) | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for block_bits in [] if args.skip_steps else args.block_bits or [None]:
-        compare("LeNet-5, fc1–fc3 as ADTN", "lenet5", ["fc1", "fc2", "fc3"], args.depth, args.batch, args.repeats, block_bits)
-        compare("FC-2, fc1–fc2 as ADTN", "fc2", ["fc1", "fc2"], args.depth, args.batch, args.repeats, block_bits)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA device here")
+    if args.peak_child:
+        peak_child(args.device, args.memory)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device "
+          f"{args.device}, batch {args.batch}, ADTN depth {args.depth}\n")
+    if not args.skip_steps:
+        print("| model | block bits | parameters | dense step (ms) | ADTN step (ms) | ratio "
+              "| floor of the ADTN work | dense FLOP rate | floor at that rate (ms) "
+              "| fraction of the floor reached |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for block_bits in args.block_bits or [None]:
+            compare("LeNet-5, fc1–fc3 as ADTNs", "lenet5", ["fc1", "fc2", "fc3"], args.depth,
+                    args.batch, args.repeats, args.device, block_bits)
+            compare("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"], args.depth, args.batch,
+                    args.repeats, args.device, block_bits)
     if not args.skip_materialise:
-        print("\n| weight | device | depth | ADTN params | materialise (ms) | materialise + backward (ms) |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        materialise_times((1, 2, 4), args.device)
+        print("\n| weight | device | depth | ADTN parameters | backward mode | materialise (ms) "
+              "| materialise + backward (ms) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        materialise_times((1, 2, 4), args.device, memory=args.memory)
+    if not args.skip_peak:
+        print("\n| materialise + backward | device | peak memory | in states of 2^24 float32 "
+              "| time |")
+        print("| --- | --- | --- | --- | --- |")
+        peak_memory(args.device, args.memory, args.threads)
 
 
 if __name__ == "__main__":

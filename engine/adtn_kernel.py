@@ -163,23 +163,32 @@ def _inverse_rms(state: torch.Tensor) -> torch.Tensor:
     return 1.0 / rms.clamp_min(torch.finfo(state.dtype).tiny)
 
 
-def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan) -> torch.Tensor:
+def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int | None = None):
     """Gradient through ``activation`` and the division by the rms (``grad`` may be edited).
 
     ``grad`` arrives as the gradient with respect to the activated state ``a`` through the
     layer's products (whose first matrix carries the factor ``1/rms(a)``); the factor's own
     dependence on ``a`` adds ``-a * <a, grad> / (N * rms(a)**2)``. Each step is one fused
-    pass (a multiply-add in place, then the activation's own backward kernel).
+    pass (a multiply-add in place, then the activation's own backward kernel); with ``chunk``
+    the latter runs chunk by chunk in place, so that no temporary as big as the state exists.
     """
     if plan.normalise:
         coefficient = torch.dot(layer_input, grad) * (inverse_rms.square() / layer_input.numel())
         grad.addcmul_(layer_input, coefficient, value=-1.0)
+    if plan.slope is None:
+        return grad
     # a > 0 exactly where the pre-activation is > 0 (the slopes are positive), so the
     # activations' backward kernels can read the activated state.
-    if plan.slope == 0.0:
-        return torch.ops.aten.threshold_backward(grad, layer_input, 0.0)
-    if plan.slope is not None:
-        return torch.ops.aten.leaky_relu_backward(grad, layer_input, plan.slope, True)
+    def backward(g, a):
+        if plan.slope == 0.0:
+            return torch.ops.aten.threshold_backward(g, a, 0.0)
+        return torch.ops.aten.leaky_relu_backward(g, a, plan.slope, True)
+
+    if chunk is None:
+        return backward(grad, layer_input)
+    for lo in range(0, grad.numel(), chunk):
+        part = grad[lo:lo + chunk]
+        part.copy_(backward(part, layer_input[lo:lo + chunk]))
     return grad
 
 
@@ -362,7 +371,7 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
             _apply_inplace(app, effective[j].t(), grad, chunk)
             state = None
         del work
-        grad = _transition_backward_(grad, layer_input, factor, plan)
+        grad = _transition_backward_(grad, layer_input, factor, plan, chunk)
         del layer_input
     # The first layer: its states are at most a quarter of the output, recomputed and kept.
     keep: list = []
