@@ -126,17 +126,31 @@ class RunRecord:
     compression_ratio: float
     best_test_acc: float
     test_acc: float
+    encoding: str = ""  # the encoding of its compressed layers ("mixed", "dense" without any)
 
 
 def list_runs(root: str | Path | None = None) -> list[RunRecord]:
-    """Every run folder (one with a ``config.toml``) directly under ``root``, newest first.
-    ``root`` defaults to ``engine.paths.default_runs_root()``."""
+    """Every run folder (one with a ``config.toml``) directly under ``root``, and the runs of
+    each comparison folder under it (``compare-*/runs/*``), newest first. ``root`` defaults
+    to ``engine.paths.default_runs_root()``."""
     root = Path(root) if root else default_runs_root()
     if not root.is_dir():
         return []
-    records = [_run_record(folder) for folder in root.iterdir()
-               if (folder / "config.toml").is_file()]
+    folders = []
+    for folder in root.iterdir():
+        if (folder / "config.toml").is_file():
+            folders.append(folder)
+        elif (folder / "compare.json").is_file() and (folder / "runs").is_dir():
+            folders += [run for run in (folder / "runs").iterdir()
+                        if (run / "config.toml").is_file()]
+    records = [_run_record(folder) for folder in folders]
     return sorted(records, key=lambda record: record.started_at, reverse=True)
+
+
+def config_encoding(config: RunConfig) -> str:
+    """One word for a run's encodings: the shared one, "mixed", or "dense" (none)."""
+    kinds = {spec.encoding for spec in config.layers}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "dense")
 
 
 def _run_record(folder: Path) -> RunRecord:
@@ -145,8 +159,10 @@ def _run_record(folder: Path) -> RunRecord:
     try:
         config = RunConfig.load(paths.config)
         model, dataset, name = config.model, config.dataset, config.run_name
+        encoding = config_encoding(config)
     except ConfigError:
         model = dataset = "?"
+        encoding = ""
         name, summary = folder.name, {**summary, "status": "unreadable"}
     started = summary.get("started_at") or time.strftime(
         "%Y-%m-%dT%H:%M:%S", time.localtime(paths.config.stat().st_mtime))
@@ -160,6 +176,7 @@ def _run_record(folder: Path) -> RunRecord:
         compression_ratio=float(summary.get("compression_ratio", 0.0)),
         best_test_acc=float(summary.get("best_test_acc", 0.0)),
         test_acc=float(summary.get("test_acc", 0.0)),
+        encoding=encoding,
     )
 
 

@@ -57,3 +57,66 @@ def test_bad_choices_are_said_and_nothing_starts(qtbot, tmp_path):
         box.setChecked(False)
     dialog.start()
     assert dialog.status.text().startswith("encodings: choose some of")
+
+
+def fake_run(folder, encoding: str, params: int, accuracy: float) -> None:
+    """A finished run folder as the trainer leaves it (configuration and summary)."""
+    from engine.runs import write_summary
+
+    layers = [] if encoding == "dense" else [LayerSpec("fc1", encoding=encoding, depth=2)]
+    config = quick_config().replace(name=folder.name, layers=layers,
+                                    dense_baseline=encoding == "dense")
+    folder.mkdir(parents=True)
+    config.save(folder / "config.toml")
+    write_summary(folder / "summary.json", {
+        "status": "finished", "started_at": f"2026-11-27T10:00:{params % 60:02d}",
+        "epochs": 1, "epochs_completed": 1, "params_total": params,
+        "dense_params_total": 203_530, "best_test_acc": accuracy, "test_acc": accuracy})
+
+
+def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, tmp_path,
+                                                                         monkeypatch):
+    from engine.runs import list_runs
+    from ui.history.history_view import HistoryView
+
+    root = tmp_path / "runs"
+    fake_run(root / "plain-adtn", "adtn", 1_000, 0.90)
+    compare = root / "compare-fc2"
+    compare.mkdir(parents=True)
+    (compare / "compare.json").write_text("{}")
+    fake_run(compare / "runs" / "adtn-d3-seed0", "adtn", 1_400, 0.93)
+    fake_run(compare / "runs" / "tt-d3-seed0", "tt", 1_380, 0.95)
+    fake_run(compare / "runs" / "tt-d2-seed0", "tt", 900, 0.94)
+    fake_run(compare / "runs" / "dense-seed0", "dense", 203_530, 0.98)
+    records = list_runs(root)
+    assert {r.name: r.encoding for r in records} == {
+        "plain-adtn": "adtn", "adtn-d3-seed0": "adtn", "tt-d3-seed0": "tt",
+        "tt-d2-seed0": "tt", "dense-seed0": "dense"}
+
+    monkeypatch.setenv("ADTN_RUNS_DIR", str(root))
+    view = HistoryView()
+    qtbot.addWidget(view)
+    view.show()
+    qtbot.waitUntil(lambda: view.scatter_point_count() == 5, timeout=60_000)
+    assert view.pareto_front_count() == 3  # adtn, dense, tt
+    brushes = {p.data().encoding: p.brush().color().name() for p in view._scatter.points()}
+    assert brushes["tt"] == view.encoding_colour("tt") != brushes["adtn"]
+
+
+def test_review_page_opens_the_comparison_for_the_chosen_layers(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    from ui.wizard.wizard import LAYERS, REVIEW
+
+    wizard = window.wizard
+    wizard.load_config(quick_config())
+    wizard.show_page(LAYERS)
+    qtbot.waitUntil(lambda: wizard.layer_model.rowCount() > 0, timeout=60_000)
+    qtbot.waitUntil(lambda: wizard.next_button.isEnabled(), timeout=10_000)
+    wizard.show_page(REVIEW)
+    qtbot.mouseClick(wizard.review_page.compare_button, Qt.MouseButton.LeftButton)
+    dialog = wizard.compare_dialog
+    assert dialog is not None and dialog.isVisible()
+    assert [s.name for s in dialog._config.layers] == ["fc1", "fc2"]
+    assert dialog.depths_edit.text() == "2"
+    dialog.close()

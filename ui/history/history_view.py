@@ -111,7 +111,8 @@ class HistoryView(QWidget):
         # and its run-name labels share one coordinate system.
         self.scatter_plot = new_plot("Parameters against best test accuracy, all runs",
                                      "best test accuracy (%)", x_label="parameters (log scale)",
-                                     legend=None)
+                                     legend=LEGEND_BOTTOM_RIGHT)
+        self._fronts: list = []  # one Pareto-front line per encoding
         self._scatter_labels: list[pg.TextItem] = []
         self._scatter = pg.ScatterPlotItem(size=10, pen=pg.mkPen("#333", width=0.8),
                                            brush=pg.mkBrush(PALETTE[0]), hoverable=True,
@@ -276,12 +277,25 @@ class HistoryView(QWidget):
         return len(self.overlay_acc.getPlotItem().listDataItems())
 
     def _update_scatter(self) -> None:
+        from engine.compare_report import pareto_front  # torch-free
+
         runs = [run for run in self.model.rows if run.params_total and run.epochs_completed]
         points = [dict(pos=(math.log10(run.params_total), 100 * run.best_test_acc), data=run,
-                       brush=pg.mkBrush(PALETTE[self._model_colour(run.model)]))
+                       brush=pg.mkBrush(self.encoding_colour(run.encoding)))
                   for run in runs]
         self._scatter.setData(points)
         item = self.scatter_plot.getPlotItem()
+        # Per encoding, the runs no other run of that encoding beats with fewer parameters.
+        for line in self._fronts:
+            item.removeItem(line)
+        self._fronts = []
+        if item.legend is not None:
+            item.legend.clear()
+        for encoding in sorted({run.encoding for run in runs}):
+            front = pareto_front([p["pos"] for p in points if p["data"].encoding == encoding])
+            colour = self.encoding_colour(encoding)
+            line = item.plot(*zip(*front), pen=pg.mkPen(colour, width=1.5), name=encoding)
+            self._fronts.append(line)
         for label in self._scatter_labels:
             item.removeItem(label)
         self._scatter_labels = []
@@ -302,14 +316,21 @@ class HistoryView(QWidget):
     def scatter_point_count(self) -> int:
         return len(self._scatter.data)
 
-    def _model_colour(self, model: str) -> int:
-        models = sorted({run.model for run in self.model.rows})
-        return models.index(model) % len(PALETTE)
+    @staticmethod
+    def encoding_colour(encoding: str) -> str:
+        """One colour per encoding, the same in every view and in compare.png."""
+        from engine.compare_report import ENCODING_COLOURS
+
+        return ENCODING_COLOURS.get(encoding, "#888888")
+
+    def pareto_front_count(self) -> int:
+        return len(self._fronts)
 
     @staticmethod
     def _scatter_tip(x: float, y: float, data) -> str:
-        return (f"{data.name} ({data.model} on {data.dataset})\n{data.params_total:,} "
-                f"parameters, best test accuracy {data.best_test_acc:.2%}")
+        return (f"{data.name} ({data.model} on {data.dataset}, {data.encoding})\n"
+                f"{data.params_total:,} parameters, best test accuracy "
+                f"{data.best_test_acc:.2%}")
 
     # -- actions ------------------------------------------------------------------------
 

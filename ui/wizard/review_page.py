@@ -23,6 +23,7 @@ class ReviewPage(QWidget):
 
     name_edited = Signal()
     save_requested = Signal()
+    compare_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -35,6 +36,9 @@ class ReviewPage(QWidget):
         self.problem.setObjectName("errorLabel")
         self.problem.setWordWrap(True)
         self.save_button = QPushButton("Save config…")
+        self.compare_button = QPushButton("Compare encodings…")
+        self.compare_button.setToolTip("Train these layers as an ADTN, a tensor train, low "
+                                       "rank and more at equal parameter budgets, side by side")
 
         form = QFormLayout()
         form.addRow("Run name", self.name_edit)
@@ -50,6 +54,7 @@ class ReviewPage(QWidget):
         layout.addLayout(buttons)
         self.name_edit.editingFinished.connect(self.name_edited)
         self.save_button.clicked.connect(self.save_requested)
+        self.compare_button.clicked.connect(self.compare_requested)
 
     def load(self, config) -> None:
         self.name_edit.setText(config.name)

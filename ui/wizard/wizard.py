@@ -107,6 +107,7 @@ class CompressionWizard(QWidget):
         self._problem = ""  # why the reviewed configuration cannot start ("" when it can)
         # Dialogs that tests replace: a notice, and a yes/no question before Start.
         self.show_message = self._open_notice
+        self.compare_dialog = None  # the "Compare encodings" window, once opened
         self.notice: QMessageBox | None = None
         self.confirm_start = lambda title, text: QMessageBox.question(
             self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
@@ -166,6 +167,7 @@ class CompressionWizard(QWidget):
         self.source_page.download_requested.connect(self.download_data)
         self.review_page.name_edited.connect(self._refresh_review)
         self.review_page.save_requested.connect(self.ask_save_config)
+        self.review_page.compare_requested.connect(self.open_compare)
         self.layer_model.totals_changed.connect(self._layers_edited)
         self._update_nav()
 
@@ -298,6 +300,24 @@ class CompressionWizard(QWidget):
             self.show_page(TRAINING)
             return
         self.start_requested.emit(config.replace(download=False))
+
+    @Slot()
+    def open_compare(self) -> None:
+        """"Compare encodings": the layers chosen here, every encoding, equal budgets."""
+        if self.config is None:
+            return
+        config = self.current_config()
+        _, problem = engine_calls.config_toml(config)
+        if problem or not config.layers:
+            self.show_message("Compare encodings", problem or "Tick at least one layer to "
+                              "encode on the Layers page; the comparison encodes those layers.")
+            return
+        from engine.paths import default_runs_root
+        from ui.compare_dialog import CompareDialog
+
+        self.compare_dialog = CompareDialog(config.replace(download=False), default_runs_root(),
+                                            self)
+        self.compare_dialog.show()
 
     def _update_nav(self) -> None:
         page = self.current_page()
