@@ -41,6 +41,9 @@ def test_dialog_runs_the_variants_and_fills_the_table(qtbot, tmp_path):
     assert "needs at least" in dialog.table.item(lowrank, 1).toolTip()
     assert "best is" in dialog.verdict.text()
     assert dialog.progress.value() == dialog.progress.maximum()
+    assert dialog.table.item(adtn, 6).text().endswith(" s")
+    # Finished: the choices can be changed again, and a new Start is a new comparison.
+    assert dialog.seeds_edit.isEnabled() and dialog.out_dir is None
 
 
 def test_bad_choices_are_said_and_nothing_starts(qtbot, tmp_path):

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 from engine.compare import COMPARE_CHOICES, DENSE, CompareProgress  # torch-free at import
 from engine.events import RunControl
 from engine.layer_spec import ENCODING_LABELS
-from ui.formatting import format_count, format_duration, format_percent
+from ui.formatting import format_count, format_percent
 from ui.messages import describe_exception
 from ui.workers import BackgroundTask
 
@@ -190,10 +190,13 @@ class CompareDialog(QDialog):
         self.status.setText(f"Running; the runs are kept in {self.out_dir}")
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        for widget in (*self.encoding_boxes.values(), self.depths_edit, self.seeds_edit,
-                       self.epochs_spin, self.search_box):
+        for widget in self._choice_widgets():
             widget.setEnabled(False)
         self._task.start()
+
+    def _choice_widgets(self) -> tuple:
+        return (*self.encoding_boxes.values(), self.depths_edit, self.seeds_edit,
+                self.epochs_spin, self.search_box)
 
     @Slot()
     def stop(self) -> None:
@@ -245,8 +248,7 @@ class CompareDialog(QDialog):
             self._set(row, 3, f"{result.lr:g}")
             self._set(row, 4, format_percent(result.mean_best) if result.best_test_acc else "–")
             self._set(row, 5, ", ".join(format_percent(a) for a in result.best_test_acc) or "–")
-            self._set(row, 6, format_duration(result.mean_seconds) if result.mean_seconds
-                      else "–")
+            self._set(row, 6, f"{result.mean_seconds:.1f} s" if result.mean_seconds else "–")
         self.verdict.setText(verdict(results).replace("**", ""))
         self.finished_compare.emit(str(self.out_dir))
 
@@ -259,11 +261,15 @@ class CompareDialog(QDialog):
         self.progress.setValue(self.progress.maximum() if not self._control.stop_requested
                                else self.progress.value())
         stopped = self._control.stop_requested
-        self.status.setText(("Stopped. " if stopped else "Done. ") +
+        self.status.setText(("Stopped; Resume goes on. " if stopped else "Done. ") +
                             f"Table, CSV and plot: {self.out_dir / 'compare.md'}")
         self.start_button.setEnabled(True)
         self.start_button.setText("Resume" if stopped else "Start")
         self.stop_button.setEnabled(False)
+        for widget in self._choice_widgets():
+            widget.setEnabled(not stopped)  # a stopped comparison resumes as it was chosen
+        if not stopped:
+            self.out_dir = None  # a new Start is a new comparison, in a new folder
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if self.is_running():
