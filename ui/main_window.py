@@ -268,6 +268,11 @@ class MainWindow(QMainWindow):
             QMessageBox.information(self, "Training", "A run is already in progress. Stop it "
                                     "first, or wait for it to finish.")
             return
+        try:
+            config.validate()  # before a run folder is made: a refused run leaves none
+        except Exception as exc:
+            QMessageBox.warning(self, "Training", describe_exception(exc))
+            return
         if run_dir is None:
             from engine.runs import new_run_dir
 

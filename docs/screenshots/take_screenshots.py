@@ -92,7 +92,8 @@ def main() -> None:
         finish_run(window, config.replace(name=f"fc2-synthetic-depth{depth}", epochs=epochs,
                                   layers=[LayerSpec("fc1", depth=depth),
                                           LayerSpec("fc2", depth=depth)]))
-    finish_run(window, config.replace(name="fc2-synthetic-dense", epochs=3, layers=[]))
+    finish_run(window, config.replace(name="fc2-synthetic-dense", epochs=3, layers=[],
+                                      dense_baseline=True))
     window.show_page(2)
     history = window.history
     wait(lambda: history.model.rowCount() == 4)

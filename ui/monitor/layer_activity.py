@@ -26,7 +26,7 @@ class LayerActivityTable(QTableWidget):
         self.setAlternatingRowColors(True)
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # names stay whole
         self._rows: dict[str, int] = {}
 
     def set_layers(self, rows: list) -> None:
