@@ -153,3 +153,23 @@ def test_closing_the_window_mid_run_exits_cleanly_leaving_a_stopped_run(tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped"
     assert not alive(summary["pid"])
+
+
+def test_the_wizard_offers_all_gpus_when_there_are_several(qtbot, monkeypatch):
+    import torch
+
+    from ui.main_window import MainWindow
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: f"GPU model {index}")
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    window.load_engine()
+    qtbot.waitUntil(lambda: window.catalog is not None, timeout=60_000)
+    page = window.wizard.training_page
+    index = page.device.findData("cuda:all")
+    assert index >= 0 and page.device.itemText(index) == "all 2 GPUs (data-parallel)"
+    assert page.device_hint.text().startswith("2 GPU(s)")

@@ -178,7 +178,8 @@ class TrainingPage(QWidget):
         self.device.clear()
         for choice in catalog.devices:
             self.device.addItem(choice.label, choice.id)
-        gpus = [c for c in catalog.devices if c.id.startswith(("cuda", "mps"))]
+        gpus = [c for c in catalog.devices
+                if c.id.startswith(("cuda", "mps")) and c.id != "cuda:all"]  # not a GPU
         self.device_hint.setText(f"{len(gpus)} GPU(s) found" if gpus
                                  else "No GPU found: training runs on the CPU.")
 
