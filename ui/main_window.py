@@ -268,6 +268,9 @@ class MainWindow(QMainWindow):
             QMessageBox.information(self, "Training", "A run is already in progress. Stop it "
                                     "first, or wait for it to finish.")
             return
+        # The window downloads only when asked (the Download button): a run started or resumed
+        # here never fetches a data set by itself, whatever its configuration says.
+        config = config.replace(download=False)
         try:
             config.validate()  # before a run folder is made: a refused run leaves none
         except Exception as exc:
