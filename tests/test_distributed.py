@@ -204,15 +204,16 @@ def _worker_pid(launcher_pid: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
-def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_path,
-                                                                          one_torch_thread):
+def kill_rank_1_after_an_epoch(tmp_path: Path, *launch_options) -> tuple:
+    """Start a 40-epoch two-process run, hold it once an epoch is saved, kill rank 1 (then
+    let the run go on); return the finished job's (returncode, stdout, stderr), the killed
+    pid and the run folder."""
     config_path = write_config(tmp_path / "run.toml", epochs=40, limit_train=130)
     run = tmp_path / "run"
     control = tmp_path / "control.json"
     write_control(control, "run")
     job = adtn("train", "--config", config_path, "--out", run, "--nproc-per-node", 2,
-               "--event-log", run / "events.jsonl", "--control-file", control)
+               "--event-log", run / "events.jsonl", "--control-file", control, *launch_options)
     reader = EventLogReader(run / "events.jsonl")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # once an epoch is saved, hold every rank
@@ -225,9 +226,17 @@ def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_pa
     victim = _worker_pid(job.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
-    out, err = job.communicate(timeout=120)
+    write_control(control, "run")  # restarted workers must not find the run held
+    out, err = job.communicate(timeout=180)
+    return job.returncode, out, err, victim, run, config_path
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_path,
+                                                                          one_torch_thread):
+    code, out, err, victim, run, config_path = kill_rank_1_after_an_epoch(tmp_path)
     last_line = err.strip().splitlines()[-1]
-    assert job.returncode == 1
+    assert code == 1
     assert last_line.startswith(f"adtn-studio train: worker rank 1 (pid {victim}) was killed "
                                 f"by SIGKILL; every process of the job was stopped")
     assert f"adtn-studio resume {run}" in last_line
@@ -241,6 +250,19 @@ def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_pa
     whole = train(RunConfig.load(config_path), tmp_path / "whole")
     assert whole.status == "finished"
     # 40 epochs of Adam let the last-bit differences of the summation order grow to ~1e-6
+    assert_same_weights(run, tmp_path / "whole", atol=2e-5)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_with_max_restarts_torchrun_restarts_the_workers_and_the_run_continues(
+        tmp_path, one_torch_thread):
+    code, out, err, victim, run, config_path = kill_rank_1_after_an_epoch(
+        tmp_path, "--max-restarts", 1)
+    assert code == 0, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 40
+    assert "resuming at epoch" in err  # the restarted rank 0 continued the saved run
+    whole = train(RunConfig.load(config_path), tmp_path / "whole")
     assert_same_weights(run, tmp_path / "whole", atol=2e-5)
 
 

@@ -7,6 +7,7 @@ The console plumbing here (progress bars, Ctrl-C handling, the final summary) is
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -117,6 +118,8 @@ def run_and_report(config: RunConfig, run_dir: Path, resume: bool,
 
         callbacks.append(EventLogWriter(options.event_log))
     env = detect_environment()
+    if env is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        resume = True  # torchrun restarted the workers (--max-restarts): continue the run
     with _stop_on_ctrl_c(control):
         summary = train(config, run_dir, callbacks=callbacks, control=control, resume=resume)
     callbacks[0].close()
