@@ -173,3 +173,16 @@ def test_the_wizard_offers_all_gpus_when_there_are_several(qtbot, monkeypatch):
     index = page.device.findData("cuda:all")
     assert index >= 0 and page.device.itemText(index) == "all 2 GPUs (data-parallel)"
     assert page.device_hint.text().startswith("2 GPU(s)")
+
+
+def test_a_child_that_cannot_start_is_reported(qtbot, session, tmp_path, monkeypatch):
+    import ui.training_session as training_session
+
+    monkeypatch.setattr(training_session, "child_command",
+                        lambda *args: [str(tmp_path / "no-such-program")])
+    failures = []
+    session.run_failed.connect(failures.append)
+    with qtbot.waitSignal(session.finished, timeout=30_000) as finished:
+        session.start(tiny_config(), tmp_path / "run")
+    assert finished.args == ["failed"] and not session.is_active()
+    assert "could not start the training process" in failures[-1]

@@ -128,6 +128,7 @@ class _ChildRun(QObject):
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self._partial = b""
         self._ended = False
+        self.exit_info: tuple[int, str] = (-1, "")
 
         program, *args = child_command(config, run_dir, resume, self.config_file, event_log,
                                        self.control_file, processes)
@@ -197,7 +198,12 @@ class _ChildRun(QObject):
         self._ended = True
         self.collect()
         self.config_file.unlink(missing_ok=True)
-        self.ended.emit(code, self.stderr_tail[-1] if self.stderr_tail else "")
+        self.exit_info = (code, self.stderr_tail[-1] if self.stderr_tail else "")
+        self.ended.emit(*self.exit_info)
+
+    @property
+    def has_ended(self) -> bool:
+        return self._ended
 
 
 def _child_environment() -> QProcessEnvironment:
@@ -271,6 +277,9 @@ class TrainingSession(QObject):
             self._child.ended.connect(self._on_child_ended)
             self._set_state("running")
             self.log.emit("info", f"{verb} run in {self.run_dir}")
+            if self._child.has_ended:  # it could not even start: say so once we return
+                QTimer.singleShot(0, lambda: self._on_child_ended(*self._child.exit_info)
+                                  if self._child is not None else None)
         else:
             from engine.trainer import RunControl
 
@@ -367,11 +376,14 @@ class TrainingSession(QObject):
         self._drain()
         if not self._run_ended_seen:  # the child ended without saying how: it died
             self._final_status = "failed"
-            how = "was killed or crashed" if code < 0 else f"ended with exit code {code}"
-            text = f"The training process {how}."
-            if last_line:
-                text += f" Its last message: {last_line.removeprefix('adtn-studio ')}"
-            text += " The run folder keeps its last finished epoch; resume it from Runs."
+            if last_line.startswith("could not start"):
+                text = f"Training did not begin: {last_line}."
+            else:
+                how = "was killed or crashed" if code < 0 else f"ended with exit code {code}"
+                text = f"The training process {how}."
+                if last_line:
+                    text += f" Its last message: {last_line.removeprefix('adtn-studio ')}"
+                text += " The run folder keeps its last finished epoch; resume it from Runs."
             self.log.emit("error", text)
             self.run_failed.emit(text)
         child.deleteLater()
