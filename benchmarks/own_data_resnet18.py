@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, help="run folders (default: a temporary folder)")
+    parser.add_argument("--variants", default="dense,adtn", help="dense, adtn or both")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     compressed = base.replace(name=f"adtn-d{args.depth}",
                               layers=encode_layers(base, args.encode, args.depth))
     out = args.out or Path(tempfile.mkdtemp(prefix="own-data-"))
-    rows = [run_variant(config, out) for config in (dense, compressed)]
+    chosen = {"dense": dense, "adtn": compressed}
+    wanted = [name.strip() for name in args.variants.split(",")]
+    unknown = [name for name in wanted if name not in chosen]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown[0]!r} (dense, adtn)")
+    rows = [run_variant(chosen[name], out) for name in wanted]
     print(f"\n{args.model} on {args.folder} ({args.epochs} epochs, batch {args.batch_size}, "
           f"{args.device}); encoded: {args.encode} at depth {args.depth}\n")
     print("| variant | model parameters | encoded layers: dense → ADTN | smaller by "
