@@ -212,6 +212,8 @@ def test_parameter_counts_show_from_the_start_and_ranges_reset(qapp):
     item.setYRange(5, 6, padding=0)
     curves.clear()
     assert item.getViewBox().autoRangeEnabled() == [True, True]
+    (x_low, x_high), (y_low, y_high) = item.getViewBox().viewRange()
+    assert x_high < 2 and y_high < 2  # nothing of the earlier 100..200 × 5..6 is left
     history = MetricHistory()
     history.add_epoch({"epoch": 1, "params_total": 1432, "dense_params_total": 203530})
     curves.plan(1_432, 203_530, epochs=5)
@@ -445,7 +447,7 @@ def test_resume_is_offered_after_stop(qtbot, window):
     with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as stopped:
         session.stop()
     assert stopped.args == ["stopped"]
-    assert monitor.resume_button.isEnabled()
+    assert monitor.resume_button.isEnabled() and window.resume_action.isEnabled()
     run_dir = session.run_dir
     with qtbot.waitSignal(session.run_started, timeout=RUN_TIMEOUT_MS):
         qtbot.mouseClick(monitor.resume_button, Qt.MouseButton.LeftButton)

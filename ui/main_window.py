@@ -118,8 +118,10 @@ class MainWindow(QMainWindow):
                                          ["Ctrl+R"], "start", "Start training (Ctrl+R)")
         self.pause_action = self._action("&Pause", self.session.pause, ["Ctrl+P"], "pause",
                                          "Pause after the current batch (Ctrl+P)")
-        self.resume_action = self._action("&Resume", self.session.resume, ["Ctrl+Shift+P"],
-                                          "resume", "Resume a paused run (Ctrl+Shift+P)")
+        self.resume_action = self._action("&Resume", self._resume, ["Ctrl+Shift+P"],
+                                          "resume", "Resume a paused run, or continue a "
+                                          "stopped one from its last checkpoint "
+                                          "(Ctrl+Shift+P)")
         self.stop_action = self._action("S&top", self.session.stop, ["Ctrl+.", "Esc"], "stop",
                                         "Stop after the current batch, keeping the last "
                                         "checkpoint (Ctrl+. or Esc)")
@@ -288,6 +290,12 @@ class MainWindow(QMainWindow):
             return
         self.show_page(MONITOR_PAGE)
 
+    def _resume(self) -> None:
+        if self.session.state == "paused":
+            self.session.resume()
+        elif self.monitor is not None and self.monitor.can_resume():
+            self.resume_run(str(self.session.run_dir))
+
     @Slot(str)
     def resume_run(self, run_dir: str) -> None:
         from engine.config import RunConfig
@@ -310,7 +318,8 @@ class MainWindow(QMainWindow):
         active = state in ("running", "paused", "stopping")
         self.start_action.setEnabled(not active)
         self.pause_action.setEnabled(state == "running")
-        self.resume_action.setEnabled(state == "paused")
+        self.resume_action.setEnabled(state == "paused" or (
+            not active and self.monitor is not None and self.monitor.can_resume()))
         self.stop_action.setEnabled(state in ("running", "paused"))
         self.export_action.setEnabled(self.session.run_dir is not None and not active
                                       and self.monitor is not None

@@ -65,12 +65,12 @@ def new_plot(title: str, y_label: str, x_label: str = "epoch", log_y: bool = Fal
     return plot
 
 
-def reset_ranges(plot: pg.PlotWidget) -> None:
-    """Forget zoom and ranges of an earlier run: the axes follow the new data again."""
-    item = plot.getPlotItem()
-    item.enableAutoRange()
-    item.getViewBox().setXRange(0, 1, padding=0.02)
-    item.getViewBox().enableAutoRange()
+def reset_ranges(plot: pg.PlotWidget, y_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Forget zoom and ranges of an earlier run: neutral axes until the new run's data
+    arrive, which the axes then follow (autorange keeps an old range while there is none)."""
+    view = plot.getPlotItem().getViewBox()
+    view.setRange(xRange=(0.0, 1.0), yRange=y_range, padding=0.02)
+    view.enableAutoRange()
 
 
 def finite_points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
@@ -85,12 +85,12 @@ SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 def decade_ticks(low: float, high: float) -> list[list[tuple[float, str]]]:
     """Axis ticks for values plotted as log10(x): labelled powers of ten, unlabelled 2..9.
 
-    When fewer than two powers of ten fall inside [low, high], 2·10ⁿ and 5·10ⁿ are labelled
+    When fewer than two powers of ten fall inside [low, high], 2, 3 and 5·10ⁿ are labelled
     too, so a short axis never carries a single lonely label."""
     first, last = math.floor(low), math.ceil(high)
     major = [(float(k), "10" + str(k).translate(SUPERSCRIPTS)) for k in range(first, last + 1)]
     inside = sum(1 for k in range(first, last + 1) if low <= k <= high)
-    labelled = (2, 5) if inside < 2 else ()
+    labelled = (2, 3, 5) if inside < 2 else ()
     minor = [(k + math.log10(m), f"{m}·10" + str(k).translate(SUPERSCRIPTS)
               if m in labelled else "")
              for k in range(first, last) for m in range(2, 10)]
@@ -292,8 +292,9 @@ class RunCurves:
         self._planned = None
         for readout in self.readouts.values():
             readout.hide()
-        for plot in self.plots().values():
-            reset_ranges(plot)
+        reset_ranges(self.loss_plot)
+        reset_ranges(self.acc_plot, (0.0, 100.0))
+        reset_ranges(self.params_plot)
         self.show(MetricHistory())
 
     def plan(self, compressed: int, dense: int, epochs: int) -> None:

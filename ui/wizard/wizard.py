@@ -291,7 +291,8 @@ class CompressionWizard(QWidget):
         if not available:
             # Start never downloads: the Download button does, when the user asks.
             self.show_page(SOURCE)
-            self.show_message("Data set missing", f"{text}\n\nNothing was downloaded. Click "
+            where = text.split(". ")[0].rstrip(".") + "."  # what is missing, not how to fix
+            self.show_message("Data set missing", f"{where}\n\nNothing was downloaded. Click "
                               "Download on this page to fetch it, or Browse… to the folder "
                               "that holds a copy; then start again.")
             return
