@@ -179,6 +179,7 @@ class _Run:
     def execute(self, resume: bool) -> RunSummary:
         try:
             self.config.validate()
+            self._join_job()  # before the folder: a rank that fails there ends the others fast
             # One process per run folder: a second resume (or a train into the same folder)
             # is refused before it writes anything; a killed run's lock is taken over.
             with RunLock(self.paths.root) if self.is_main else contextlib.nullcontext():
@@ -258,11 +259,7 @@ class _Run:
 
     def _train(self, resume: bool) -> str:
         config = self.config
-        device = resolve_device(config.device)
-        if self.env is not None:
-            device = _rank_device(device, self.env)
-            self.dist = DistributedContext(self.env, device).start()
-            log.info("rank %d of %d on %s", self.env.rank, self.env.world_size, device)
+        device = self.dist.device if self.dist is not None else resolve_device(config.device)
         self.summary.device = describe_device(device)
         loaded = load_data(config, progress=self._download_progress,
                            load_progress=self._load_progress)
@@ -302,7 +299,7 @@ class _Run:
             log.info("%s", note)
         self.summary.notes = notes
         if not config.layers:
-            log.warning("dense baseline run: no layer is compressed (dense_baseline = true)")
+            log.info("dense baseline run: no layer is compressed (dense_baseline = true)")
         self.summary.compression = report.to_dict()
         self.summary.dense_params_total = report.model_params_before
         self.summary.params_total = report.model_params_after
@@ -356,6 +353,14 @@ class _Run:
             if self.control.stop_requested and epoch < config.total_epochs:
                 return "stopped"
         return "finished"
+
+    def _join_job(self) -> None:
+        """Under torchrun or srun: take this rank's device and join the process group."""
+        if self.env is None:
+            return
+        device = _rank_device(resolve_device(self.config.device), self.env)
+        self.dist = DistributedContext(self.env, device).start()
+        log.info("rank %d of %d on %s", self.env.rank, self.env.world_size, device)
 
     def _download_progress(self, done: int, total: int) -> None:
         self.events.emit("on_download", DownloadProgress(self.config.dataset, done, total))
