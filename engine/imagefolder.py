@@ -91,11 +91,14 @@ def scan(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> FolderS
 
 
 def _stamp_paths(root: Path) -> list[Path]:
-    # A folder's mtime changes when entries are added or removed: enough to invalidate.
+    """The folders whose modification times change when images or classes are added or
+    removed: the root, its splits and their class folders (a rescan is needed then)."""
     paths = [root]
-    for child in (root / name for name in ("train", *TEST_FOLDERS)):
-        if child.is_dir():
-            paths.append(child)
+    splits = [root / name for name in ("train", *TEST_FOLDERS) if (root / name).is_dir()]
+    for folder in splits or [root]:
+        if folder is not root:
+            paths.append(folder)
+        paths += [child for child in folder.iterdir() if child.is_dir()]
     return paths
 
 

@@ -188,3 +188,16 @@ def test_fashion_mnist_reads_idx_files_like_mnist(tmp_path, shared_datasets):
                        limit_train=50, limit_test=20, dense_baseline=True)
     loaded = load_data(config)
     assert loaded.train.images.shape == (50, 1, 28, 28) and len(loaded.test) == 20
+
+
+def test_images_added_later_are_seen_by_the_next_scan(tmp_path):
+    root = write_folder(tmp_path / "data", classes=2, per_class=3)
+    assert dataset_info(f"imagefolder:{root}").train_size == 6
+    import os
+    import time
+
+    extra = root / "train" / "class_1" / "late.png"
+    extra.write_bytes((root / "train" / "class_1" / "img000.png").read_bytes())
+    later = time.time_ns() + 10**9  # a coarse file-system clock must still see a change
+    os.utime(extra.parent, ns=(later, later))
+    assert dataset_info(f"imagefolder:{root}").train_size == 7
