@@ -168,9 +168,11 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
         port = _free_port(addr) if args.nnodes == 1 else DEFAULT_PORT
     if args.node_rank == 0:
         _check_port(addr if args.nnodes == 1 else "0.0.0.0", port)
-    if args.nnodes == 1 and not (run_dir.is_dir() or run_dir.parent.is_dir()):
-        raise CommandError(f"cannot create the run folder {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.node_rank == 0:  # the other machines only read (their data, never the folder)
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create the run folder {run_dir} ({exc.strerror})") from None
 
     # Workers read the resolved configuration (all command-line changes applied) from a
     # temporary file: the run folder is rank 0's to write.
