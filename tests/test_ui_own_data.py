@@ -171,3 +171,14 @@ def test_the_monitor_shows_images_loading_and_the_run_notes(window):
     log = monitor.log_view.toPlainText()
     assert "classifier built for 3 classes" in log
     assert "pretrained weights: 87.5" in log
+
+
+def test_pretrained_weights_are_chosen_on_the_source_page(source, tmp_path, monkeypatch):
+    weights = tmp_path / "pretrained.safetensors"
+    monkeypatch.setattr(source, "ask_weights_file", lambda: str(weights))
+    source.load(RunConfig())
+    assert source.apply(RunConfig()).weights == ""  # none unless chosen
+    source.weights_button.click()
+    assert source.apply(RunConfig()).weights == str(weights)
+    source.load(RunConfig(weights="torchvision:DEFAULT"))
+    assert source.weights_edit.text() == "torchvision:DEFAULT"

@@ -78,6 +78,16 @@ class SourcePage(QWidget):
         root_row = QHBoxLayout()
         root_row.addWidget(self.data_root_edit, 1)
         root_row.addWidget(self.browse_button)
+        self.weights_edit = QLineEdit()
+        self.weights_edit.setPlaceholderText(
+            "none: train from scratch (or a .safetensors / .pt file, or torchvision:DEFAULT)")
+        self.weights_edit.setToolTip(
+            "Pretrained weights for the network. The dense model's test accuracy is measured "
+            "with them before compression, and shown beside the compressed one.")
+        self.weights_button = QPushButton("Browse…")
+        weights_row = QHBoxLayout()
+        weights_row.addWidget(self.weights_edit, 1)
+        weights_row.addWidget(self.weights_button)
         status_row = QHBoxLayout()
         status_row.addWidget(self.data_status, 1)
         status_row.addWidget(self.download_button)
@@ -87,6 +97,7 @@ class SourcePage(QWidget):
         form.addRow("Preset", self.preset_combo)
         form.addRow("", self.preset_description)
         form.addRow("Network", self.model_combo)
+        form.addRow("Weights", weights_row)
         form.addRow("Data set", self.dataset_combo)
         form.addRow("Data folder", root_row)
         form.addRow("", status_row)
@@ -99,6 +110,7 @@ class SourcePage(QWidget):
         self.browse_button.clicked.connect(self._browse)
         self.data_root_edit.editingFinished.connect(self.data_root_changed)
         self.data_root_edit.editingFinished.connect(self._remember_data_root)
+        self.weights_button.clicked.connect(self._browse_weights)
         self.model_combo.activated.connect(self._on_model_activated)
         self.dataset_combo.activated.connect(self._on_dataset_activated)
         self.dataset_combo.currentIndexChanged.connect(self._on_dataset_changed)
@@ -147,12 +159,14 @@ class SourcePage(QWidget):
         # a preset names no folder: the one remembered for its data set (across launches)
         remembered = last_folder(data_root_key(config.dataset), "")
         self.data_root_edit.setText(config.data_root or remembered)
+        self.weights_edit.setText(config.weights)
         self._show_folder_row(config.dataset)
 
     def apply(self, config):
         return config.replace(model=self.model_combo.currentData(),
                               dataset=self.dataset_combo.currentData(),
-                              data_root=self.data_root_edit.text().strip())
+                              data_root=self.data_root_edit.text().strip(),
+                              weights=self.weights_edit.text().strip())
 
     # -- the user's own model and images ------------------------------------------------
 
@@ -170,6 +184,20 @@ class SourcePage(QWidget):
             "in_channels, image_size, num_classes when it takes them):", text=DEFAULT_FACTORY)
         factory = factory.strip()
         return (path, factory) if ok and factory.isidentifier() else None
+
+    def ask_weights_file(self) -> str | None:
+        """A weights file, or None when cancelled (tests replace this method)."""
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Pretrained weights", last_folder("weights_file", str(Path.home())),
+            "Weights (*.safetensors *.pt *.pth);;All files (*)")
+        if path:
+            remember_folder("weights_file", str(Path(path).parent))
+        return path or None
+
+    def _browse_weights(self) -> None:
+        path = self.ask_weights_file()
+        if path:
+            self.weights_edit.setText(path)
 
     def ask_image_folder(self) -> str | None:
         """A folder of class folders (or with train/ and test/), or None when cancelled."""
