@@ -118,26 +118,30 @@ def test_the_thread_mode_still_trains(qtbot, tmp_path):
 
 
 CLOSE_SCRIPT = """
-import sys, time
+import sys
 from PySide6.QtCore import QTimer
-from ui.app import create_application, show_main_window
+import ui.app
 from engine.config import LayerSpec, RunConfig
-app = create_application()
-window = show_main_window()
-while window.catalog is None:
-    app.processEvents()
-    time.sleep(0.005)
 config = RunConfig(name="close", model="fc2", dataset="synthetic", layers=[LayerSpec("fc2")],
                    epochs=200, batch_size=64, limit_train=512, limit_test=128, device="cpu")
-window.confirm_stop_on_close = lambda: True
-def on_batch(event):
-    if window.isVisible():
-        QTimer.singleShot(0, window.close)
-window.session.batch_progress.connect(on_batch)
-window.start_run(config)
-code = app.exec()
-print("RUN", window.session.run_dir, window.session.state, flush=True)
-sys.exit(code)
+show = ui.app.show_main_window
+def show_and_train():  # the application's own start and exit (run_app), with a run begun
+    window = show()
+    window.confirm_stop_on_close = lambda: True
+    def close_on_first_batch(event):
+        if window.isVisible():
+            print("RUN", window.session.run_dir, flush=True)
+            QTimer.singleShot(0, window.close)
+    window.session.batch_progress.connect(close_on_first_batch)
+    def start_when_loaded():
+        if window.catalog is None:
+            QTimer.singleShot(20, start_when_loaded)
+        else:
+            window.start_run(config)
+    start_when_loaded()
+    return window
+ui.app.show_main_window = show_and_train
+sys.exit(ui.app.run_app())
 """
 
 

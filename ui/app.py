@@ -32,7 +32,42 @@ def show_main_window():
 
 
 def run_app() -> int:
-    """Show the main window and run until it closes; returns the exit code."""
+    """Show the main window and run until it closes; then end the process with the exit code
+    (see ``shut_down``)."""
     app = create_application()
-    window = show_main_window()  # noqa: F841 (kept alive for the event loop)
-    return app.exec()
+    window = show_main_window()
+    code = app.exec()
+    shut_down(app, window)
+    _leave(code)
+    return code  # not reached
+
+
+def shut_down(app: QApplication, window) -> None:
+    """Tear everything down in order, once the event loop has ended: the run (its child
+    process or worker thread; closing the window has already stopped it), the window's
+    background tasks, then the window and every Qt object it owns, with the deletions
+    they post delivered while the application still exists."""
+    from PySide6.QtCore import QEvent
+
+    if window.session.is_active():
+        window.session.stop_and_wait()
+    window.wizard.wait_for_tasks()
+    window.deleteLater()
+    app.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    app.processEvents()
+    from ui.settings import app_settings
+
+    app_settings().sync()
+
+
+def _leave(code: int) -> None:
+    """End the process without the interpreter's final garbage collection: PySide6 6.12 can
+    abort there ("Fatal Python error: none_dealloc") while it destroys Python wrappers of Qt
+    objects in no particular order. Everything that matters was closed in order before."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
