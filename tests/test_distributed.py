@@ -294,3 +294,25 @@ def test_cuda_all_is_a_valid_device_that_needs_cuda(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("adtn-studio train: device 'cuda:all' was asked for, but CUDA is not "
                    "available on this machine; use device 'auto' or 'cpu'")
+
+
+def test_tasks_started_the_way_srun_starts_them_train_together(tmp_path, one_torch_thread):
+    config_path = write_config(tmp_path / "run.toml", epochs=1, limit_train=200)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tasks = []
+    for rank in range(2):  # what srun sets for each task of a two-task job step
+        env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2",
+                   SLURM_LOCALID=str(rank), SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        tasks.append(subprocess.Popen(
+            [sys.executable, "-m", "adtn_studio", "train", "--config", str(config_path),
+             "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env))
+    outputs = [task.communicate(timeout=240) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    assert "run folder:" in outputs[0][0] and outputs[1] == ("", "")  # rank 1 says nothing
+    assert "data-parallel on 2 processes (gloo, slurm)" in outputs[0][1]
+    train(RunConfig.load(config_path), tmp_path / "one")
+    assert_same_weights(tmp_path / "one", tmp_path / "run")
