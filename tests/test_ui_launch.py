@@ -61,3 +61,18 @@ def test_the_installed_plugin_is_found_and_checked():
     assert plugin is not None and plugin.name == "libqxcb.so"
     # Whatever this machine lacks is a subset of what the plugin is known to need.
     assert set(missing_libraries(plugin)) <= set(platform_check.XCB_LIBRARIES)
+
+
+def test_without_ldd_each_known_library_is_loaded(tmp_path, monkeypatch):
+    import ctypes
+
+    tried = []
+
+    def fake_load(name):
+        tried.append(name)
+        if name == "libxcb-keysyms.so.1":
+            raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", fake_load)
+    assert missing_libraries(tmp_path / "libqxcb.so", ldd="") == ["libxcb-keysyms.so.1"]
+    assert set(tried) == set(platform_check.XCB_LIBRARIES)

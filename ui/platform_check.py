@@ -83,6 +83,8 @@ def missing_libraries(plugin: Path | None = None, ldd: str | None = None) -> lis
             # Only system X libraries: a frozen bundle's own Qt libraries, which ldd may not
             # resolve outside the bundle, are never reported as missing.
             return sorted({name for name in found if name in XCB_LIBRARIES})
+    if getattr(sys, "frozen", False):
+        return []  # a bundle may carry some of them where the loader alone would not look
     return _missing_by_loading()
 
 
