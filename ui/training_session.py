@@ -85,13 +85,19 @@ class _TrainingWorker(QObject):
             self.finished.emit()
 
 
+def self_command() -> list[str]:
+    """How to run this program's subcommands: the frozen executable itself, or this
+    interpreter with ``-m adtn_studio``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "adtn_studio"]
+
+
 def child_command(config: Any, run_dir: Path, resume: bool, config_file: Path,
                   event_log: Path, control_file: Path, processes: int = 0) -> list[str]:
     """The command line of the child that trains ``config`` into ``run_dir``; with
     ``processes`` it launches that many data-parallel workers (device "cuda:all" does so by
     itself, one per GPU)."""
-    from adtn_studio.launch import self_command
-
     if resume:
         args = ["resume", str(run_dir), "--device", config.device]
     else:
