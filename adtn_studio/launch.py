@@ -159,6 +159,7 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
     """Run ``config`` into ``run_dir`` with ``args.nproc_per_node`` workers on this machine
     (of ``args.nnodes``); print the outcome; raise ``CommandError`` on failure or stop."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -209,6 +210,12 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
         elastic_launch(launch_config, program)(*prefix, *worker_args)
     except ChildFailedError as exc:
         raise CommandError(_failure_line(exc.failures, run_dir, args)) from None
+    except SignalException as exc:  # the launcher was told to end (SIGTERM, SIGHUP)
+        raise CommandError(f"stopped by {signal.Signals(exc.sigval).name}; the workers were "
+                           f"stopped too; continue with: adtn-studio resume {run_dir}") from None
+    except (RuntimeError, ValueError) as exc:  # the rendezvous itself failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"the workers could not meet at {addr}:{port} ({first})") from None
     finally:
         signal.signal(signal.SIGINT, previous)
         Path(config_file).unlink(missing_ok=True)
