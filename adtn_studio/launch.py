@@ -200,8 +200,10 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
         signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
         logs_specs=DefaultLogsSpecs(log_dir=os.devnull))
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: N processes share cores
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # its failure report is ours below
+    # torchrun's agent logs each event of the job; the one line below says what matters
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     print(f"starting {args.nproc_per_node} process(es) on machine {args.node_rank} of "
           f"{args.nnodes}, rendezvous {addr}:{port} -> {run_dir}", file=sys.stderr)
     previous = signal.signal(signal.SIGINT, _note_interrupt)
@@ -211,8 +213,11 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
     except ChildFailedError as exc:
         raise CommandError(_failure_line(exc.failures, run_dir, args)) from None
     except SignalException as exc:  # the launcher was told to end (SIGTERM, SIGHUP)
-        raise CommandError(f"stopped by {signal.Signals(exc.sigval).name}; the workers were "
-                           f"stopped too; continue with: adtn-studio resume {run_dir}") from None
+        how = f"stopped by {signal.Signals(exc.sigval).name}"
+        if args.node_rank == 0:
+            _settle_summary(run_dir, "stopped", "signal", how)
+        raise CommandError(f"{how}; the workers were stopped too; continue with: adtn-studio "
+                           f"resume {run_dir} --nproc-per-node {args.nproc_per_node}") from None
     except (RuntimeError, ValueError) as exc:  # the rendezvous itself failed
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CommandError(f"the workers could not meet at {addr}:{port} ({first})") from None
@@ -240,6 +245,18 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _settle_summary(run_dir: Path, status: str, kind: str, message: str) -> None:
+    """Rank 0 was ended before it could say how the run ended: the run folder must not
+    claim that it still runs."""
+    summary = _read_summary(run_dir)
+    if summary.get("status") != "running":
+        return
+    summary.update(status=status, error_kind=kind, error_message=message)
+    from engine.runs import write_summary
+
+    write_summary(run_dir / "summary.json", summary)
 
 
 def _failure_line(failures: dict[int, Any], run_dir: Path, args: argparse.Namespace) -> str:
@@ -270,13 +287,8 @@ def _failure_line(failures: dict[int, Any], run_dir: Path, args: argparse.Namesp
     cause = (summary.get("error_message") if summary.get("status") == "failed"
              and not peer_lost else "")
     done = summary.get("epochs_completed", 0)
-    if args.node_rank == 0 and summary.get("status") == "running":
-        # rank 0 was stopped before it could say so: the run folder must not claim to run
-        summary.update(status="failed", error_kind="distributed",
-                       error_message=f"worker rank {rank} {how}")
-        from engine.runs import write_summary
-
-        write_summary(run_dir / "summary.json", summary)
+    if args.node_rank == 0:
+        _settle_summary(run_dir, "failed", "distributed", f"worker rank {rank} {how}")
     where = (f" The run folder keeps epoch {done}; continue with: adtn-studio resume {run_dir} "
              f"--nproc-per-node {args.nproc_per_node}" if done else "")
     detail = f" ({cause})" if cause else ""
