@@ -32,10 +32,11 @@ class LayerInfo:
     kind: str  # "linear" | "conv2d"
     weight_shape: tuple[int, ...]
     dense_params: int  # weight and bias
-    compressed: bool  # already an ADTN layer
+    compressed: bool  # already an encoded layer
     encodable: bool
     reason: str  # why not, when not encodable
     Q: int
+    weight_params: int = 0  # the weight alone: what the reports' ratios divide
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
                 encodable=not reason and not compressed,
                 reason=reason or ("already an encoded layer" if compressed else ""),
                 Q=sum(mode_bits(shape)),
+                weight_params=math.prod(shape),
             )
         )
     return infos

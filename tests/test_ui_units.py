@@ -120,3 +120,14 @@ def test_settings_live_in_the_config_dir(tmp_path, monkeypatch):
     app_settings().sync()
     assert last_folder("data_root") == "/some/where"
     assert (tmp_path / "adtn-studio.ini").read_text().count("/some/where") == 1
+
+
+def test_layer_table_dense_count_is_the_engines_weight_count(lenet_plan):
+    """The wizard and the monitor show the same dense number: the weight the ratio divides."""
+    from ui.wizard.layer_plan_model import DENSE
+
+    row = lenet_plan.layer_names().index("fc1")
+    assert lenet_plan.data(lenet_plan.index(row, DENSE)) == "48,000"
+    lenet_plan.set_encoded("fc1", True)
+    report_row = lenet_plan.report.rows[0]
+    assert f"{report_row.dense_params:,}" == "48,000"

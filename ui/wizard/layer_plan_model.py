@@ -17,7 +17,7 @@ from engine.limits import MAX_DEPTH  # plain numbers, no torch: the engine's own
 from ui.formatting import format_count, format_ratio
 
 ENCODE, NAME, KIND, SHAPE, DENSE, ENCODING, DEPTH, ACTIVATION, PARAMS, RATIO, OPTIONS = range(11)
-HEADERS = ("encode", "layer", "kind", "weight shape", "dense params", "encoding", "depth",
+HEADERS = ("encode", "layer", "kind", "weight shape", "dense weight", "encoding", "depth",
            "activation", "parameters", "ratio", "options")
 # Other encodings than the ADTN take the ADTN's count at this depth as their budget, so the
 # depth column sets every layer's size whatever its encoding.
@@ -178,8 +178,8 @@ class LayerPlanModel(QAbstractTableModel):
             return info.kind
         if column == SHAPE:
             return " × ".join(str(n) for n in info.weight_shape)
-        if column == DENSE:
-            return format_count(info.dense_params)
+        if column == DENSE:  # the weight alone, as the monitor and the ratios count it
+            return format_count(info.weight_params)
         if column == ENCODING:
             return choice.encoding if choice.encode else ""
         if column == DEPTH:
