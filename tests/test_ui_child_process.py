@@ -189,3 +189,24 @@ def test_a_child_that_cannot_start_is_reported(qtbot, session, tmp_path, monkeyp
         session.start(tiny_config(), tmp_path / "run")
     assert finished.args == ["failed"] and not session.is_active()
     assert "could not start the training process" in failures[-1]
+
+
+def test_a_dead_worker_of_a_data_parallel_run_is_named(qtbot, session, tmp_path):
+    logged, failures = [], []
+    session.log.connect(lambda level, text: logged.append((level, text)))
+    session.run_failed.connect(failures.append)
+    with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
+        session.start(tiny_config(epochs=300, limit_train=512), tmp_path / "run", processes=2)
+    launcher = session._child.process.processId()
+    rank_1 = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+              and _parent(p) == launcher
+              and b"RANK=1" in (p / "environ").read_bytes().split(b"\0")]
+    assert len(rank_1) == 1
+    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        os.kill(rank_1[0], signal.SIGKILL)
+    assert finished.args == ["failed"] and failures
+    named = [text for level, text in logged + [("error", f) for f in failures]
+             if f"worker rank 1 (pid {rank_1[0]}) was killed by SIGKILL" in text]
+    assert named, logged
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed"

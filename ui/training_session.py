@@ -392,6 +392,8 @@ class TrainingSession(QObject):
                 text += " The run folder keeps its last finished epoch; resume it from Runs."
             self.log.emit("error", text)
             self.run_failed.emit(text)
+        elif code != 0 and "worker rank" in last_line:  # the launcher names the rank that died
+            self.log.emit("error", last_line.removeprefix("adtn-studio "))
         child.deleteLater()
         self._finish_run()
 
