@@ -369,3 +369,160 @@ def test_fit_reaches_a_weight_another_adtn_generates():
         before = ((student() - target).norm() / target.norm()).item()
     after = student.fit(target, steps=600)
     assert after < 0.05 < before
+
+
+# ------------------------------------------------------------------- options (issue 15)
+def naive_interleaved(adtn: ADTN) -> torch.Tensor:
+    """The network tensor for ``index_order="interleaved"``, entry by entry: weight index
+    (i_0, …, i_k) → its bits, most significant first → the network's flat index with one bit
+    of each mode in turn while the modes have bits left."""
+    state = naive_network_tensor_flat(adtn)
+    bits = mode_bits(adtn.shape)
+    out = torch.empty(adtn.shape, dtype=state.dtype)
+    for index in torch.cartesian_prod(*[torch.arange(d) for d in adtn.shape]).reshape(-1, len(adtn.shape)).tolist():
+        mode_bit_values = [[(i >> (q - 1 - b)) & 1 for b in range(q)] for i, q in zip(index, bits)]
+        flat = 0
+        for b in range(max(bits)):
+            for mode, q in enumerate(bits):
+                if b < q:
+                    flat = 2 * flat + mode_bit_values[mode][b]
+        out[tuple(index)] = state[flat]
+    return out
+
+
+def naive_network_tensor_flat(adtn: ADTN) -> torch.Tensor:
+    """The naive reference's 2^Q output state, before any reordering or cropping."""
+    q = adtn.Q
+    state = torch.zeros(2**q, dtype=torch.float64)
+    state[0] = 1.0
+    for layer in range(adtn.depth):
+        if layer > 0:
+            if adtn.activation == "relu":
+                state = torch.relu(state)
+            elif adtn.activation == "leaky_relu":
+                state = F.leaky_relu(state, 0.01)
+        for k, spec in enumerate(adtn.gate_specs()):
+            if spec.layer == layer:
+                local = torch.zeros(4, 4, dtype=torch.float64)
+                local[:, list(spec.columns)] = adtn.gates[k].detach().double()
+                a = spec.pair[0]
+                state = torch.kron(torch.kron(torch.eye(2**a, dtype=torch.float64), local),
+                                   torch.eye(2 ** (q - a - 2), dtype=torch.float64)) @ state
+    return state
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (8, 8), (3, 2, 5, 5), (6, 1, 3, 3), (16, 2), (1, 8)])
+@pytest.mark.parametrize("memory", MEMORY_MODES)
+def test_interleaved_index_order_matches_naive_reference(shape, memory):
+    torch.manual_seed(hash((shape, "interleaved")) % 2**31)
+    for depth in (1, 2):
+        adtn = randomised(ADTN(shape, depth=depth, index_order="interleaved", memory=memory).double())
+        torch.testing.assert_close(adtn.contract(), naive_interleaved(adtn), rtol=0, atol=1e-10)
+        rows_first = ADTN(shape, depth=depth, memory=memory).double()
+        rows_first.load_state_dict(adtn.state_dict())
+        if len([d for d in shape if d > 1]) > 1 and depth > 1:
+            assert not torch.allclose(rows_first.contract(), adtn.contract())
+
+
+def test_interleaved_order_of_bits_and_its_gradients():
+    assert ADTN((4, 8), index_order="interleaved").network_bit_order() == [
+        (0, 0), (1, 0), (0, 1), (1, 1), (1, 2)]
+    assert ADTN((4, 8)).network_bit_order() == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    torch.manual_seed(11)
+    adtn = randomised(ADTN((6, 10), depth=2, activation="leaky_relu", index_order="interleaved").double())
+    upstream = torch.randn(6, 10, dtype=torch.float64)
+    gates = [g.detach().clone().requires_grad_(True) for g in adtn.gates]
+    scale = adtn.scale.detach().clone().requires_grad_(True)
+    # The naive weight in the rows-first order, reordered by the same map as the reference.
+    order = adtn._order_index(torch.device("cpu"))
+    state = naive_weight_state(adtn, gates)
+    weight = state[order].reshape(adtn.padded_shape)[:6, :10]
+    (scale * weight / weight.square().mean().sqrt() * upstream).sum().backward()
+    (adtn() * upstream).sum().backward()
+    for got, ref in zip(adtn.gates, gates):
+        torch.testing.assert_close(got.grad, ref.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(adtn.scale.grad, scale.grad, rtol=0, atol=1e-10)
+
+
+def naive_weight_state(adtn: ADTN, gates) -> torch.Tensor:
+    """The 2^Q state of ``naive_weight`` (normalised between layers), differentiable."""
+    q = adtn.Q
+    state = torch.zeros(2**q, dtype=torch.float64)
+    state[0] = 1.0
+    for layer in range(adtn.depth):
+        if layer > 0:
+            state = F.leaky_relu(state, 0.01) if adtn.activation == "leaky_relu" else (
+                torch.relu(state) if adtn.activation == "relu" else state)
+            state = state / state.square().mean().sqrt()
+        for k, spec in enumerate(adtn.gate_specs()):
+            if spec.layer == layer:
+                local = gates[k].new_zeros(4, 4).index_copy(1, torch.tensor(spec.columns), gates[k])
+                a = spec.pair[0]
+                state = torch.kron(torch.kron(torch.eye(2**a, dtype=torch.float64), local),
+                                   torch.eye(2 ** (q - a - 2), dtype=torch.float64)) @ state
+    return state
+
+
+def test_index_order_and_init_are_checked():
+    with pytest.raises(ValueError, match="index_order"):
+        ADTN((4, 4), index_order="columns_first")
+    with pytest.raises(ValueError, match="init"):
+        ADTN((4, 4), init="zeros")
+
+
+@pytest.mark.parametrize("init", ["orthogonal", "near_identity", "normal"])
+def test_initialisations_give_finite_weights_of_the_dense_layers_size(init):
+    shape = (64, 128)
+    for depth in (1, 3, 6):
+        torch.manual_seed(depth)
+        adtn = ADTN(shape, depth=depth, init=init)
+        with torch.no_grad():
+            weight = adtn()
+        assert torch.isfinite(weight).all()
+        ratio = weight.std().item() / pytorch_default_std(shape)
+        assert 0.5 < ratio < 2.0, (init, depth, ratio)
+        assert all(g.shape == (4, len(s.columns)) for g, s in zip(adtn.gates, adtn.gate_specs()))
+
+
+def test_initialisations_differ_as_described():
+    torch.manual_seed(12)
+    near = ADTN((16, 16), depth=2, init="near_identity")
+    normal = ADTN((16, 16), depth=2, init="normal")
+    for spec, gate in zip(near.gate_specs(), near.gates):
+        identity = torch.eye(4)[:, list(spec.columns)]
+        assert (gate - identity).abs().max() < 0.6  # identity plus small noise
+        assert not torch.equal(gate, identity)
+    # Near the identity the network passes most of its product state through: the weight's
+    # first entry (all bits 0) dominates.
+    with torch.no_grad():
+        weight = near.contract()
+    assert weight.abs().argmax().item() == 0
+    entries = torch.cat([g.detach().reshape(-1) for g in normal.gates])
+    assert 0.3 < entries.std().item() < 0.7 and abs(entries.mean().item()) < 0.2
+    # reset_parameters draws again with the same scheme and keeps the scale
+    before = [g.detach().clone() for g in near.gates]
+    near.reset_parameters(torch.Generator().manual_seed(1))
+    assert all(not torch.equal(a, b) for a, b in zip(before, near.gates))
+
+
+def generated_weight(shape, depth, seed):
+    """A weight that an ADTN of the same structure (randomised gates) generates."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher = ADTN(shape, depth=depth, generator=generator)
+    with torch.no_grad():
+        for gate in teacher.gates:
+            gate.add_(0.4 * torch.randn(gate.shape, generator=generator))
+        return teacher().detach()
+
+
+@pytest.mark.parametrize("shape, depth, seed", [((16, 32), 2, 101), ((8, 8, 3, 3), 2, 102)])
+def test_fit_with_restarts_reaches_generated_weights(shape, depth, seed):
+    target = generated_weight(shape, depth, seed)
+    torch.manual_seed(seed)
+    student = ADTN(shape, depth=depth)
+    with torch.no_grad():
+        before = ((student() - target).norm() / target.norm()).item()
+    after = student.fit(target, steps=500)
+    assert after < 0.1 < before
+    with torch.no_grad():  # the ADTN keeps the parameters that reached it
+        assert ((student() - target).norm() / target.norm()).item() == pytest.approx(after)
