@@ -62,6 +62,9 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no-normalise": ({"prototype": {"normalise": False}}, {}),
     "interleaved-no-normalise": ({"prototype": {"normalise": False}},
                                  {"index_order": "interleaved"}),
+    "image-modes": ({"prototype": {"image_modes": True}}, {}),
+    "image-modes-interleaved": ({"prototype": {"image_modes": True}},
+                                {"index_order": "interleaved"}),
     "act-none": ({}, {"activation": "none"}),
     "act-leaky": ({}, {"activation": "leaky_relu"}),
     "stair": ({}, {"layout": "stair"}),
@@ -78,11 +81,15 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     **{f"depth-{d}": ({}, {"depth": d}) for d in (1, 2, 4, 6, 8)},
     # -- references at the same budget: the TT-matrix layer and the dense model
     "tt": ({}, {"encoding": "tt", "budget": "match:adtn"}),
+    **{f"tt-depth-{d}": ({}, {"encoding": "tt", "budget": "match:adtn", "depth": d})
+       for d in (1, 2, 4, 6)},
     "tt-lr-same-1e-2": ({"lr": 1e-2, "adtn_lr": 0.0}, {"encoding": "tt", "budget": "match:adtn"}),
     # -- the small-model target: FC-2 with at most 5,000 parameters (depth 10: 4,568)
     "target-adtn-d10": ({"lr": 1e-2, "adtn_lr": 0.0}, {"depth": 10, "index_order": "interleaved"}),
     "target-tt-d10": ({"lr": 1e-2, "adtn_lr": 0.0},
                       {"depth": 10, "encoding": "tt", "budget": "match:adtn"}),
+    # -- the LeNet-5 target (its three linear layers at least 30x smaller: depth 3)
+    "target-lenet-interleaved": ({"lr": 1e-2, "adtn_lr": 0.0}, {"index_order": "interleaved"}),
     # -- from a trained dense layer
     "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
 }
@@ -113,8 +120,13 @@ def install_prototypes() -> None:
         return
 
     class PrototypeADTN(ADTN):
-        def __init__(self, *a, index_order="rows_first", init="orthogonal", **k):
-            super().__init__(*a, **k)
+        def __init__(self, shape, *a, index_order="rows_first", init="orthogonal", **k):
+            self.layer_shape = tuple(shape)
+            if self.image_modes and len(shape) == 2 and shape[1] == 28 * 28:
+                # read the input index as (image row, image column), each padded to 32, so
+                # that the binary indices follow the picture's geometry (same Q: 10 bits)
+                shape = (shape[0], 28, 28)
+            super().__init__(shape, *a, **k)
             self.index_order = index_order
             order = (interleaved_order(self.mode_bits) if index_order == "interleaved"
                      else list(range(self.Q)))
@@ -129,8 +141,12 @@ def install_prototypes() -> None:
                         gate.copy_(full[:, list(spec.columns)])
 
         normalise = True  # set by a probe's "prototype" changes
+        image_modes = False
 
         def _weight(self):
+            return self._weight_of_shape().reshape(self.layer_shape)
+
+        def _weight_of_shape(self):
             if self.normalise:
                 return super()._weight()
             # no rms normalisation, in the network nor of the weight: a constant fixed at
@@ -174,19 +190,24 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
     prototype = PROBES[name][0].get("prototype", {})
     if prototype and PROTOTYPE is None:
         raise SystemExit(f"{name}: needs the prototype ADTN (the engine's has its options)")
+    saved = {key: getattr(PROTOTYPE, key) for key in prototype}
     for key, value in prototype.items():
         setattr(PROTOTYPE, key, value)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
-        summary = train(config, Path(folder) / name)
-    for key in prototype:
-        delattr(PROTOTYPE, key)
+    if args.runs:  # kept: metrics.csv shows each epoch while a long probe runs
+        summary = train(config, Path(args.runs) / f"{args.model}-{name}-seed{args.seed}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
+            summary = train(config, Path(folder) / name)
+    for key, value in saved.items():
+        setattr(PROTOTYPE, key, value)
     return {
         "probe": name, "model": args.model, "status": summary.status,
         "error": summary.error_message, "seed": args.seed, "epochs": args.epochs,
         "limit_train": args.limit_train, "holdout": args.holdout,
         "params_total": summary.params_total,
         "layer_params": summary.compression.get("compressed_layers_encoded_params", 0),
+        "fit_errors": summary.compression.get("fit_errors", {}),
         "best_acc": summary.best_test_acc, "final_acc": summary.test_acc,
         "seconds_per_epoch": summary.seconds_per_epoch, "wall_seconds": time.time() - started,
         "changes": PROBES[name][0], "layer_changes": PROBES[name][1],
@@ -194,14 +215,16 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| probe | model params | held-out acc (final) | best | s/epoch | changes |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| probe | seed | epochs | model params | held-out acc (final) | best | s/epoch | changes |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         if r["status"] != "finished":
-            lines.append(f"| {r['probe']} | | {r['status']}: {r['error'][:60]} | | | |")
+            lines.append(f"| {r['probe']} | {r['seed']} | {r['epochs']} | | {r['status']}: "
+                         f"{r['error'][:60]} | | | |")
             continue
         changes = ", ".join(f"{k}={v}" for k, v in {**r["changes"], **r["layer_changes"]}.items())
-        lines.append(f"| {r['probe']} | {r['params_total']:,} | {r['final_acc']:.2%} | "
+        lines.append(f"| {r['probe']} | {r['seed']} | {r['epochs']} | {r['params_total']:,} | "
+                     f"{r['final_acc']:.2%} | "
                      f"{r['best_acc']:.2%} | {r['seconds_per_epoch']:.1f} | {changes or '—'} |")
     return "\n".join(lines)
 
@@ -226,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-root", default="/work/shared/datasets")
     parser.add_argument("--out", default="benchmarks/results/adtn-research.md")
+    parser.add_argument("--runs", default="", help="keep the run folders here (default: none)")
     args = parser.parse_args(argv)
     if args.list:
         for name, (changes, layer) in PROBES.items():
