@@ -106,8 +106,11 @@ def interleaved_order(mode_bits: tuple[int, ...]) -> list[int]:
 
 
 def install_prototypes() -> None:
-    """Screen options the engine's ADTN does not have yet (``index_order``, ``init``) with a
-    subclass, only while ``engine.adtn.ADTN`` lacks them; the engine's own are used once there."""
+    """Screen options the engine's ADTN did not have (``index_order``, ``init``, and the
+    probes' ``normalise`` and ``image_modes``) with a subclass of the engine's ADTN as it was
+    at commit 813182a (its ``_crop`` and ``_network_state``), where the research ran (a
+    ``git archive`` of that commit). With an engine that has ``index_order`` and ``init`` its
+    own are used and the two other probes refuse to run."""
     import inspect
 
     import torch

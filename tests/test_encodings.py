@@ -222,3 +222,23 @@ def test_adtn_index_order_and_gate_init_are_validated_stored_and_planned():
     matched = plan_layer(LayerSpec("fc", depth=3, encoding="tt", budget="match:adtn",
                                    index_order="interleaved"), shape)
     assert matched.budget == plan.params
+
+
+def test_adtn_index_order_and_gate_init_reach_the_built_network():
+    from engine.adtn import ADTN
+
+    shape = (12, 20)
+    plan = plan_layer(LayerSpec("fc", depth=2, index_order="interleaved", gate_init="normal"),
+                      shape)
+    built = build_generator(plan, 0.1)
+    assert built.index_order == "interleaved" and built.init == "normal"
+    # the same gates give the interleaved network's weight, not the rows-first one's
+    reference = ADTN(shape, 2, index_order="interleaved", init_std=0.1)
+    rows_first = ADTN(shape, 2, init_std=0.1)
+    reference.load_state_dict(built.state_dict())
+    rows_first.load_state_dict(built.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(built(), reference())
+        assert not torch.allclose(built(), rows_first(), atol=1e-4)
+    default = build_generator(plan_layer(LayerSpec("fc", depth=2), shape), 0.1)
+    assert default.index_order == "rows_first" and default.init == "orthogonal"

@@ -56,6 +56,12 @@ def rebuild_weight(layer, tensors):
         a = gate["pair"][0]
         psi = np.einsum("oi,lir->lor", matrix, psi.reshape(2**a, 4, 2 ** (q - a - 2)))
         psi = psi.reshape(-1)
+    if layer.get("index_order", "rows_first") == "interleaved":  # FORMAT.md step 4
+        bits = layer["mode_bits"]
+        network = [(m, b) for b in range(max(bits)) for m, n in enumerate(bits) if b < n]
+        rows_first = [(m, b) for m, n in enumerate(bits) for b in range(n)]
+        axes = [network.index(bit) for bit in rows_first]
+        psi = psi.reshape((2,) * q).transpose(axes).reshape(-1)
     crop = tuple(slice(0, d) for d in layer["weight_shape"])
     weight = psi.reshape(layer["padded_shape"])[crop]
     return float(tensors[layer["scale"]]) * weight / np.sqrt(np.mean(weight**2))
@@ -232,7 +238,7 @@ def write_bundle_and_expected(bundle, expected, layers=None):
     specs = [
         LayerSpec("conv2", depth=3, activation="relu", layout="brick"),
         LayerSpec("fc1", depth=2, activation="leaky_relu", layout="stair"),
-        LayerSpec("fc2", depth=2, activation="none", layout="brick"),
+        LayerSpec("fc2", depth=2, activation="none", layout="brick", index_order="interleaved"),
         LayerSpec("fc3", depth=1),
     ] if layers is None else [LayerSpec(name, encoding=encoding, **options)
                               for name, encoding, options in layers]

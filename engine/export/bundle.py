@@ -314,7 +314,8 @@ def _compress_as_described(
     from engine.compression import LayerSpec, compress
     from engine.encodings import get_encoding
 
-    specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout)
+    specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout,
+                       index_order=layer.index_order)
              if layer.encoding == ADTN_ENCODING else
              LayerSpec(layer.name, encoding=layer.encoding,
                        **get_encoding(layer.encoding).spec_fields(layer.options))

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from engine.adtn import ACTIVATIONS, ADTN, LAYOUTS, mode_bits
+from engine.adtn import ACTIVATIONS, ADTN, INDEX_ORDERS, LAYOUTS, mode_bits
 from engine.export.errors import BundleError
 from engine.export.safe_read import FLOAT_DTYPES, MAX_DIMS, SafetensorsHeader
 from engine.limits import MAX_DEPTH, MAX_Q
@@ -64,6 +64,8 @@ class LayerRecord:
     scale: str
     gates: tuple[GateRecord, ...]
     encoding: str = ADTN_ENCODING
+    # which weight bit each network index is (docs/FORMAT.md); absent in older files
+    index_order: str = "rows_first"
 
     def tensor_names(self) -> list[str]:
         """Every tensor name the record lists (a name listed twice is an error)."""
@@ -203,6 +205,7 @@ def layer_record(name: str, adtn: ADTN) -> LayerRecord:
         Q=adtn.Q,
         depth=adtn.depth,
         layout=adtn.layout,
+        index_order=getattr(adtn, "index_order", "rows_first"),
         activation=adtn.activation,
         negative_slope=float(adtn.negative_slope),
         scale=f"{prefix}.scale",
@@ -348,6 +351,8 @@ def _parse_adtn_layer(file_name: str, index: int, reader: _Reader) -> LayerRecor
         Q=q,
         depth=depth,
         layout=reader.choice("layout", LAYOUTS),
+        index_order=(reader.choice("index_order", INDEX_ORDERS)
+                     if "index_order" in reader.data else "rows_first"),
         activation=reader.choice("activation", ACTIVATIONS),
         negative_slope=float(slope),
         scale=reader.get("scale", str),
