@@ -90,7 +90,7 @@ def test_missing_file_is_a_config_error(tmp_path):
     ({"lr_gamma": 0.0}, "lr_gamma must be greater than 0"),
     ({"weight_decay": -1e-3}, "weight_decay must be 0 or more"),
     ({"seed": -1}, "seed must be at least 0"),
-    ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N, mps"),
+    ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N, cuda:all, mps"),
     ({"workers": -2}, "workers must be at least 0"),
     ({"limit_train": True}, "limit_train must be a whole number"),
     ({"limit_test": -5}, "limit_test must be at least 0"),

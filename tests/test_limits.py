@@ -106,7 +106,7 @@ def test_dense_baseline_run_says_so(tmp_path, caplog):
 
     config = base(layers=[], dense_baseline=True, epochs=1, batch_size=32, limit_train=64,
                   limit_test=32, device="cpu")
-    with caplog.at_level(logging.WARNING, logger="engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="engine.trainer"):
         summary = train(config, tmp_path / "run")
     assert summary.status == "finished"
     assert "dense baseline run" in caplog.text

@@ -23,7 +23,9 @@ def quick_config(**changes) -> RunConfig:
     """FC-2 on 256 generated examples: a few batches per epoch, well under a second."""
     base = RunConfig(model="fc2", dataset="synthetic", epochs=2, batch_size=32, lr=1e-3,
                      limit_train=256, limit_test=64, device="cpu", seed=5)
-    return dataclasses.replace(base, **changes)
+    config = dataclasses.replace(base, **changes)
+    # No layers to encode: say that a dense model is meant (the engine refuses it otherwise).
+    return dataclasses.replace(config, dense_baseline=not config.layers)
 
 
 class Recorder(TrainerCallback):
