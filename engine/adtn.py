@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from engine.adtn_kernel import App, NetworkState, Plan, apply_on_axis, finish, forward_state
+from engine.adtn_kernel import App, BufferPool, NetworkState, Plan, apply_on_axis, finish, forward_state
 
 ACTIVATIONS = ("relu", "leaky_relu", "none")
 LAYOUTS = ("brick", "stair")
@@ -226,6 +226,7 @@ class ADTN(nn.Module):
         self._compiled_key: int | None = None
         self._compiled_value = None
         self._order_cache: torch.Tensor | None = None
+        self._pool = BufferPool()  # states the CPU backward pass hands on to the next step
 
     # ----------------------------------------------------------------------------- counting
     @staticmethod
@@ -293,7 +294,9 @@ class ADTN(nn.Module):
         order = self._order_index(mats[0].device)
         tracked = mats + ([scale] if scaled else [])
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
-            return NetworkState.apply(plan, low_memory, order, scale, *mats)
+            pool = self._pool if mats[0].device.type == "cpu" else None
+            self._pool.limit = sum(len(layer) for layer in plan.fast) + 4
+            return NetworkState.apply(plan, low_memory, order, pool, scale, *mats)
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
 
     def network_bit_order(self) -> list[tuple[int, int]]:

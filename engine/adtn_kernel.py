@@ -86,26 +86,68 @@ def _mid_view(state: torch.Tensor, app: App) -> torch.Tensor:
     return state.view(1 << app.a, 1 << app.b, -1)
 
 
-def _apply(app: App, matrix: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    """Out-of-place application."""
+class BufferPool:
+    """Flat tensors that the stored-mode backward pass has finished with, handed to the next
+    forward and backward passes as outputs (``out=``). A fresh CPU tensor of a few MiB is
+    mapped page by page by the system on first touch: reusing these spares that cost (about
+    a third of an FC-2 training step). Only tensors that nothing outside this module can
+    reference are put here."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.free: list[torch.Tensor] = []
+        self.limit = limit
+
+    def take(self, like: torch.Tensor, numel: int) -> torch.Tensor | None:
+        for i, buffer in enumerate(self.free):
+            if buffer.numel() == numel and buffer.dtype == like.dtype and buffer.device == like.device:
+                return self.free.pop(i)
+        return None
+
+    def give(self, *tensors) -> None:
+        for tensor in tensors:
+            if tensor is not None and len(self.free) < self.limit and tensor.is_contiguous():
+                self.free.append(tensor)
+
+
+def _out(pool: BufferPool | None, like: torch.Tensor, rows: int, cols: int):
+    buffer = None if pool is None else pool.take(like, rows * cols)
+    return None if buffer is None else buffer.view(rows, cols)
+
+
+def _apply(app: App, matrix: torch.Tensor, state: torch.Tensor, pool=None) -> torch.Tensor:
+    """Out-of-place application (into a buffer of ``pool`` when it has one)."""
     if app.kind == "tail":
-        return (state.view(-1, app.a) @ matrix).view(-1)
+        inputs = state.view(-1, app.a)
+        out = _out(pool, state, inputs.shape[0], app.b)
+        return torch.mm(inputs, matrix, out=out).view(-1) if out is not None else \
+            (inputs @ matrix).view(-1)
     if app.kind == "rot":
-        return torch.mm(matrix, state.view(-1, matrix.shape[1]).t()).view(-1)
+        k = matrix.shape[1]
+        out = _out(pool, state, k, state.numel() // k)
+        inputs = state.view(-1, k).t()
+        return (torch.mm(matrix, inputs, out=out) if out is not None else torch.mm(matrix, inputs)).view(-1)
     return apply_on_axis(_mid_view(state, app), matrix)
 
 
 def _backward(app: App, matrix: torch.Tensor, state: torch.Tensor, grad: torch.Tensor,
-              need_input: bool = True):
+              need_input: bool = True, pool=None):
     """(gradient of the application's input, gradient of its matrix)."""
     if app.kind == "tail":
         inputs, grads = state.view(-1, app.a), grad.view(-1, app.b)
-        d_input = (grads @ matrix.t()).view(-1) if need_input else None
+        d_input = None
+        if need_input:
+            out = _out(pool, grad, grads.shape[0], app.a)
+            d_input = (torch.mm(grads, matrix.t(), out=out) if out is not None else
+                       grads @ matrix.t()).view(-1)
         return d_input, inputs.t() @ grads
     if app.kind == "rot":
         k = matrix.shape[0]
         grads = grad.view(k, -1)
-        d_input = torch.mm(grads.t(), matrix).view(-1) if need_input else None
+        d_input = None
+        if need_input:
+            out = _out(pool, grad, grads.shape[1], k)
+            d_input = (torch.mm(grads.t(), matrix, out=out) if out is not None else
+                       torch.mm(grads.t(), matrix)).view(-1)
         return d_input, grads @ state.view(-1, k)
     d_input = apply_on_axis(_mid_view(grad, app), matrix.t()) if need_input else None
     return d_input, _mid_gram(_mid_view(grad, app), _mid_view(state, app), CPU_CHUNK)
@@ -213,7 +255,7 @@ def _chunk_for(state: torch.Tensor) -> int:
 
 def forward_state(plan: Plan, mats: Sequence[torch.Tensor], low_memory: bool = False,
                   saved: list | None = None, inverse_rms: list | None = None,
-                  stop_layer: int | None = None) -> torch.Tensor:
+                  stop_layer: int | None = None, pool: BufferPool | None = None) -> torch.Tensor:
     """The network's output state (or, with ``stop_layer``, the activated input of that
     layer). ``saved`` collects what the backward pass needs (every application's input,
     or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors."""
@@ -239,28 +281,36 @@ def forward_state(plan: Plan, mats: Sequence[torch.Tensor], low_memory: bool = F
                 if saved is not None:
                     saved.append(state)
                 matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
-                state = _apply(app, matrix, state)
+                state = _apply(app, matrix, state, pool)
     return state
 
 
-def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None):
-    """The weight from the output state: cropped, then ``scale * W / rms(W)`` (the raw
-    cropped tensor when ``scale`` is None). Returns (weight, 1 / rms(W) or None)."""
+def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None, order=None):
+    """The weight from the output state: reordered (``order[j]`` is the state's entry that
+    becomes the weight's flat entry ``j``; None: the same order), cropped, then
+    ``scale * W / rms(W)`` (the raw cropped tensor when ``scale`` is None).
+    Returns (weight, 1 / rms(W) or None, the reordered state)."""
+    if order is not None:
+        state = state.index_select(0, order)
+    tensor = _cropped(plan, state)
+    if scale is None:
+        return tensor, None, state
+    inverse_rms = _inverse_rms(tensor)
+    return tensor * (scale * inverse_rms), inverse_rms, state
+
+
+def _cropped(plan: Plan, state: torch.Tensor) -> torch.Tensor:
     tensor = state.view(plan.padded_shape)
     if plan.padded_shape != plan.shape:
         tensor = tensor[tuple(slice(0, d) for d in plan.shape)]
-    if scale is None:
-        return tensor, None
-    inverse_rms = _inverse_rms(tensor)
-    return tensor * (scale * inverse_rms), inverse_rms
+    return tensor
 
 
-def _finish_backward(plan: Plan, state, scale, inverse_rms, grad_weight):
-    """(gradient of the output state as a fresh flat tensor, gradient of the scale)."""
+def _finish_backward(plan: Plan, ordered, scale, inverse_rms, grad_weight, order):
+    """(gradient of the output state as a fresh flat tensor, gradient of the scale);
+    ``ordered`` is the reordered state that ``finish`` returned."""
     cropped = plan.padded_shape != plan.shape
-    tensor = state.view(plan.padded_shape)
-    if cropped:
-        tensor = tensor[tuple(slice(0, d) for d in plan.shape)]
+    tensor = _cropped(plan, ordered)
     grad_scale = None
     if scale is None:
         grad = grad_weight.clone(memory_format=torch.contiguous_format)
@@ -269,7 +319,7 @@ def _finish_backward(plan: Plan, state, scale, inverse_rms, grad_weight):
         if cropped:
             dot = (tensor * grad_weight).sum()
         else:
-            dot = torch.dot(state, grad_weight.view(-1))
+            dot = torch.dot(ordered, grad_weight.view(-1))
         grad_scale = dot * inverse_rms
         # d/dW of scale * W / rms(W): scale/rms * (g - W <W, g> / (N rms**2)).
         grad = grad_weight * (scale * inverse_rms)
@@ -278,7 +328,10 @@ def _finish_backward(plan: Plan, state, scale, inverse_rms, grad_weight):
         full = grad.new_zeros(plan.padded_shape)
         full[tuple(slice(0, d) for d in plan.shape)] = grad
         grad = full
-    return grad.view(-1), grad_scale
+    grad = grad.view(-1)
+    if order is not None:
+        grad = torch.empty_like(grad).index_copy_(0, order, grad)
+    return grad, grad_scale
 
 
 def _graph_is_kept() -> bool:
@@ -292,15 +345,18 @@ def _graph_is_kept() -> bool:
 
 
 class NetworkState(torch.autograd.Function):
-    """``apply(plan, low_memory, scale, *mats)`` → the weight (``finish`` of the state)."""
+    """``apply(plan, low_memory, order, pool, scale, *mats)`` → the weight (``finish`` of
+    the network's output state); ``pool``: a ``BufferPool`` or None."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, low_memory: bool, scale, *mats):
+    def forward(ctx, plan: Plan, low_memory: bool, order, pool, scale, *mats):
         saved: list = []
         inverse_rms: list = []
-        state = forward_state(plan, mats, low_memory, saved, inverse_rms)
-        weight, final_inverse_rms = finish(plan, state, scale)
-        ctx.plan, ctx.low_memory, ctx.num_mats = plan, low_memory, len(mats)
+        pool = None if low_memory else pool
+        state = forward_state(plan, mats, low_memory, saved, inverse_rms, pool=pool)
+        weight, final_inverse_rms, state = finish(plan, state, scale, order)
+        ctx.plan, ctx.low_memory, ctx.num_mats, ctx.order = plan, low_memory, len(mats), order
+        ctx.pool = pool
         # Big states are kept as attributes, not saved tensors, so that the backward pass
         # can let go of each as soon as it is used (saved tensors live until it returns).
         ctx.state, ctx.saved = state, saved
@@ -314,20 +370,29 @@ class NetworkState(torch.autograd.Function):
         scale, final_inverse_rms, *rest = ctx.saved_tensors
         mats, inverse_rms = rest[: ctx.num_mats], rest[ctx.num_mats:]
         saved, state = list(ctx.saved), ctx.state
+        pool = None
         if not _graph_is_kept():
             ctx.saved = ctx.state = None  # let each big state go as soon as it is used
-        grad, grad_scale = _finish_backward(plan, state, scale, final_inverse_rms, grad_weight)
+            pool = ctx.pool  # and, on the CPU, reuse its memory
+        grad, grad_scale = _finish_backward(plan, state, scale, final_inverse_rms, grad_weight,
+                                            ctx.order)
+        if pool is not None and scale is not None:  # (unscaled, the caller holds a view of it)
+            pool.give(state)
         del state
         grads: list = [None] * len(mats)
         if ctx.low_memory:
             _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
-            _backward_stored(plan, mats, saved, inverse_rms, grad, grads)
-        needs = ctx.needs_input_grad[3:]
-        return (None, None, grad_scale, *(g if need else None for g, need in zip(grads, needs)))
+            _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool)
+        needs = ctx.needs_input_grad[5:]
+        return (None, None, None, None, grad_scale,
+                *(g if need else None for g, need in zip(grads, needs)))
 
 
-def _backward_stored(plan, mats, saved, inverse_rms, grad, grads):
+def _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool=None):
+    """``grad`` (the output state's) and the saved states are owned here: each goes to
+    ``pool`` once used."""
+    size = 1 << plan.num_bits
     for layer in range(len(plan.fast) - 1, -1, -1):
         apps = plan.fast[layer]
         factor = inverse_rms[layer - 1] if (layer and plan.normalise) else None
@@ -335,10 +400,14 @@ def _backward_stored(plan, mats, saved, inverse_rms, grad, grads):
             app, state = apps[j], saved.pop()
             matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
             need_input = layer > 0 or j > 0
-            grad_in, grad_matrix = _backward(app, matrix, state, grad, need_input)
+            grad_in, grad_matrix = _backward(app, matrix, state, grad, need_input, pool)
             grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
             # grad_in is a fresh tensor (never the incoming gradient): safe to edit in place.
-            grad = _transition_backward_(grad_in, state, factor, plan) if layer and not j else grad_in
+            if layer and not j:
+                grad_in = _transition_backward_(grad_in, state, factor, plan)
+            if pool is not None:
+                pool.give(*(t for t in (state, grad) if t.numel() == size))
+            grad = grad_in
             del state
 
 

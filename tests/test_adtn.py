@@ -526,3 +526,37 @@ def test_fit_with_restarts_reaches_generated_weights(shape, depth, seed):
     assert after < 0.1 < before
     with torch.no_grad():  # the ADTN keeps the parameters that reached it
         assert ((student() - target).norm() / target.norm()).item() == pytest.approx(after)
+
+
+def test_repeated_steps_reusing_buffers_give_the_same_gradients_as_fresh_modules():
+    """The CPU backward pass hands its states on to the next step (BufferPool): steps with
+    updates in between must match a module that has never run."""
+    torch.manual_seed(13)
+    used = randomised(ADTN((20, 24), depth=3, memory="fast").double())
+    upstream = torch.randn(20, 24, dtype=torch.float64)
+    for _ in range(3):
+        fresh = ADTN((20, 24), depth=3, memory="fast").double()
+        fresh.load_state_dict(used.state_dict())
+        used.zero_grad(set_to_none=True)
+        weight = used()
+        (weight * upstream).sum().backward()
+        (fresh() * upstream).sum().backward()
+        torch.testing.assert_close(weight, fresh(), rtol=0, atol=0)
+        for a, b in zip(used.parameters(), fresh.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+        with torch.no_grad():
+            for gate in used.gates:
+                gate.sub_(0.1 * gate.grad)
+    assert used._pool.free  # the buffers were indeed reused
+    assert len(used._pool.free) <= used._pool.limit
+
+
+def test_contract_keeps_its_result_when_the_network_runs_again():
+    torch.manual_seed(14)
+    adtn = randomised(ADTN((16, 16), depth=3).double())
+    first = adtn.contract()
+    kept = first.detach().clone()
+    first.sum().backward()
+    for _ in range(2):
+        (adtn() * 2).sum().backward()
+    torch.testing.assert_close(first.detach(), kept, rtol=0, atol=0)
