@@ -111,11 +111,19 @@ class DistributedContext:
         os.environ.setdefault("MASTER_PORT", str(self.env.master_port))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        timeout = datetime.timedelta(seconds=timeout_seconds)
         try:
+            store = None
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+            if attempt is not None:
+                # torchrun keeps one store across restarts of the workers: without a prefix
+                # of its own, a restarted rank could read the address of the rank it replaces
+                base, _, _ = next(dist.rendezvous("env://", self.rank, self.world_size,
+                                                  timeout=timeout))
+                store = dist.PrefixStore(f"adtn/attempt_{attempt}", base)
             dist.init_process_group(
-                self.backend, rank=self.rank, world_size=self.world_size,
-                timeout=datetime.timedelta(seconds=timeout_seconds),
-                device_id=self.device if self.device.type == "cuda" else None)
+                self.backend, store=store, rank=self.rank, world_size=self.world_size,
+                timeout=timeout, device_id=self.device if self.device.type == "cuda" else None)
         except (RuntimeError, ValueError) as exc:
             raise DistributedSetupError(
                 f"rank {self.rank} could not join the job at {self.env.master_addr}:"
