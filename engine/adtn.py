@@ -410,43 +410,50 @@ class ADTN(nn.Module):
         widths[-1] += self.Q - 1 - self.specs[run[-1]].pair[1]
         return widths
 
+    def _gate_list(self) -> list[torch.Tensor]:
+        """The gates as a plain list (indexing an ``nn.ParameterList`` costs microseconds
+        each, hundreds of times a step)."""
+        stored = list(self.gates._parameters.values())
+        return stored if len(stored) == len(self.specs) else list(self.gates)
+
     def _matrices(self, recipe) -> list[torch.Tensor]:
         """The small matrices of every application, built from the gates by autograd."""
+        gates_ = self._gate_list()
         mats: list = [None] * len(recipe)
         fused = [(k, r[1], r[2]) for k, r in enumerate(recipe) if r is not None and r[0] == "fused"]
         if fused:
             # All (gate, fresh-pair vector) products at once: (m, 2, 8) small matrices.
-            gates = torch.stack([self.gates[i] for _, i, _ in fused]).reshape(-1, 2, 2, 2, 2)
-            vectors = torch.stack([self.gates[j] for _, _, j in fused]).reshape(-1, 2, 2)
+            gates = torch.stack([gates_[i] for _, i, _ in fused]).reshape(-1, 2, 2, 2, 2)
+            vectors = torch.stack([gates_[j] for _, _, j in fused]).reshape(-1, 2, 2)
             products = torch.einsum("mxyab,mbt->maxyt", gates, vectors).reshape(-1, 2, 8)
             for (k, _, _), matrix in zip(fused, products.unbind(0)):
                 mats[k] = matrix
-        ref = self.gates[0]
+        ref = gates_[0]
         for k, entry in enumerate(recipe):
             if entry is None or entry[0] == "fused":
                 continue
             kind = entry[0]
             if kind == "vector":
-                mats[k] = self.gates[entry[1]].reshape(1, 4)
+                mats[k] = gates_[entry[1]].reshape(1, 4)
             elif kind == "fresh_b":
-                mats[k] = self.gates[entry[1]].t()
+                mats[k] = gates_[entry[1]].t()
             elif kind == "grow":
                 row = torch.zeros(1, 1 << entry[1], dtype=ref.dtype, device=ref.device)
                 row[0, 0] = 1.0
                 mats[k] = row
             elif kind == "full":
-                mats[k] = self._full_gate(entry[1])
+                mats[k] = self._full_gate(entry[1], gates_)
             elif kind == "sweep":
-                blocks = self._sweep_blocks(list(entry[1]))
+                blocks = self._sweep_blocks(list(entry[1]), gates_)
                 mats[k:k + len(blocks)] = blocks
             else:  # "block"
-                mats[k] = self._block_matrix(*entry[1:])
+                mats[k] = self._block_matrix(*entry[1:], gates_)
         return mats
 
-    def _sweep_blocks(self, run: list[int]) -> list[torch.Tensor]:
+    def _sweep_blocks(self, run: list[int], gates_) -> list[torch.Tensor]:
         """The block matrices of a Kronecker run, in index order (see ``_sweep_widths``)."""
         groups = self._sweep_groups(run)
-        gates = torch.stack([self.gates[i] for i in run])
+        gates = torch.stack([gates_[i] for i in run])
         blocks: list[torch.Tensor] = []
         extra = len(groups[0]) if len(groups[0]) != len(groups[-1]) else 0
         if extra:
@@ -475,22 +482,22 @@ class ADTN(nn.Module):
             blocks.append((a, b + 1, [i]))
         return blocks
 
-    def _block_matrix(self, lo: int, hi: int, run: Sequence[int]) -> torch.Tensor:
+    def _block_matrix(self, lo: int, hi: int, run: Sequence[int], gates_) -> torch.Tensor:
         """The gates of ``run``, applied in order, as one matrix on indices [lo, hi)."""
         if len(run) == 1:
-            return self._full_gate(run[0])
+            return self._full_gate(run[0], gates_)
         width = hi - lo
-        ref = self.gates[run[0]]
+        ref = gates_[run[0]]
         block = torch.eye(1 << width, dtype=ref.dtype, device=ref.device)
         for i in run:
             a = self.specs[i].pair[0]
             view = block.reshape(1 << (a - lo), 4, (1 << (hi - a - 2)) << width)
-            block = apply_on_axis(view, self._full_gate(i)).reshape(1 << width, 1 << width)
+            block = apply_on_axis(view, self._full_gate(i, gates_)).reshape(1 << width, 1 << width)
         return block
 
-    def _full_gate(self, i: int) -> torch.Tensor:
+    def _full_gate(self, i: int, gates_=None) -> torch.Tensor:
         columns = self.specs[i].columns
-        gate = self.gates[i]
+        gate = (self.gates if gates_ is None else gates_)[i]
         if len(columns) == 4:
             return gate
         full = gate.new_zeros(4, 4)

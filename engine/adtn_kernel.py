@@ -98,9 +98,10 @@ class BufferPool:
         self.limit = limit
 
     def take(self, like: torch.Tensor, numel: int) -> torch.Tensor | None:
-        for i, buffer in enumerate(self.free):
+        if self.free:
+            buffer = self.free[-1]
             if buffer.numel() == numel and buffer.dtype == like.dtype and buffer.device == like.device:
-                return self.free.pop(i)
+                return self.free.pop()
         return None
 
     def give(self, *tensors) -> None:
