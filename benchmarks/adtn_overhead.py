@@ -11,7 +11,8 @@ pass, and the peak memory of materialise + backward at depth 4 (on the CPU the g
 resident set of a fresh process whose large blocks are returned to the system when freed; on a
 GPU ``torch.cuda.max_memory_allocated``), also in states of 2**Q float32 numbers.
 
-    python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--depth 3] [--batch 128]
+    python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--clock wall|cpu]
+        [--depth 3] [--batch 128] [--memory auto|low|fast] [--skip-steps|--skip-materialise|--skip-peak]
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from engine.compression import compress
 from engine.models import build_model
 
 BYTES_PER_NUMBER = 4  # float32
+# "wall": perf_counter; "cpu": this process's CPU time, which other processes' load on a shared
+# machine does not inflate (meaningful with --threads 1 on the CPU only).
+CLOCK = {"now": time.perf_counter}
 PEAK_SHAPE, PEAK_DEPTH = (4096, 4096), 4
 
 
@@ -60,11 +64,12 @@ def median_seconds(step, repeats: int, device: str) -> float:
         step()
     synchronise(device)
     times = []
+    now = CLOCK["now"]
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         step()
         synchronise(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times)
 
 
@@ -121,6 +126,7 @@ def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=
 
 
 def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto") -> None:
+    now = CLOCK["now"]
     for depth in depths:
         adtn = ADTN(PEAK_SHAPE, depth=depth, memory=memory).to(device)
         with torch.no_grad():
@@ -128,18 +134,18 @@ def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto
         times = []
         for _ in range(repeats):
             synchronise(device)
-            start = time.perf_counter()
+            start = now()
             with torch.no_grad():
                 adtn._weight()
             synchronise(device)
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
         grad_times = []
         for _ in range(repeats):
             synchronise(device)
-            start = time.perf_counter()
+            start = now()
             adtn().sum().backward()
             synchronise(device)
-            grad_times.append(time.perf_counter() - start)
+            grad_times.append(now() - start)
         low = adtn._use_low_memory(adtn._matrices(adtn._compiled()[1]))
         print(
             f"| 4096×4096 (Q = 24) | {device} | {depth} | {adtn.num_parameters():,} "
@@ -157,11 +163,11 @@ def peak_child(device: str, memory: str) -> None:
         base = torch.cuda.memory_allocated()
     else:
         base = _resident_bytes()
-    start = time.perf_counter()
+    start = CLOCK["now"]()
     weight = adtn()
     weight.backward(upstream)
     synchronise(device)
-    seconds = time.perf_counter() - start
+    seconds = CLOCK["now"]() - start
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -180,7 +186,7 @@ def peak_memory(device: str, memory: str, threads: int) -> None:
     # the memory that is really in use (glibc would otherwise keep freed blocks).
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     command = [sys.executable, __file__, "--peak-child", "--device", device, "--memory", memory,
-               "--threads", str(threads)]
+               "--threads", str(threads), "--clock", "cpu" if CLOCK["now"] is time.process_time else "wall"]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     state = (1 << 24) * BYTES_PER_NUMBER
@@ -205,8 +211,13 @@ def main() -> None:
     parser.add_argument("--memory", default="auto", choices=("auto", "low", "fast"),
                         help="the ADTN's memory mode for the 4096×4096 measurements")
     parser.add_argument("--block-bits", type=int, nargs="*", help="compare block sizes")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="wall time, or this process's CPU time (robust to other load)")
+    parser.add_argument("--materialise-repeats", type=int, default=3)
     parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.clock == "cpu":
+        CLOCK["now"] = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -215,7 +226,7 @@ def main() -> None:
         peak_child(args.device, args.memory)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device "
-          f"{args.device}, batch {args.batch}, ADTN depth {args.depth}\n")
+          f"{args.device}, batch {args.batch}, ADTN depth {args.depth}, {args.clock} clock\n")
     if not args.skip_steps:
         print("| model | block bits | parameters | dense step (ms) | ADTN step (ms) | ratio "
               "| floor of the ADTN work | dense FLOP rate | floor at that rate (ms) "
@@ -230,7 +241,7 @@ def main() -> None:
         print("\n| weight | device | depth | ADTN parameters | backward mode | materialise (ms) "
               "| materialise + backward (ms) |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        materialise_times((1, 2, 4), args.device, memory=args.memory)
+        materialise_times((1, 2, 4), args.device, args.materialise_repeats, args.memory)
     if not args.skip_peak:
         print("\n| materialise + backward | device | peak memory | in states of 2^24 float32 "
               "| time |")
