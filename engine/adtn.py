@@ -228,6 +228,14 @@ class ADTN(nn.Module):
         self._order_cache: torch.Tensor | None = None
         self._pool = BufferPool()  # states the CPU backward pass hands on to the next step
 
+    def __getstate__(self):
+        # Copies (deepcopy, as engine.materialize makes) leave the reusable buffers, the
+        # cached inference weight and the gather index behind: they are rebuilt on demand.
+        state = self.__dict__.copy()
+        state["_pool"] = BufferPool()
+        state["_cache_key"] = state["_cache_value"] = state["_order_cache"] = None
+        return state
+
     # ----------------------------------------------------------------------------- counting
     @staticmethod
     def count_parameters(

@@ -560,3 +560,16 @@ def test_contract_keeps_its_result_when_the_network_runs_again():
     for _ in range(2):
         (adtn() * 2).sum().backward()
     torch.testing.assert_close(first.detach(), kept, rtol=0, atol=0)
+
+
+def test_copies_leave_the_reused_buffers_behind():
+    import copy
+
+    torch.manual_seed(15)
+    adtn = ADTN((32, 32), depth=3)
+    (adtn() * torch.randn(32, 32)).sum().backward()
+    assert adtn._pool.free
+    clone = copy.deepcopy(adtn)
+    assert not clone._pool.free
+    with torch.no_grad():
+        torch.testing.assert_close(clone(), adtn(), rtol=0, atol=0)
