@@ -155,6 +155,10 @@ def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto
 
 def peak_child(device: str, memory: str) -> None:
     """Run in a fresh process: materialise + backward once, print the peak growth (JSON)."""
+    # Warm-up on a small weight: libraries map their kernels and buffers on first use, which
+    # the resident set would otherwise count.
+    small = ADTN((256, 256), depth=PEAK_DEPTH, memory=memory).to(device)
+    small().backward(torch.randn(256, 256, device=device))
     adtn = ADTN(PEAK_SHAPE, depth=PEAK_DEPTH, memory=memory).to(device)
     upstream = torch.randn(PEAK_SHAPE, device=device)  # a real incoming gradient
     if device.startswith("cuda"):
