@@ -9,6 +9,7 @@ batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.paths import default_data_root
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -336,6 +339,7 @@ class BatchIterator:
         if len(data) == 0:
             raise ValueError(f"the {info.title} split is empty")
         self.files = data if isinstance(data, FileImageSet) else None  # streamed from disk
+        self.skipped_files: set[str] = set()  # unreadable files met while streaming
         self.images = data.images.to(device) if self.files is None else None
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
@@ -383,9 +387,12 @@ class BatchIterator:
             dataset, batch_sampler=batches, num_workers=self.files.workers,
             pin_memory=self.device.type == "cuda",
             multiprocessing_context=_worker_context() if self.files.workers > 0 else None)
-        for images, labels in loader:
+        skipped: list[str] = []
+        for batch, (images, labels) in zip(batches, loader):
             keep = labels >= 0
             if not bool(keep.all()):
+                skipped += [str(self.files.files[batch[j]][0])
+                            for j in (~keep).nonzero().flatten().tolist()]
                 images, labels = images[keep], labels[keep]
             if labels.numel() == 0:
                 continue
@@ -393,6 +400,12 @@ class BatchIterator:
             if self.augment:
                 images = _random_crop_and_flip(images, augment_rng)
             yield (images - self.mean) / self.std, labels.to(self.device)
+        # Counted in the log once per file (every epoch meets the same broken files again).
+        new = sorted(set(skipped) - self.skipped_files)
+        if new:
+            self.skipped_files.update(new)
+            shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
+            log.warning("skipped %d unreadable image file(s) while streaming: %s", len(new), shown)
 
     def _batch_bounds(self) -> list[tuple[int, int]]:
         n, size = self.num_examples, self.batch_size

@@ -125,7 +125,7 @@ def test_val_folder_counts_as_the_test_split(tmp_path):
     assert dataset_info(f"imagefolder:{root}").test_size == 6
 
 
-def test_large_sets_are_streamed_by_worker_processes_with_the_same_batches(tmp_path):
+def test_large_sets_are_streamed_by_worker_processes_with_the_same_batches(tmp_path, caplog):
     root = write_folder(tmp_path / "data", classes=2, per_class=6, mode="RGB")
     (root / "train" / "class_0" / "zz_bad.png").write_bytes(b"broken")
     scan = imagefolder.scan(root)
@@ -135,9 +135,15 @@ def test_large_sets_are_streamed_by_worker_processes_with_the_same_batches(tmp_p
     assert any("streamed from disk by 1 worker" in note for note in streamed.notes)
     info = dataset_info(f"imagefolder:{root}")
     batches = BatchIterator(streamed.train, info, 5, torch.device("cpu"), shuffle=True, seed=3)
-    seen = list(batches.epoch(1))
-    # the unreadable file is dropped from its batch; every good image arrives once
+    with caplog.at_level("WARNING", logger="engine.data"):
+        seen = list(batches.epoch(1))
+        list(batches.epoch(2))
+    # the unreadable file is dropped from its batch, counted and named in the log once;
+    # every good image arrives once
     assert sum(len(labels) for _, labels in seen) == 12
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "skipped 1 unreadable" in warnings[0]
+    assert "zz_bad.png" in warnings[0]
     reference = BatchIterator(in_memory.train, info, 5, torch.device("cpu"))
     all_images = torch.cat([images for images, _ in reference.epoch(0)])
     streamed_images = torch.cat([images for images, _ in seen])
