@@ -131,3 +131,14 @@ def test_layer_table_dense_count_is_the_engines_weight_count(lenet_plan):
     lenet_plan.set_encoded("fc1", True)
     report_row = lenet_plan.report.rows[0]
     assert f"{report_row.dense_params:,}" == "48,000"
+
+
+def test_layer_options_without_a_column_survive_the_table(qapp):
+    """A preset's interleaved index order is kept when the wizard hands the layers back."""
+    plan = engine_calls.inspect_network("lenet5", "mnist")
+    model = LayerPlanModel()
+    preset = engine_calls.load_preset("lenet5-mnist")
+    model.set_layers(list(plan.layers), plan.planner, engine_calls.layer_spec, preset.layers)
+    assert [(s.name, s.index_order, s.gate_init) for s in model.specs()] == [
+        (s.name, s.index_order, s.gate_init) for s in preset.layers]
+    assert {s.index_order for s in model.specs()} == {"interleaved"}

@@ -32,6 +32,9 @@ class LayerChoice:
     activation: str = "relu"
     layout: str = "brick"
     encoding: str = "adtn"
+    # Options the table has no column for are kept as a preset or configuration set them.
+    index_order: str = "rows_first"
+    gate_init: str = "orthogonal"
 
 
 class LayerPlanModel(QAbstractTableModel):
@@ -62,9 +65,11 @@ class LayerPlanModel(QAbstractTableModel):
         self._choices = {info.name: LayerChoice() for info in self._layers}
         for spec in specs:
             if spec.name in self._choices:
-                self._choices[spec.name] = LayerChoice(True, spec.depth, spec.activation,
-                                                       spec.layout,
-                                                       getattr(spec, "encoding", "adtn"))
+                self._choices[spec.name] = LayerChoice(
+                    True, spec.depth, spec.activation, spec.layout,
+                    getattr(spec, "encoding", "adtn"),
+                    getattr(spec, "index_order", "rows_first"),
+                    getattr(spec, "gate_init", "orthogonal"))
         self._replan()
         self.endResetModel()
         self.totals_changed.emit()
@@ -82,7 +87,8 @@ class LayerPlanModel(QAbstractTableModel):
         if self._spec_factory is None:
             return []
         return [self._spec_factory(name=info.name, depth=c.depth, activation=c.activation,
-                                   layout=c.layout, encoding=c.encoding)
+                                   layout=c.layout, encoding=c.encoding,
+                                   index_order=c.index_order, gate_init=c.gate_init)
                 for info in self._layers if (c := self._choices[info.name]).encode]
 
     def layer_names(self) -> list[str]:
