@@ -230,6 +230,11 @@ class RunCurves:
         self._batch_loss_raw = loss.plot(pen=pg.mkPen("#C9D8E6", width=1), antialias=False)
         self._batch_loss = loss.plot(pen=pg.mkPen("#6F9CC4", width=1.5),
                                      name="train (batches)", antialias=False)
+        # Thousands of batch points: draw at most about one per pixel (peaks kept), so a
+        # repaint while training stays short.
+        for curve in (self._batch_loss_raw, self._batch_loss):
+            curve.setDownsampling(auto=True, method="peak")
+            curve.setClipToView(True)
         self._train_loss = loss.plot(pen=pen(TRAIN_COLOUR), symbolBrush=TRAIN_COLOUR,
                                      name="train", **symbol)
         self._test_loss = loss.plot(pen=pen(TEST_COLOUR), symbolBrush=TEST_COLOUR,
@@ -317,14 +322,25 @@ class RunCurves:
         self._batch_loss.setData(xs, smoothed(raw, self.smoothing))
 
     def show_epochs(self, history: MetricHistory) -> None:
+        for step in self.epoch_steps(history):
+            step()
+
+    def epoch_steps(self, history: MetricHistory) -> list:
+        """``show_epochs`` as one step per plot: the monitor runs them in separate turns of
+        the event loop, so each repaint blocks the window for one plot's time, not three."""
         self._history = history
         epochs = history.column("epoch")
         percent = lambda ys: [100.0 * y for y in ys]  # noqa: E731
-        self._train_loss.setData(*finite_points(epochs, history.column("train_loss")))
-        self._test_loss.setData(*finite_points(epochs, history.column("test_loss")))
-        self._train_acc.setData(*finite_points(epochs, percent(history.column("train_acc"))))
-        self._test_acc.setData(*finite_points(epochs, percent(history.column("test_acc"))))
-        self._show_counts(history)
+
+        def loss() -> None:
+            self._train_loss.setData(*finite_points(epochs, history.column("train_loss")))
+            self._test_loss.setData(*finite_points(epochs, history.column("test_loss")))
+
+        def accuracy() -> None:
+            self._train_acc.setData(*finite_points(epochs, percent(history.column("train_acc"))))
+            self._test_acc.setData(*finite_points(epochs, percent(history.column("test_acc"))))
+
+        return [loss, accuracy, lambda: self._show_counts(history)]
 
     def _show_counts(self, history: MetricHistory) -> None:
         epochs = history.column("epoch")

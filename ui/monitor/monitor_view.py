@@ -32,6 +32,9 @@ from ui.training_session import TrainingSession
 LOG_COLOURS = {"info": "#333333", "warning": "#9A6700", "error": "#B3261E"}
 
 
+EPOCH_REDRAW_SPACING_MS = 20  # between the repaints of the epoch plots
+
+
 class MonitorView(QWidget):
     """Watches one TrainingSession."""
 
@@ -285,7 +288,12 @@ class MonitorView(QWidget):
 
     @Slot(object)
     def _on_epoch(self, event) -> None:
-        self.curves.show(self.session.history)
+        history = self.session.history
+        self.curves.show_batches(history)
+        # One plot per turn of the event loop, a frame apart: the window stays responsive
+        # while an epoch's curves repaint.
+        for turn, step in enumerate(self.curves.epoch_steps(history), start=1):
+            QTimer.singleShot(EPOCH_REDRAW_SPACING_MS * turn, step)
         self._batches_dirty = False
         self.append_log(
             "info",
