@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
           "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
@@ -148,30 +149,15 @@ if __name__ == "__main__":
     compare(sys.argv[1], sys.argv[2])
 
 
-def test_numpy_reader_rebuilds_every_weight(tmp_path):
+@pytest.mark.parametrize("layers", [None, "mixed"], ids=["every-adtn-kind", "every-encoding"])
+def test_numpy_reader_rebuilds_every_weight(tmp_path, layers):
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # cores are shared on test machines; avoid oversubscription stalls
     try:
-        write_bundle_and_expected(tmp_path / "model.adtn", tmp_path / "expected.npz")
-    finally:
-        torch.set_num_threads(threads)
-    result = subprocess.run([sys.executable, __file__, str(tmp_path / "model.adtn"),
-                             str(tmp_path / "expected.npz")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "rebuilt 10 tensors" in result.stdout
-
-
-def test_numpy_reader_rebuilds_every_encoding(tmp_path):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
         write_bundle_and_expected(tmp_path / "model.adtn", tmp_path / "expected.npz",
-                                  layers=MIXED_ENCODINGS)
+                                  layers=MIXED_ENCODINGS if layers == "mixed" else None)
     finally:
         torch.set_num_threads(threads)
     result = subprocess.run([sys.executable, __file__, str(tmp_path / "model.adtn"),
