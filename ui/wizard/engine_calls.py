@@ -38,6 +38,15 @@ def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
                        functools.partial(plan_compression, model))
 
 
+def measured_recommendations(model: str, dataset: str) -> list[str]:
+    """Which encoding measured best for this network and data set, in sentences (the
+    user's own comparisons first, else this project's shipped measurement)."""
+    from engine.paths import default_runs_root
+    from engine.recommend import recommendations
+
+    return [r.sentence() for r in recommendations(model, dataset, default_runs_root())]
+
+
 def layer_spec(**fields: Any):
     from engine.config import LayerSpec
 

@@ -193,6 +193,11 @@ class LayersPage(QWidget):
 
         self.status = QLabel("")  # "building the network…" or an error
         self.status.setWordWrap(True)
+        # Which encoding measured best for this network (the engine reads the comparisons).
+        self.recommendation = QLabel("")
+        self.recommendation.setWordWrap(True)
+        self.recommendation.setObjectName("hintLabel")
+        self.recommendation.setVisible(False)
         self.before_label = QLabel()
         self.after_label = QLabel()
         self.ratio_label = QLabel()
@@ -217,6 +222,7 @@ class LayersPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.status)
+        layout.addWidget(self.recommendation)
         layout.addLayout(filter_row)
         layout.addLayout(select_row)
         layout.addWidget(self.table, 1)
@@ -284,6 +290,12 @@ class LayersPage(QWidget):
     def _depth_capped(self, typed: int) -> None:
         self.set_status(f"Depth {typed:,} is above the engine's limit of {MAX_DEPTH}; it was "
                         f"set to {MAX_DEPTH}.")
+
+    def set_recommendation(self, sentences: list[str]) -> None:
+        text = " ".join(sentences)
+        self.recommendation.setText(text + (" Compare encodings on the review page measures it "
+                                            "for your settings." if text else ""))
+        self.recommendation.setVisible(bool(text))
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)

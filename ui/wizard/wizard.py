@@ -375,6 +375,8 @@ class CompressionWizard(QWidget):
         self.layers_page.set_status("")
         self.layer_model.set_layers(list(self._plan.layers), self._plan.planner,
                                     engine_calls.layer_spec, self.config.layers)
+        self.layers_page.set_recommendation(
+            engine_calls.measured_recommendations(self._plan.model, self._plan.dataset))
         self.network_ready.emit()
 
     @Slot()
