@@ -133,6 +133,10 @@ class MonitorView(QWidget):
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setInterval(200)
         self._redraw_timer.timeout.connect(self._redraw_batches)
+        self._epoch_steps: list = []
+        self._epoch_timer = QTimer(self)
+        self._epoch_timer.setInterval(EPOCH_REDRAW_SPACING_MS)
+        self._epoch_timer.timeout.connect(self._next_epoch_step)
 
         session.state_changed.connect(self._on_state)
         session.run_started.connect(self._on_run_started)
@@ -207,6 +211,7 @@ class MonitorView(QWidget):
                            "are below. Resume or export it from the <b>Runs</b> page, or start "
                            "a new one from <b>New compression</b>.")
         self.curves.clear()
+        self._epoch_steps.clear()
         self.curves.show(read_history(run.path))
         best = format_percent(run.best_test_acc) if run.epochs_completed else "–"
         self.summary.setText(f"Best test accuracy {best}.  Folder: {run.path}")
@@ -219,6 +224,7 @@ class MonitorView(QWidget):
         self._run_summary = {}
         self._progress_text = ""
         self._saw_batch = False
+        self._epoch_steps.clear()  # nothing of the run before is drawn later
         self.curves.clear()
         self.layers.set_layers([])
         self.log_view.clear()
@@ -291,9 +297,10 @@ class MonitorView(QWidget):
         history = self.session.history
         self.curves.show_batches(history)
         # One plot per turn of the event loop, a frame apart: the window stays responsive
-        # while an epoch's curves repaint.
-        for turn, step in enumerate(self.curves.epoch_steps(history), start=1):
-            QTimer.singleShot(EPOCH_REDRAW_SPACING_MS * turn, step)
+        # while an epoch's curves repaint. The timer is the view's child, so nothing is
+        # drawn after the view is gone; a newer epoch replaces steps not yet drawn.
+        self._epoch_steps = list(self.curves.epoch_steps(history))
+        self._epoch_timer.start()
         self._batches_dirty = False
         self.append_log(
             "info",
@@ -312,6 +319,7 @@ class MonitorView(QWidget):
     @Slot(str)
     def _on_finished(self, status: str) -> None:
         self._redraw_timer.stop()
+        self._epoch_steps.clear()  # drawn whole below
         self.curves.show(self.session.history)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
@@ -361,6 +369,13 @@ class MonitorView(QWidget):
         html_text = text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
         self.log_view.appendHtml(f'<span style="color:{colour}">{stamp}  {html_text}</span>')
         self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+
+    @Slot()
+    def _next_epoch_step(self) -> None:
+        if self._epoch_steps:
+            self._epoch_steps.pop(0)()
+        if not self._epoch_steps:
+            self._epoch_timer.stop()
 
     @Slot()
     def _redraw_batches(self) -> None:
