@@ -202,9 +202,6 @@ def _plan(config: RunConfig):
     from engine.compression import plan_compression
     from engine.runs import build_config_model
 
-    if not config.layers:
-        model, _ = build_config_model(config, compressed=False)
-        return plan_compression(model, []), ""
     try:
         model, _ = build_config_model(config, compressed=False)
         return plan_compression(model, config.layers), ""

@@ -120,6 +120,21 @@ def gaussian_std(target_std: float, factors: int, summed_terms: int) -> float:
     return (target_std**2 / max(1, summed_terms)) ** (1.0 / (2 * factors))
 
 
+def rank_by_count(spec: LayerSpec, budget: int, per_rank: int, most: int, described: str) -> int:
+    """The rank of an encoding whose count is ``rank · per_rank`` (low rank, CP): the spec's
+    own, or the one closest to ``budget``; ``described`` names the weight in messages."""
+    if spec.rank:
+        no_budget(spec, "rank", spec.encoding)
+        return int(spec.rank)
+    if not budget:
+        raise EncodingError(f"{described} needs a rank or a budget")
+    best = closest_within_budget(((r * per_rank, r) for r in range(1, most + 1)), budget)
+    if best is None:
+        raise EncodingError(f"{described} needs at least {per_rank:,} parameters (rank 1); "
+                            f"the budget is {budget:,}")
+    return best[1]
+
+
 def no_budget(spec: LayerSpec, field_name: str, where: str) -> None:
     """Explicit ranks and a budget contradict each other; say so."""
     if spec.budget:

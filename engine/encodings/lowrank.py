@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.encodings.base import (Encoding, EncodingError, EncodingPlan, closest_within_budget,
-                                   gaussian_std, matrix_shape, no_budget, refine_by_adam,
-                                   relative_error)
+from engine.encodings.base import (Encoding, EncodingPlan, gaussian_std, matrix_shape,
+                                   rank_by_count, refine_by_adam, relative_error)
 from engine.layer_spec import LayerSpec
 
 
@@ -53,20 +52,8 @@ class LowRankEncoding(Encoding):
 
     def plan(self, spec: LayerSpec, weight_shape: tuple[int, ...], budget: int) -> EncodingPlan:
         out, inputs = matrix_shape(weight_shape)
-        if spec.rank:
-            no_budget(spec, "rank", "lowrank")
-            rank = int(spec.rank)
-        else:
-            if not budget:
-                raise EncodingError("a low-rank layer needs a rank or a budget")
-            most = min(out, inputs)
-            best = closest_within_budget(((r * (out + inputs), r) for r in range(1, most + 1)), budget)
-            if best is None:
-                raise EncodingError(
-                    f"a low-rank {out}×{inputs} weight needs at least {out + inputs:,} "
-                    f"parameters (rank 1); the budget is {budget:,}"
-                )
-            rank = best[1]
+        rank = rank_by_count(spec, budget, out + inputs, min(out, inputs),
+                             f"a low-rank {out}×{inputs} weight")
         params = rank * (out + inputs)
         detail = f"rank {rank}: {out}×{rank} · {rank}×{inputs}"
         return EncodingPlan(self.name, tuple(weight_shape), {"rank": rank}, params, detail, budget)

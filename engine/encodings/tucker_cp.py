@@ -14,7 +14,8 @@ import tltorch
 from torch import nn
 
 from engine.encodings.base import (Encoding, EncodingError, EncodingPlan, closest_within_budget,
-                                   gaussian_std, no_budget, refine_by_adam, relative_error)
+                                   gaussian_std, no_budget, rank_by_count, refine_by_adam,
+                                   relative_error)
 from engine.layer_spec import LayerSpec
 
 
@@ -120,21 +121,9 @@ class CPEncoding(Encoding):
 
     def plan(self, spec: LayerSpec, weight_shape: tuple[int, ...], budget: int) -> EncodingPlan:
         shape = tuple(int(d) for d in weight_shape)
-        if spec.rank:
-            no_budget(spec, "rank", "cp")
-            rank = int(spec.rank)
-        else:
-            if not budget:
-                raise EncodingError("a CP layer needs a rank or a budget")
-            per_rank = 1 + sum(shape)
-            best = closest_within_budget(((r * per_rank, r) for r in range(1, budget // per_rank + 2)),
-                                         budget)
-            if best is None:
-                raise EncodingError(
-                    f"a CP decomposition of a {'×'.join(map(str, shape))} weight needs at least "
-                    f"{per_rank:,} parameters (rank 1); the budget is {budget:,}"
-                )
-            rank = best[1]
+        per_rank = 1 + sum(shape)
+        rank = rank_by_count(spec, budget, per_rank, max(1, budget // per_rank + 1),
+                             f"a CP decomposition of a {'×'.join(map(str, shape))} weight")
         params = cp_count(shape, rank)
         return EncodingPlan(self.name, shape, {"rank": rank}, params, f"CP rank {rank}", budget)
 
