@@ -185,6 +185,10 @@ class _Run:
             with RunLock(self.paths.root) if self.is_main else contextlib.nullcontext():
                 self._prepare_folder(resume)
                 status = self._train(resume)
+                if self.dist is not None:
+                    # Every rank leaves the job together: rank 0 hosts the job's store, and a
+                    # rank still talking to it when it exits was seen to abort at exit.
+                    self.dist.barrier()
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none is lost
             kind, message = self._classify(exc)
             if kind == "error":
