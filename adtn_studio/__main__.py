@@ -8,6 +8,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
+        from adtn_studio.extras import explain_missing_gui, missing_gui_packages
+
+        missing = missing_gui_packages()  # a headless installation has no Qt at all
+        if missing:
+            print(explain_missing_gui(missing), file=sys.stderr)
+            return 1
         from ui.platform_check import check_platform
 
         problem = check_platform()  # Qt aborts without its X libraries: name them first

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from adtn_studio import __version__
+from adtn_studio.extras import missing_gui_packages
 
 MODEL = "lenet5"
 DATASET = "synthetic"
@@ -44,15 +45,21 @@ class Context:
 def check_versions(ctx: Context) -> str:
     import numpy
     import onnxruntime
-    import PySide6
     import torch
     import torchvision
-    from PySide6.QtCore import qVersion
 
     return (f"Python {platform.python_version()}, PyTorch {torch.__version__}, "
-            f"torchvision {torchvision.__version__}, Qt {qVersion()} (PySide6 "
-            f"{PySide6.__version__}), numpy {numpy.__version__}, "
-            f"ONNX Runtime {onnxruntime.__version__}")
+            f"torchvision {torchvision.__version__}, {_qt_version()}, numpy "
+            f"{numpy.__version__}, ONNX Runtime {onnxruntime.__version__}")
+
+
+def _qt_version() -> str:
+    if missing_gui_packages():
+        return "no Qt (engine and command line only)"
+    import PySide6
+    from PySide6.QtCore import qVersion
+
+    return f"Qt {qVersion()} (PySide6 {PySide6.__version__})"
 
 
 def check_device(ctx: Context) -> str:
@@ -182,7 +189,7 @@ Step = Callable[[Context], str]
 def selftest_steps(window: bool = True) -> list[tuple[str, Step, bool]]:
     """(name, step, needs the previous step) in order."""
     steps = [("versions", check_versions, False), ("device", check_device, False)]
-    if window:
+    if window and not missing_gui_packages():  # a headless installation has no window
         steps.append(("window", check_window, False))
     steps += [("train", check_train, False), ("export", check_export, True),
               ("reload", check_reload, True)]
