@@ -12,7 +12,7 @@ resident set of a fresh process whose large blocks are returned to the system wh
 GPU ``torch.cuda.max_memory_allocated``), also in states of 2**Q float32 numbers.
 
     python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--clock wall|cpu]
-        [--depth 3] [--batch 128] [--memory auto|low|fast] [--skip-steps|--skip-materialise|--skip-peak]
+        [--depth 3] [--batch 128] [--memory auto|low|fast] [--compile] [--skip-steps|--skip-materialise|--skip-peak]
 """
 
 from __future__ import annotations
@@ -93,13 +93,17 @@ def floor_of(adtns: list[ADTN]) -> tuple[int, int]:
     return flop, moved
 
 
-def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=None):
+def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=None,
+            compiled=False):
     torch.manual_seed(0)
     dense = build_model(model_name, 1, 28, 10).to(device)
     compressed = build_model(model_name, 1, 28, 10)
     report = compress(compressed, layers, depth=depth)
     compressed.to(device)
     adtns = [m for m in compressed.modules() if isinstance(m, ADTN)]
+    if compiled:  # both models alike, so that the ratio compares like with like
+        dense, compressed = torch.compile(dense), torch.compile(compressed)
+        name = f"{name}, torch.compile"
     if block_bits:
         for module in adtns:
             module.block_bits = block_bits
@@ -107,6 +111,11 @@ def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=
     targets = torch.randint(0, 10, (batch,), device=device)
     dense_step = make_step(dense, inputs, targets)
     adtn_step = make_step(compressed, inputs, targets)
+    if compiled:
+        started = time.perf_counter()
+        dense_step(), adtn_step()
+        print(f"(torch.compile of {name}: first steps took "
+              f"{time.perf_counter() - started:.0f} s)", file=sys.stderr)
     # Interleave the two measurements so that load from other processes hits both alike.
     dense_times, adtn_times = [], []
     for _ in range(3):
@@ -218,6 +227,8 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                         help="wall time, or this process's CPU time (robust to other load)")
     parser.add_argument("--materialise-repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time both models under torch.compile (Inductor)")
     parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clock == "cpu":
@@ -241,6 +252,9 @@ def main() -> None:
                     args.batch, args.repeats, args.device, block_bits)
             compare("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"], args.depth, args.batch,
                     args.repeats, args.device, block_bits)
+        if args.compile:
+            compare("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"], args.depth, args.batch,
+                    args.repeats, args.device, None, compiled=True)
     if not args.skip_materialise:
         print("\n| weight | device | depth | ADTN parameters | backward mode | materialise (ms) "
               "| materialise + backward (ms) |")
