@@ -208,9 +208,9 @@ def decode(path: Path, channels: int, size: int) -> np.ndarray:
     ``size``, centre-cropped. Raises ``OSError``/``ValueError`` for a bad file."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()  # a truncated file fails here, not later
-        image = image.convert("L" if channels == 1 else "RGB")
+    with Image.open(path) as opened:
+        opened.load()  # a truncated file fails here, not later
+        image = opened.convert("L" if channels == 1 else "RGB")
     width, height = image.size
     scale = size / min(width, height)
     if scale != 1.0:
