@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.data import DataUnavailableError
+from engine.data import DataUnavailableError, FileImageSet, ImageSet
 
 PREFIX = "imagefolder:"
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -62,8 +62,8 @@ class FolderScan:
 class LoadedFolder:
     """Both splits of a folder, decoded or ready to stream, and what loading found."""
 
-    train: object  # engine.data.ImageSet or FileImageSet
-    test: object
+    train: ImageSet | FileImageSet
+    test: ImageSet | FileImageSet
     mean: tuple[float, ...]
     std: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
@@ -240,8 +240,6 @@ def load(scan_result: FolderScan, image_size: int, limit_train: int = 0, limit_t
          progress: LoadProgress | None = None,
          memory_limit: int | None = None) -> LoadedFolder:
     """Both splits (capped by the limits), in memory when they fit, else streamed."""
-    from engine.data import FileImageSet
-
     size = scan_result.image_size(image_size)
     train_files = _head(scan_result.train, limit_train, seed=1)
     test_files = _head(scan_result.test, limit_test, seed=2)
