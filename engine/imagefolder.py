@@ -17,12 +17,15 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from engine.data import DataUnavailableError, FileImageSet, ImageSet
+from engine.data import DataUnavailableError
+
+if TYPE_CHECKING:
+    from engine.data import FileImageSet, ImageSet
 
 PREFIX = "imagefolder:"
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -240,6 +243,8 @@ def load(scan_result: FolderScan, image_size: int, limit_train: int = 0, limit_t
          progress: LoadProgress | None = None,
          memory_limit: int | None = None) -> LoadedFolder:
     """Both splits (capped by the limits), in memory when they fit, else streamed."""
+    from engine.data import FileImageSet
+
     size = scan_result.image_size(image_size)
     train_files = _head(scan_result.train, limit_train, seed=1)
     test_files = _head(scan_result.test, limit_test, seed=2)

@@ -282,7 +282,7 @@ class _Reader:
             raise self.fail(key, f"is {value}, outside [{low}, {high}]")
         return value
 
-    # (``int`` in this class is the method above)
+    # ``int`` in this class is the method above, so the builtin is named in full
     def ints(self, key: str, low: builtins.int, high: builtins.int,
              max_len: builtins.int = MAX_DIMS) -> tuple[builtins.int, ...]:
         values = self.get(key, list)
