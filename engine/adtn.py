@@ -272,10 +272,11 @@ class ADTN(nn.Module):
             self._cache_key = self._cache_value = None
             return self._weight()
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self.parameters())
-        if key != self._cache_key:
-            self._cache_value = self._weight()
+        value = self._cache_value
+        if key != self._cache_key or value is None:
+            value = self._cache_value = self._weight()
             self._cache_key = key
-        return self._cache_value
+        return value
 
     def _weight(self) -> torch.Tensor:
         # Matmuls in half precision would lose the weight's accuracy over many gates.
@@ -300,7 +301,7 @@ class ADTN(nn.Module):
         low_memory = self._use_low_memory(mats)
         scale = self.scale if scaled else None
         order = self._order_index(mats[0].device)
-        tracked = mats + ([scale] if scaled else [])
+        tracked = mats + ([self.scale] if scaled else [])
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
             pool = self._pool if mats[0].device.type == "cpu" else None
             self._pool.limit = sum(len(layer) for layer in plan.fast) + 4
@@ -355,7 +356,7 @@ class ADTN(nn.Module):
         i as a 4×4 matrix; ("sweep", run) the blocks of a Kronecker run, bit 0's first;
         ("block", lo, hi, run) gates multiplied into one block on indices [lo, hi).
         """
-        recipe: list[tuple] = []
+        recipe: list[tuple | None] = []  # None: a slot a "sweep" entry fills
         first: list[App] = []
         for op, i, j in self._first_steps:
             m = len(recipe)
@@ -421,7 +422,8 @@ class ADTN(nn.Module):
     def _gate_list(self) -> list[torch.Tensor]:
         """The gates as a plain list (indexing an ``nn.ParameterList`` costs microseconds
         each, hundreds of times a step)."""
-        stored = list(self.gates._parameters.values())
+        stored: list[torch.Tensor] = [
+            p for p in self.gates._parameters.values() if p is not None]
         return stored if len(stored) == len(self.specs) else list(self.gates)
 
     def _matrices(self, recipe) -> list[torch.Tensor]:
@@ -455,7 +457,8 @@ class ADTN(nn.Module):
                 blocks = self._sweep_blocks(list(entry[1]), gates_)
                 mats[k:k + len(blocks)] = blocks
             else:  # "block"
-                mats[k] = self._block_matrix(*entry[1:], gates_)
+                _, lo, hi, run = entry
+                mats[k] = self._block_matrix(lo, hi, run, gates_)
         return mats
 
     def _sweep_blocks(self, run: list[int], gates_) -> list[torch.Tensor]:
@@ -621,7 +624,7 @@ class ADTN(nn.Module):
                 candidates.append(torch.nn.utils.parameters_to_vector(params).detach().clone())
             budget = trial_steps
             while candidates:
-                scored = []
+                scored: list[tuple[float, int, torch.Tensor]] = []
                 for vector in candidates:
                     torch.nn.utils.vector_to_parameters(vector, params)
                     error, reached = self._descend(target, norm, budget, lr, tolerance)

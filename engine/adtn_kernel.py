@@ -162,10 +162,9 @@ def _mid_gram(grad: torch.Tensor, state: torch.Tensor, chunk: int) -> torch.Tens
     if left == 1:
         return grad.squeeze(0) @ state.squeeze(0).t()
     step = max(1, chunk // (k * right))
-    total = None
-    for lo in range(0, left, step):
-        part = torch.einsum("lir,ljr->ij", grad[lo:lo + step], state[lo:lo + step])
-        total = part if total is None else total + part
+    total = torch.einsum("lir,ljr->ij", grad[:step], state[:step])
+    for lo in range(step, left, step):
+        total = total + torch.einsum("lir,ljr->ij", grad[lo:lo + step], state[lo:lo + step])
     return total
 
 
@@ -431,6 +430,7 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
                 state = layer_input
             else:
                 # The input of application j, recomputed from the layer's input in place.
+                assert work is not None  # allocated whenever the layer has a second application
                 work.copy_(layer_input)
                 for i in range(j):
                     _apply_inplace(apps[i], effective[i], work, chunk)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 from torch import nn
 
 from engine.adtn import MAX_Q, mode_bits
 from engine.encodings import EncodingError, EncodingPlan, plan_layer
 from engine.layer_spec import LayerSpec, LayerSpecError
-from engine.layers import DEFAULT_FIT_STEPS, ENCODED_LAYER_TYPES, EncodedLinear, encode_layer
+from engine.layers import (DEFAULT_FIT_STEPS, ENCODED_LAYER_TYPES, EncodedConv2d, EncodedLayer,
+                           EncodedLinear, encode_layer)
 
 __all__ = ["CompressionReport", "LayerInfo", "LayerReport", "LayerSpec", "compress",
            "describe_layers", "encoded_layers", "materialize", "plan_compression"]
@@ -128,9 +129,11 @@ class CompressionReport:
 
 
 LayerRequest = Union[str, LayerSpec, Mapping]
+# A layer with a weight that a plan can name: dense, or already encoded.
+WeightLayer = Union[nn.Linear, nn.Conv2d, EncodedLinear, EncodedConv2d]
 
 
-def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+def _weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
     return {
         name: module
         for name, module in model.named_modules()
@@ -142,7 +145,7 @@ def _kind(module: nn.Module) -> str:
     return "linear" if isinstance(module, (nn.Linear, EncodedLinear)) else "conv2d"
 
 
-def _weight_shape(module: nn.Module) -> tuple[int, ...]:
+def _weight_shape(module: WeightLayer) -> tuple[int, ...]:
     if isinstance(module, ENCODED_LAYER_TYPES):
         return tuple(module.plan.weight_shape)
     return tuple(module.weight.shape)
@@ -189,7 +192,8 @@ def resolve_specs(
     encoding: str = "adtn",
 ) -> list[LayerSpec]:
     """Layer requests (names, ``{name: depth}``, dicts or ``LayerSpec``) as ``LayerSpec``s."""
-    defaults = dict(depth=depth, activation=activation, layout=layout, encoding=encoding)
+    defaults: dict[str, Any] = dict(depth=depth, activation=activation, layout=layout,
+                                    encoding=encoding)
     if isinstance(layers, str):
         raise ValueError("layers must be a list of layer names, not a single string")
     if isinstance(layers, Mapping):
@@ -213,7 +217,7 @@ def resolve_specs(
 
 
 def _validate(model: nn.Module, specs: Sequence[LayerSpec]
-              ) -> tuple[dict[str, nn.Module], dict[str, EncodingPlan]]:
+              ) -> tuple[dict[str, WeightLayer], dict[str, EncodingPlan]]:
     """The modules to replace and their resolved encodings; every problem of every request in
     one ``ValueError``."""
     available = _weight_layers(model)
@@ -256,7 +260,7 @@ def _validate(model: nn.Module, specs: Sequence[LayerSpec]
     return {spec.name: available[spec.name] for spec in specs}, plans
 
 
-def _row(spec: LayerSpec, module: nn.Module, plan: EncodingPlan) -> LayerReport:
+def _row(spec: LayerSpec, module: WeightLayer, plan: EncodingPlan) -> LayerReport:
     shape = _weight_shape(module)
     dense = math.prod(shape)
     return LayerReport(
@@ -342,13 +346,13 @@ def materialize(model: nn.Module) -> nn.Module:
     return dense
 
 
-def encoded_layers(model: nn.Module, encoding: str | None = None) -> dict[str, nn.Module]:
+def encoded_layers(model: nn.Module, encoding: str | None = None) -> dict[str, EncodedLayer]:
     """The encoded layers of a model (of one encoding, if given), by name."""
     return {n: m for n, m in model.named_modules()
             if isinstance(m, ENCODED_LAYER_TYPES) and encoding in (None, m.encoding)}
 
 
-def adtn_layers(model: nn.Module) -> dict[str, nn.Module]:
+def adtn_layers(model: nn.Module) -> dict[str, EncodedLayer]:
     """The ADTN-encoded layers of a model, by name."""
     return encoded_layers(model, "adtn")
 

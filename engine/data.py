@@ -162,7 +162,7 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
 
 
 def load_datasets(config: RunConfig, progress: ProgressCallback | None = None
-                  ) -> tuple[ImageSet, ImageSet]:
+                  ) -> tuple[ImageSet | FileImageSet, ImageSet | FileImageSet]:
     """The (train, test) sets of ``config.dataset``, capped by ``limit_train``/``limit_test``.
 
     A missing set is downloaded when ``config.download`` is true (``progress`` receives
@@ -202,6 +202,8 @@ def hold_out(loaded: LoadedData, count: int) -> LoadedData:
                          f"has {len(train)})")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
     kept, held = order[count:].sort().values, order[:count].sort().values
+    rest: ImageSet | FileImageSet
+    evaluation: ImageSet | FileImageSet
     if isinstance(train, ImageSet):
         rest = ImageSet(train.images[kept], train.labels[kept])
         evaluation = ImageSet(train.images[held], train.labels[held])
@@ -340,7 +342,7 @@ class BatchIterator:
             raise ValueError(f"the {info.title} split is empty")
         self.files = data if isinstance(data, FileImageSet) else None  # streamed from disk
         self.skipped_files: set[str] = set()  # unreadable files met while streaming
-        self.images = data.images.to(device) if self.files is None else None
+        self.images = None if isinstance(data, FileImageSet) else data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.device = device
@@ -367,6 +369,7 @@ class BatchIterator:
         if self.files is not None:
             yield from self._streamed(order, augment_rng)
             return
+        assert self.images is not None  # held in memory unless streamed from files
         for start, stop in self._batch_bounds():
             index = order[start:stop] if order is not None else slice(start, stop)
             images = self.images[index].float().div_(255)
@@ -380,6 +383,7 @@ class BatchIterator:
         files that fail to decode are dropped from their batch."""
         from engine.imagefolder import FileDataset
 
+        assert self.files is not None  # only a set of files is streamed
         indices = order.cpu().tolist() if order is not None else list(range(self.num_examples))
         batches = [indices[start:stop] for start, stop in self._batch_bounds()]
         dataset = FileDataset(self.files.files, self.files.channels, self.files.image_size)

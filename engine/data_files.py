@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ class DataFiles:
                 if not (folder / name).is_file()]
 
 
-def _mnist_files(cls: type = tv_datasets.MNIST) -> DataFiles:
+def _mnist_files(cls: type[Any] = tv_datasets.MNIST) -> DataFiles:
     """MNIST and its drop-in relatives (Fashion-MNIST, KMNIST): the same four idx files
     under ``<ClassName>/raw``, as torchvision lays them out."""
     names = [name.removesuffix(".gz") for name, _ in cls.resources]
@@ -60,7 +61,7 @@ def _mnist_files(cls: type = tv_datasets.MNIST) -> DataFiles:
                      tuple(n for n in names if n.startswith("t10k")), urls)
 
 
-def _cifar_files(cls: type) -> DataFiles:
+def _cifar_files(cls: type[Any]) -> DataFiles:
     return DataFiles(cls.base_folder, tuple(name for name, _ in cls.train_list),
                      tuple(name for name, _ in cls.test_list), (((cls.url,), cls.tgz_md5),))
 

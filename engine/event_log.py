@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from engine import events as _events
 from engine.paths import atomic_write_text
@@ -102,7 +102,7 @@ class EventLogWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = None
+        self._file: TextIO | None = None
         self._lock = threading.Lock()
 
     def _write(self, event: Any) -> None:

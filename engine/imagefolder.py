@@ -17,12 +17,15 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from engine.data import DataUnavailableError
+
+if TYPE_CHECKING:
+    from engine.data import FileImageSet, ImageSet
 
 PREFIX = "imagefolder:"
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -62,8 +65,8 @@ class FolderScan:
 class LoadedFolder:
     """Both splits of a folder, decoded or ready to stream, and what loading found."""
 
-    train: object  # engine.data.ImageSet or FileImageSet
-    test: object
+    train: ImageSet | FileImageSet
+    test: ImageSet | FileImageSet
     mean: tuple[float, ...]
     std: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
@@ -208,9 +211,9 @@ def decode(path: Path, channels: int, size: int) -> np.ndarray:
     ``size``, centre-cropped. Raises ``OSError``/``ValueError`` for a bad file."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()  # a truncated file fails here, not later
-        image = image.convert("L" if channels == 1 else "RGB")
+    with Image.open(path) as opened:
+        opened.load()  # a truncated file fails here, not later
+        image = opened.convert("L" if channels == 1 else "RGB")
     width, height = image.size
     scale = size / min(width, height)
     if scale != 1.0:

@@ -177,9 +177,10 @@ def _adapt_first_conv(built: BuiltModel, name: str, in_channels: int) -> None:
 def _adapt_small_stem(built: BuiltModel, name: str, image_size: int) -> None:
     model = built.model
     conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
-    is_resnet_stem = (isinstance(conv, nn.Conv2d) and conv.kernel_size == (7, 7)
-                      and conv.stride == (2, 2) and isinstance(pool, nn.MaxPool2d))
-    if not is_resnet_stem or image_size > SMALL_STEM_MAX_SIZE:
+    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (7, 7)
+            and conv.stride == (2, 2) and isinstance(pool, nn.MaxPool2d)):
+        return  # not a ResNet stem
+    if image_size > SMALL_STEM_MAX_SIZE:
         return
     model.conv1 = _conv_like(conv, kernel_size=3, stride=1, padding=1)
     model.maxpool = nn.Identity()
@@ -190,9 +191,10 @@ def _adapt_small_stem(built: BuiltModel, name: str, image_size: int) -> None:
 
 
 def _conv_like(conv: nn.Conv2d, **changes: Any) -> nn.Conv2d:
-    arguments = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
-                     kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                     dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
+    arguments: dict[str, Any] = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
+                                     kernel_size=conv.kernel_size, stride=conv.stride,
+                                     padding=conv.padding, dilation=conv.dilation,
+                                     groups=conv.groups, bias=conv.bias is not None)
     arguments.update(changes)
     if arguments["groups"] > 1 and arguments["in_channels"] % arguments["groups"]:
         arguments["groups"] = 1

@@ -85,7 +85,7 @@ def build_vgg16(in_channels: int, image_size: int, num_classes: int) -> nn.Seque
     layers: list[tuple[str, nn.Module]] = []
     channels, conv_index, pool_index = in_channels, 0, 0
     for width in VGG16_WIDTHS:
-        if width == "M":
+        if isinstance(width, str):  # "M": a pool
             pool_index += 1
             # ceil_mode keeps a 1×1 map after the fifth pool for 28×28 inputs as for 32×32
             layers.append((f"pool{pool_index}", nn.MaxPool2d(2, ceil_mode=True)))
@@ -199,18 +199,26 @@ def _with_classifier(layers: list[tuple[str, nn.Module]], in_channels: int, imag
     return nn.Sequential(OrderedDict(layers))
 
 
+def _side(value: int | tuple[int, ...]) -> int:
+    """One side of a pooling window, stride or padding (the models pool square maps)."""
+    return value if isinstance(value, int) else value[0]
+
+
 def _flat_features(layers: list[tuple[str, nn.Module]], in_channels: int, image_size: int) -> int:
     """Width of the flattened feature vector after the convolutions and pools of ``layers``
     (shape arithmetic only, so building a model costs no forward pass)."""
     channels, size = in_channels, image_size
     for _, layer in layers:
         if isinstance(layer, nn.Conv2d):
-            kernel, stride, padding = layer.kernel_size[0], layer.stride[0], layer.padding[0]
-            size = (size + 2 * padding - layer.dilation[0] * (kernel - 1) - 1) // stride + 1
+            kernel, stride = layer.kernel_size[0], layer.stride[0]
+            if layer.padding != "same":  # "same" (stride 1 only) keeps the size
+                padding = 0 if isinstance(layer.padding, str) else layer.padding[0]  # or "valid"
+                size = (size + 2 * padding - layer.dilation[0] * (kernel - 1) - 1) // stride + 1
             channels = layer.out_channels
         elif isinstance(layer, nn.MaxPool2d):
-            span = size + 2 * layer.padding - layer.kernel_size
-            size = (-(-span // layer.stride) if layer.ceil_mode else span // layer.stride) + 1
+            pool, pool_stride = _side(layer.kernel_size), _side(layer.stride)
+            span = size + 2 * _side(layer.padding) - pool
+            size = (-(-span // pool_stride) if layer.ceil_mode else span // pool_stride) + 1
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for this model")
     return channels * size * size

@@ -165,7 +165,7 @@ class _Run:
         self.dist: DistributedContext | None = None
         self.paths = RunPaths(run_dir)
         self.events = events
-        self.control = control
+        self.control: RunControl | SynchronizedControl = control
         self.summary = RunSummary("running", str(run_dir), config.run_name, config.model,
                                   config.dataset, epochs=config.total_epochs,
                                   started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -269,6 +269,8 @@ class _Run:
                            load_progress=self._load_progress)
         info, train_set, test_set = loaded.info, loaded.train, loaded.test
         notes = list(loaded.notes)
+        train_batches: BatchIterator | ShardedBatches  # a rank's share when distributed
+        test_batches: BatchIterator | ShardedBatches
         train_batches = BatchIterator(train_set, info, config.batch_size, device, shuffle=True,
                                       augment=config.augment and info.augmentable,
                                       seed=config.seed)
@@ -337,7 +339,8 @@ class _Run:
                 compressed, optimizer = True, None
             if optimizer is None:
                 optimizer = _make_optimizer(model, config)
-                if checkpoint and checkpoint.state["phase"] == phase:
+                if (checkpoint and checkpoint.state["phase"] == phase
+                        and checkpoint.optimizer_state is not None):  # the trainer saves one
                     optimizer.load_state_dict(checkpoint.optimizer_state)
                     if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
@@ -487,7 +490,8 @@ class _Steps:
         return self._ddp[1]
 
     def run_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  batches: BatchIterator, epoch: int, phase: str, control: RunControl,
+                  batches: BatchIterator | ShardedBatches, epoch: int, phase: str,
+                  control: RunControl | SynchronizedControl,
                   events: EventDispatcher) -> tuple[float, float] | None:
         """Train one epoch; (mean loss, accuracy), or None when a stop was requested."""
         model.train()
@@ -519,6 +523,7 @@ class _Steps:
             if self.dist is not None:  # the global batch's loss and hits, the same on all ranks
                 share = stats.new_tensor([weight / self.dist.world_size, 1.0])
                 stats = self.dist.sum_tensor(stats * share)
+                assert isinstance(batches, ShardedBatches)  # as every distributed run's are
                 count = batches.global_size
             loss_value, correct_value = stats.tolist()
             if not math.isfinite(loss_value):
@@ -543,7 +548,8 @@ class _Steps:
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: BatchIterator) -> tuple[float, float]:
+    def evaluate(self, model: nn.Module, batches: BatchIterator | ShardedBatches
+                 ) -> tuple[float, float]:
         """(mean loss, accuracy) over ``batches``."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -606,6 +612,7 @@ def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
                 for p in layer.generator.parameters()}
     adtn_params = [p for p in model.parameters() if id(p) in adtn_ids]
     other_params = [p for p in model.parameters() if id(p) not in adtn_ids]
+    groups: list[dict[str, Any]]
     groups = [{"params": other_params, "base_lr": config.lr,
                "weight_decay": config.weight_decay}]
     if adtn_params:

@@ -13,14 +13,16 @@ import math
 import torch
 
 from engine.encodings.adtn import ADTNEncoding, adtn_count
-from engine.encodings.base import BUDGET_TOLERANCE, Encoding, EncodingError, EncodingPlan
+from engine.encodings.base import (BUDGET_TOLERANCE, Encoding, EncodingError, EncodingPlan,
+                                   FactorGenerator, WeightGenerator)
 from engine.encodings.lowrank import LowRankEncoding
 from engine.encodings.tt import TTEncoding
 from engine.encodings.tucker_cp import CPEncoding, TuckerEncoding
 from engine.layer_spec import ENCODINGS, MATCH_ADTN, LayerSpec, budget_value
 
 __all__ = ["BUDGET_TOLERANCE", "ENCODINGS", "Encoding", "EncodingError", "EncodingPlan",
-           "build_generator", "get_encoding", "plan_layer", "resolve_budget"]
+           "FactorGenerator", "WeightGenerator", "build_generator", "get_encoding", "plan_layer",
+           "resolve_budget"]
 
 _REGISTRY: dict[str, Encoding] = {
     e.name: e for e in (ADTNEncoding(), TTEncoding(), LowRankEncoding(), TuckerEncoding(),
@@ -62,7 +64,7 @@ def build_generator(plan: EncodingPlan, init_std: float):
     standard deviation ``init_std`` (the ADTN normalises itself; a product of a few random
     factors is rescaled once, since with small ranks its spread is far from its expectation)."""
     generator = get_encoding(plan.encoding).build(plan, init_std)
-    if hasattr(generator, "named_factors"):
+    if isinstance(generator, FactorGenerator):
         with torch.no_grad():
             spread = float(generator().std())
             if spread > 0 and math.isfinite(spread):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -38,6 +38,26 @@ class EncodingPlan:
     params: int  # numbers that can change the weight
     detail: str  # e.g. "TT 3 cores: 4×4×16 ← 7×7×16, ranks 1-3-3-1"
     budget: int = 0  # the parameter count asked for (0: none)
+
+
+class WeightGenerator(Protocol):
+    """What layers, the trainer and export use of a generator (an ``nn.Module`` that an
+    encoding builds); ``generator()`` is the weight."""
+
+    def __call__(self) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def fit(self, target: torch.Tensor, steps: int = ..., lr: float = ...) -> float: ...
+
+
+@runtime_checkable
+class FactorGenerator(WeightGenerator, Protocol):
+    """A generator that is a product of a few factors (every encoding but the ADTN)."""
+
+    def named_factors(self) -> dict[str, torch.Tensor]:
+        """The stored factors by role: what an export writes."""
+        ...
 
 
 class Encoding(ABC):

@@ -223,6 +223,7 @@ def _build_zoo_model(document: ExportMetadata) -> nn.Module:
     from engine.models import build_model
 
     spec = document.model
+    assert spec is not None  # check_bundle built this model's skeleton
     return build_model(spec.name, spec.in_channels, spec.image_size, spec.num_classes)
 
 
@@ -316,7 +317,7 @@ def _compress_as_described(
 
     specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout,
                        index_order=layer.index_order)
-             if layer.encoding == ADTN_ENCODING else
+             if isinstance(layer, LayerRecord) else  # the "adtn" encoding
              LayerSpec(layer.name, encoding=layer.encoding,
                        **get_encoding(layer.encoding).spec_fields(layer.options))
              for layer in document.layers]
@@ -341,13 +342,14 @@ def _factor_state(layer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """A factor layer's state entries: each factor by its role, under the key the rebuilt
     layer's generator keeps that factor."""
     from engine.compression import LayerSpec
-    from engine.encodings import get_encoding, plan_layer
+    from engine.encodings import FactorGenerator, get_encoding, plan_layer
 
     coder = get_encoding(layer.encoding)
     plan = plan_layer(LayerSpec(layer.name, encoding=layer.encoding,
                                 **coder.spec_fields(layer.options)), layer.weight_shape)
     with torch.device("meta"):  # only the parameter names are needed: nothing allocated
         generator = coder.build(plan, 1.0)
+    assert isinstance(generator, FactorGenerator)  # as every factor encoding's is
     keys = {id(p): key for key, p in generator.named_parameters()}
     prefix = f"{layer.name}.{layer.encoding}"
     roles = {role: keys[id(t)] for role, t in generator.named_factors().items()}

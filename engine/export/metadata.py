@@ -9,11 +9,12 @@ header declares, and sizes are bounded, before anything is built.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 from dataclasses import asdict, dataclass
 from importlib import metadata as package_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from torch import nn
 
@@ -21,6 +22,9 @@ from engine.adtn import ACTIVATIONS, ADTN, INDEX_ORDERS, LAYOUTS, mode_bits
 from engine.export.errors import BundleError
 from engine.export.safe_read import FLOAT_DTYPES, MAX_DIMS, SafetensorsHeader
 from engine.limits import MAX_DEPTH, MAX_Q
+
+if TYPE_CHECKING:
+    from engine.layers import EncodedLayer
 
 METADATA_KEY = "adtn"
 BUNDLE_FORMAT = "adtn-bundle"
@@ -132,6 +136,10 @@ class FactorLayerRecord:
         return sum(math.prod(f.shape) for f in self.factors)
 
 
+# A compressed layer's record, whatever its encoding.
+AnyLayerRecord = Union[LayerRecord, FactorLayerRecord]
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """The zoo model a file rebuilds: ``engine.models.build_model(**asdict(record))``."""
@@ -152,7 +160,7 @@ class ExportMetadata:
     model: ModelRecord | None
     dataset: str | None
     config: dict[str, Any] | None
-    layers: tuple[LayerRecord, ...]
+    layers: tuple[AnyLayerRecord, ...]
     # SHA-256 of the tensor data (docs/FORMAT.md); None in files written before it existed.
     data_sha256: str | None = None
 
@@ -168,7 +176,7 @@ def producer() -> str:
         return "adtn-studio"
 
 
-def compressed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def compressed_layers(model: nn.Module) -> list[tuple[str, EncodedLayer]]:
     """``(layer name, the layer)`` for every encoded layer of ``model``, in module order."""
     from engine.layers import ENCODED_LAYER_TYPES
 
@@ -176,13 +184,18 @@ def compressed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(module, ENCODED_LAYER_TYPES)]
 
 
-def encoded_layer_record(name: str, layer: nn.Module) -> LayerRecord | FactorLayerRecord:
+def encoded_layer_record(name: str, layer: EncodedLayer) -> AnyLayerRecord:
     """The record of one encoded layer, whatever its encoding."""
-    if layer.encoding == ADTN_ENCODING:
-        return layer_record(name, layer.adtn)
+    from engine.encodings import FactorGenerator
+
+    generator = layer.generator
+    if isinstance(generator, ADTN):  # the "adtn" encoding's generator
+        return layer_record(name, generator)
+    if not isinstance(generator, FactorGenerator):
+        raise TypeError(f"layer {name!r}: a {layer.encoding} generator names no factors")
     keys = {id(p): key for key, p in layer.named_parameters(prefix=name)}
     factors = tuple(FactorRecord(role, keys[id(tensor)], tuple(tensor.shape))
-                    for role, tensor in layer.generator.named_factors().items())
+                    for role, tensor in generator.named_factors().items())
     return FactorLayerRecord(name=name, weight_key=f"{name}.weight",
                              weight_shape=tuple(layer.plan.weight_shape),
                              encoding=layer.encoding, options=_plain(layer.plan.options),
@@ -210,7 +223,7 @@ def layer_record(name: str, adtn: ADTN) -> LayerRecord:
         negative_slope=float(adtn.negative_slope),
         scale=f"{prefix}.scale",
         gates=tuple(
-            GateRecord(f"{prefix}.gates.{i}", spec.layer, tuple(spec.pair), tuple(spec.columns))
+            GateRecord(f"{prefix}.gates.{i}", spec.layer, spec.pair, tuple(spec.columns))
             for i, spec in enumerate(adtn.gate_specs())
         ),
     )
@@ -269,7 +282,9 @@ class _Reader:
             raise self.fail(key, f"is {value}, outside [{low}, {high}]")
         return value
 
-    def ints(self, key: str, low: int, high: int, max_len: int = MAX_DIMS) -> tuple[int, ...]:
+    # ``int`` in this class is the method above, so the builtin is named in full
+    def ints(self, key: str, low: builtins.int, high: builtins.int,
+             max_len: builtins.int = MAX_DIMS) -> tuple[builtins.int, ...]:
         values = self.get(key, list)
         if not 0 < len(values) <= max_len or not all(
             isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
@@ -298,10 +313,10 @@ def _parse_gate(file_name: str, where: str, raw: object) -> GateRecord:
     return GateRecord(tensor, reader.int("layer", 0, MAX_DEPTH), pair, columns)
 
 
-def _parse_layer(file_name: str, index: int, raw: object) -> LayerRecord:
+def _parse_layer(file_name: str, index: int, raw: object) -> AnyLayerRecord:
     """One entry of ``layers``, read by the parser of its ``encoding`` ("adtn" if absent)."""
     reader = _Reader(file_name, f"layers[{index}]", raw)
-    encoding = raw.get("encoding", ADTN_ENCODING)
+    encoding = reader.data.get("encoding", ADTN_ENCODING)
     parser = _LAYER_PARSERS.get(encoding) if isinstance(encoding, str) else None
     if parser is None:
         raise reader.fail("encoding", f"is {encoding!r}; this version of ADTN Studio reads "
@@ -470,7 +485,8 @@ def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None
     return document
 
 
-def check_layers_against_tensors(header: SafetensorsHeader, layers: tuple[LayerRecord, ...]):
+def check_layers_against_tensors(header: SafetensorsHeader,
+                                 layers: tuple[AnyLayerRecord, ...]) -> None:
     """Every tensor a layer names exists once, is floating point and has the shape it needs."""
     name = header.path.name
     claimed: set[str] = set()
