@@ -34,7 +34,7 @@ _EXPORTS = {
     "train": "engine.trainer",
     "run_compare": "engine.compare",
     "CompareRequest": "engine.compare",
-    "RunControl": "engine.trainer",
+    "RunControl": "engine.events",
     # export
     "load_bundle": "engine.export",
     "export_run": "engine.export",

@@ -319,7 +319,7 @@ def absolute_model(model: str) -> str:
 
 
 def absolute_dataset(dataset: str) -> str:
-    from engine.data import IMAGEFOLDER_PREFIX
+    from engine.choices import IMAGEFOLDER_PREFIX
 
     if dataset.startswith(IMAGEFOLDER_PREFIX) and dataset[len(IMAGEFOLDER_PREFIX):].strip():
         folder = Path(dataset[len(IMAGEFOLDER_PREFIX):]).expanduser().resolve()
