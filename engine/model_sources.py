@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.choices import TORCHVISION_PREFIX
-# Parsing a model name needs no PyTorch (engine.model_spec); kept importable from here.
+# Parsing a model name needs no PyTorch (engine.choices, engine.model_spec); these names stay
+# importable from here.
+from engine.choices import TORCHVISION_PREFIX  # noqa: F401
 from engine.model_spec import ModelSource, ModelSourceError, parse_model_spec  # noqa: F401
 
 SMALL_STEM_MAX_SIZE = 64  # at or below this size, ResNet-style stems keep the full resolution
