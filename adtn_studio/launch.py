@@ -263,7 +263,8 @@ def _settle_summary(run_dir: Path, status: str, kind: str, message: str) -> None
     write_summary(RunPaths(run_dir).summary, summary)
 
 
-def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path, args: argparse.Namespace) -> str:
+def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path,
+                  args: argparse.Namespace) -> str:
     """One line naming the rank that ended the job first, and where the run stands."""
     summary = _read_summary(run_dir) if args.node_rank == 0 else {}
     peer_lost = summary.get("error_kind") == "distributed"
