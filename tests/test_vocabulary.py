@@ -81,10 +81,11 @@ def combo_values(combo) -> list:
     return [combo.itemData(i) for i in range(combo.count()) if combo.itemData(i) is not None]
 
 
-def test_training_page_offers_exactly_the_engines_choices(qapp):
+def test_training_page_offers_exactly_the_engines_choices(qtbot):
     from ui.wizard.training_page import TrainingPage
 
     page = TrainingPage()
+    qtbot.addWidget(page)
     assert combo_values(page.optimizer) == list(choices.OPTIMIZERS)
     assert combo_values(page.schedule) == list(choices.SCHEDULES)
     assert combo_values(page.init) == list(choices.INITS)
@@ -92,12 +93,13 @@ def test_training_page_offers_exactly_the_engines_choices(qapp):
     assert titles == [choices.OPTIMIZER_TITLES[name] for name in choices.OPTIMIZERS]
 
 
-def test_every_schedule_a_configuration_holds_survives_the_training_page(qapp):
+def test_every_schedule_a_configuration_holds_survives_the_training_page(qtbot):
     """Whichever schedule the engine knows, a configuration keeps it through the page, listed
     under its title (the page once listed cosine and constant only)."""
     from ui.wizard.training_page import TrainingPage
 
     page = TrainingPage()
+    qtbot.addWidget(page)
     for schedule in choices.SCHEDULES:
         config = RunConfig(schedule=schedule, lr_milestones=[2], dense_baseline=True)
         page.load(config)
@@ -107,11 +109,12 @@ def test_every_schedule_a_configuration_holds_survives_the_training_page(qapp):
         applied.validate()
 
 
-def test_source_page_offers_the_engines_data_sets_with_their_titles(qapp):
+def test_source_page_offers_the_engines_data_sets_with_their_titles(qtbot):
     from ui.engine_catalog import EngineCatalog
     from ui.wizard.source_page import IMAGE_FOLDER, SourcePage
 
     page = SourcePage()
+    qtbot.addWidget(page)
     catalog = EngineCatalog(presets=(), models=choices.MODEL_NAMES,
                             datasets=choices.DATASET_NAMES, devices=(), default_device="cpu")
     page.set_catalog(catalog, choices.MODEL_TITLES)
@@ -134,10 +137,11 @@ def test_layer_table_offers_the_engines_options_and_defaults(qapp):
         assert getattr(fresh, field) == getattr(default, field), field
 
 
-def test_export_dialog_offers_the_engines_formats_and_checkpoints(qapp, tmp_path):
+def test_export_dialog_offers_the_engines_formats_and_checkpoints(qtbot, tmp_path):
     from ui.export_dialog import ExportDialog
 
     dialog = ExportDialog(tmp_path)
+    qtbot.addWidget(dialog)
     assert tuple(dialog.format_boxes) == choices.EXPORT_FORMATS
     assert sorted(combo_values(dialog.checkpoint)) == sorted(choices.CHECKPOINT_KINDS)
     assert dialog.checkpoint.currentData() == "best"
@@ -214,3 +218,32 @@ def test_monitor_engine_and_run_folder_agree_on_the_best_accuracy(tmp_path, qapp
     assert MetricHistory.from_csv(paths.metrics).best_test_acc() == summary.best_test_acc
     assert recorder.history.best_test_acc() == summary.best_test_acc
     assert best_test_accuracy(rows) == summary.best_test_acc
+
+
+def test_monitor_shows_no_best_accuracy_before_the_compressed_model_trained(tmp_path, qtbot):
+    """A past run that ended during dense pre-training has no best accuracy of the compressed
+    model: the monitor says "–", as it does live, not the summary's placeholder 0 %."""
+    from engine.paths import RunPaths
+    from engine.runs import RunRecord, write_metrics
+    from ui.monitor.monitor_view import MonitorView
+    from ui.training_session import TrainingSession
+
+    def latest_run_text(rows: list[dict]) -> str:
+        folder = tmp_path / f"run{len(rows)}"
+        write_metrics(RunPaths(folder).metrics, rows)
+        record = RunRecord(path=str(folder), name="r", model="fc2", dataset="synthetic",
+                           started_at="2026-01-01T00:00:00", status="stopped",
+                           epochs_completed=len(rows), epochs=3, params_total=10,
+                           dense_params_total=100, compression_ratio=10.0,
+                           best_test_acc=0.0, test_acc=0.0)
+        session = TrainingSession()
+        monitor = MonitorView(session)
+        session.setParent(monitor)  # deleted with the view, in Qt's order
+        qtbot.addWidget(monitor)
+        monitor.show_latest_run(record)
+        return monitor.summary.text()
+
+    pretrain = {"epoch": 1, "phase": "pretrain", "test_acc": 0.97, "best_test_acc": 0.0}
+    assert "Best test accuracy –" in latest_run_text([pretrain])
+    trained = {"epoch": 2, "phase": "train", "test_acc": 0.61, "best_test_acc": 0.61}
+    assert "Best test accuracy 61.00 %" in latest_run_text([pretrain, trained])
