@@ -212,6 +212,8 @@ def test_monitor_engine_and_run_folder_agree_on_the_best_accuracy(tmp_path, qapp
     with open(paths.metrics, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == choices.METRIC_COLUMNS
+    # the trainer fills every column (a key it spelt differently would leave one empty)
+    assert all(row[name] != "" for row in rows for name in choices.METRIC_COLUMNS)
     assert [row["phase"] for row in rows] == ["pretrain", "train", "train"]
     compressed = [float(row["test_acc"]) for row in rows if row["phase"] == "train"]
     assert summary.best_test_acc == max(compressed)
@@ -247,3 +249,11 @@ def test_monitor_shows_no_best_accuracy_before_the_compressed_model_trained(tmp_
     assert "Best test accuracy –" in latest_run_text([pretrain])
     trained = {"epoch": 2, "phase": "train", "test_acc": 0.61, "best_test_acc": 0.61}
     assert "Best test accuracy 61.00 %" in latest_run_text([pretrain, trained])
+
+
+def test_the_review_page_names_only_fields_of_the_run_configuration():
+    from ui.wizard import wizard
+
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    for keys in (wizard.OFFERED_KEYS, wizard.STEP_SCHEDULE_KEYS, wizard.NEVER_REVIEWED):
+        assert set(keys) <= fields, set(keys) - fields
