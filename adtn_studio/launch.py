@@ -24,7 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from adtn_studio.cli import CommandError
 
+from engine.paths import RunPaths  # torch-free
+
 if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
     from engine.config import RunConfig
 
 DEFAULT_PORT = 29500
@@ -241,7 +245,7 @@ def _note_interrupt(signum, frame) -> None:
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
     try:
-        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        data = json.loads(RunPaths(run_dir).summary.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -256,10 +260,11 @@ def _settle_summary(run_dir: Path, status: str, kind: str, message: str) -> None
     summary.update(status=status, error_kind=kind, error_message=message)
     from engine.runs import write_summary
 
-    write_summary(run_dir / "summary.json", summary)
+    write_summary(RunPaths(run_dir).summary, summary)
 
 
-def _failure_line(failures: dict[int, Any], run_dir: Path, args: argparse.Namespace) -> str:
+def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path,
+                  args: argparse.Namespace) -> str:
     """One line naming the rank that ended the job first, and where the run stands."""
     summary = _read_summary(run_dir) if args.node_rank == 0 else {}
     peer_lost = summary.get("error_kind") == "distributed"

@@ -18,10 +18,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from adtn_studio import __version__
 from adtn_studio.extras import missing_gui_packages
+
+if TYPE_CHECKING:  # each step imports what it checks, when it runs
+    from engine.config import RunConfig
+    from engine.events import EpochEnded
 
 MODEL = "lenet5"
 DATASET = "synthetic"
@@ -34,7 +38,7 @@ class Context:
 
     work: Path
     device: str
-    config: Any = None
+    config: RunConfig | None = None
     run_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -108,9 +112,9 @@ class _EpochRecorder:
     """Keeps the trainer's epoch-end events."""
 
     def __init__(self) -> None:
-        self.epochs: list[Any] = []
+        self.epochs: list[EpochEnded] = []
 
-    def on_epoch_end(self, event: Any) -> None:
+    def on_epoch_end(self, event: EpochEnded) -> None:
         self.epochs.append(event)
 
 

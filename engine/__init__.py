@@ -1,4 +1,5 @@
-"""The ADTN engine: PyTorch only, never Qt.
+"""The ADTN engine: PyTorch, never Qt. Its core (choices, limits, paths, layer_spec,
+model_spec, metrics, events, config) imports no PyTorch either (tests/test_layering.py).
 
 Names are resolved lazily so that ``import engine`` stays cheap (the window imports it at
 start-up) and a submodule is loaded only when one of its names is used.
@@ -34,7 +35,7 @@ _EXPORTS = {
     "train": "engine.trainer",
     "run_compare": "engine.compare",
     "CompareRequest": "engine.compare",
-    "RunControl": "engine.trainer",
+    "RunControl": "engine.events",
     # export
     "load_bundle": "engine.export",
     "export_run": "engine.export",

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from engine.adtn_kernel import App, BufferPool, NetworkState, Plan, apply_on_axis, finish, forward_state
+from engine.choices import ACTIVATIONS, INDEX_ORDERS, LAYOUTS
+from engine.choices import GATE_INITS as INITS
 
-ACTIVATIONS = ("relu", "leaky_relu", "none")
-LAYOUTS = ("brick", "stair")
 LEAKY_RELU_SLOPE = 0.01
 # 2**28 float32 entries are 1 GiB of state; larger weights are refused rather than attempted.
 MAX_Q = 28
@@ -35,17 +35,15 @@ MAX_Q = 28
 # CPU the fewer operations of larger blocks do not pay for their extra arithmetic
 # (benchmarks/adtn_overhead.py --block-bits compares sizes).
 DEFAULT_BLOCK_BITS = 4
-INDEX_ORDERS = ("rows_first", "interleaved")
 # The backward pass keeps every block's input while they fit in this many bytes (on a GPU, at
 # least an eighth of its memory); beyond it, it recomputes them and keeps about four states.
 STORED_STATES_BUDGET_BYTES = 256 << 20
 MEMORY_MODES = ("auto", "low", "fast")
-# Gate initialisations: Haar-random orthogonal (the default), the identity plus noise (the
-# network starts close to passing its product state through), or plain Gaussian noise. The
-# weight's size is set by ``scale`` alone, so these only set its pattern and the size of the
-# gates, against which the optimiser's step is measured: 0.5 is the entry size of a 4×4
-# orthogonal matrix.
-INITS = ("orthogonal", "near_identity", "normal")
+# Gate initialisations (INITS, engine.choices.GATE_INITS): Haar-random orthogonal (the
+# default), the identity plus noise (the network starts close to passing its product state
+# through), or plain Gaussian noise. The weight's size is set by ``scale`` alone, so these only
+# set its pattern and the size of the gates, against which the optimiser's step is measured:
+# 0.5 is the entry size of a 4×4 orthogonal matrix.
 NEAR_IDENTITY_NOISE = 0.1
 NORMAL_INIT_STD = 0.5
 # ``fit`` draws this many starts, descends from each for a short while, then continues the best.

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from engine.choices import ENCODINGS, MATCH_ADTN
 from engine.config import RunConfig
 from engine.events import RunControl
-from engine.layer_spec import ENCODINGS, MATCH_ADTN, LayerSpec
+from engine.layer_spec import LayerSpec
+from engine.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +239,11 @@ def run_compare(request: CompareRequest, progress: Callable[[CompareProgress], N
             progress(CompareProgress(done, total, variant.key, stage, seed, lr, message))
 
     def run_one(config: RunConfig, folder: Path) -> dict:
-        previous = read_summary(folder / "summary.json") if folder.is_dir() else None
+        paths = RunPaths(folder)
+        previous = read_summary(paths.summary) if folder.is_dir() else None
         if previous and previous.get("status") == "finished":
             return previous
-        resume = bool(previous) and (folder / "checkpoints").is_dir()
+        resume = bool(previous) and paths.checkpoints.is_dir()
         summary = train(config, folder, callbacks=train_callbacks, control=control,
                         resume=resume)
         return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else summary

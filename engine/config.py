@@ -15,8 +15,8 @@ from typing import Any
 
 import tomli_w
 
+from engine.choices import DATASET_NAMES, IMAGEFOLDER_PREFIX, INITS, OPTIMIZERS, SCHEDULES
 from engine.layer_spec import LayerSpec, LayerSpecError
-from engine.data import DATASET_NAMES, IMAGEFOLDER_PREFIX
 from engine.limits import (
     MAX_BATCH_SIZE,
     MAX_CONFIG_BYTES,
@@ -27,13 +27,11 @@ from engine.limits import (
     MAX_SEED,
     MAX_WORKERS,
 )
+from engine.model_spec import ModelSourceError, parse_model_spec
 from engine.paths import atomic_write_text
 
 __all__ = ["ConfigError", "LayerSpec", "RunConfig"]
 
-INITS = ("scratch", "pretrained")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "cosine", "step")
 # "cuda:all": data-parallel on every GPU of the machine, one process each (torchrun)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+|:all)?)$")
 MAX_IMAGE_SIZE = 1024  # image folders: input size, as large as a bundle may declare
@@ -52,7 +50,7 @@ class RunConfig:
     description: str = ""  # one line shown in preset lists
     # a zoo name, "torchvision:NAME" or "path/to/file.py:factory" (engine.model_sources)
     model: str = "lenet5"
-    # a name of engine.data.DATASET_NAMES, or "imagefolder:DIR" (engine.imagefolder)
+    # a name of engine.choices.DATASET_NAMES, or "imagefolder:DIR" (engine.imagefolder)
     dataset: str = "mnist"
     data_root: str = ""  # empty: engine.paths.default_data_root()
     # pretrained weights: a safetensors / state-dict file, or "torchvision:DEFAULT" etc.
@@ -338,8 +336,6 @@ def _check_model(value: Any) -> None:
     """A zoo name, ``torchvision:NAME`` or ``FILE.py:factory`` (the file's existence and
     torchvision's list are checked when the model is built, not here: a config may be read
     on another machine)."""
-    from engine.model_sources import ModelSourceError, parse_model_spec
-
     _check_type("model", value, str)
     try:
         parse_model_spec(value)

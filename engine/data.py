@@ -12,23 +12,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from engine.choices import DATASET_NAMES, DATASET_TITLES, IMAGEFOLDER_PREFIX
 from engine.paths import default_data_root
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
-    from engine.data_files import DataFiles
+    from engine.data_files import DataFiles, ProgressCallback
 
-ProgressCallback = Callable[[int, int], None]  # (done_bytes, total_bytes); total 0 if unknown
-
-DATASET_NAMES = ("mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "synthetic")
-IMAGEFOLDER_PREFIX = "imagefolder:"  # "imagefolder:DIR" names a folder of class folders
 MNIST_LIKE = ("mnist", "fashionmnist", "kmnist")  # idx files, read alike
 SYNTHETIC_SIZES = (2000, 500)  # default (train, test) examples of the generated set
 CROP_PADDING = 4
@@ -56,17 +53,18 @@ class DatasetInfo:
 
 
 _INFOS = {
-    "mnist": DatasetInfo("mnist", "MNIST", 1, 28, 10, 60000, 10000,
+    "mnist": DatasetInfo("mnist", DATASET_TITLES["mnist"], 1, 28, 10, 60000, 10000,
                          (0.1307,), (0.3081,), False),
-    "fashionmnist": DatasetInfo("fashionmnist", "Fashion-MNIST", 1, 28, 10, 60000, 10000,
-                                (0.2860,), (0.3530,), False),
-    "kmnist": DatasetInfo("kmnist", "Kuzushiji-MNIST", 1, 28, 10, 60000, 10000,
+    "fashionmnist": DatasetInfo("fashionmnist", DATASET_TITLES["fashionmnist"], 1, 28, 10,
+                                60000, 10000, (0.2860,), (0.3530,), False),
+    "kmnist": DatasetInfo("kmnist", DATASET_TITLES["kmnist"], 1, 28, 10, 60000, 10000,
                           (0.1918,), (0.3483,), False),
-    "cifar10": DatasetInfo("cifar10", "CIFAR-10", 3, 32, 10, 50000, 10000,
+    "cifar10": DatasetInfo("cifar10", DATASET_TITLES["cifar10"], 3, 32, 10, 50000, 10000,
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
-    "cifar100": DatasetInfo("cifar100", "CIFAR-100", 3, 32, 100, 50000, 10000,
-                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
-    "synthetic": DatasetInfo("synthetic", "Synthetic (MNIST-shaped)", 1, 28, 10,
+    "cifar100": DatasetInfo("cifar100", DATASET_TITLES["cifar100"], 3, 32, 100, 50000,
+                            10000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            True),
+    "synthetic": DatasetInfo("synthetic", DATASET_TITLES["synthetic"], 1, 28, 10,
                              *SYNTHETIC_SIZES, (0.5,), (0.25,), False),
 }
 

@@ -19,15 +19,18 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from engine.data import ProgressCallback
 from engine.paths import atomic_write_bytes
+
+# (done_bytes, total_bytes); total 0 if unknown. Defined here, where files arrive, so that
+# this module needs nothing of engine.data (which imports this one when files are needed).
+ProgressCallback = Callable[[int, int], None]
 
 DOWNLOAD_TIMEOUT_S = 30
 CHUNK_BYTES = 1 << 16

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine import events as _events
-from engine.paths import atomic_write_text
+from engine.paths import CONTROL_FILE, EVENT_LOG_FILE, atomic_write_text
 
-EVENT_LOG_NAME = "events.jsonl"
-CONTROL_FILE_NAME = "control.json"
+EVENT_LOG_NAME = EVENT_LOG_FILE  # the run folder's names (engine.paths.RunPaths)
+CONTROL_FILE_NAME = CONTROL_FILE
 COMMANDS = ("run", "pause", "stop")
 
 # hook name for each event class; the reader dispatches on the class name in the line

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from engine.choices import IMAGEFOLDER_PREFIX as PREFIX
 from engine.data import DataUnavailableError
 
 if TYPE_CHECKING:
     from engine.data import FileImageSet, ImageSet
 
-PREFIX = "imagefolder:"
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TEST_FOLDERS = ("test", "val")
 MAX_AUTO_SIZE = 224  # automatic input size: the images' shorter side, at most this

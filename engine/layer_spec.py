@@ -11,24 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The shared names (engine.choices), also importable from here as before.
+from engine.choices import (  # noqa: F401
+    ACTIVATIONS,
+    ENCODING_LABELS,
+    ENCODINGS,
+    GATE_INITS,
+    INDEX_ORDERS,
+    LAYOUTS,
+    MATCH_ADTN,
+)
 from engine.limits import MAX_DEPTH
 
-# The names live here (torch-free) so the window and the configuration can import them.
-ENCODINGS = ("adtn", "tt", "lowrank", "tucker", "cp")
-ENCODING_LABELS = {
-    "adtn": "ADTN (deep tensor network)",
-    "tt": "tensor train (TT-matrix)",
-    "lowrank": "low rank (U·V)",
-    "tucker": "Tucker",
-    "cp": "CP (canonical polyadic)",
-}
-ACTIVATIONS = ("relu", "leaky_relu", "none")
-LAYOUTS = ("brick", "stair")
-# ADTN options: the order of the binary indices (the rows' bits before the columns', or a row
-# bit and a column bit side by side as a TT-matrix pairs them) and the gates' initialisation.
-INDEX_ORDERS = ("rows_first", "interleaved")
-GATE_INITS = ("orthogonal", "near_identity", "normal")
-MATCH_ADTN = "match:adtn"
 MAX_TT_CORES = 8
 
 

@@ -26,30 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-TORCHVISION_PREFIX = "torchvision:"
+# Parsing a model name needs no PyTorch (engine.choices, engine.model_spec); these names stay
+# importable from here.
+from engine.choices import TORCHVISION_PREFIX  # noqa: F401
+from engine.model_spec import ModelSource, ModelSourceError, parse_model_spec  # noqa: F401
+
 SMALL_STEM_MAX_SIZE = 64  # at or below this size, ResNet-style stems keep the full resolution
 IMAGENET_CLASSES = 1000
-
-
-class ModelSourceError(ValueError):
-    """A model name or file that cannot give a model; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """What a model name points at: ``kind`` is "zoo", "torchvision" or "file"."""
-
-    kind: str
-    name: str  # zoo or torchvision name, or the factory's name in the file
-    path: str = ""  # the Python file (kind "file")
-
-    @property
-    def spec(self) -> str:
-        if self.kind == "torchvision":
-            return TORCHVISION_PREFIX + self.name
-        if self.kind == "file":
-            return f"{self.path}:{self.name}"
-        return self.name
 
 
 @dataclass
@@ -59,25 +42,6 @@ class BuiltModel:
     model: nn.Module
     notes: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)  # layer names replaced or resized
-
-
-def parse_model_spec(spec: str) -> ModelSource:
-    """Split a model name into its source; ``ModelSourceError`` when it fits none."""
-    from engine.models import MODEL_NAMES
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise ModelSourceError("model must be a name such as 'lenet5', 'torchvision:resnet18' "
-                               "or 'path/to/file.py:factory'")
-    if spec in MODEL_NAMES:
-        return ModelSource("zoo", spec)
-    if spec.startswith(TORCHVISION_PREFIX):
-        return ModelSource("torchvision", spec[len(TORCHVISION_PREFIX):])
-    path, sep, factory = spec.rpartition(":")
-    if sep and path.endswith(".py") and factory.isidentifier():
-        return ModelSource("file", factory, path)
-    raise ModelSourceError(
-        f"model must be one of {', '.join(MODEL_NAMES)}, 'torchvision:NAME' or "
-        f"'path/to/file.py:factory' (got {spec!r})")
 
 
 def torchvision_names() -> list[str]:

@@ -13,6 +13,8 @@ from typing import Callable
 
 from torch import nn
 
+from engine.choices import MODEL_NAMES, MODEL_TITLES
+
 MIN_IMAGE_SIZE = 28  # the smallest input the convolutional stacks are built for
 
 
@@ -118,14 +120,8 @@ MODEL_FACTORIES: dict[str, Callable[[int, int, int], nn.Sequential]] = {
     "zfnet": build_zfnet,
     "vgg16": build_vgg16,
 }
-MODEL_NAMES = tuple(MODEL_FACTORIES)
-MODEL_TITLES = {
-    "fc2": "FC-2",
-    "lenet5": "LeNet-5",
-    "alexnet": "AlexNet",
-    "zfnet": "ZFNet",
-    "vgg16": "VGG-16 (batch norm)",
-}
+# The zoo's names and titles are the shared vocabulary (engine.choices), one factory each.
+assert tuple(MODEL_FACTORIES) == MODEL_NAMES, "engine.choices.MODEL_NAMES lists the zoo"
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:

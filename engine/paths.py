@@ -1,16 +1,71 @@
-"""Where data sets and runs live, and how files that matter are written (atomically)."""
+"""Where data sets and runs live, the files of a run folder, and how files that matter are
+written (atomically). No PyTorch: the window and the command line use it before it loads."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+from engine.choices import CHECKPOINT_KINDS
+
 APP_NAME = "adtn-studio"
 DATA_DIR_ENV = "ADTN_DATA_DIR"
 RUNS_DIR_ENV = "ADTN_RUNS_DIR"
+
+# The files of a run folder (RunPaths spells their paths; nothing else does).
+CONFIG_FILE = "config.toml"  # the resolved run configuration
+METRICS_FILE = "metrics.csv"  # one row per epoch, columns engine.choices.METRIC_COLUMNS
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_FOLDER = "checkpoints"  # <kind>.safetensors and <kind>.json per checkpoint kind
+LOCK_FILE = "run.lock"  # names the process training in the folder
+EVENT_LOG_FILE = "events.jsonl"  # the trainer's events, when a window follows a child process
+CONTROL_FILE = "control.json"  # run, pause or stop, written by that window
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of the run folder ``root``."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_FOLDER
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def event_log(self) -> Path:
+        return self.root / EVENT_LOG_FILE
+
+    @property
+    def control(self) -> Path:
+        return self.root / CONTROL_FILE
+
+    def checkpoint(self, kind: str) -> Path:
+        """``checkpoints/<kind>.safetensors`` for kind "last" or "best"."""
+        if kind not in CHECKPOINT_KINDS:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_KINDS)} "
+                             f"(got {kind!r})")
+        return self.checkpoints / f"{kind}.safetensors"
 
 
 def default_data_root() -> Path:

@@ -22,51 +22,14 @@ from typing import Any, Iterable
 from torch import nn
 
 from engine.checkpoint import CheckpointError, load_checkpoint
+# The run folder's names and paths are torch-free (engine.choices, engine.paths); they stay
+# importable from here.
+from engine.choices import CHECKPOINT_KINDS, METRIC_COLUMNS  # noqa: F401
 from engine.compression import CompressionReport, compress, plan_compression
 from engine.config import ConfigError, RunConfig
 from engine.data import dataset_info
 from engine.models import build_model
-from engine.paths import atomic_write_text, default_runs_root
-
-CHECKPOINT_KINDS = ("last", "best")
-METRIC_COLUMNS = (
-    "epoch", "phase", "train_loss", "train_acc", "test_loss", "test_acc", "best_test_acc",
-    "params_total", "dense_params_total", "seconds", "lr",
-)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The files of the run folder ``root``."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "run.lock"
-
-    def checkpoint(self, kind: str) -> Path:
-        """``checkpoints/<kind>.safetensors`` for kind "last" or "best"."""
-        if kind not in CHECKPOINT_KINDS:
-            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_KINDS)} "
-                             f"(got {kind!r})")
-        return self.checkpoints / f"{kind}.safetensors"
+from engine.paths import CONFIG_FILE, RunPaths, atomic_write_text, default_runs_root
 
 
 def new_run_dir(config: RunConfig, root: str | Path | None = None) -> Path:
@@ -138,11 +101,11 @@ def list_runs(root: str | Path | None = None) -> list[RunRecord]:
         return []
     folders = []
     for folder in root.iterdir():
-        if (folder / "config.toml").is_file():
+        if (folder / CONFIG_FILE).is_file():
             folders.append(folder)
         elif (folder / "compare.json").is_file() and (folder / "runs").is_dir():
             folders += [run for run in (folder / "runs").iterdir()
-                        if (run / "config.toml").is_file()]
+                        if (run / CONFIG_FILE).is_file()]
     records = [_run_record(folder) for folder in folders]
     return sorted(records, key=lambda record: record.started_at, reverse=True)
 

@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.choices import PHASE_PRETRAIN, PHASE_TRAIN
 from engine.compression import compress, encoded_layers
 from engine.config import ConfigError, RunConfig
 from engine.data import BatchIterator, DataUnavailableError, epoch_seed, load_data
+from engine.metrics import improves_best
 from engine.model_sources import record_model_source
 from engine.distributed import (DistributedContext, DistributedEnv, DistributedSetupError,
                                 ShardedBatches, SynchronizedControl, detect_environment)
@@ -334,7 +336,7 @@ class _Run:
         optimizer = None
         for epoch in range(start_epoch, config.total_epochs + 1):
             phase = self._phase(epoch)
-            if phase == "train" and not compressed:
+            if phase == PHASE_TRAIN and not compressed:
                 model = self._compress_fitted(model, epoch)
                 compressed, optimizer = True, None
             if optimizer is None:
@@ -378,7 +380,7 @@ class _Run:
 
     def _phase(self, epoch: int) -> str:
         pretraining = self.config.init == "pretrained" and epoch <= self.config.pretrain_epochs
-        return "pretrain" if pretraining else "train"
+        return PHASE_PRETRAIN if pretraining else PHASE_TRAIN
 
     def _phase_position(self, epoch: int) -> tuple[int, int]:
         """(0-based epoch within its phase, epochs in that phase)."""
@@ -413,8 +415,8 @@ class _Run:
                    train_result: tuple[float, float], test_result: tuple[float, float]) -> None:
         summary = self.summary
         params = sum(p.numel() for p in model.parameters())
-        improved = phase == "train" and (summary.best_epoch == 0
-                                         or test_result[1] > summary.best_test_acc)
+        improved = improves_best(phase, test_result[1], summary.best_test_acc,
+                                 summary.best_epoch)
         if improved:
             summary.best_test_acc, summary.best_epoch = test_result[1], epoch
         row = {

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from engine.compare import COMPARE_CHOICES, DENSE, CompareProgress  # torch-free at import
 from engine.events import RunControl
-from engine.layer_spec import ENCODING_LABELS
+from engine.choices import ENCODING_LABELS
 from ui.formatting import format_count, format_percent
 from ui.messages import describe_exception
 from ui.workers import BackgroundTask

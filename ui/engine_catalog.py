@@ -40,8 +40,7 @@ def load_catalog(report=None) -> EngineCatalog:
 
     step(0.6, "Loading the engine (models, data sets, trainer)…")
     from engine import presets
-    from engine.data import DATASET_NAMES
-    from engine.models import MODEL_NAMES
+    from engine.choices import DATASET_NAMES, MODEL_NAMES
     from engine.trainer import describe_device, resolve_device
 
     step(0.8, "Reading the presets…")

@@ -25,12 +25,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import CHECKPOINT_TITLES, EXPORT_FORMAT_TITLES, EXPORT_FORMATS
+from engine.paths import RunPaths
 from ui.formatting import format_bytes, format_count, format_ratio
 from ui.messages import describe_exception
 from ui.workers import BackgroundTask
 
-FORMAT_LABELS = {"adtn": "ADTN bundle (.adtn)", "dense": "dense safetensors",
-                 "onnx": "ONNX (dense)"}
+FORMAT_LABELS = {fmt: EXPORT_FORMAT_TITLES[fmt] for fmt in EXPORT_FORMATS}
 
 
 def export_run_in_worker(run_dir: Path, out: Path, formats: tuple[str, ...], checkpoint: str,
@@ -44,7 +45,6 @@ def existing_outputs(run_dir: Path, out: Path, formats: tuple[str, ...]) -> list
     """The files an export of ``run_dir`` into ``out`` would replace (the engine names them)."""
     from engine.config import RunConfig
     from engine.export.run_export import output_paths
-    from engine.runs import RunPaths
 
     stem = RunConfig.load(RunPaths(run_dir).config).run_name
     return [path for path in output_paths(out, formats, stem).values() if path.exists()]
@@ -84,8 +84,8 @@ class ExportDialog(QDialog):
             formats.addWidget(box)
         formats.addStretch(1)
         self.checkpoint = QComboBox()
-        self.checkpoint.addItem("best (highest test accuracy)", "best")
-        self.checkpoint.addItem("last", "last")
+        for kind, title in CHECKPOINT_TITLES.items():  # best first: what is usually wanted
+            self.checkpoint.addItem(title, kind)
         # Always the run's own export folder: a folder remembered from another run would
         # put this run's files beside that run's.
         self.out_edit = QLineEdit(str(run_dir / "export"))

@@ -24,6 +24,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import MODEL_TITLES  # torch-free, like the two below
+from engine.config import RunConfig
+from engine.paths import RunPaths
 from ui.about import HELP_DOCUMENTS, open_document, show_about
 from ui.engine_catalog import EngineCatalog, load_catalog
 from ui.messages import describe_exception
@@ -244,8 +247,6 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_engine_loaded(self, catalog: EngineCatalog) -> None:
-        from engine.models import MODEL_TITLES
-
         self.catalog = catalog
         self.device_text = catalog.default_device
         self._show_device()
@@ -265,7 +266,8 @@ class MainWindow(QMainWindow):
     # -- runs ---------------------------------------------------------------------------
 
     @Slot(object)
-    def start_run(self, config, run_dir: str | Path | None = None, resume: bool = False) -> None:
+    def start_run(self, config: RunConfig, run_dir: str | Path | None = None,
+                  resume: bool = False) -> None:
         if self.session.is_active():
             QMessageBox.information(self, "Training", "A run is already in progress. Stop it "
                                     "first, or wait for it to finish.")
@@ -298,17 +300,15 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def resume_run(self, run_dir: str) -> None:
-        from engine.config import RunConfig
-
         try:
-            config = RunConfig.load(Path(run_dir) / "config.toml")
+            config = RunConfig.load(RunPaths(Path(run_dir)).config)
         except Exception as exc:
             QMessageBox.warning(self, "Resume", describe_exception(exc))
             return
         self.start_run(config, run_dir, resume=True)
 
     @Slot(object)
-    def rerun_config(self, config) -> None:
+    def rerun_config(self, config: RunConfig) -> None:
         self.wizard.load_config(config)
         self.wizard.show_page(0)
         self.show_page(WIZARD_PAGE)
@@ -363,7 +363,6 @@ class MainWindow(QMainWindow):
         if not path:
             return
         remember_folder("configs", Path(path).parent)
-        from engine.config import RunConfig
 
         try:
             self.rerun_config(RunConfig.load(path))

@@ -10,17 +10,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EPOCH_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "best_test_acc",
-    "params_total",
-    "dense_params_total",
-    "seconds",
-)
+from engine.choices import METRIC_COLUMNS, PHASE_TRAIN  # torch-free: the engine's names
+from engine.metrics import best_test_accuracy
+
+# The engine's numeric columns (every column of metrics.csv but the phase, kept apart).
+EPOCH_COLUMNS = tuple(name for name in METRIC_COLUMNS if name != "phase")
 
 
 def _number(value: object) -> float:
@@ -50,7 +44,7 @@ class MetricHistory:
     def add_epoch(self, values: dict[str, object]) -> None:
         for name in EPOCH_COLUMNS:
             self.epochs[name].append(_number(values.get(name)))
-        self.phases.append(str(values.get("phase") or "train"))
+        self.phases.append(str(values.get("phase") or PHASE_TRAIN))
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
         # Batches are counted from 1 within an epoch that is counted from 1, so the last
@@ -58,17 +52,15 @@ class MetricHistory:
         self.batch_x.append(epoch - 1 + batch / max(batches, 1))
         self.batch_loss.append(_number(loss))
 
+    def rows(self) -> list[dict[str, object]]:
+        """The epoch table as rows keyed like ``metrics.csv`` (phase included)."""
+        return [{"phase": phase, **{name: self.epochs[name][index] for name in EPOCH_COLUMNS}}
+                for index, phase in enumerate(self.phases)]
+
     def best_test_acc(self) -> float:
-        """The engine's best test accuracy of the compressed model: dense pre-training epochs
-        do not count. NaN until a compressed epoch has ended."""
-        compressed = [i for i, phase in enumerate(self.phases) if phase != "pretrain"]
-        engine_best = [self.epochs["best_test_acc"][i] for i in compressed
-                       if not math.isnan(self.epochs["best_test_acc"][i])]
-        if engine_best:
-            return engine_best[-1]
-        finite = [self.epochs["test_acc"][i] for i in compressed
-                  if not math.isnan(self.epochs["test_acc"][i])]
-        return max(finite) if finite else math.nan
+        """The run's best test accuracy by the engine's rule (``engine.metrics``): that of the
+        compressed model, dense pre-training epochs left out. NaN until such an epoch ended."""
+        return best_test_accuracy(self.rows())
 
     def to_csv(self, path: str | Path) -> None:
         """Write the epoch table (atomically: a failed write leaves no partial file; an
@@ -76,10 +68,11 @@ class MetricHistory:
         path = Path(path)
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer)
-        writer.writerow((EPOCH_COLUMNS[0], "phase", *EPOCH_COLUMNS[1:]))
-        for index, row in enumerate(zip(*(self.epochs[name] for name in EPOCH_COLUMNS))):
-            cells = ["" if math.isnan(v) else f"{v:g}" for v in row]
-            writer.writerow((cells[0], self.phases[index], *cells[1:]))
+        writer.writerow(METRIC_COLUMNS)
+        for row in self.rows():
+            writer.writerow(["" if isinstance(value, float) and math.isnan(value)
+                             else value if isinstance(value, str) else f"{value:g}"
+                             for value in (row[name] for name in METRIC_COLUMNS)])
         temporary = path.with_name(f".{path.name}.tmp")
         try:
             temporary.write_text(buffer.getvalue(), encoding="utf-8", newline="")

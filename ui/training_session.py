@@ -22,10 +22,23 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Union
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal, Slot
 
+# torch-free: the configuration, the events and the stop/pause control are plain Python
+from engine.config import RunConfig
+from engine.events import (
+    BatchEnded,
+    CheckpointSaved,
+    DownloadProgress,
+    EpochEnded,
+    RunControl,
+    RunEnded,
+    RunFailed,
+    RunStarted,
+)
+from engine.paths import RunPaths
 from ui.messages import describe_exception, describe_failure
 from ui.metric_history import MetricHistory
 from ui.workers import start_in_thread
@@ -39,6 +52,12 @@ MODES = ("process", "thread")
 CHILD_NICENESS = 10
 
 
+# Whatever the trainer reports, as queued here.
+TrainerEvent = Union[RunStarted, BatchEnded, EpochEnded, CheckpointSaved, DownloadProgress,
+                     RunFailed, RunEnded]
+EventQueue = collections.deque[TrainerEvent]  # deque.append is atomic across threads
+
+
 def default_mode() -> str:
     mode = os.environ.get("ADTN_TRAINING_MODE", "process")
     return mode if mode in MODES else "process"
@@ -47,10 +66,10 @@ def default_mode() -> str:
 class _QueueingCallback:
     """A trainer callback (the engine's TrainerCallback hooks) that queues every event."""
 
-    def __init__(self, queue: collections.deque) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         self._queue = queue  # deque.append is atomic, so no lock is needed
 
-    def _append(self, event: Any) -> None:
+    def _append(self, event: TrainerEvent) -> None:
         self._queue.append(event)
 
     on_run_start = on_batch_end = on_epoch_end = on_checkpoint = _append
@@ -63,8 +82,8 @@ class _TrainingWorker(QObject):
     crashed = Signal(object)
     finished = Signal()
 
-    def __init__(self, config: Any, run_dir: Path, control: Any, resume: bool,
-                 queue: collections.deque) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, control: RunControl, resume: bool,
+                 queue: EventQueue) -> None:
         super().__init__()
         self._config = config
         self._run_dir = run_dir
@@ -93,7 +112,7 @@ def self_command() -> list[str]:
     return [sys.executable, "-m", "adtn_studio"]
 
 
-def child_command(config: Any, run_dir: Path, resume: bool, config_file: Path,
+def child_command(config: RunConfig, run_dir: Path, resume: bool, config_file: Path,
                   event_log: Path, control_file: Path, processes: int = 0) -> list[str]:
     """The command line of the child that trains ``config`` into ``run_dir``; with
     ``processes`` it launches that many data-parallel workers (device "cuda:all" does so by
@@ -113,17 +132,16 @@ class _ChildRun(QObject):
 
     ended = Signal(int, str)  # exit code (-1: crashed or never started), last stderr line
 
-    def __init__(self, config: Any, run_dir: Path, resume: bool, queue: collections.deque,
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool, queue: EventQueue,
                  processes: int = 0, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        from engine.event_log import (CONTROL_FILE_NAME, EVENT_LOG_NAME, EventLogReader,
-                                      write_control)
+        from engine.event_log import EventLogReader, write_control
 
         self._write_control = write_control
         self.queue = queue
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.control_file = run_dir / CONTROL_FILE_NAME
-        event_log = run_dir / EVENT_LOG_NAME
+        self.control_file = RunPaths(run_dir).control
+        event_log = RunPaths(run_dir).event_log
         # a resumed run appends to the log: follow only what this session adds
         self.reader = EventLogReader(event_log, EventLogReader.end_of(event_log))
         write_control(self.control_file, "run")
@@ -244,16 +262,16 @@ class TrainingSession(QObject):
             raise ValueError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         self.history = MetricHistory()
         self.run_dir: Path | None = None
-        self.config: Any = None
+        self.config: RunConfig | None = None
         self.state = "idle"
-        self._queue: collections.deque = collections.deque()
-        self._control: Any = None
+        self._queue: EventQueue = collections.deque()
+        self._control: RunControl | None = None
         self._worker: _TrainingWorker | None = None
         self._thread: QThread | None = None
         self._child: _ChildRun | None = None
         self._final_status = "stopped"
         self._run_ended_seen = False
-        self._pending_batch: Any = None
+        self._pending_batch: BatchEnded | None = None
         self._drain_timer = QTimer(self)
         self._drain_timer.setInterval(DRAIN_INTERVAL_MS)
         self._drain_timer.timeout.connect(self._drain)
@@ -263,7 +281,7 @@ class TrainingSession(QObject):
     def is_active(self) -> bool:
         return self._thread is not None or self._child is not None
 
-    def start(self, config: Any, run_dir: str | Path, resume: bool = False,
+    def start(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
               processes: int = 0) -> None:
         """Train ``config`` into ``run_dir`` (continuing its last checkpoint if ``resume``);
         ``processes`` > 1 trains data-parallel in that many processes (child mode only)."""
@@ -287,8 +305,6 @@ class TrainingSession(QObject):
                 QTimer.singleShot(0, lambda: self._on_child_ended(*self._child.exit_info)
                                   if self._child is not None else None)
         else:
-            from engine.trainer import RunControl
-
             self._control = RunControl()
             self._worker = _TrainingWorker(config, self.run_dir, self._control, resume,
                                            self._queue)
@@ -464,5 +480,5 @@ class TrainingSession(QObject):
             self.state_changed.emit(state)
 
 
-def _fields(event: Any) -> dict[str, Any]:
+def _fields(event: EpochEnded) -> dict[str, object]:
     return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}

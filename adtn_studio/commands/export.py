@@ -7,8 +7,9 @@ import json
 import sys
 
 from adtn_studio.cli import CommandError
+from engine.choices import CHECKPOINT_KINDS, EXPORT_FORMATS
 
-FORMAT_CHOICES = ("adtn", "dense", "onnx", "all")
+FORMAT_CHOICES = (*EXPORT_FORMATS, "all")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "output differs by more than 1e-4. Prints sizes, compression and dense CPU latency.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holds config.toml)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+    parser.add_argument("--checkpoint", choices=CHECKPOINT_KINDS, default="best",
                         help="which checkpoint to export (default: best)")
     parser.add_argument("--format", choices=FORMAT_CHOICES, default="all",
                         help="file format to write (default: all three)")

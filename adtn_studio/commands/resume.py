@@ -9,6 +9,7 @@ from pathlib import Path
 
 from adtn_studio.cli import CommandError
 from adtn_studio.commands.train import add_override_arguments, apply_overrides, run_and_report
+from engine.paths import CONFIG_FILE, RunPaths  # torch-free
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_resume(args: argparse.Namespace) -> int:
     from engine.config import ConfigError, RunConfig
-    from engine.runs import RunPaths
 
-    config_path = args.run_dir / "config.toml"
+    paths = RunPaths(args.run_dir)
+    config_path = paths.config
     if not config_path.is_file():
-        raise CommandError(f"{args.run_dir} is not a run folder (it has no config.toml)")
+        raise CommandError(f"{args.run_dir} is not a run folder (it has no {CONFIG_FILE})")
     try:
         config = RunConfig.load(config_path)
     except ConfigError as exc:
@@ -40,7 +41,6 @@ def run_resume(args: argparse.Namespace) -> int:
     config = apply_overrides(config, args)
     if not args.restart:
         return run_and_report(config, args.run_dir, resume=True, options=args)
-    paths = RunPaths(args.run_dir)
     if paths.checkpoint("last").exists():
         raise CommandError(f"{paths.checkpoint('last')} exists: resume without --restart "
                            "(or train into a new folder to start over)")
@@ -49,7 +49,7 @@ def run_resume(args: argparse.Namespace) -> int:
     return run_and_report(config, args.run_dir, resume=False, options=args)
 
 
-def _keep_old_best(paths) -> None:
+def _keep_old_best(paths: RunPaths) -> None:
     """Move the previous attempt's best checkpoint aside, so that an export of the restarted
     run never picks it up, while nothing the user had is deleted."""
     best = paths.checkpoint("best")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from adtn_studio.cli import CommandError
 from adtn_studio.launch import (add_launch_arguments, every_gpu, launch, launch_requested,
                                 lower_priority)
+from engine.choices import IMAGEFOLDER_PREFIX, PHASE_PRETRAIN, TORCHVISION_PREFIX
 from engine.events import RunControl, TrainerCallback  # plain Python: no torch at start-up
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ class ConsoleProgress(TrainerCallback):
 
     def on_batch_end(self, event) -> None:
         if self.bar is None:
-            label = " (dense)" if event.phase == "pretrain" else ""
+            label = " (dense)" if event.phase == PHASE_PRETRAIN else ""
             self.bar = tqdm(total=event.batches, desc=f"epoch {event.epoch}/{self.epochs}{label}",
                             unit="batch", file=sys.stderr, leave=False)
         self.bar.update(1)
@@ -319,8 +320,6 @@ def absolute_model(model: str) -> str:
 
 
 def absolute_dataset(dataset: str) -> str:
-    from engine.data import IMAGEFOLDER_PREFIX
-
     if dataset.startswith(IMAGEFOLDER_PREFIX) and dataset[len(IMAGEFOLDER_PREFIX):].strip():
         folder = Path(dataset[len(IMAGEFOLDER_PREFIX):]).expanduser().resolve()
         return IMAGEFOLDER_PREFIX + str(folder)
@@ -328,7 +327,7 @@ def absolute_dataset(dataset: str) -> str:
 
 
 def absolute_weights(weights: str) -> str:
-    if weights.startswith("torchvision:"):
+    if weights.startswith(TORCHVISION_PREFIX):
         return weights
     return str(Path(weights).expanduser().resolve())
 

@@ -12,13 +12,14 @@ import math
 
 import torch
 
+from engine.choices import ENCODINGS, MATCH_ADTN
 from engine.encodings.adtn import ADTNEncoding, adtn_count
 from engine.encodings.base import (BUDGET_TOLERANCE, Encoding, EncodingError, EncodingPlan,
                                    FactorGenerator, WeightGenerator)
 from engine.encodings.lowrank import LowRankEncoding
 from engine.encodings.tt import TTEncoding
 from engine.encodings.tucker_cp import CPEncoding, TuckerEncoding
-from engine.layer_spec import ENCODINGS, MATCH_ADTN, LayerSpec, budget_value
+from engine.layer_spec import LayerSpec, budget_value
 
 __all__ = ["BUDGET_TOLERANCE", "ENCODINGS", "Encoding", "EncodingError", "EncodingPlan",
            "FactorGenerator", "WeightGenerator", "build_generator", "get_encoding", "plan_layer",

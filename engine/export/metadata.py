@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from torch import nn
 
-from engine.adtn import ACTIVATIONS, ADTN, INDEX_ORDERS, LAYOUTS, mode_bits
+from engine.adtn import ADTN, mode_bits
+from engine.choices import ACTIVATIONS, INDEX_ORDERS, LAYOUTS
 from engine.export.errors import BundleError
 from engine.export.safe_read import FLOAT_DTYPES, MAX_DIMS, SafetensorsHeader
 from engine.limits import MAX_DEPTH, MAX_Q

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.choices import EXPORT_FORMATS
 from engine.export.atomic import StagedFiles, write_failure
 from engine.export.bundle import load_bundle, write_bundle
 from engine.export.dense import load_dense_into, write_dense
@@ -30,7 +31,7 @@ from engine.export.verify import (
     onnx_outputs,
 )
 
-FORMATS = ("adtn", "dense", "onnx")
+FORMATS = EXPORT_FORMATS  # engine.choices
 SUFFIXES = {"adtn": ".adtn", "dense": ".safetensors", "onnx": ".onnx"}
 VERIFY_BATCH = 32
 

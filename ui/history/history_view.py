@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyqtgraph as pg
 from PySide6.QtCore import QFileSystemWatcher, QSortFilterProxyModel, Qt, QTimer, Signal, Slot
@@ -25,6 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.config import RunConfig  # torch-free
+from engine.paths import RunPaths
 from ui.history.run_table_model import RunTableModel, resumable
 from ui.messages import describe_exception
 from ui.metric_history import MetricHistory
@@ -38,6 +41,9 @@ from ui.plots import (
 )
 from ui.workers import BackgroundTask
 
+if TYPE_CHECKING:  # engine.runs loads PyTorch; it is imported in the listing task
+    from engine.runs import RunRecord
+
 
 WATCH_DELAY_MS = 300  # a new run folder is listed this long after it appears
 POLL_INTERVAL_MS = 5000
@@ -50,7 +56,7 @@ def _list_runs(_report):
 
 
 def read_history(run_dir: str | Path) -> MetricHistory:
-    path = Path(run_dir) / "metrics.csv"
+    path = RunPaths(Path(run_dir)).metrics
     return MetricHistory.from_csv(path) if path.is_file() else MetricHistory()
 
 
@@ -225,7 +231,7 @@ class HistoryView(QWidget):
 
     # -- selection ----------------------------------------------------------------------
 
-    def selected_runs(self) -> list:
+    def selected_runs(self) -> list[RunRecord]:
         rows = sorted({self.proxy.mapToSource(index).row()
                        for index in self.table.selectionModel().selectedRows()})
         return [self.model.rows[row] for row in rows]
@@ -327,14 +333,14 @@ class HistoryView(QWidget):
         return len(self._fronts)
 
     @staticmethod
-    def _scatter_tip(x: float, y: float, data) -> str:
+    def _scatter_tip(x: float, y: float, data: RunRecord) -> str:
         return (f"{data.name} ({data.model} on {data.dataset}, {data.encoding})\n"
                 f"{data.params_total:,} parameters, best test accuracy "
                 f"{data.best_test_acc:.2%}")
 
     # -- actions ------------------------------------------------------------------------
 
-    def _single(self):
+    def _single(self) -> RunRecord | None:
         runs = self.selected_runs()
         return runs[0] if len(runs) == 1 else None
 
@@ -347,10 +353,8 @@ class HistoryView(QWidget):
         run = self._single()
         if run is None:
             return
-        from engine.config import RunConfig
-
         try:
-            config = RunConfig.load(Path(run.path) / "config.toml")
+            config = RunConfig.load(RunPaths(Path(run.path)).config)
         except Exception as exc:
             QMessageBox.warning(self, "Open in wizard", describe_exception(exc))
             return

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 
 from ui.formatting import format_count, format_percent, format_ratio
 
+if TYPE_CHECKING:  # engine.runs loads PyTorch; the table only shows what it listed
+    from engine.runs import RunRecord
+
 HEADERS = ("run", "model", "data set", "date", "params", "ratio", "best test acc", "status")
 Index = QModelIndex | QPersistentModelIndex
 
 
-def resumable(run: Any) -> bool:
+def resumable(run: RunRecord) -> bool:
     """Whether a run (an engine RunRecord) can continue from its last checkpoint."""
     return run.status in ("stopped", "failed", "interrupted") and run.epochs_completed < run.epochs
 
@@ -26,7 +29,7 @@ class RunTableModel(QAbstractTableModel):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self.rows: list = []
+        self.rows: list[RunRecord] = []
 
     def set_rows(self, rows: list) -> None:
         self.beginResetModel()

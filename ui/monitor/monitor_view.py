@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QFont, QTextCursor
@@ -23,11 +24,24 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import CHECKPOINT_KINDS, PHASE_PRETRAIN
+from engine.events import (  # torch-free
+    BatchEnded,
+    CheckpointSaved,
+    DownloadProgress,
+    EpochEnded,
+    RunEnded,
+    RunStarted,
+)
+from engine.paths import METRICS_FILE, RunPaths
 from ui.formatting import format_count, format_duration, format_percent, format_ratio
 from ui.monitor.layer_activity import LayerActivityTable
 from ui.plots import RunCurves, save_plot
 from ui.settings import last_folder, remember_folder
 from ui.training_session import TrainingSession
+
+if TYPE_CHECKING:  # engine.runs loads PyTorch
+    from engine.runs import RunRecord
 
 LOG_COLOURS = {"info": "#333333", "warning": "#9A6700", "error": "#B3261E"}
 
@@ -186,10 +200,10 @@ class MonitorView(QWidget):
                 and 0 < int(summary.get("epochs_completed", 0)) < int(summary.get("epochs", 0))
                 and self.has_checkpoint(("last",)))
 
-    def has_checkpoint(self, kinds=("best", "last")) -> bool:
+    def has_checkpoint(self, kinds: tuple[str, ...] = CHECKPOINT_KINDS) -> bool:
         run_dir = self.session.run_dir
         return run_dir is not None and any(
-            (Path(run_dir) / "checkpoints" / f"{kind}.safetensors").is_file() for kind in kinds)
+            RunPaths(Path(run_dir)).checkpoint(kind).is_file() for kind in kinds)
 
     @Slot()
     def _resume(self) -> None:
@@ -198,7 +212,7 @@ class MonitorView(QWidget):
         elif self.can_resume():
             self.resume_requested.emit(str(self.session.run_dir))
 
-    def show_latest_run(self, run) -> None:
+    def show_latest_run(self, run: RunRecord | None) -> None:
         """After a restart, no run of this session: point at the newest run folder (an engine
         RunRecord) and show its curves, instead of a bare "No run yet"."""
         if self.session.run_dir is not None or run is None:
@@ -212,8 +226,11 @@ class MonitorView(QWidget):
                            "a new one from <b>New compression</b>.")
         self.curves.clear()
         self._epoch_steps.clear()
-        self.curves.show(read_history(run.path))
-        best = format_percent(run.best_test_acc) if run.epochs_completed else "–"
+        history = read_history(run.path)
+        self.curves.show(history)
+        # the engine's rule on the run's metrics.csv, as during a run (– before the first
+        # epoch of the compressed model, where the summary still says 0)
+        best = format_percent(history.best_test_acc())
         self.summary.setText(f"Best test accuracy {best}.  Folder: {run.path}")
 
     def begin(self, title: str) -> None:
@@ -235,7 +252,7 @@ class MonitorView(QWidget):
         self._started_at = time.monotonic()
 
     @Slot(object)
-    def _on_data_progress(self, event) -> None:
+    def _on_data_progress(self, event: DownloadProgress) -> None:
         """A data set arriving (bytes) or an image folder being decoded (images)."""
         done, total = event.done_bytes, event.total_bytes
         loading = getattr(event, "what", "download") == "load"
@@ -250,7 +267,7 @@ class MonitorView(QWidget):
         self.progress_label.setText(text)
 
     @Slot(object)
-    def _on_run_started(self, event) -> None:
+    def _on_run_started(self, event: RunStarted) -> None:
         self._total_epochs = event.epochs
         self.layers.set_layers(event.compression.get("layers", []))
         params, dense = event.params_total, event.dense_params_total
@@ -271,14 +288,14 @@ class MonitorView(QWidget):
                             f"weights: {format_percent(event.dense_test_acc)} test accuracy.")
 
     @Slot(object)
-    def _on_batch(self, event) -> None:
+    def _on_batch(self, event: BatchEnded) -> None:
         epochs = max(self._total_epochs, event.epoch)
         total = max(epochs * event.batches, 1)
         done = (event.epoch - 1) * event.batches + event.batch
         if self.progress.maximum() != total:
             self.progress.setRange(0, total)
         self.progress.setValue(min(done, total))
-        phase = " (dense pre-training)" if event.phase == "pretrain" else ""
+        phase = " (dense pre-training)" if event.phase == PHASE_PRETRAIN else ""
         self._saw_batch = True
         self._progress_text = (
             f"epoch {event.epoch}/{epochs}{phase} · batch {event.batch}/{event.batches}"
@@ -293,7 +310,7 @@ class MonitorView(QWidget):
         self._batches_dirty = True
 
     @Slot(object)
-    def _on_epoch(self, event) -> None:
+    def _on_epoch(self, event: EpochEnded) -> None:
         history = self.session.history
         self.curves.show_batches(history)
         # One plot per turn of the event loop, a frame apart: the window stays responsive
@@ -309,11 +326,11 @@ class MonitorView(QWidget):
             f"{format_percent(event.test_acc)} ({event.seconds:.1f} s)")
 
     @Slot(object)
-    def _on_checkpoint(self, event) -> None:
+    def _on_checkpoint(self, event: CheckpointSaved) -> None:
         self.append_log("info", f"Saved the {event.kind} checkpoint (epoch {event.epoch}).")
 
     @Slot(object)
-    def _on_run_ended(self, event) -> None:
+    def _on_run_ended(self, event: RunEnded) -> None:
         self._run_summary = dict(event.summary or {})
 
     @Slot(str)
@@ -430,7 +447,7 @@ class MonitorView(QWidget):
             remember_folder("plots", folder)
 
     def _ask_save_csv(self) -> None:
-        start = Path(last_folder("plots", self.session.run_dir or "")) / "metrics.csv"
+        start = Path(last_folder("plots", self.session.run_dir or "")) / METRICS_FILE
         path, _ = QFileDialog.getSaveFileName(self, "Save metrics", str(start),
                                               "CSV files (*.csv)")
         if path and self.save_csv_to(path):

@@ -6,7 +6,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from engine.choices import IMAGEFOLDER_PREFIX
+from engine.config import ConfigError, RunConfig  # torch-free
+from engine.layer_spec import LayerSpec
+
+if TYPE_CHECKING:  # these load PyTorch; their functions are imported where they are called
+    from engine.compression import CompressionReport, LayerInfo
 
 
 @dataclass(frozen=True)
@@ -15,8 +22,8 @@ class NetworkPlan:
 
     model: str
     dataset: str
-    layers: tuple  # engine LayerInfo rows
-    planner: Callable[[list], Any]  # specs -> CompressionReport
+    layers: tuple[LayerInfo, ...]
+    planner: Callable[[list[LayerSpec]], CompressionReport]
 
 
 def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
@@ -47,28 +54,23 @@ def measured_recommendations(model: str, dataset: str) -> list[str]:
     return [r.sentence() for r in recommendations(model, dataset, default_runs_root())]
 
 
-def layer_spec(**fields: Any):
-    from engine.config import LayerSpec
-
+def layer_spec(**fields: Any) -> LayerSpec:  # keyword arguments: LayerSpec's own fields
     return LayerSpec(**fields)
 
 
-def default_config():
-    from engine.config import RunConfig
-
+def default_config() -> RunConfig:
     return RunConfig()
 
 
-def load_preset(name: str):
+def load_preset(name: str) -> RunConfig:
     from engine.presets import load_preset as load
 
     return load(name)
 
 
-def config_toml(config) -> tuple[str, str]:
+def config_toml(config: RunConfig) -> tuple[str, str]:
     """The configuration as TOML, and the validation problem ("" when it is valid)."""
     import tomli_w
-    from engine.config import ConfigError
 
     try:
         config.validate()
@@ -78,12 +80,12 @@ def config_toml(config) -> tuple[str, str]:
     return tomli_w.dumps(config.to_dict()), problem
 
 
-def dataset_status(config) -> tuple[bool, str]:
+def dataset_status(config: RunConfig) -> tuple[bool, str]:
     """Whether the configuration's data set is on disk, in words for the source page."""
     from engine import data_files
     from engine.data import dataset_info, resolve_data_root
 
-    if config.dataset.startswith("imagefolder:"):
+    if config.dataset.startswith(IMAGEFOLDER_PREFIX):
         from engine.data import config_dataset_info
 
         try:
@@ -105,7 +107,7 @@ def dataset_status(config) -> tuple[bool, str]:
                    "that holds a copy.")
 
 
-def download(config, report: Callable[[float, str], None]) -> Path:
+def download(config: RunConfig, report: Callable[[float, str], None]) -> Path:
     """Download the configuration's data set; ``report`` receives the progress."""
     from engine.data import download_dataset
 

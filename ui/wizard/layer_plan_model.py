@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 
-from engine.layer_spec import ACTIVATIONS, ENCODINGS  # torch-free: the engine's own names
+from engine.choices import ACTIVATIONS, ENCODINGS  # torch-free: the engine's own names
+from engine.layer_spec import LayerSpec
 from engine.limits import MAX_DEPTH  # plain numbers, no torch: the engine's own limit
 from ui.formatting import format_count, format_ratio
+
+if TYPE_CHECKING:  # engine.compression loads PyTorch; the table only reads its results
+    from engine.compression import CompressionReport, LayerInfo, LayerReport
 
 ENCODE, NAME, KIND, SHAPE, DENSE, ENCODING, DEPTH, ACTIVATION, PARAMS, RATIO, OPTIONS = range(11)
 HEADERS = ("encode", "layer", "kind", "weight shape", "dense weight", "encoding", "depth",
@@ -23,18 +27,21 @@ HEADERS = ("encode", "layer", "kind", "weight shape", "dense weight", "encoding"
 # depth column sets every layer's size whatever its encoding.
 
 Index = QModelIndex | QPersistentModelIndex
+Planner = Callable[[list[LayerSpec]], "CompressionReport"]  # specs -> the engine's counts
+SpecFactory = Callable[..., LayerSpec]
+_DEFAULT_SPEC = LayerSpec("")  # a layer's options start at the engine's defaults
 
 
 @dataclass
 class LayerChoice:
     encode: bool = False
-    depth: int = 1
-    activation: str = "relu"
-    layout: str = "brick"
-    encoding: str = "adtn"
+    depth: int = _DEFAULT_SPEC.depth
+    activation: str = _DEFAULT_SPEC.activation
+    layout: str = _DEFAULT_SPEC.layout
+    encoding: str = _DEFAULT_SPEC.encoding
     # Options the table has no column for are kept as a preset or configuration set them.
-    index_order: str = "rows_first"
-    gate_init: str = "orthogonal"
+    index_order: str = _DEFAULT_SPEC.index_order
+    gate_init: str = _DEFAULT_SPEC.gate_init
 
 
 class LayerPlanModel(QAbstractTableModel):
@@ -44,17 +51,17 @@ class LayerPlanModel(QAbstractTableModel):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self._layers: list[Any] = []
+        self._layers: list[LayerInfo] = []
         self._choices: dict[str, LayerChoice] = {}
-        self._planner: Callable[[list], Any] | None = None
-        self._spec_factory: Callable[..., Any] | None = None
-        self.report: Any = None
+        self._planner: Planner | None = None
+        self._spec_factory: SpecFactory | None = None
+        self.report: CompressionReport | None = None
         self.problems: dict[str, str] = {}  # layer name -> why the engine cannot encode it
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def set_layers(self, layers: list, planner: Callable[[list], Any],
-                   spec_factory: Callable[..., Any], specs: list = ()) -> None:
+    def set_layers(self, layers: list[LayerInfo], planner: Planner,
+                   spec_factory: SpecFactory, specs: list[LayerSpec] | tuple = ()) -> None:
         """``layers``: engine LayerInfo rows; ``planner(specs)`` returns a CompressionReport;
         ``spec_factory(name=, depth=, activation=, layout=)`` builds an engine LayerSpec;
         ``specs`` are the layers a configuration already encodes."""
@@ -66,10 +73,8 @@ class LayerPlanModel(QAbstractTableModel):
         for spec in specs:
             if spec.name in self._choices:
                 self._choices[spec.name] = LayerChoice(
-                    True, spec.depth, spec.activation, spec.layout,
-                    getattr(spec, "encoding", "adtn"),
-                    getattr(spec, "index_order", "rows_first"),
-                    getattr(spec, "gate_init", "orthogonal"))
+                    True, spec.depth, spec.activation, spec.layout, spec.encoding,
+                    spec.index_order, spec.gate_init)
         self._replan()
         self.endResetModel()
         self.totals_changed.emit()
@@ -82,7 +87,7 @@ class LayerPlanModel(QAbstractTableModel):
 
     # -- what the wizard reads --------------------------------------------------------
 
-    def specs(self) -> list:
+    def specs(self) -> list[LayerSpec]:
         """The engine LayerSpecs of the layers to encode, in model order."""
         if self._spec_factory is None:
             return []
@@ -105,7 +110,7 @@ class LayerPlanModel(QAbstractTableModel):
     def set_encoding(self, name: str, encoding: str) -> None:
         self.setData(self.index(self.layer_names().index(name), ENCODING), encoding)
 
-    def layer_infos(self) -> list:
+    def layer_infos(self) -> list[LayerInfo]:
         """The engine's LayerInfo rows, in model order."""
         return list(self._layers)
 
@@ -252,7 +257,7 @@ class LayerPlanModel(QAbstractTableModel):
                 self.problems[spec.name] = reason.removeprefix(f"'{spec.name}' cannot be encoded as {spec.encoding}: ")
         self.report = self._planner(usable)
 
-    def _report_row(self, name: str) -> Any:
+    def _report_row(self, name: str) -> LayerReport | None:
         if self.report is None:
             return None
         for row in self.report.rows:

@@ -15,11 +15,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.paths import CONFIG_FILE
+
 
 class ReviewPage(QWidget):
     title = "Review"
     subtitle = ("The settings of the run as TOML: what the pages before offer, and any other "
-                "that this configuration changes. The run folder keeps them in config.toml.")
+                f"that this configuration changes. The run folder keeps them in {CONFIG_FILE}.")
 
     name_edited = Signal()
     save_requested = Signal()

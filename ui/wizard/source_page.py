@@ -19,14 +19,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import DATASET_TITLES, IMAGEFOLDER_PREFIX, TORCHVISION_PREFIX
+from engine.config import RunConfig
 from ui.engine_catalog import EngineCatalog
 from ui.settings import last_folder, remember_folder
 
 CUSTOM_PRESET = ""
 OWN_MODEL = "\x00own-model"  # the "Your own model…" entry of the network list
 IMAGE_FOLDER = "\x00image-folder"  # the "Image folder…" entry of the data-set list
-TORCHVISION_PREFIX = "torchvision:"
-IMAGEFOLDER_PREFIX = "imagefolder:"
 DEFAULT_FACTORY = "build_model"
 
 
@@ -137,7 +137,7 @@ class SourcePage(QWidget):
         self.dataset_combo.blockSignals(True)
         self.dataset_combo.clear()
         for name in catalog.datasets:
-            self.dataset_combo.addItem(name, name)
+            self.dataset_combo.addItem(DATASET_TITLES.get(name, name), name)
         self.dataset_combo.insertSeparator(self.dataset_combo.count())
         self.dataset_combo.addItem("Image folder…", IMAGE_FOLDER)
         self.dataset_combo.blockSignals(False)
@@ -149,11 +149,12 @@ class SourcePage(QWidget):
         self.preset_combo.setCurrentIndex(max(index, 0))
         self.preset_description.setText(self._descriptions.get(name, ""))
 
-    def load(self, config) -> None:
+    def load(self, config: RunConfig) -> None:
         self._select(self.model_combo, config.model, self._model_title(config.model))
         self._model_index = self.model_combo.currentIndex()
         self.dataset_combo.blockSignals(True)
-        self._select(self.dataset_combo, config.dataset, config.dataset)
+        self._select(self.dataset_combo, config.dataset,
+                     DATASET_TITLES.get(config.dataset, config.dataset))
         self.dataset_combo.blockSignals(False)
         self._dataset_index = self.dataset_combo.currentIndex()
         # a preset names no folder: the one remembered for its data set (across launches)
@@ -162,7 +163,7 @@ class SourcePage(QWidget):
         self.weights_edit.setText(config.weights)
         self._show_folder_row(config.dataset)
 
-    def apply(self, config):
+    def apply(self, config: RunConfig) -> RunConfig:
         return config.replace(model=self.model_combo.currentData(),
                               dataset=self.dataset_combo.currentData(),
                               data_root=self.data_root_edit.text().strip(),

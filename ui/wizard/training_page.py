@@ -17,13 +17,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine import choices  # torch-free: the engine's own names and titles
+from engine.config import RunConfig
 from ui.engine_catalog import EngineCatalog
 from ui.wizard.source_page import place_form
 
-OPTIMIZERS = (("Adam", "adam"), ("AdamW", "adamw"), ("SGD with momentum", "sgd"))
-INITS = (("from scratch", "scratch"), ("pretrained: train dense, fit ADTNs, fine-tune",
-                                       "pretrained"))
-SCHEDULES = (("cosine", "cosine"), ("constant", "none"))
+# (title, value) for each combo box, in the engine's order: the engine's values, no copies.
+OPTIMIZERS = tuple((choices.OPTIMIZER_TITLES[name], name) for name in choices.OPTIMIZERS)
+INITS = tuple((choices.INIT_TITLES[name], name) for name in choices.INITS)
+SCHEDULES = tuple((choices.SCHEDULE_TITLES[name], name) for name in choices.SCHEDULES)
 
 
 class ScientificSpinBox(QDoubleSpinBox):
@@ -183,7 +185,7 @@ class TrainingPage(QWidget):
         self.device_hint.setText(f"{len(gpus)} GPU(s) found" if gpus
                                  else "No GPU found: training runs on the CPU.")
 
-    def load(self, config) -> None:
+    def load(self, config: RunConfig) -> None:
         self.epochs.setValue(config.epochs)
         self.batch_size.setValue(config.batch_size)
         _select(self.optimizer, config.optimizer)
@@ -203,7 +205,7 @@ class TrainingPage(QWidget):
         self.amp.setChecked(config.amp)
         self._follow_init()
 
-    def apply(self, config):
+    def apply(self, config: RunConfig) -> RunConfig:
         init = self.init.currentData()
         return config.replace(
             epochs=self.epochs.value(), batch_size=self.batch_size.value(),

@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import ABSURD_LEARNING_RATES, OPTIMIZER_TITLES
+from engine.config import RunConfig
 from ui.engine_catalog import EngineCatalog
 from ui.messages import describe_exception
 from ui.settings import last_folder, remember_folder
@@ -47,12 +49,11 @@ OFFERED_KEYS = ("name", "model", "dataset", "data_root", "layers", "init", "pret
 STEP_SCHEDULE_KEYS = ("lr_milestones", "lr_gamma")
 NEVER_REVIEWED = ("description", "download")  # a preset's blurb; Start never downloads
 
-# Learning rates from which training with these optimisers practically always diverges.
-ABSURD_RATES = {"adam": 1.0, "adamw": 1.0, "sgd": 10.0}
-OPTIMIZER_TITLES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+# Learning rates from which training with each optimiser practically always diverges.
+ABSURD_RATES = ABSURD_LEARNING_RATES
 
 
-def rate_warning(config) -> str:
+def rate_warning(config: RunConfig) -> str:
     """Why the configuration's learning rates look absurd for its optimiser ("" if not)."""
     limit = ABSURD_RATES.get(config.optimizer)
     if limit is None:
