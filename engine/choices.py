@@ -19,4 +19,5 @@ class FailureKind(str, Enum):
     DEVICE = "device"
     CHECKPOINT = "checkpoint"
     DISTRIBUTED = "distributed"
+    EXPORT = "export"  # an export or bundle file that could not be written or read
     ERROR = "error"  # an unexpected exception: an engine bug, logged with its traceback

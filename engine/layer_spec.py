@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import LayerSpecError
 from engine.limits import MAX_DEPTH
 
 # The names live here (torch-free) so the window and the configuration can import them.
@@ -30,10 +31,6 @@ INDEX_ORDERS = ("rows_first", "interleaved")
 GATE_INITS = ("orthogonal", "near_identity", "normal")
 MATCH_ADTN = "match:adtn"
 MAX_TT_CORES = 8
-
-
-class LayerSpecError(ValueError):
-    """A layer request whose field is bad; the message names the field."""
 
 
 @dataclass

@@ -26,13 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.errors import ModelSourceError
+
 TORCHVISION_PREFIX = "torchvision:"
 SMALL_STEM_MAX_SIZE = 64  # at or below this size, ResNet-style stems keep the full resolution
 IMAGENET_CLASSES = 1000
-
-
-class ModelSourceError(ValueError):
-    """A model name or file that cannot give a model; the message says what to fix."""
 
 
 @dataclass(frozen=True)
