@@ -11,6 +11,7 @@ import platformdirs
 APP_NAME = "adtn-studio"
 DATA_DIR_ENV = "ADTN_DATA_DIR"
 RUNS_DIR_ENV = "ADTN_RUNS_DIR"
+LOG_DIR_ENV = "ADTN_LOG_DIR"
 
 
 def default_data_root() -> Path:
@@ -27,6 +28,15 @@ def default_runs_root() -> Path:
     if override:
         return Path(override).expanduser()
     return platformdirs.user_data_path(APP_NAME) / "runs"
+
+
+def default_log_dir() -> Path:
+    """Folder of the application's log file: ``$ADTN_LOG_DIR`` if set, else the per-user log
+    folder (``platformdirs.user_log_path``)."""
+    override = os.environ.get(LOG_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_log_path(APP_NAME)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

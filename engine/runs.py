@@ -2,9 +2,9 @@
 trained model of one.
 
 A run folder holds ``config.toml`` (the resolved configuration), ``metrics.csv`` (one row per
-epoch), ``summary.json`` and ``checkpoints/{last,best}.{safetensors,json}``; every file is
-written atomically. While a process trains in it, ``run.lock`` names that process (see
-``RunLock``).
+epoch), ``summary.json``, ``checkpoints/{last,best}.{safetensors,json}`` and ``log.txt``
+(what the engine logged, appended by each session); every file but the log is written
+atomically. While a process trains in it, ``run.lock`` names that process (see ``RunLock``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.compression import CompressionReport, compress, plan_compression
 from engine.config import ConfigError, RunConfig
 from engine.data import dataset_info
+from engine.errors import RunFolderBusy
 from engine.models import build_model
 from engine.paths import atomic_write_text, default_runs_root
 
@@ -60,6 +61,11 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         return self.root / "run.lock"
+
+    @property
+    def log(self) -> Path:
+        """What the engine logged while training here, tracebacks of failures included."""
+        return self.root / "log.txt"
 
     def checkpoint(self, kind: str) -> Path:
         """``checkpoints/<kind>.safetensors`` for kind "last" or "best"."""
@@ -225,11 +231,6 @@ def _windows_process_exists(pid: int) -> bool:
 
 
 # -- one process per run folder -----------------------------------------------------------
-
-
-class RunFolderBusy(CheckpointError):
-    """Another process trains in this run folder (a ``CheckpointError``: the run's files are
-    not this process's to write, and interfaces show it as one line)."""
 
 
 class RunLock:

@@ -37,7 +37,8 @@ def one_torch_thread():
 
 
 # Every variable through which the user's environment could reach a test.
-ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data"}
+ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data",
+                 "ADTN_LOG_DIR": "logs"}
 
 
 @pytest.fixture(autouse=True)
