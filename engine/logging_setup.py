@@ -4,9 +4,10 @@
 - The application's log file (``adtn-studio.log`` in ``engine.paths.default_log_dir()``,
   rotating) receives everything at DEBUG from the project's own loggers (INFO from other
   libraries), tracebacks included.
-- The console shows warnings and errors as one line each, without tracebacks: whoever logs a
-  traceback also tells the user in words, so the console would only repeat it. With
-  ``verbose`` the console shows everything at DEBUG, tracebacks included.
+- The console shows warnings and errors as one line each. A record that carries a traceback
+  is left to the file: whoever logs one also tells the user in words (the command line's
+  one line names the log file), so the console would only repeat it. With ``verbose`` the
+  console shows everything at DEBUG, tracebacks included.
 - ``run_log(path)`` adds, for the duration of a run, a file in its run folder that receives
   the engine's records from the training thread.
 """
@@ -50,14 +51,11 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-class _WithoutTraceback(logging.Formatter):
-    """One line per record: tracebacks belong to the log file."""
+class _WithoutTraceback(logging.Filter):
+    """Leaves records with a traceback to the log file."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info or record.exc_text or record.stack_info:
-            record = logging.makeLogRecord(record.__dict__)
-            record.exc_info = record.exc_text = record.stack_info = None
-        return super().format(record)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info or record.stack_info)
 
 
 def configure_logging(verbose: bool = False, log_dir: str | Path | None = None,
@@ -88,12 +86,10 @@ def configure_logging(verbose: bool = False, log_dir: str | Path | None = None,
         _app_log = folder / APP_LOG_NAME
     if console:
         console_handler = _Stderr()
-        if verbose:
-            console_handler.setLevel(logging.DEBUG)
-            console_handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
-        else:
-            console_handler.setLevel(logging.WARNING)
-            console_handler.setFormatter(_WithoutTraceback(CONSOLE_FORMAT))
+        console_handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+        console_handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        if not verbose:
+            console_handler.addFilter(_WithoutTraceback())
         _install(root, console_handler)
     return _app_log
 
