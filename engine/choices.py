@@ -20,4 +20,5 @@ class FailureKind(str, Enum):
     CHECKPOINT = "checkpoint"
     DISTRIBUTED = "distributed"
     EXPORT = "export"  # an export or bundle file that could not be written or read
+    SIGNAL = "signal"  # a data-parallel launcher told to end: the run is "stopped", not failed
     ERROR = "error"  # an unexpected exception: an engine bug, logged with its traceback
