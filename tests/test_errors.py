@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
@@ -187,6 +189,9 @@ def test_verbose_training_failure_shows_the_traceback(engine_bug, capsys, tmp_pa
     assert run_cli(["train", "-v", "--config", str(config), "--out", str(tmp_path / "b")]) == 1
     loud = capsys.readouterr().err
     assert "Traceback (most recent call last)" in loud and "in broken" in loud
+    # the application's log keeps the tracebacks of both runs (ADTN_LOG_DIR: see conftest)
+    app_log = (Path(os.environ["ADTN_LOG_DIR"]) / APP_LOG_NAME).read_text(encoding="utf-8")
+    assert app_log.count("ValueError: an index went astray") >= 2 and "in broken" in app_log
 
 
 def test_a_config_mistake_on_the_cli_is_one_line(capsys, tmp_path):
