@@ -33,6 +33,7 @@ FILE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 _installed: list[logging.Handler] = []  # the handlers configure_logging added to the root
+_saved_levels: dict[str, int] = {}  # loggers' levels before configure_logging, for reset
 _app_log: Path | None = None
 
 
@@ -68,6 +69,8 @@ def configure_logging(verbose: bool = False, log_dir: str | Path | None = None,
     global _app_log
     reset_logging()
     root = logging.getLogger()
+    for name in ("", *OWN_LOGGERS):
+        _saved_levels[name] = logging.getLogger(name).level
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)
@@ -100,13 +103,17 @@ def _install(root: logging.Logger, handler: logging.Handler) -> None:
 
 
 def reset_logging() -> None:
-    """Remove and close what ``configure_logging`` installed (others' handlers stay)."""
+    """Remove and close what ``configure_logging`` installed (others' handlers stay) and
+    give the loggers their levels back."""
     global _app_log
     root = logging.getLogger()
     while _installed:
         handler = _installed.pop()
         root.removeHandler(handler)
         handler.close()
+    for name, level in _saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+    _saved_levels.clear()
     _app_log = None
 
 

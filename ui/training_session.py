@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochE
 from ui.messages import describe_exception, describe_failure
 from ui.metric_history import MetricHistory
 from ui.workers import start_in_thread
+
+log = logging.getLogger(__name__)
 
 DRAIN_INTERVAL_MS = 100
 STOP_TIMEOUT_MS = 60_000  # a stopped child ends after its current batch; then it is killed
@@ -128,6 +131,7 @@ class _TrainingWorker(QObject):
             train(self._config, self._run_dir, callbacks=[_QueueingCallback(self._queue)],
                   control=self._control, resume=self._resume)
         except Exception as exc:  # the trainer reports most failures as RunFailed first
+            log.exception("the training thread failed")  # escaped the trainer: a bug
             self.crashed.emit(exc)
         finally:
             self.finished.emit()
