@@ -170,13 +170,13 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.last_saved_epoch = 0
         self.owns_folder = False  # set once the folder is known to be this run's to write
+        # the run folder's log.txt, open while this run trains (rank 0 only; it starts once
+        # the folder is known to be this run's, see _prepare_folder)
+        self.log_scope = contextlib.ExitStack()
 
     # -- outer shell: failures become events --------------------------------------------
 
     def execute(self, resume: bool) -> RunSummary:
-        # the run folder's log.txt receives what the engine logs while this run trains (rank 0
-        # only; it starts once the folder is known to be this run's, see _prepare_folder)
-        self.log_scope = contextlib.ExitStack()
         with self.log_scope:
             try:
                 self.config.validate()
