@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from adtn_studio import __version__
+from engine.events import EpochEnded, TrainerCallback  # plain Python: no torch at start-up
 
 MODEL = "lenet5"
 DATASET = "synthetic"
@@ -97,13 +98,13 @@ def check_window(ctx: Context) -> str:
             f"on Qt platform '{QGuiApplication.platformName()}'")
 
 
-class _EpochRecorder:
+class _EpochRecorder(TrainerCallback):
     """Keeps the trainer's epoch-end events."""
 
     def __init__(self) -> None:
-        self.epochs: list[Any] = []
+        self.epochs: list[EpochEnded] = []
 
-    def on_epoch_end(self, event: Any) -> None:
+    def on_epoch_end(self, event: EpochEnded) -> None:
         self.epochs.append(event)
 
 
