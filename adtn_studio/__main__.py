@@ -7,7 +7,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args:
+    verbose = bool(args) and set(args) <= {"-v", "--verbose"}  # the window, verbose
+    if not args or verbose:
         from adtn_studio.extras import explain_missing_gui, missing_gui_packages
 
         missing = missing_gui_packages()  # a headless installation has no Qt at all
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         from ui.app import run_app  # Qt is imported only when the window is wanted
 
-        return run_app()
+        return run_app(verbose=verbose)
     from adtn_studio.cli import run_cli
 
     return run_cli(args)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adtn_studio.cli import CommandError
+from engine.choices import FailureKind
 
 from engine.paths import RunPaths  # torch-free
 
@@ -219,7 +220,7 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
     except SignalException as exc:  # the launcher was told to end (SIGTERM, SIGHUP)
         how = f"stopped by {signal.Signals(exc.sigval).name}"
         if args.node_rank == 0:
-            _settle_summary(run_dir, "stopped", "signal", how)
+            _settle_summary(run_dir, "stopped", FailureKind.SIGNAL, how)
         raise CommandError(f"{how}; the workers were stopped too; continue with: adtn-studio "
                            f"resume {run_dir} --nproc-per-node {args.nproc_per_node}") from None
     except (RuntimeError, ValueError) as exc:  # the rendezvous itself failed
@@ -251,13 +252,13 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _settle_summary(run_dir: Path, status: str, kind: str, message: str) -> None:
+def _settle_summary(run_dir: Path, status: str, kind: FailureKind, message: str) -> None:
     """Rank 0 was ended before it could say how the run ended: the run folder must not
     claim that it still runs."""
     summary = _read_summary(run_dir)
     if summary.get("status") != "running":
         return
-    summary.update(status=status, error_kind=kind, error_message=message)
+    summary.update(status=status, error_kind=kind.value, error_message=message)
     from engine.runs import write_summary
 
     write_summary(RunPaths(run_dir).summary, summary)
@@ -267,7 +268,7 @@ def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path,
                   args: argparse.Namespace) -> str:
     """One line naming the rank that ended the job first, and where the run stands."""
     summary = _read_summary(run_dir) if args.node_rank == 0 else {}
-    peer_lost = summary.get("error_kind") == "distributed"
+    peer_lost = summary.get("error_kind") == FailureKind.DISTRIBUTED
 
     def blame(item) -> tuple:
         # The cause: a worker killed by a signal (the launcher stops the others with SIGTERM),
@@ -293,7 +294,7 @@ def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path,
              and not peer_lost else "")
     done = summary.get("epochs_completed", 0)
     if args.node_rank == 0:
-        _settle_summary(run_dir, "failed", "distributed", f"worker rank {rank} {how}")
+        _settle_summary(run_dir, "failed", FailureKind.DISTRIBUTED, f"worker rank {rank} {how}")
     where = (f" The run folder keeps epoch {done}; continue with: adtn-studio resume {run_dir} "
              f"--nproc-per-node {args.nproc_per_node}" if done else "")
     detail = f" ({cause})" if cause else ""

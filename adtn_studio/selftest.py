@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Callable, TextIO
 
 from adtn_studio import __version__
 from adtn_studio.extras import missing_gui_packages
+from engine.events import EpochEnded, TrainerCallback  # plain Python: no torch at start-up
 
 if TYPE_CHECKING:  # each step imports what it checks, when it runs
     from engine.config import RunConfig
-    from engine.events import EpochEnded
 
 MODEL = "lenet5"
 DATASET = "synthetic"
@@ -108,7 +108,7 @@ def check_window(ctx: Context) -> str:
             f"on Qt platform '{QGuiApplication.platformName()}'")
 
 
-class _EpochRecorder:
+class _EpochRecorder(TrainerCallback):
     """Keeps the trainer's epoch-end events."""
 
     def __init__(self) -> None:

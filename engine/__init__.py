@@ -31,6 +31,7 @@ _EXPORTS = {
     "RunConfig": "engine.config",
     "LayerSpec": "engine.layer_spec",
     "ConfigError": "engine.config",
+    "EngineError": "engine.errors",
     "build_model": "engine.models",
     "train": "engine.trainer",
     "run_compare": "engine.compare",

@@ -18,6 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from engine.errors import CheckpointError
 from engine.paths import atomic_write_bytes, atomic_write_text
 
 FORMAT = "adtn-studio-checkpoint"
@@ -25,10 +26,6 @@ VERSION = 1
 STATE_KEY = "adtn_studio_state"
 MODEL_PREFIX = "model."
 OPTIMIZER_PREFIX = "optimizer."
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or from an incompatible version."""
 
 
 @dataclass

@@ -19,6 +19,8 @@ class FailureKind(str, Enum):
     DEVICE = "device"
     CHECKPOINT = "checkpoint"
     DISTRIBUTED = "distributed"
+    EXPORT = "export"  # an export or bundle file that could not be written or read
+    SIGNAL = "signal"  # a data-parallel launcher told to end: the run is "stopped", not failed
     ERROR = "error"  # an unexpected exception: an engine bug, logged with its traceback
 
 

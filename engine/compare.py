@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from engine.choices import ENCODINGS, MATCH_ADTN
 from engine.config import RunConfig
+from engine.errors import CompareError
 from engine.events import RunControl
 from engine.layer_spec import LayerSpec
 from engine.paths import RunPaths
@@ -33,10 +34,6 @@ COMPARE_CHOICES = (DENSE, *ENCODINGS)
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2)
 DEFAULT_HOLDOUT_FRACTION = 0.1
 RUNS_FOLDER, SEARCH_FOLDER = "runs", "search"
-
-
-class CompareError(ValueError):
-    """A comparison that cannot be run as asked; the message says which option is wrong."""
 
 
 @dataclass(frozen=True)

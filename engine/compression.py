@@ -195,7 +195,7 @@ def resolve_specs(
     defaults: dict[str, Any] = dict(depth=depth, activation=activation, layout=layout,
                                     encoding=encoding)
     if isinstance(layers, str):
-        raise ValueError("layers must be a list of layer names, not a single string")
+        raise LayerSpecError("layers must be a list of layer names, not a single string")
     if isinstance(layers, Mapping):
         return [LayerSpec(str(n), **dict(defaults, depth=int(d))) for n, d in layers.items()]
     items = []
@@ -208,18 +208,18 @@ def resolve_specs(
         elif isinstance(item, Mapping):
             unknown = set(item) - fields
             if unknown or "name" not in item:
-                raise ValueError(f"a layer entry needs 'name' and may have "
-                                 f"{', '.join(sorted(fields - {'name'}))}; got {dict(item)}")
+                raise LayerSpecError(f"a layer entry needs 'name' and may have "
+                                     f"{', '.join(sorted(fields - {'name'}))}; got {dict(item)}")
             items.append(LayerSpec(**dict(defaults, **item)))
         else:
-            raise ValueError(f"cannot read a layer request from {item!r}")
+            raise LayerSpecError(f"cannot read a layer request from {item!r}")
     return items
 
 
 def _validate(model: nn.Module, specs: Sequence[LayerSpec]
               ) -> tuple[dict[str, WeightLayer], dict[str, EncodingPlan]]:
     """The modules to replace and their resolved encodings; every problem of every request in
-    one ``ValueError``."""
+    one ``EncodingError`` (a ``ValueError``)."""
     available = _weight_layers(model)
     problems: list[str] = []
     plans: dict[str, EncodingPlan] = {}
@@ -256,7 +256,7 @@ def _validate(model: nn.Module, specs: Sequence[LayerSpec]
         except (EncodingError, ValueError) as exc:
             problems.append(f"'{spec.name}' cannot be encoded as {spec.encoding}: {exc}")
     if problems:
-        raise ValueError("cannot compress: " + "; ".join(problems))
+        raise EncodingError("cannot compress: " + "; ".join(problems))
     return {spec.name: available[spec.name] for spec in specs}, plans
 
 

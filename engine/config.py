@@ -17,6 +17,7 @@ import tomli_w
 
 from engine.choices import DATASET_NAMES, IMAGEFOLDER_PREFIX, INITS, OPTIMIZERS, SCHEDULES
 from engine.layer_spec import LayerSpec, LayerSpecError
+from engine.errors import ConfigError
 from engine.limits import (
     MAX_BATCH_SIZE,
     MAX_CONFIG_BYTES,
@@ -36,10 +37,6 @@ __all__ = ["ConfigError", "LayerSpec", "RunConfig"]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+|:all)?)$")
 MAX_IMAGE_SIZE = 1024  # image folders: input size, as large as a bundle may declare
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot be used; the message names the field."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.choices import DATASET_NAMES, DATASET_TITLES, IMAGEFOLDER_PREFIX
+from engine.errors import ConfigError, DataUnavailableError
 from engine.paths import default_data_root
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
 MNIST_LIKE = ("mnist", "fashionmnist", "kmnist")  # idx files, read alike
 SYNTHETIC_SIZES = (2000, 500)  # default (train, test) examples of the generated set
 CROP_PADDING = 4
-
-
-class DataUnavailableError(RuntimeError):
-    """A data set that is neither on disk nor downloadable; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +77,8 @@ def dataset_info(name: str, image_size: int = 0, test_fraction: float = 0.2,
     if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
         return _folder_info(name, image_size, test_fraction, seed)
     if name not in _INFOS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)} or "
-                         f"'imagefolder:DIR' (got {name!r})")
+        raise ConfigError(f"dataset must be one of {', '.join(DATASET_NAMES)} or "
+                          f"'imagefolder:DIR' (got {name!r})")
     return _INFOS[name]
 
 
@@ -196,8 +193,8 @@ def hold_out(loaded: LoadedData, count: int) -> LoadedData:
     of the test set (which is then not used at all); the rest stay for training."""
     train = loaded.train
     if count >= len(train):
-        raise ValueError(f"holdout = {count} leaves no training examples (the training split "
-                         f"has {len(train)})")
+        raise ConfigError(f"holdout = {count} leaves no training examples (the training "
+                          f"split has {len(train)})")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
     kept, held = order[count:].sort().values, order[:count].sort().values
     rest: ImageSet | FileImageSet
@@ -337,7 +334,7 @@ class BatchIterator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
         if len(data) == 0:
-            raise ValueError(f"the {info.title} split is empty")
+            raise DataUnavailableError(f"the {info.title} split is empty")
         self.files = data if isinstance(data, FileImageSet) else None  # streamed from disk
         self.skipped_files: set[str] = set()  # unreadable files met while streaming
         self.images = None if isinstance(data, FileImageSet) else data.images.to(device)

@@ -27,13 +27,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine.errors import DistributedSetupError
+
 DEFAULT_MASTER_PORT = 29500
 CONTROL_RUN, CONTROL_PAUSE, CONTROL_STOP = 0, 1, 2
 PAUSE_POLL_SECONDS = 0.1
-
-
-class DistributedSetupError(RuntimeError):
-    """The environment describes a distributed run that cannot be set up."""
 
 
 @dataclass(frozen=True)

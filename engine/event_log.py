@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,20 +30,14 @@ EVENT_LOG_NAME = EVENT_LOG_FILE  # the run folder's names (engine.paths.RunPaths
 CONTROL_FILE_NAME = CONTROL_FILE
 COMMANDS = ("run", "pause", "stop")
 
-# hook name for each event class; the reader dispatches on the class name in the line
-EVENT_HOOKS = {
-    "RunStarted": "on_run_start", "BatchEnded": "on_batch_end", "EpochEnded": "on_epoch_end",
-    "CheckpointSaved": "on_checkpoint", "DownloadProgress": "on_download",
-    "RunFailed": "on_error", "RunEnded": "on_run_end",
-}
-EVENT_CLASSES = {name: getattr(_events, name) for name in EVENT_HOOKS}
+# a record names its event's class; the names are those of ``engine.events.HOOKS``' classes
+EVENT_CLASSES = _events.EVENT_TYPES
 
 
 def event_to_json(event: Any) -> str:
     """One line of JSON (without the newline) for a trainer event."""
+    _events.hook_of(event)  # TypeError for anything that is not a trainer event
     name = type(event).__name__
-    if name not in EVENT_CLASSES:
-        raise TypeError(f"not a trainer event: {name}")
     data = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
     return json.dumps({"event": name, "data": data}, allow_nan=False, separators=(",", ":"))
 
@@ -79,6 +74,8 @@ def _plain(value: Any) -> Any:
     """JSON cannot hold NaN or infinity (a diverged loss); they travel as strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return {"float": repr(value)}
+    if isinstance(value, Enum):  # a FailureKind travels as its value
+        return value.value
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -96,7 +93,7 @@ def _restore(value: Any) -> Any:
     return value
 
 
-class EventLogWriter:
+class EventLogWriter(_events.TrainerCallback):
     """A trainer callback that appends every event to a JSON-lines file."""
 
     def __init__(self, path: str | Path) -> None:
@@ -114,7 +111,7 @@ class EventLogWriter:
             # a line that is cut by a crash is simply not complete (the reader skips it)
             self._file.write(line)
             self._file.flush()
-            if type(event).__name__ == "RunEnded":
+            if isinstance(event, _events.RunEnded):
                 self.close_locked()
 
     def close_locked(self) -> None:

@@ -1,8 +1,10 @@
 """What the trainer reports, and the interface to receive it.
 
 Events are frozen dataclasses of plain Python values (no tensors), so a GUI can queue them
-across threads. Hooks are looked up by name, so any object with some of these methods works
-as a callback; subclass ``TrainerCallback`` to get no-op defaults for the rest.
+across threads. ``HOOKS`` is the one table from event class to the ``TrainerCallback`` hook
+that receives it: the dispatcher, the window's drain and the child-process event log all go
+through it, so an event without a hook, or a hook that is misspelt, fails at once instead of
+never firing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.choices import FailureKind
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,17 @@ class DownloadProgress:
 
 @dataclass(frozen=True)
 class RunFailed:
-    kind: str  # "nan_loss", "out_of_memory", "data_unavailable", "config", "device", "error"
+    kind: FailureKind  # why; FailureKind.ERROR is an unexpected error (a bug)
     message: str  # in plain words, with what to do
+
+    def __post_init__(self) -> None:
+        # a kind read back from an event log is a plain string; one this version does not
+        # know (a newer writer) still reads as a failure
+        try:
+            kind = FailureKind(self.kind)
+        except ValueError:
+            kind = FailureKind.ERROR
+        object.__setattr__(self, "kind", kind)
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,19 @@ class RunEnded:
 
 
 class TrainerCallback:
-    """Receives the trainer's events; override the hooks you need."""
+    """Receives the trainer's events; override the hooks you need (the others do nothing).
+
+    A subclass that defines an ``on_…`` method which is no hook (a misspelt one) is refused
+    when the class is made.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hooks = set(HOOKS.values())
+        unknown = [name for name in vars(cls) if name.startswith("on_") and name not in hooks]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.{unknown[0]} is not a trainer hook "
+                            f"(hooks: {', '.join(sorted(hooks))})")
 
     def on_run_start(self, event: RunStarted) -> None:
         """Data is loaded and the model built; training is about to begin."""
@@ -155,14 +180,40 @@ class RunControl:
         self._running.wait()
 
 
+# The one table from event class to the hook that receives it.
+HOOKS: dict[type, str] = {
+    RunStarted: "on_run_start",
+    BatchEnded: "on_batch_end",
+    EpochEnded: "on_epoch_end",
+    CheckpointSaved: "on_checkpoint",
+    DownloadProgress: "on_download",
+    RunFailed: "on_error",
+    RunEnded: "on_run_end",
+}
+# Event classes by name, for the event log's records.
+EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in HOOKS}
+
+
+def hook_of(event: Any) -> str:
+    """The name of the ``TrainerCallback`` hook that receives ``event``; ``TypeError`` for an
+    object that is not a trainer event."""
+    try:
+        return HOOKS[type(event)]
+    except KeyError:
+        raise TypeError(f"not a trainer event: {type(event).__name__}") from None
+
+
 class EventDispatcher:
-    """Sends each event to every callback that has the matching hook."""
+    """Sends each event to the matching hook of every callback."""
 
     def __init__(self, callbacks: Any) -> None:
         self.callbacks = list(callbacks)
-
-    def emit(self, hook: str, event: Any) -> None:
         for callback in self.callbacks:
-            handler = getattr(callback, hook, None)
-            if handler is not None:
-                handler(event)
+            if not isinstance(callback, TrainerCallback):
+                raise TypeError(f"a trainer callback must be a TrainerCallback, not "
+                                f"{type(callback).__name__}")
+
+    def emit(self, event: Any) -> None:
+        hook = hook_of(event)
+        for callback in self.callbacks:
+            getattr(callback, hook)(event)

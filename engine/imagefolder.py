@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.choices import IMAGEFOLDER_PREFIX as PREFIX
-from engine.data import DataUnavailableError
+from engine.errors import ImageFolderError
 
 if TYPE_CHECKING:
     from engine.data import FileImageSet, ImageSet
@@ -38,11 +38,6 @@ IN_MEMORY_LIMIT_BYTES = 2 << 30  # larger decoded sets are streamed from disk
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 LoadProgress = Callable[[int, int], None]  # (images done, images in all)
-
-
-class ImageFolderError(DataUnavailableError, ValueError):
-    """An image folder that cannot be a data set; the message names the folder or file.
-    (The trainer reports it as missing data; callers that validate input catch ValueError.)"""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
+from engine.errors import LayerSpecError
+
 
 def split_patterns(patterns: str | Iterable[str]) -> list[str]:
     """``"fc, layer4.*"`` or ``["fc", "layer4.*"]`` → ``["fc", "layer4.*"]``."""
@@ -22,11 +24,12 @@ def split_patterns(patterns: str | Iterable[str]) -> list[str]:
 
 def select_layer_names(infos: Sequence, patterns: str | Iterable[str]) -> list[str]:
     """Names of the encodable layers among ``infos`` (``LayerInfo`` rows) that match any of
-    ``patterns``, in model order. ``ValueError`` for an empty pattern list, or a pattern
-    that matches nothing (the message lists a few layer names to choose from)."""
+    ``patterns``, in model order. ``LayerSpecError`` (a ``ValueError``) for an empty pattern
+    list, or a pattern that matches nothing (the message lists a few layer names to choose
+    from)."""
     wanted = split_patterns(patterns)
     if not wanted:
-        raise ValueError("no layer pattern given; name layers like 'fc' or 'layer4.*'")
+        raise LayerSpecError("no layer pattern given; name layers like 'fc' or 'layer4.*'")
     encodable = [info for info in infos if info.encodable]
     chosen: list[str] = []
     for pattern in wanted:
@@ -35,12 +38,13 @@ def select_layer_names(infos: Sequence, patterns: str | Iterable[str]) -> list[s
             blocked = [info for info in infos if not info.encodable
                        and fnmatchcase(info.name, pattern)]
             if blocked:
-                raise ValueError(f"layer pattern {pattern!r} matches only layers that cannot "
-                                 f"be encoded ({blocked[0].name}: {blocked[0].reason})")
+                raise LayerSpecError(f"layer pattern {pattern!r} matches only layers that "
+                                     f"cannot be encoded ({blocked[0].name}: "
+                                     f"{blocked[0].reason})")
             sample = ", ".join(info.name for info in encodable[:8])
             more = " ..." if len(encodable) > 8 else ""
-            raise ValueError(f"layer pattern {pattern!r} matches no layer of the model "
-                             f"(its layers: {sample}{more})")
+            raise LayerSpecError(f"layer pattern {pattern!r} matches no layer of the model "
+                                 f"(its layers: {sample}{more})")
         chosen += [name for name in matches if name not in chosen]
     order = {info.name: index for index, info in enumerate(infos)}
     return sorted(chosen, key=order.__getitem__)

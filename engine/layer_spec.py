@@ -21,13 +21,10 @@ from engine.choices import (  # noqa: F401
     LAYOUTS,
     MATCH_ADTN,
 )
+from engine.errors import LayerSpecError
 from engine.limits import MAX_DEPTH
 
 MAX_TT_CORES = 8
-
-
-class LayerSpecError(ValueError):
-    """A layer request whose field is bad; the message names the field."""
 
 
 @dataclass

@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.choices import MODEL_NAMES, TORCHVISION_PREFIX
-
-
-class ModelSourceError(ValueError):
-    """A model name or file that cannot give a model; the message says what to fix."""
+from engine.errors import ModelSourceError
 
 
 @dataclass(frozen=True)

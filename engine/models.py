@@ -14,6 +14,7 @@ from typing import Callable
 from torch import nn
 
 from engine.choices import MODEL_NAMES, MODEL_TITLES
+from engine.errors import ConfigError
 
 MIN_IMAGE_SIZE = 28  # the smallest input the convolutional stacks are built for
 
@@ -143,7 +144,8 @@ def build_model_noted(name: str, in_channels: int, image_size: int, num_classes:
                                 ("image_size", image_size, minimum_size),
                                 ("num_classes", num_classes, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{arg} must be a whole number of at least {minimum} (got {value!r})")
+            raise ConfigError(f"{arg} must be a whole number of at least {minimum} "
+                              f"(got {value!r})")
     if source.kind != "zoo":
         return build_source_model(name, in_channels, image_size, num_classes)
     return BuiltModel(MODEL_FACTORIES[name](in_channels, image_size, num_classes))
@@ -157,7 +159,7 @@ def model_title(name: str) -> str:
 def describe_model(name: str) -> str:
     """The first paragraph of the factory's docstring, on one line (for lists)."""
     if name not in MODEL_FACTORIES:
-        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)} (got {name!r})")
+        raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)} (got {name!r})")
     first_paragraph = (MODEL_FACTORIES[name].__doc__ or "").strip().split("\n\n")[0]
     return " ".join(first_paragraph.split())
 
@@ -216,5 +218,5 @@ def _flat_features(layers: list[tuple[str, nn.Module]], in_channels: int, image_
             span = size + 2 * _side(layer.padding) - pool
             size = (-(-span // pool_stride) if layer.ceil_mode else span // pool_stride) + 1
         if size < 1:
-            raise ValueError(f"image_size {image_size} is too small for this model")
+            raise ConfigError(f"image_size {image_size} is too small for this model")
     return channels * size * size

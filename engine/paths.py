@@ -15,6 +15,7 @@ from engine.choices import CHECKPOINT_KINDS
 APP_NAME = "adtn-studio"
 DATA_DIR_ENV = "ADTN_DATA_DIR"
 RUNS_DIR_ENV = "ADTN_RUNS_DIR"
+LOG_DIR_ENV = "ADTN_LOG_DIR"
 
 # The files of a run folder (RunPaths spells their paths; nothing else does).
 CONFIG_FILE = "config.toml"  # the resolved run configuration
@@ -24,6 +25,7 @@ CHECKPOINTS_FOLDER = "checkpoints"  # <kind>.safetensors and <kind>.json per che
 LOCK_FILE = "run.lock"  # names the process training in the folder
 EVENT_LOG_FILE = "events.jsonl"  # the trainer's events, when a window follows a child process
 CONTROL_FILE = "control.json"  # run, pause or stop, written by that window
+LOG_FILE = "log.txt"  # what the engine logged during the run, tracebacks of failures included
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class RunPaths:
     def control(self) -> Path:
         return self.root / CONTROL_FILE
 
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILE
+
     def checkpoint(self, kind: str) -> Path:
         """``checkpoints/<kind>.safetensors`` for kind "last" or "best"."""
         if kind not in CHECKPOINT_KINDS:
@@ -82,6 +88,15 @@ def default_runs_root() -> Path:
     if override:
         return Path(override).expanduser()
     return platformdirs.user_data_path(APP_NAME) / "runs"
+
+
+def default_log_dir() -> Path:
+    """Folder of the application's log file: ``$ADTN_LOG_DIR`` if set, else the per-user log
+    folder (``platformdirs.user_log_path``)."""
+    override = os.environ.get(LOG_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_log_path(APP_NAME)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -2,9 +2,9 @@
 trained model of one.
 
 A run folder holds ``config.toml`` (the resolved configuration), ``metrics.csv`` (one row per
-epoch), ``summary.json`` and ``checkpoints/{last,best}.{safetensors,json}``; every file is
-written atomically. While a process trains in it, ``run.lock`` names that process (see
-``RunLock``).
+epoch), ``summary.json``, ``checkpoints/{last,best}.{safetensors,json}`` and ``log.txt``
+(what the engine logged, appended by each session); every file but the log is written
+atomically. While a process trains in it, ``run.lock`` names that process (see ``RunLock``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.choices import CHECKPOINT_KINDS, METRIC_COLUMNS  # noqa: F401
 from engine.compression import CompressionReport, compress, plan_compression
 from engine.config import ConfigError, RunConfig
-from engine.data import dataset_info
-from engine.models import build_model
+from engine.errors import RunFolderBusy
 from engine.paths import CONFIG_FILE, RunPaths, atomic_write_text, default_runs_root
 
 
@@ -188,11 +187,6 @@ def _windows_process_exists(pid: int) -> bool:
 
 
 # -- one process per run folder -----------------------------------------------------------
-
-
-class RunFolderBusy(CheckpointError):
-    """Another process trains in this run folder (a ``CheckpointError``: the run's files are
-    not this process's to write, and interfaces show it as one line)."""
 
 
 class RunLock:

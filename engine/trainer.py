@@ -24,37 +24,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.choices import PHASE_PRETRAIN, PHASE_TRAIN
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.choices import PHASE_PRETRAIN, PHASE_TRAIN, FailureKind
 from engine.compression import compress, encoded_layers
-from engine.config import ConfigError, RunConfig
-from engine.data import BatchIterator, DataUnavailableError, epoch_seed, load_data
+from engine.config import RunConfig
+from engine.data import BatchIterator, epoch_seed, load_data
 from engine.metrics import improves_best
 from engine.model_sources import record_model_source
-from engine.distributed import (DistributedContext, DistributedEnv, DistributedSetupError,
-                                ShardedBatches, SynchronizedControl, detect_environment)
+from engine.distributed import (DistributedContext, DistributedEnv, ShardedBatches,
+                                SynchronizedControl, detect_environment)
 from engine.distributed import describe as describe_parallel
+from engine.errors import (ConfigError, DeviceError, DistributedSetupError, EngineError,
+                           NonFiniteLoss)
 from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
                            EventDispatcher, RunControl, RunEnded, RunFailed, RunStarted,
                            TrainerCallback)
+from engine.logging_setup import app_log_file, run_log
 from engine.runs import (RunLock, RunPaths, build_config_model_noted, check_resumable,
                          read_summary,
                          write_metrics, write_summary)
 
-__all__ = ["RunControl", "RunSummary", "TrainerCallback", "list_devices", "resolve_device", "train"]
+__all__ = ["DeviceError", "NonFiniteLoss", "RunControl", "RunSummary", "TrainerCallback",
+           "list_devices", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
 GRAD_NORM_EVERY = 20  # batches between per-ADTN-layer gradient norm reports
 SEED_STREAM_DROPOUT, SEED_STREAM_FIT = 3, 4
-
-
-class DeviceError(RuntimeError):
-    """A requested device that this machine does not have."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -80,7 +76,7 @@ class RunSummary:
     seconds_per_epoch: float = 0.0
     started_at: str = ""
     finished_at: str = ""
-    error_kind: str = ""
+    error_kind: str = ""  # a FailureKind value
     error_message: str = ""
     # Who runs it: a "running" run whose process is gone was killed (see engine.runs).
     host: str = ""
@@ -175,71 +171,75 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.last_saved_epoch = 0
         self.owns_folder = False  # set once the folder is known to be this run's to write
+        # the run folder's log.txt, open while this run trains (rank 0 only; it starts once
+        # the folder is known to be this run's, see _prepare_folder)
+        self.log_scope = contextlib.ExitStack()
 
     # -- outer shell: failures become events --------------------------------------------
 
     def execute(self, resume: bool) -> RunSummary:
-        try:
-            self.config.validate()
-            self._join_job()  # before the folder: a rank that fails there ends the others fast
-            # One process per run folder: a second resume (or a train into the same folder)
-            # is refused before it writes anything; a killed run's lock is taken over.
-            with RunLock(self.paths.root) if self.is_main else contextlib.nullcontext():
-                self._prepare_folder(resume)
-                status = self._train(resume)
+        with self.log_scope:
+            try:
+                self.config.validate()
+                self._join_job()  # before the folder: a rank that fails there ends the others fast
+                # One process per run folder: a second resume (or a train into the same folder)
+                # is refused before it writes anything; a killed run's lock is taken over.
+                with RunLock(self.paths.root) if self.is_main else contextlib.nullcontext():
+                    self._prepare_folder(resume)
+                    status = self._train(resume)
+                    if self.dist is not None:
+                        # Every rank leaves the job together: rank 0 hosts the job's store, and
+                        # a rank still talking to it when it exits was seen to abort at exit.
+                        self.dist.barrier()
+            except Exception as exc:  # noqa: BLE001 - every failure is reported, none is lost
+                kind, message = self._classify(exc)
+                if kind is FailureKind.ERROR:  # a bug: its traceback goes to the log files
+                    log.error("training failed: %s", message, exc_info=exc)
+                else:  # the user's to fix: the message says it all
+                    log.info("training failed (%s): %s", kind.value, message)
+                return self._finish("failed", RunFailed(kind, message))
+            finally:
                 if self.dist is not None:
-                    # Every rank leaves the job together: rank 0 hosts the job's store, and a
-                    # rank still talking to it when it exits was seen to abort at exit.
-                    self.dist.barrier()
-        except Exception as exc:  # noqa: BLE001 - every failure is reported, none is lost
-            kind, message = self._classify(exc)
-            if kind == "error":
-                log.exception("training failed")
-            return self._finish("failed", RunFailed(kind, message))
-        finally:
-            if self.dist is not None:
-                self.dist.close()
-        return self._finish(status)
+                    self.dist.close()
+            log.info("run %s", status)
+            return self._finish(status)
 
-    def _classify(self, exc: Exception) -> tuple[str, str]:
+    def _classify(self, exc: Exception) -> tuple[FailureKind, str]:
+        """The kind of a failure, by the exception's type, and its message in plain words."""
         kept = (f" The last good checkpoint (epoch {self.last_saved_epoch}) is kept in "
                 f"{self.paths.checkpoints}." if self.last_saved_epoch else "")
-        if isinstance(exc, ConfigError):
-            return "config", str(exc)
-        if isinstance(exc, DeviceError):
-            return "device", str(exc)
-        if isinstance(exc, DataUnavailableError):
-            return "data_unavailable", str(exc)
         if isinstance(exc, NonFiniteLoss):
-            return "nan_loss", (f"{exc} Training diverged; lower the learning rate "
-                                f"(lr = {self.config.lr:g}) and start again.{kept}")
+            return exc.kind, (f"{exc} Training diverged; lower the learning rate "
+                              f"(lr = {self.config.lr:g}) and start again.{kept}")
+        if isinstance(exc, EngineError):
+            text = str(exc)
+            return exc.kind, text if text.endswith((".", "!", "?")) else f"{text}."
         if isinstance(exc, torch.OutOfMemoryError):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             smaller = max(1, self.config.batch_size // 2)
-            return "out_of_memory", (f"The device ran out of memory with batch size "
-                                     f"{self.config.batch_size}. Use a smaller batch size "
-                                     f"(e.g. {smaller}) or compress more layers.{kept}")
-        if isinstance(exc, CheckpointError):
-            return "checkpoint", f"{exc}."
-        if isinstance(exc, DistributedSetupError):
-            return "distributed", str(exc)
+            return FailureKind.OUT_OF_MEMORY, (
+                f"The device ran out of memory with batch size {self.config.batch_size}. Use "
+                f"a smaller batch size (e.g. {smaller}) or compress more layers.{kept}")
         if self.dist is not None and _is_collective_failure(exc):
-            return "distributed", (f"Another process of the data-parallel job failed or was "
-                                   f"killed (rank {self.dist.rank} saw: {exc}).{kept}")
-        if isinstance(exc, ValueError):  # a layer that cannot be encoded, a bad argument
-            return "config", f"{exc}"
-        return "error", f"Unexpected error: {type(exc).__name__}: {exc}.{kept}"
+            return FailureKind.DISTRIBUTED, (
+                f"Another process of the data-parallel job failed or was killed "
+                f"(rank {self.dist.rank} saw: {exc}).{kept}")
+        where = self.paths.log if self.owns_folder else app_log_file()
+        details = f" The details are in {where}." if where is not None else ""
+        return FailureKind.ERROR, (f"Unexpected error: {type(exc).__name__}: {exc}.{kept}"
+                                   f"{details}")
 
     def _finish(self, status: str, failure: RunFailed | None = None) -> RunSummary:
         self.summary.status = status
         self.summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         if failure is not None:
-            self.summary.error_kind, self.summary.error_message = failure.kind, failure.message
-            self.events.emit("on_error", failure)
+            self.summary.error_kind = failure.kind.value
+            self.summary.error_message = failure.message
+            self.events.emit(failure)
         if self.owns_folder:
             write_summary(self.paths.summary, self.summary.to_dict())
-        self.events.emit("on_run_end", RunEnded(status, self.summary.to_dict()))
+        self.events.emit(RunEnded(status, self.summary.to_dict()))
         return self.summary
 
     # -- set-up ---------------------------------------------------------------------------
@@ -255,6 +255,9 @@ class _Run:
             return  # the other ranks of a data-parallel job only read the folder
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.owns_folder = True
+        self.log_scope.enter_context(run_log(self.paths.log))
+        log.info("%s run %s in %s (pid %d)", "resuming" if resume else "starting",
+                 self.config.run_name, self.paths.root, os.getpid())
         previous = read_summary(self.paths.summary) if resume else None
         if previous and previous.get("started_at"):
             self.summary.started_at = previous["started_at"]  # keeps the run's place in lists
@@ -322,7 +325,7 @@ class _Run:
             model = self.dist.prepare_model(model)
             log.info("%s", describe_parallel(self.dist, config.batch_size, config.lr))
 
-        self.events.emit("on_run_start", RunStarted(
+        self.events.emit(RunStarted(
             run_dir=str(self.paths.root), device=self.summary.device,
             epochs=config.total_epochs, batches_per_epoch=len(train_batches),
             compression=report.to_dict(), params_total=report.model_params_after,
@@ -372,11 +375,10 @@ class _Run:
         log.info("rank %d of %d on %s", self.env.rank, self.env.world_size, device)
 
     def _download_progress(self, done: int, total: int) -> None:
-        self.events.emit("on_download", DownloadProgress(self.config.dataset, done, total))
+        self.events.emit(DownloadProgress(self.config.dataset, done, total))
 
     def _load_progress(self, done: int, total: int) -> None:
-        self.events.emit("on_download",
-                         DownloadProgress(self.config.dataset, done, total, what="load"))
+        self.events.emit(DownloadProgress(self.config.dataset, done, total, what="load"))
 
     def _phase(self, epoch: int) -> str:
         pretraining = self.config.init == "pretrained" and epoch <= self.config.pretrain_epochs
@@ -446,14 +448,13 @@ class _Run:
             write_summary(self.paths.summary, summary.to_dict())
         self.last_saved_epoch = epoch
 
-        self.events.emit("on_epoch_end", EpochEnded(
+        self.events.emit(EpochEnded(
             epoch=epoch, train_loss=train_result[0], train_acc=train_result[1],
             test_loss=test_result[0], test_acc=test_result[1],
             best_test_acc=summary.best_test_acc, params_total=params,
             dense_params_total=summary.dense_params_total, seconds=seconds, lr=lr, phase=phase))
         for kind in saved:
-            self.events.emit("on_checkpoint",
-                             CheckpointSaved(epoch, str(self.paths.checkpoint(kind)), kind))
+            self.events.emit(CheckpointSaved(epoch, str(self.paths.checkpoint(kind)), kind))
 
 
 class _Steps:
@@ -541,7 +542,7 @@ class _Steps:
             self.batches_left -= 1
             now = time.perf_counter()
             elapsed = now - self.session_start
-            events.emit("on_batch_end", BatchEnded(
+            events.emit(BatchEnded(
                 epoch=epoch, batch=batch, batches=self.batches_per_epoch, loss=loss_value,
                 acc=correct_value / count,
                 examples_per_second=seen / max(now - epoch_start, 1e-9), elapsed=elapsed,

@@ -22,12 +22,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from engine.errors import WeightsError
+
 TORCHVISION_WEIGHTS_PREFIX = "torchvision:"
 ProgressCallback = Callable[[int, int], None]
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be read or do not fit the model; the message names the file."""
 
 
 def load_weights(model: nn.Module, weights: str, model_name: str,

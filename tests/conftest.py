@@ -37,7 +37,8 @@ def one_torch_thread():
 
 
 # Every variable through which the user's environment could reach a test.
-ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data"}
+ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data",
+                 "ADTN_LOG_DIR": "logs"}
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +49,9 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("user")
     for variable, folder in ISOLATED_DIRS.items():
         monkeypatch.setenv(variable, str(home / folder))
+    yield
+    if "engine.logging_setup" in sys.modules:  # a test ran the CLI: close its log handlers
+        sys.modules["engine.logging_setup"].reset_logging()
 
 
 @pytest.fixture

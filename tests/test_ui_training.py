@@ -191,3 +191,25 @@ def test_trainer_failures_reach_the_log_in_plain_words(qtbot, window):
     assert failures and "NaN" in failures[0]
     assert window.failure_box.isVisible() and "NaN" in window.failure_box.text()
     window.failure_box.close()
+
+
+def test_an_engine_bug_reads_as_an_unexpected_error_not_a_user_mistake(qtbot, monkeypatch,
+                                                                        tmp_path):
+    import engine.trainer
+    from ui.training_session import TrainingSession
+
+    def broken(*args, **kwargs):
+        raise ValueError("an index went astray")
+
+    monkeypatch.setattr(engine.trainer, "_adtn_grad_norms", broken)  # the thread mode's trainer
+    session = TrainingSession(mode="thread")
+    failures, logged = [], []
+    session.run_failed.connect(failures.append)
+    session.log.connect(lambda level, text: logged.append((level, text)))
+    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        session.start(tiny_config(epochs=1), tmp_path / "run")
+    assert finished.args == ["failed"]
+    assert len(failures) == 1 and failures[0].startswith("Unexpected error: ValueError")
+    assert "configuration is not valid" not in failures[0]
+    assert str(tmp_path / "run" / "log.txt") in failures[0]
+    assert ("error", failures[0]) in logged

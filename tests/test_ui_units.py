@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 from PySide6.QtCore import Qt
 
+from engine.errors import ConfigError
 from ui.messages import describe_failure
 from ui.metric_history import MetricHistory
 from ui.settings import app_settings, last_folder, remember_folder
@@ -142,3 +144,25 @@ def test_layer_options_without_a_column_survive_the_table(qapp):
     assert [(s.name, s.index_order, s.gate_init) for s in model.specs()] == [
         (s.name, s.index_order, s.gate_init) for s in preset.layers]
     assert {s.index_order for s in model.specs()} == {"interleaved"}
+
+
+@pytest.mark.parametrize("error, level, traceback", [
+    (KeyError("column"), logging.ERROR, True),  # a bug: logged with its traceback
+    (ConfigError("epochs must be at least 1"), logging.INFO, False),  # the user's to fix
+])
+def test_background_task_failures_are_logged_by_type(qtbot, caplog, error, level, traceback):
+    from ui.workers import BackgroundTask
+
+    def fail(report):
+        raise error
+
+    caplog.set_level(logging.DEBUG, logger="ui.workers")
+    failures = []
+    task = BackgroundTask(fail)
+    task.failed.connect(failures.append)
+    with qtbot.waitSignal(task.finished, timeout=10_000):
+        task.start()
+    assert failures == [error]
+    [record] = [r for r in caplog.records if r.name == "ui.workers"]
+    assert record.levelno == level and bool(record.exc_info) is traceback
+    assert "fail" in record.getMessage()

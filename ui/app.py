@@ -31,9 +31,13 @@ def show_main_window():
     return window
 
 
-def run_app() -> int:
+def run_app(verbose: bool = False) -> int:
     """Show the main window and run until it closes; then end the process with the exit code
-    (see ``shut_down``)."""
+    (see ``shut_down``). Logging goes to the application's log file (and, ``verbose``, to
+    the console at DEBUG)."""
+    from engine.logging_setup import configure_logging
+
+    configure_logging(verbose=verbose)
     app = create_application()
     window = show_main_window()
     code = app.exec()

@@ -11,13 +11,16 @@ for a build that cannot start a child (``mode="thread"`` or ``ADTN_TRAINING_MODE
 
 In both modes the events (frozen dataclasses of plain values) land in one queue that a timer
 in the UI thread drains ten times a second, re-emitting them as Qt signals: however fast the
-trainer produces batches, the window redraws at most that often.
+trainer produces batches, the window redraws at most that often. Both the queueing and the
+draining are ``TrainerCallback``s, dispatched through the engine's one table of event types
+(``engine.events.HOOKS``).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -33,15 +36,19 @@ from engine.events import (
     CheckpointSaved,
     DownloadProgress,
     EpochEnded,
+    EventDispatcher,
     RunControl,
     RunEnded,
     RunFailed,
     RunStarted,
+    TrainerCallback,
 )
 from engine.paths import RunPaths
 from ui.messages import describe_exception, describe_failure
 from ui.metric_history import MetricHistory
 from ui.workers import start_in_thread
+
+log = logging.getLogger(__name__)
 
 DRAIN_INTERVAL_MS = 100
 STOP_TIMEOUT_MS = 60_000  # a stopped child ends after its current batch; then it is killed
@@ -63,8 +70,8 @@ def default_mode() -> str:
     return mode if mode in MODES else "process"
 
 
-class _QueueingCallback:
-    """A trainer callback (the engine's TrainerCallback hooks) that queues every event."""
+class _QueueingCallback(TrainerCallback):
+    """A trainer callback that queues every event (in the trainer's thread)."""
 
     def __init__(self, queue: EventQueue) -> None:
         self._queue = queue  # deque.append is atomic, so no lock is needed
@@ -74,6 +81,50 @@ class _QueueingCallback:
 
     on_run_start = on_batch_end = on_epoch_end = on_checkpoint = _append
     on_run_end = on_download = on_error = _append
+
+
+class _DrainedEvents(TrainerCallback):
+    """What the session does with each queued event, in the UI thread (see ``_drain``)."""
+
+    def __init__(self, session: TrainingSession) -> None:
+        self.session = session
+        self.latest_batch: BatchEnded | None = None  # of the slice being drained
+        self.heavy = False  # whether views already redraw much for this slice
+
+    def on_batch_end(self, event: BatchEnded) -> None:
+        self.session.history.add_batch(event.epoch, event.batch, event.batches, event.loss)
+        self.latest_batch = event
+
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        self.session.history.add_epoch(_fields(event))
+        self.session.epoch_ended.emit(event)
+        self.heavy = True
+
+    def on_run_start(self, event: RunStarted) -> None:
+        self.session.run_started.emit(event)
+        self.heavy = True
+        if event.parallel.startswith("data-parallel"):
+            self.session.log.emit("info", event.parallel)
+
+    def on_download(self, event: DownloadProgress) -> None:
+        self.session.download_progress.emit(event)
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        self.session.checkpoint_saved.emit(event)
+
+    def on_run_end(self, event: RunEnded) -> None:
+        session = self.session
+        session._run_ended_seen = True
+        session._final_status = str(event.status)
+        session.log.emit("info", f"Run {session._final_status}.")
+        session.run_ended.emit(event)
+
+    def on_error(self, event: RunFailed) -> None:
+        session = self.session
+        session._final_status = "failed"
+        text = describe_failure(event.kind, event.message)
+        session.log.emit("error", text)
+        session.run_failed.emit(text)
 
 
 class _TrainingWorker(QObject):
@@ -99,6 +150,7 @@ class _TrainingWorker(QObject):
             train(self._config, self._run_dir, callbacks=[_QueueingCallback(self._queue)],
                   control=self._control, resume=self._resume)
         except Exception as exc:  # the trainer reports most failures as RunFailed first
+            log.exception("the training thread failed")  # escaped the trainer: a bug
             self.crashed.emit(exc)
         finally:
             self.finished.emit()
@@ -272,6 +324,8 @@ class TrainingSession(QObject):
         self._final_status = "stopped"
         self._run_ended_seen = False
         self._pending_batch: BatchEnded | None = None
+        self._drained = _DrainedEvents(self)
+        self._dispatch = EventDispatcher([self._drained])
         self._drain_timer = QTimer(self)
         self._drain_timer.setInterval(DRAIN_INTERVAL_MS)
         self._drain_timer.timeout.connect(self._drain)
@@ -427,41 +481,14 @@ class TrainingSession(QObject):
     def _drain(self) -> None:
         if self._child is not None:
             self._child.collect()
-        latest_batch = None
-        heavy = False  # whether views already redraw much for this slice
+        drained = self._drained
+        drained.latest_batch, drained.heavy = None, False
         while self._queue:
-            event = self._queue.popleft()
-            name = type(event).__name__
-            if name == "BatchEnded":
-                self.history.add_batch(event.epoch, event.batch, event.batches, event.loss)
-                latest_batch = event
-            elif name == "EpochEnded":
-                self.history.add_epoch(_fields(event))
-                self.epoch_ended.emit(event)
-                heavy = True
-            elif name == "RunStarted":
-                self.run_started.emit(event)
-                heavy = True
-                if getattr(event, "parallel", "").startswith("data-parallel"):
-                    self.log.emit("info", event.parallel)
-            elif name == "DownloadProgress":
-                self.download_progress.emit(event)
-            elif name == "CheckpointSaved":
-                self.checkpoint_saved.emit(event)
-            elif name == "RunEnded":
-                self._run_ended_seen = True
-                self._final_status = str(event.status)
-                self.log.emit("info", f"Run {self._final_status}.")
-                self.run_ended.emit(event)
-            elif name == "RunFailed":
-                self._final_status = "failed"
-                text = describe_failure(event.kind, event.message)
-                self.log.emit("error", text)
-                self.run_failed.emit(text)
-        if latest_batch is None:
+            self._dispatch.emit(self._queue.popleft())
+        if drained.latest_batch is None:
             return
-        self._pending_batch = latest_batch
-        if heavy:
+        self._pending_batch = drained.latest_batch
+        if drained.heavy:
             # after an epoch's redraw, the batch curve's redraw waits for the next turn of
             # the event loop: two shorter blocks instead of one long one
             QTimer.singleShot(0, self._emit_pending_batch)

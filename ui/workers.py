@@ -14,6 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
+from engine.errors import EngineError
+
 log = logging.getLogger(__name__)
 
 # A task receives ``report(fraction, text)``; fraction is in [0, 1], or negative when unknown.
@@ -38,12 +40,19 @@ class _TaskWorker(QObject):
         try:
             result = self._function(self.progressed.emit)
         except Exception as exc:  # every failure reaches the user as a message
-            log.debug("background task failed", exc_info=True)  # the traceback, for debugging
+            if isinstance(exc, EngineError):  # the user's to fix; the message says it all
+                log.info("background task %s: %s", _name_of(self._function), exc)
+            else:  # a bug: its traceback goes to the log file
+                log.exception("background task %s failed", _name_of(self._function))
             self.failed.emit(exc)
         else:
             self.succeeded.emit(result)
         finally:
             self.finished.emit()
+
+
+def _name_of(function: Callable) -> str:
+    return getattr(function, "__qualname__", None) or type(function).__name__
 
 
 def start_in_thread(worker: QObject, run_slot: Callable[[], None], finished: Signal) -> QThread:

@@ -19,7 +19,9 @@ from adtn_studio.cli import CommandError
 from adtn_studio.launch import (add_launch_arguments, every_gpu, launch, launch_requested,
                                 lower_priority)
 from engine.choices import IMAGEFOLDER_PREFIX, PHASE_PRETRAIN, TORCHVISION_PREFIX
-from engine.events import RunControl, TrainerCallback  # plain Python: no torch at start-up
+# plain Python: no torch at start-up
+from engine.events import (BatchEnded, DownloadProgress, EpochEnded, RunControl, RunStarted,
+                           TrainerCallback)
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -179,7 +181,7 @@ class ConsoleProgress(TrainerCallback):
             self.bar.close()
             self.bar = None
 
-    def on_run_start(self, event) -> None:
+    def on_run_start(self, event: RunStarted) -> None:
         self.epochs = event.epochs
         resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
         if not self.config.layers:  # say so: nothing is compressed in this run
@@ -189,14 +191,14 @@ class ConsoleProgress(TrainerCallback):
                    f"{event.params_total:,} parameters (dense {event.dense_params_total:,}), "
                    f"{event.device}, {event.epochs} epochs{resumed} -> {event.run_dir}",
                    file=sys.stderr)
-        if getattr(event, "parallel", ""):
+        if event.parallel:
             tqdm.write(event.parallel, file=sys.stderr)
-        for note in getattr(event, "notes", ()):  # adapted layers, weights, skipped files
+        for note in event.notes:  # adapted layers, weights, skipped files
             tqdm.write(f"  {note}", file=sys.stderr)
 
-    def on_download(self, event) -> None:
+    def on_download(self, event: DownloadProgress) -> None:
         if self.bar is None:
-            loading = getattr(event, "what", "download") == "load"  # images being decoded
+            loading = event.what == "load"  # images being decoded
             self.bar = tqdm(total=event.total_bytes or None, unit="img" if loading else "B",
                             unit_scale=not loading, file=sys.stderr,
                             desc=f"{'loading' if loading else 'downloading'} {event.dataset}")
@@ -204,7 +206,7 @@ class ConsoleProgress(TrainerCallback):
         if event.total_bytes and event.done_bytes >= event.total_bytes:
             self._close_bar()
 
-    def on_batch_end(self, event) -> None:
+    def on_batch_end(self, event: BatchEnded) -> None:
         if self.bar is None:
             label = " (dense)" if event.phase == PHASE_PRETRAIN else ""
             self.bar = tqdm(total=event.batches, desc=f"epoch {event.epoch}/{self.epochs}{label}",
@@ -212,7 +214,7 @@ class ConsoleProgress(TrainerCallback):
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{event.loss:.4f}", acc=f"{event.acc:.3f}", refresh=False)
 
-    def on_epoch_end(self, event) -> None:
+    def on_epoch_end(self, event: EpochEnded) -> None:
         self._close_bar()
         tqdm.write(f"epoch {event.epoch}/{self.epochs}: train loss {event.train_loss:.4f} "
                    f"acc {event.train_acc:.2%} | test loss {event.test_loss:.4f} "

@@ -18,14 +18,11 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-from engine.layer_spec import LayerSpec, LayerSpecError
+from engine.errors import EncodingError, LayerSpecError  # noqa: F401 - importable here
+from engine.layer_spec import LayerSpec
 
 # A budget may be exceeded by at most this fraction when an encoding's ranks are chosen.
 BUDGET_TOLERANCE = 0.05
-
-
-class EncodingError(LayerSpecError):
-    """A layer that cannot be encoded as asked (too small, a budget no rank fits, ...)."""
 
 
 @dataclass(frozen=True)

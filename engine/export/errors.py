@@ -1,11 +1,8 @@
-"""The two failures export can report to a user."""
+"""The two failures export can report to a user (defined with the engine's others in
+``engine.errors``)."""
 
 from __future__ import annotations
 
+from engine.errors import BundleError, ExportError
 
-class BundleError(ValueError):
-    """A file that cannot be trusted or read: truncated, corrupted, edited or hostile."""
-
-
-class ExportError(RuntimeError):
-    """An export that could not be completed (nothing it wrote is left behind)."""
+__all__ = ["BundleError", "ExportError"]
