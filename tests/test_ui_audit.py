@@ -29,7 +29,7 @@ def tiny_config(epochs: int = 1, name: str = "audit", **changes):
 
 
 def run_to_end(qtbot, window, config, **kwargs) -> str:
-    with qtbot.waitSignal(window.session.finished, timeout=RUN_TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.session.ended, timeout=RUN_TIMEOUT_MS) as blocker:
         window.start_run(config, **kwargs)
     return blocker.args[0]
 
@@ -444,7 +444,7 @@ def test_resume_is_offered_after_stop(qtbot, window):
     session, monitor = window.session, window.monitor
     with qtbot.waitSignal(session.epoch_ended, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=30, name="stop-resume"))
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as stopped:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as stopped:
         session.stop()
     assert stopped.args == ["stopped"]
     assert monitor.resume_button.isEnabled() and window.resume_action.isEnabled()
@@ -452,7 +452,7 @@ def test_resume_is_offered_after_stop(qtbot, window):
     with qtbot.waitSignal(session.run_started, timeout=RUN_TIMEOUT_MS):
         qtbot.mouseClick(monitor.resume_button, Qt.MouseButton.LeftButton)
     assert session.run_dir == run_dir and session.is_active()
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS):
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS):
         session.stop()
 
 

@@ -25,11 +25,11 @@ def test_dialog_runs_the_variants_and_fills_the_table(qtbot, tmp_path):
         box.setChecked(name in ("adtn", "tt", "lowrank"))
     dialog.seeds_edit.setText("0")
     dialog.search_box.setChecked(False)
-    with qtbot.waitSignal(dialog.finished_compare, timeout=180_000) as finished:
+    with qtbot.waitSignal(dialog.results_shown, timeout=180_000) as shown:
         dialog.start()
         assert not dialog.start_button.isEnabled() and dialog.stop_button.isEnabled()
     qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=30_000)
-    out = finished.args[0]
+    out = shown.args[0]
     assert out.startswith(str(tmp_path)) and (tmp_path / out.split("/")[-1] / "compare.md").is_file()
     rows = {dialog.table.item(r, 0).text(): r for r in range(dialog.table.rowCount())}
     assert set(rows) == {"adtn at the ADTN depth-2 budget", "tt at the ADTN depth-2 budget",

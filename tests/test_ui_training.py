@@ -22,7 +22,7 @@ def tiny_config(epochs: int = 2, name: str = "tiny", **changes):
 
 
 def run_to_end(qtbot, window, config, **kwargs) -> str:
-    with qtbot.waitSignal(window.session.finished, timeout=RUN_TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.session.ended, timeout=RUN_TIMEOUT_MS) as blocker:
         window.start_run(config, **kwargs)
     return blocker.args[0]
 
@@ -46,11 +46,11 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
     training.device.setCurrentIndex(training.device.findData("cpu"))
     qtbot.mouseClick(wizard.next_button, Qt.MouseButton.LeftButton)
 
-    with qtbot.waitSignal(window.session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(window.session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         qtbot.mouseClick(wizard.start_button, Qt.MouseButton.LeftButton)
         assert window.pages.currentIndex() == MONITOR_PAGE
         assert window.monitor.stop_button.isEnabled()
-    assert finished.args == ["finished"]
+    assert ended.args == ["finished"]
 
     monitor = window.monitor
     counts = monitor.curves.point_counts()
@@ -85,7 +85,7 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     session = window.session
     with qtbot.waitSignal(session.epoch_ended, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=LONG_EPOCHS, name="stop-me"))
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as stopped:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as stopped:
         qtbot.keyClick(window, Qt.Key.Key_Period, Qt.KeyboardModifier.ControlModifier)
         assert session.state == "stopping"
     assert stopped.args == ["stopped"]
@@ -99,7 +99,7 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     assert history.resume_button.isEnabled()
     assert history.model.rows[0].status == "stopped"
 
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as resumed:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as resumed:
         qtbot.mouseClick(history.resume_button, Qt.MouseButton.LeftButton)
     assert resumed.args == ["finished"]
     assert session.run_dir == run_dir
@@ -118,9 +118,9 @@ def test_pause_holds_the_trainer_until_resumed(qtbot, window):
     batches = len(session.history.batch_x)
     qtbot.wait(1500)
     assert len(session.history.batch_x) == batches
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         qtbot.mouseClick(window.monitor.resume_button, Qt.MouseButton.LeftButton)
-    assert finished.args == ["finished"] and len(session.history.batch_x) == 4 * LONG_EPOCHS
+    assert ended.args == ["finished"] and len(session.history.batch_x) == 4 * LONG_EPOCHS
 
 
 def test_export_dialog_shows_the_verification(qtbot, window, tmp_path):

@@ -84,7 +84,7 @@ class MainWindow(QMainWindow):
 
         self.wizard.start_requested.connect(self.start_run)
         self.session.state_changed.connect(self._on_session_state)
-        self.session.finished.connect(self._on_run_finished)
+        self.session.ended.connect(self._on_session_ended)
         self.session.run_failed.connect(self._on_run_failed)
 
         self.sidebar.setCurrentRow(WIZARD_PAGE)
@@ -328,7 +328,7 @@ class MainWindow(QMainWindow):
                                       "stopping": "Stopping…"}.get(state, ""))
 
     @Slot(str)
-    def _on_run_finished(self, status: str) -> None:
+    def _on_session_ended(self, status: str) -> None:
         self.statusBar().showMessage(f"Run {status}.", 10_000)  # the monitor may say more
         self._on_session_state(self.session.state)  # Export follows the checkpoint just written
         self.history.refresh()

@@ -47,7 +47,7 @@ def shot(widget, name: str) -> None:
 
 def finish_run(window, config) -> None:
     window.start_run(config)
-    wait(lambda: window.session.state == "finished")
+    wait(lambda: window.session.state == "ended")
     settle(0.5)
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     wait(lambda: len(window.session.history) >= 3)
     settle(0.6)
     shot(window, "monitor-during-run")
-    wait(lambda: window.session.state == "finished")
+    wait(lambda: window.session.state == "ended")
     settle(0.5)
     shot(window, "monitor-after-run")
 

@@ -185,7 +185,7 @@ class HistoryView(QWidget):
         self._task = BackgroundTask(_list_runs, self)
         self._task.succeeded.connect(self._on_listed)
         self._task.failed.connect(self._on_list_failed)
-        self._task.finished.connect(self._on_list_finished)
+        self._task.ended.connect(self._on_listing_ended)
         self._task.start()
 
     @Slot(object)
@@ -215,7 +215,7 @@ class HistoryView(QWidget):
         self.folder_label.setText(f"Could not list runs: {describe_exception(exc)}")
 
     @Slot()
-    def _on_list_finished(self) -> None:
+    def _on_listing_ended(self) -> None:
         self._task = None
         if self._refresh_again:
             self._refresh_again = False

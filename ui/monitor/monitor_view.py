@@ -146,7 +146,7 @@ class MonitorView(QWidget):
         session.checkpoint_saved.connect(self._on_checkpoint)
         session.log.connect(self.append_log)
         session.run_ended.connect(self._on_run_ended)
-        session.finished.connect(self._on_finished)
+        session.ended.connect(self._on_session_ended)
         self._on_state(session.state)
 
     # -- session signals --------------------------------------------------------------
@@ -317,7 +317,7 @@ class MonitorView(QWidget):
         self._run_summary = dict(event.summary or {})
 
     @Slot(str)
-    def _on_finished(self, status: str) -> None:
+    def _on_session_ended(self, status: str) -> None:
         self._redraw_timer.stop()
         self._epoch_steps.clear()  # drawn whole below
         self.curves.show(self.session.history)
