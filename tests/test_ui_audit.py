@@ -166,12 +166,12 @@ def test_a_run_at_chance_level_is_reported_as_such(window):
     for epoch, acc in ((1, 0.098), (2, 0.101)):  # 10 classes: guessing gives 10 %
         session.history.add_epoch(vars(EpochEnded(epoch, 2.3, acc, 2.3, acc, acc, 100, 1000,
                                                   1.0, 1e-3, "train")))
-    monitor._on_finished("finished")
+    session.ended.emit("finished")  # as the session does when its run is over
     assert "chance level" in monitor.outcome and "chance level" in monitor.summary.text()
     assert outcomes == [monitor.outcome]
     session.history.add_epoch(vars(EpochEnded(3, 0.3, 0.9, 0.3, 0.9, 0.9, 100, 1000, 1.0,
                                               1e-3, "train")))
-    monitor._on_finished("finished")
+    session.ended.emit("finished")  # as the session does when its run is over
     assert monitor.outcome == "Run finished."
 
 
@@ -296,7 +296,7 @@ def test_runs_appear_by_themselves_and_unfinished_runs_show_no_ratio(qtbot, wind
     from engine.runs import new_run_dir
 
     window.show_page(RUNS_PAGE)
-    history = window.history
+    history = window.runs_view
     qtbot.waitUntil(lambda: history.folder_label.text() != "", timeout=30_000)
     assert history.model.rowCount() == 0
     run_dir = new_run_dir(tiny_config(name="just-created"))

@@ -80,7 +80,7 @@ def fake_run(folder, encoding: str, params: int, accuracy: float) -> None:
 def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, tmp_path,
                                                                          monkeypatch):
     from engine.runs import list_runs
-    from ui.history.history_view import HistoryView
+    from ui.runs.runs_view import RunsView
 
     root = tmp_path / "runs"
     fake_run(root / "plain-adtn", "adtn", 1_000, 0.90)
@@ -97,7 +97,7 @@ def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, t
         "tt-d2-seed0": "tt", "dense-seed0": "dense"}
 
     monkeypatch.setenv("ADTN_RUNS_DIR", str(root))
-    view = HistoryView()
+    view = RunsView()
     qtbot.addWidget(view)
     view.show()
     qtbot.waitUntil(lambda: view.scatter_point_count() == 5, timeout=60_000)

@@ -93,7 +93,7 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     assert (run_dir / "checkpoints" / "last.safetensors").is_file()
 
     window.show_page(RUNS_PAGE)
-    history = window.history
+    history = window.runs_view
     qtbot.waitUntil(lambda: history.model.rowCount() == 1, timeout=30_000)
     history.select_run(str(run_dir))
     assert history.resume_button.isEnabled()
@@ -144,7 +144,7 @@ def test_history_compares_runs(qtbot, window):
     for name in ("first", "second"):
         assert run_to_end(qtbot, window, tiny_config(epochs=1, name=name)) == "finished"
     window.show_page(RUNS_PAGE)
-    history = window.history
+    history = window.runs_view
     qtbot.waitUntil(lambda: history.model.rowCount() == 2, timeout=30_000)
     assert {run.name for run in history.model.rows} == {"first", "second"}
     assert history.scatter_point_count() == 2

@@ -1,6 +1,6 @@
 """pyqtgraph plots of a run's curves, and saving them as PNG or SVG.
 
-Shared by the training monitor (one live run) and the history view (past runs, overlays).
+Shared by the training monitor (one live run) and the Runs page (past runs, overlays).
 """
 
 from __future__ import annotations

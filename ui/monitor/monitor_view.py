@@ -203,7 +203,7 @@ class MonitorView(QWidget):
         RunRecord) and show its curves, instead of a bare "No run yet"."""
         if self.session.run_dir is not None or run is None:
             return
-        from ui.history.history_view import read_history
+        from ui.runs.runs_view import read_history
 
         date = run.started_at.replace("T", " ")[:16]
         self.title.setText(f"No run in this session yet. The latest run is <b>{run.name}</b> "

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ui.history.run_table_model import RunTableModel, resumable
+from ui.runs.run_table_model import RunTableModel, resumable
 from ui.messages import describe_exception
 from ui.metric_history import MetricHistory
 from ui.plots import (
@@ -54,7 +54,9 @@ def read_history(run_dir: str | Path) -> MetricHistory:
     return MetricHistory.from_csv(path) if path.is_file() else MetricHistory()
 
 
-class HistoryView(QWidget):
+class RunsView(QWidget):
+    """The Runs page: every run folder under the runs root, its curves and comparisons."""
+
     resume_requested = Signal(str)  # run folder
     rerun_requested = Signal(object)  # the run's RunConfig, for the wizard
     export_requested = Signal(str)  # run folder
