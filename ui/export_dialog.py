@@ -25,7 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ui.formatting import format_bytes, format_count, format_ratio
+from engine.units import format_bytes
+from ui.formatting import format_count, format_ratio
 from ui.messages import describe_exception
 from ui.workers import BackgroundTask
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from adtn_studio.cli import CommandError
+from engine.units import format_bytes
 
 FORMAT_CHOICES = ("adtn", "dense", "onnx", "all")
 
@@ -67,14 +68,6 @@ class _ProgressBar:
 
     def __exit__(self, *exc_info: object) -> None:
         self._bar.close()
-
-
-def format_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024**2:
-        return f"{size / 1024:,.1f} KiB"
-    return f"{size / 1024**2:,.1f} MiB"
 
 
 def format_report(report) -> str:
