@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,29 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("user")
     for variable, folder in ISOLATED_DIRS.items():
         monkeypatch.setenv(variable, str(home / folder))
+
+
+@pytest.fixture
+def wait_until_still(qtbot):
+    """``wait_until_still(read, still_ms=500, timeout=30_000)``: wait until ``read()`` has
+    kept one value for ``still_ms`` (Qt events keep being processed meanwhile) and return
+    that value. For "whatever was in flight has arrived" where no signal says so, instead of
+    a fixed sleep; it fails after ``timeout`` ms if the value never settles."""
+
+    def wait(read, still_ms: int = 500, timeout: int = 30_000):
+        last = {"value": read(), "since": time.monotonic()}
+
+        def still() -> bool:
+            value, now = read(), time.monotonic()
+            if value != last["value"]:
+                last.update(value=value, since=now)
+                return False
+            return now - last["since"] >= still_ms / 1000
+
+        qtbot.waitUntil(still, timeout=timeout)
+        return last["value"]
+
+    return wait
 
 
 @pytest.fixture

@@ -205,7 +205,7 @@ def test_parameter_counts_show_from_the_start_and_ranges_reset(qapp):
     curves.plan(1_432, 203_530, epochs=5)
     counts = curves.point_counts()
     assert counts["params"] == 1 and counts["dense_params"] == 2  # before any epoch ends
-    ticks = curves.params_plot.getPlotItem().getAxis("left")._tickLevels
+    ticks = curves.count_axis_ticks
     assert [label for _, label in ticks[0]] == ["10²", "10³", "10⁴", "10⁵", "10⁶"]
     item = curves.loss_plot.getPlotItem()
     item.setXRange(100, 200, padding=0)
@@ -237,9 +237,9 @@ def test_batch_loss_smoothing_and_hover_read_out(qapp):
                        "test_acc": 0.61})
     curves.show(history)
     curves.smoothing_slider.setValue(0)
-    assert list(curves._batch_loss.getData()[1]) == [4.0, 1.0, 4.0, 1.0]
+    assert curves.curve_data("batch_loss")[1] == [4.0, 1.0, 4.0, 1.0]
     curves.smoothing_slider.setValue(90)
-    smooth = list(curves._batch_loss.getData()[1])
+    smooth = curves.curve_data("batch_loss")[1]
     assert max(smooth) - min(smooth) < 3.0 and curves.smoothing == pytest.approx(0.9)
     text = curves.readouts["accuracy"].show_at(1.02)
     assert "epoch 1" in text and "test: 61.00 %" in text and "train: 50.00 %" in text
@@ -429,15 +429,19 @@ def test_new_compression_starts_the_wizard_over(qtbot, window):
 def test_paused_run_shows_paused_not_a_frozen_eta(qtbot, window):
     from engine.events import BatchEnded
 
-    monitor = window.monitor
-    monitor._on_batch(BatchEnded(1, 2, 4, 0.5, 0.8, 100.0, 1.0, 42.0, "train"))
+    session, monitor = window.session, window.monitor
+    with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
+        window.start_run(tiny_config(epochs=30, name="pause-eta"))
     assert "ETA" in monitor.progress_label.text()
-    window.session._set_state("paused")
+    session.pause()
     assert "paused" in monitor.progress_label.text()
     assert "ETA" not in monitor.progress_label.text()
-    monitor._on_batch(BatchEnded(1, 3, 4, 0.5, 0.8, 100.0, 1.0, 40.0, "train"))
+    # a batch that was in flight when pausing arrives after the pause
+    session.receive(BatchEnded(1, 3, 4, 0.5, 0.8, 100.0, 1.0, 40.0, "train"))
+    session.deliver_events()
     assert "ETA" not in monitor.progress_label.text()
-    window.session._set_state("idle")
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS):
+        session.stop()
 
 
 def test_resume_is_offered_after_stop(qtbot, window):
@@ -487,6 +491,6 @@ def test_engine_loading_reports_each_step():
 def test_the_window_shows_what_is_loading(qtbot):
     window = MainWindow()
     qtbot.addWidget(window)
-    window._show_loading(0.1, "Loading PyTorch…")
+    window.show_loading(0.1, "Loading PyTorch…")
     assert window.statusBar().currentMessage() == "Loading PyTorch…"
     assert window.wizard.loading.text() == "Loading PyTorch…"

@@ -102,8 +102,9 @@ def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, t
     view.show()
     qtbot.waitUntil(lambda: view.scatter_point_count() == 5, timeout=60_000)
     assert view.pareto_front_count() == 3  # adtn, dense, tt
-    brushes = {p.data().encoding: p.brush().color().name() for p in view._scatter.points()}
-    assert brushes["tt"] == view.encoding_colour("tt") != brushes["adtn"]
+    colours = view.scatter_colours()
+    assert colours["tt-d3-seed0"] == colours["tt-d2-seed0"] == view.encoding_colour("tt")
+    assert colours["adtn-d3-seed0"] == colours["plain-adtn"] != colours["tt-d3-seed0"]
 
 
 def test_review_page_opens_the_comparison_for_the_chosen_layers(qtbot, window):
@@ -120,6 +121,6 @@ def test_review_page_opens_the_comparison_for_the_chosen_layers(qtbot, window):
     qtbot.mouseClick(wizard.review_page.compare_button, Qt.MouseButton.LeftButton)
     dialog = wizard.compare_dialog
     assert dialog is not None and dialog.isVisible()
-    assert [s.name for s in dialog._config.layers] == ["fc1", "fc2"]
+    assert [s.name for s in dialog.config.layers] == ["fc1", "fc2"]
     assert dialog.depths_edit.text() == "2"
     dialog.close()

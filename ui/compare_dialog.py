@@ -54,7 +54,7 @@ class CompareDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Compare encodings")
         self.resize(900, 560)
-        self._config = config
+        self.config = config  # the run configuration whose layers the comparison encodes
         self._runs_root = Path(runs_root)
         self._task: BackgroundTask | None = None
         self._control = RunControl()
@@ -138,8 +138,8 @@ class CompareDialog(QDialog):
             raise ValueError("Budgets and seeds are whole numbers separated by commas.") from None
         if self.out_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.out_dir = self._runs_root / f"compare-{self._config.run_name}-{stamp}"
-        request = CompareRequest(base=self._config, out=self.out_dir, encodings=encodings,
+            self.out_dir = self._runs_root / f"compare-{self.config.run_name}-{stamp}"
+        request = CompareRequest(base=self.config, out=self.out_dir, encodings=encodings,
                                  depths=depths, seeds=seeds, epochs=self.epochs_spin.value(),
                                  lr_search=self.search_box.isChecked())
         return request.validate()

@@ -223,15 +223,15 @@ class MainWindow(QMainWindow):
         self.runs_view.export_requested.connect(self.open_export_dialog)
 
     def _start_engine_task(self) -> None:
-        self._show_loading(-1.0, "Loading the engine…")
+        self.show_loading(-1.0, "Loading the engine…")
         self._engine_task = BackgroundTask(load_catalog, self)
-        self._engine_task.progressed.connect(self._show_loading)
+        self._engine_task.progressed.connect(self.show_loading)
         self._engine_task.succeeded.connect(self._on_engine_loaded)
         self._engine_task.failed.connect(self._on_engine_failed)
         self._engine_task.start()
 
     @Slot(float, str)
-    def _show_loading(self, _fraction: float, text: str) -> None:
+    def show_loading(self, _fraction: float, text: str) -> None:
         """What the engine is loading now, in the status bar and on the wizard's page."""
         self.statusBar().showMessage(text)
         self.wizard.show_loading(text)

@@ -265,6 +265,21 @@ class TrainingSession(QObject):
     def is_active(self) -> bool:
         return self._thread is not None or self._child is not None
 
+    @property
+    def child_pid(self) -> int | None:
+        """The training child's process id (for a data-parallel run, the launcher of its
+        workers); None while no child runs (no run, or the thread mode)."""
+        return self._child.process.processId() if self._child is not None else None
+
+    def receive(self, event: Any) -> None:
+        """Queue one engine event, as the trainer's callback and the child's event log do;
+        it is emitted in the UI thread by the next drain. Thread safe (one atomic append)."""
+        self._queue.append(event)
+
+    def deliver_events(self) -> None:
+        """Emit what the engine has reported so far now, not at the drain timer's next tick."""
+        self._drain()
+
     def start(self, config: Any, run_dir: str | Path, resume: bool = False,
               processes: int = 0) -> None:
         """Train ``config`` into ``run_dir`` (continuing its last checkpoint if ``resume``);

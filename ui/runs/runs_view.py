@@ -318,6 +318,11 @@ class RunsView(QWidget):
     def scatter_point_count(self) -> int:
         return len(self._scatter.data)
 
+    def scatter_colours(self) -> dict[str, str]:
+        """Each run drawn in the scatter (by name) and its point's colour ("#rrggbb")."""
+        return {point.data().name: point.brush().color().name()
+                for point in self._scatter.points()}
+
     @staticmethod
     def encoding_colour(encoding: str) -> str:
         """One colour per encoding, the same in every view and in compare.png."""
