@@ -342,7 +342,7 @@ class _Run:
                     if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
             lr = _set_learning_rate(optimizer, config, *self._phase_position(epoch))
-            steps.warmup = _warmup_span(config, *self._phase_position(epoch))
+            steps.warmup = warmup_span(config, *self._phase_position(epoch))
             rank = self.dist.rank if self.dist is not None else 0  # own dropout masks a rank
             torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT) + rank)
             started = time.perf_counter()
@@ -497,7 +497,7 @@ class _Steps:
         epoch_lrs = [group["lr"] for group in optimizer.param_groups]
         for batch, (images, labels) in enumerate(batches.epoch(epoch), start=1):
             if self.warmup is not None:
-                fraction = _warmup_fraction(self.warmup, batch, self.batches_per_epoch)
+                fraction = warmup_fraction(self.warmup, batch, self.batches_per_epoch)
                 for group, epoch_lr in zip(optimizer.param_groups, epoch_lrs):
                     group["lr"] = epoch_lr * fraction
             control.wait_while_paused()
@@ -639,7 +639,7 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, config: RunConfig,
     return optimizer.param_groups[0]["lr"]
 
 
-def _warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
+def warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
                  ) -> tuple[float, float] | None:
     """The warm-up factor at the start and end of this epoch of its phase (rising linearly
     from 0 to 1 over ``warmup_epochs``, never longer than the phase), or None after it."""
@@ -649,7 +649,7 @@ def _warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
     return phase_epoch / warm, (phase_epoch + 1) / warm
 
 
-def _warmup_fraction(span: tuple[float, float], batch: int, batches: int) -> float:
+def warmup_fraction(span: tuple[float, float], batch: int, batches: int) -> float:
     """The factor at ``batch`` (1-based) of an epoch of ``batches``: never 0, so the first
     step already moves."""
     start, end = span

@@ -269,15 +269,15 @@ def test_list_devices_offers_auto_first_and_the_cpu():
 
 def test_warmup_rises_linearly_by_batch_over_the_first_epochs():
     config = quick_config(warmup_epochs=2, epochs=4)
-    assert trainer_module._warmup_span(config, 0, 4) == (0.0, 0.5)
-    assert trainer_module._warmup_span(config, 1, 4) == (0.5, 1.0)
-    assert trainer_module._warmup_span(config, 2, 4) is None
-    span = trainer_module._warmup_span(config, 0, 4)
-    fractions = [trainer_module._warmup_fraction(span, b, 10) for b in range(1, 11)]
+    assert trainer_module.warmup_span(config, 0, 4) == (0.0, 0.5)
+    assert trainer_module.warmup_span(config, 1, 4) == (0.5, 1.0)
+    assert trainer_module.warmup_span(config, 2, 4) is None
+    span = trainer_module.warmup_span(config, 0, 4)
+    fractions = [trainer_module.warmup_fraction(span, b, 10) for b in range(1, 11)]
     assert fractions[0] == pytest.approx(0.05) and fractions[-1] == pytest.approx(0.5)
     assert all(b > a for a, b in zip(fractions, fractions[1:]))
     # a phase shorter than the warm-up ends it with the phase
-    assert trainer_module._warmup_span(config, 0, 1) == (0.0, 1.0)
+    assert trainer_module.warmup_span(config, 0, 1) == (0.0, 1.0)
 
 
 def test_warmup_run_steps_with_the_ramped_learning_rate(tmp_path, monkeypatch):
