@@ -222,7 +222,12 @@ def kill_rank_1_after_an_epoch(tmp_path: Path, *launch_options) -> tuple:
             break
         assert job.poll() is None, job.communicate()[1]
         time.sleep(0.02)
-    time.sleep(0.5)
+    # the ranks are held once no event has come for half a second
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 0.5 and time.monotonic() < deadline:
+        if reader.read():
+            quiet_since = time.monotonic()
+        time.sleep(0.02)
     victim = _worker_pid(job.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
