@@ -37,18 +37,30 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-# Every variable through which the user's environment could reach a test.
-ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data"}
+# Every variable through which the user's environment could reach a test: the application's
+# own folders, and the per-user folders (XDG) that their defaults and any other per-user
+# folder (settings, logs) derive from. XDG_CACHE_HOME stays: font and model caches live there.
+ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data",
+                 "XDG_DATA_HOME": "xdg-data", "XDG_CONFIG_HOME": "xdg-config",
+                 "XDG_STATE_HOME": "xdg-state"}
+# Variables that change how a run behaves: the window's training mode, and a launcher's
+# (torchrun, srun) description of a distributed job the test would otherwise think it is in.
+IGNORED_VARIABLES = ("ADTN_TRAINING_MODE", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                     "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "TORCHELASTIC_RESTART_COUNT")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Keep tests out of the user's real folders and independent of them: runs, settings and
-    data sets live in a fresh temporary folder per test, even when the user has set
-    ADTN_DATA_DIR (a test that needs the real MNIST asks for ``shared_datasets``)."""
+def isolated_user_dirs(tmp_path_factory, monkeypatch) -> Path:
+    """Keep tests out of the user's real folders and independent of them: runs, settings,
+    data sets and logs live in a fresh temporary folder per test (returned), even when the
+    user has set ADTN_DATA_DIR (a test that needs the real MNIST asks for
+    ``shared_datasets``)."""
     home = tmp_path_factory.mktemp("user")
     for variable, folder in ISOLATED_DIRS.items():
         monkeypatch.setenv(variable, str(home / folder))
+    for variable in IGNORED_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    return home
 
 
 @pytest.fixture
