@@ -296,13 +296,13 @@ def test_runs_appear_by_themselves_and_unfinished_runs_show_no_ratio(qtbot, wind
     from engine.runs import new_run_dir
 
     window.show_page(RUNS_PAGE)
-    history = window.runs_view
-    qtbot.waitUntil(lambda: history.folder_label.text() != "", timeout=30_000)
-    assert history.model.rowCount() == 0
+    runs = window.runs_view
+    qtbot.waitUntil(lambda: runs.folder_label.text() != "", timeout=30_000)
+    assert runs.model.rowCount() == 0
     run_dir = new_run_dir(tiny_config(name="just-created"))
     tiny_config(name="just-created").save(run_dir / "config.toml")
-    qtbot.waitUntil(lambda: history.model.rowCount() == 1, timeout=15_000)  # no Refresh
-    model = history.model
+    qtbot.waitUntil(lambda: runs.model.rowCount() == 1, timeout=15_000)  # no Refresh
+    model = runs.model
     row = {model.headerData(c, Qt.Orientation.Horizontal): model.index(0, c).data()
            for c in range(model.columnCount())}
     assert row["run"] == "just-created" and row["date"]

@@ -1,4 +1,4 @@
-"""Real short runs through the window: monitor, stop/pause/resume, export, history, close."""
+"""Real short runs through the window: monitor, stop/pause/resume, export, the Runs page, close."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
 LONG_EPOCHS = 30
 
 
-def test_stop_then_resume_from_the_history(qtbot, window):
+def test_stop_then_resume_from_the_runs_page(qtbot, window):
     session = window.session
     with qtbot.waitSignal(session.epoch_ended, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=LONG_EPOCHS, name="stop-me"))
@@ -93,14 +93,14 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     assert (run_dir / "checkpoints" / "last.safetensors").is_file()
 
     window.show_page(RUNS_PAGE)
-    history = window.runs_view
-    qtbot.waitUntil(lambda: history.model.rowCount() == 1, timeout=30_000)
-    history.select_run(str(run_dir))
-    assert history.resume_button.isEnabled()
-    assert history.model.rows[0].status == "stopped"
+    runs = window.runs_view
+    qtbot.waitUntil(lambda: runs.model.rowCount() == 1, timeout=30_000)
+    runs.select_run(str(run_dir))
+    assert runs.resume_button.isEnabled()
+    assert runs.model.rows[0].status == "stopped"
 
     with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as resumed:
-        qtbot.mouseClick(history.resume_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(runs.resume_button, Qt.MouseButton.LeftButton)
     assert resumed.args == ["finished"]
     assert session.run_dir == run_dir
     assert "resuming at epoch" in window.monitor.log_view.toPlainText()
@@ -142,26 +142,26 @@ def test_export_dialog_shows_the_verification(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: dialog.close_button.isEnabled(), timeout=10_000)
 
 
-def test_history_compares_runs(qtbot, window):
+def test_runs_page_compares_runs(qtbot, window):
     for name in ("first", "second"):
         assert run_to_end(qtbot, window, tiny_config(epochs=1, name=name)) == "finished"
     window.show_page(RUNS_PAGE)
-    history = window.runs_view
-    qtbot.waitUntil(lambda: history.model.rowCount() == 2, timeout=30_000)
-    assert {run.name for run in history.model.rows} == {"first", "second"}
-    assert history.scatter_point_count() == 2
-    history.select_run(history.model.rows[0].path)
-    assert history.curves.point_counts()["test_acc"] == 1
-    history.select_run(history.model.rows[1].path, extend=True)
-    assert history.overlay_curve_count() == 2 and history.tabs.currentIndex() == 1
-    assert not history.resume_button.isEnabled()  # finished runs and a multiple selection
+    runs = window.runs_view
+    qtbot.waitUntil(lambda: runs.model.rowCount() == 2, timeout=30_000)
+    assert {run.name for run in runs.model.rows} == {"first", "second"}
+    assert runs.scatter_point_count() == 2
+    runs.select_run(runs.model.rows[0].path)
+    assert runs.curves.point_counts()["test_acc"] == 1
+    runs.select_run(runs.model.rows[1].path, extend=True)
+    assert runs.overlay_curve_count() == 2 and runs.tabs.currentIndex() == 1
+    assert not runs.resume_button.isEnabled()  # finished runs and a multiple selection
 
-    history.select_run(history.model.rows[0].path)
-    with qtbot.waitSignal(history.rerun_requested) as rerun:
-        qtbot.mouseClick(history.rerun_button, Qt.MouseButton.LeftButton)
+    runs.select_run(runs.model.rows[0].path)
+    with qtbot.waitSignal(runs.rerun_requested) as rerun:
+        qtbot.mouseClick(runs.rerun_button, Qt.MouseButton.LeftButton)
     assert window.pages.currentIndex() == 0
     assert window.wizard.training_page.limit_train.value() == 256
-    assert rerun.args[0].name == history.model.rows[0].name
+    assert rerun.args[0].name == runs.model.rows[0].name
 
 
 def test_closing_during_a_run_asks_then_stops_cleanly(qtbot, window, monkeypatch):

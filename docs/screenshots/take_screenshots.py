@@ -95,13 +95,13 @@ def main() -> None:
     finish_run(window, config.replace(name="fc2-synthetic-dense", epochs=3, layers=[],
                                       dense_baseline=True))
     window.show_page(2)
-    history = window.runs_view
-    wait(lambda: history.model.rowCount() == 4)
+    runs = window.runs_view
+    wait(lambda: runs.model.rowCount() == 4)
     shot(window, "runs-curves")
-    for run in history.model.rows:
-        history.select_run(run.path, extend=True)
+    for run in runs.model.rows:
+        runs.select_run(run.path, extend=True)
     shot(window, "runs-compare")
-    history.tabs.setCurrentIndex(2)
+    runs.tabs.setCurrentIndex(2)
     shot(window, "runs-params-vs-accuracy")
     window.close()
     # No event loop ran here, so deleteLater() calls are still queued: run them now.
