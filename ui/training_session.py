@@ -387,7 +387,7 @@ class TrainingSession(QObject):
         # nothing of the ended worker may call back into the session from here on
         worker.crashed.disconnect(self._on_crashed)
         worker.ended.disconnect(self._on_worker_ended)
-        self._finish_run()
+        self._end_run()
 
     @Slot(int, str)
     def _on_child_ended(self, code: int, last_line: str) -> None:
@@ -412,9 +412,9 @@ class TrainingSession(QObject):
         elif code != 0 and "worker rank" in last_line:  # the launcher names the rank that died
             self.log.emit("error", last_line.removeprefix("adtn-studio "))
         child.deleteLater()
-        self._finish_run()
+        self._end_run()
 
-    def _finish_run(self) -> None:
+    def _end_run(self) -> None:
         self._drain_timer.stop()
         self._drain()
         self._emit_pending_batch()  # the last progress comes before "ended"
