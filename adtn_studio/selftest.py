@@ -145,10 +145,11 @@ def check_train(ctx: Context) -> str:
 
 def check_export(ctx: Context) -> str:
     from engine.export import export_run
+    from engine.units import format_bytes
 
     report = export_run(ctx.run_dir, ctx.work / "export", formats=("adtn", "dense", "onnx"))
     ctx.files = {exported.format: Path(exported.path) for exported in report.files}
-    sizes = ", ".join(f"{exported.format} {exported.size_bytes / 1024:,.0f} KiB"
+    sizes = ", ".join(f"{exported.format} {format_bytes(exported.size_bytes)}"
                       for exported in report.files)
     return f"{sizes}; verified, largest difference {report.max_abs_diff:.1e}"
 

@@ -155,7 +155,7 @@ def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto
             adtn().sum().backward()
             synchronise(device)
             grad_times.append(now() - start)
-        low = adtn._use_low_memory(adtn._matrices(adtn._compiled()[1]))
+        low = adtn.uses_low_memory()
         print(
             f"| 4096×4096 (Q = 24) | {device} | {depth} | {adtn.num_parameters():,} "
             f"| {'low' if low else 'fast'} | {min(times) * 1e3:.0f} | {min(grad_times) * 1e3:.0f} |"

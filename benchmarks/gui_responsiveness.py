@@ -105,11 +105,11 @@ def main() -> int:
     epoch_ends: list[float] = []
     window.session.epoch_ended.connect(lambda event: epoch_ends.append(time.perf_counter()))
 
-    def on_finished(status: str) -> None:
+    def on_ended(status: str) -> None:
         marks["end"] = time.perf_counter()
         app.exit(0 if status == "finished" else 1)
 
-    window.session.finished.connect(on_finished)
+    window.session.ended.connect(on_ended)
     load_before = os.getloadavg()
     cpu_before = time.process_time()
     started = time.perf_counter()

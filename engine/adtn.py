@@ -224,13 +224,14 @@ class ADTN(nn.Module):
         self._compiled_key: int | None = None
         self._compiled_value = None
         self._order_cache: torch.Tensor | None = None
-        self._pool = BufferPool()  # states the CPU backward pass hands on to the next step
+        # States the CPU backward pass hands on to the next step (``free``, at most ``limit``).
+        self.buffer_pool = BufferPool()
 
     def __getstate__(self):
         # Copies (deepcopy, as engine.materialize makes) leave the reusable buffers, the
         # cached inference weight and the gather index behind: they are rebuilt on demand.
         state = self.__dict__.copy()
-        state["_pool"] = BufferPool()
+        state["buffer_pool"] = BufferPool()
         state["_cache_key"] = state["_cache_value"] = state["_order_cache"] = None
         return state
 
@@ -296,13 +297,13 @@ class ADTN(nn.Module):
         plans, recipe = self._compiled()
         plan = plans[scaled]
         mats = self._matrices(recipe)
-        low_memory = self._use_low_memory(mats)
+        low_memory = self._low_memory_for(mats)
         scale = self.scale if scaled else None
-        order = self._order_index(mats[0].device)
+        order = self.state_index_order(mats[0].device)
         tracked = mats + ([self.scale] if scaled else [])
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
-            pool = self._pool if mats[0].device.type == "cpu" else None
-            self._pool.limit = sum(len(layer) for layer in plan.fast) + 4
+            pool = self.buffer_pool if mats[0].device.type == "cpu" else None
+            self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
             return NetworkState.apply(plan, low_memory, order, pool, scale, *mats)
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
 
@@ -311,9 +312,10 @@ class ADTN(nn.Module):
         bit 0 is a mode's most significant."""
         return network_bit_order(self.mode_bits, self.index_order)
 
-    def _order_index(self, device: torch.device) -> torch.Tensor | None:
+    def state_index_order(self, device: torch.device) -> torch.Tensor | None:
         """For ``index_order="interleaved"``: the state's entry of each flat weight entry
-        (one gather, cached per device; far faster than a permute of Q axes of size 2)."""
+        (one gather, cached per device; far faster than a permute of Q axes of size 2);
+        None for ``"rows_first"``, where the two orders are the same."""
         if self.index_order == "rows_first":
             return None
         if self._order_cache is None or self._order_cache.device != device:
@@ -324,7 +326,12 @@ class ADTN(nn.Module):
             self._order_cache = flat.permute(axes).reshape(-1).contiguous()
         return self._order_cache
 
-    def _use_low_memory(self, mats) -> bool:
+    def uses_low_memory(self) -> bool:
+        """Whether the backward pass recomputes states instead of keeping them: ``memory`` is
+        "low", or "auto" and keeping every block's input would not fit."""
+        return self._low_memory_for(self._matrices(self._compiled()[1]))
+
+    def _low_memory_for(self, mats) -> bool:
         """Recompute in the backward pass when keeping every block's input would not fit."""
         if self.memory != "auto":
             return self.memory == "low"

@@ -78,7 +78,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA
-    workers: int = 0  # kept for compatibility; data sets are held in memory, no workers
+    # Processes that decode an image folder too large for memory (0 = one per core, at most
+    # 4); data sets held in memory (every built-in one, small folders) need none.
+    workers: int = 0
     limit_train: int = 0  # use at most this many training examples (0 = all)
     limit_test: int = 0  # use at most this many test examples (0 = all)
     # Hold out this many training examples and evaluate on them instead of the test set

@@ -353,7 +353,7 @@ class BatchIterator:
         return int(self.labels.shape[0])
 
     def __len__(self) -> int:
-        return len(self._batch_bounds())
+        return len(self.batch_bounds())
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = None
@@ -365,7 +365,7 @@ class BatchIterator:
             yield from self._streamed(order, augment_rng)
             return
         assert self.images is not None  # held in memory unless streamed from files
-        for start, stop in self._batch_bounds():
+        for start, stop in self.batch_bounds():
             index = order[start:stop] if order is not None else slice(start, stop)
             images = self.images[index].float().div_(255)
             if self.augment:
@@ -380,7 +380,7 @@ class BatchIterator:
 
         assert self.files is not None  # only a set of files is streamed
         indices = order.cpu().tolist() if order is not None else list(range(self.num_examples))
-        batches = [indices[start:stop] for start, stop in self._batch_bounds()]
+        batches = [indices[start:stop] for start, stop in self.batch_bounds()]
         dataset = FileDataset(self.files.files, self.files.channels, self.files.image_size)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=self.files.workers,
@@ -406,7 +406,8 @@ class BatchIterator:
             shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
             log.warning("skipped %d unreadable image file(s) while streaming: %s", len(new), shown)
 
-    def _batch_bounds(self) -> list[tuple[int, int]]:
+    def batch_bounds(self) -> list[tuple[int, int]]:
+        """(start, stop) of each batch of an epoch in the epoch's order of examples."""
         n, size = self.num_examples, self.batch_size
         bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
         # a training batch of one example would break batch norm; drop such a remainder

@@ -205,7 +205,7 @@ class ShardedBatches:
         return self.batches.num_examples
 
     def _global_sizes(self) -> list[int]:
-        return [stop - start for start, stop in self.batches._batch_bounds()]
+        return [stop - start for start, stop in self.batches.batch_bounds()]
 
     def __len__(self) -> int:
         minimum = self.world_size if self.drop_small else 1

@@ -350,7 +350,7 @@ class _Run:
                     if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
             lr = _set_learning_rate(optimizer, config, *self._phase_position(epoch))
-            steps.warmup = _warmup_span(config, *self._phase_position(epoch))
+            steps.warmup = warmup_span(config, *self._phase_position(epoch))
             rank = self.dist.rank if self.dist is not None else 0  # own dropout masks a rank
             torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT) + rank)
             started = time.perf_counter()
@@ -504,7 +504,7 @@ class _Steps:
         epoch_lrs = [group["lr"] for group in optimizer.param_groups]
         for batch, (images, labels) in enumerate(batches.epoch(epoch), start=1):
             if self.warmup is not None:
-                fraction = _warmup_fraction(self.warmup, batch, self.batches_per_epoch)
+                fraction = warmup_fraction(self.warmup, batch, self.batches_per_epoch)
                 for group, epoch_lr in zip(optimizer.param_groups, epoch_lrs):
                     group["lr"] = epoch_lr * fraction
             control.wait_while_paused()
@@ -519,7 +519,7 @@ class _Steps:
             self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             grad_norms = None
             if batch == 1 or batch % GRAD_NORM_EVERY == 0:
-                grad_norms = _adtn_grad_norms(model, self.scaler)
+                grad_norms = adtn_grad_norms(model, self.scaler)
             batch_correct = (logits.argmax(1) == labels).sum()
             stats = torch.stack([loss.detach().float(), batch_correct.float()])
             count = int(labels.shape[0])
@@ -592,7 +592,7 @@ def _rank_device(device: torch.device, env: DistributedEnv) -> torch.device:
     return torch.device(f"cuda:{env.local_rank}")
 
 
-def _adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str, float]:
+def adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str, float]:
     """The gradient norm of each encoded layer's generator parameters (unscaled)."""
     layers = encoded_layers(model)
     if not layers:
@@ -649,7 +649,7 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, config: RunConfig,
     return optimizer.param_groups[0]["lr"]
 
 
-def _warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
+def warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
                  ) -> tuple[float, float] | None:
     """The warm-up factor at the start and end of this epoch of its phase (rising linearly
     from 0 to 1 over ``warmup_epochs``, never longer than the phase), or None after it."""
@@ -659,7 +659,7 @@ def _warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
     return phase_epoch / warm, (phase_epoch + 1) / warm
 
 
-def _warmup_fraction(span: tuple[float, float], batch: int, batches: int) -> float:
+def warmup_fraction(span: tuple[float, float], batch: int, batches: int) -> float:
     """The factor at ``batch`` (1-based) of an epoch of ``batches``: never 0, so the first
     step already moves."""
     start, end = span

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,22 +38,55 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-# Every variable through which the user's environment could reach a test.
+# Every variable through which the user's environment could reach a test: the application's
+# own folders, and the per-user folders (XDG) that their defaults and any other per-user
+# folder (settings, logs) derive from. XDG_CACHE_HOME stays: font and model caches live there.
 ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data",
-                 "ADTN_LOG_DIR": "logs"}
+                 "XDG_DATA_HOME": "xdg-data", "XDG_CONFIG_HOME": "xdg-config",
+                 "XDG_STATE_HOME": "xdg-state", "ADTN_LOG_DIR": "logs"}
+# Variables that change how a run behaves: the window's training mode, and a launcher's
+# (torchrun, srun) description of a distributed job the test would otherwise think it is in.
+IGNORED_VARIABLES = ("ADTN_TRAINING_MODE", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                     "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "TORCHELASTIC_RESTART_COUNT")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Keep tests out of the user's real folders and independent of them: runs, settings and
-    data sets live in a fresh temporary folder per test, even when the user has set
-    ADTN_DATA_DIR (a test that needs the real MNIST asks for ``shared_datasets``)."""
+def isolated_user_dirs(tmp_path_factory, monkeypatch) -> Iterator[Path]:
+    """Keep tests out of the user's real folders and independent of them: runs, settings,
+    data sets and logs live in a fresh temporary folder per test (returned), even when the
+    user has set ADTN_DATA_DIR (a test that needs the real MNIST asks for
+    ``shared_datasets``)."""
     home = tmp_path_factory.mktemp("user")
     for variable, folder in ISOLATED_DIRS.items():
         monkeypatch.setenv(variable, str(home / folder))
-    yield
+    for variable in IGNORED_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    yield home
     if "engine.logging_setup" in sys.modules:  # a test ran the CLI: close its log handlers
         sys.modules["engine.logging_setup"].reset_logging()
+
+
+@pytest.fixture
+def wait_until_still(qtbot):
+    """``wait_until_still(read, still_ms=500, timeout=30_000)``: wait until ``read()`` has
+    kept one value for ``still_ms`` (Qt events keep being processed meanwhile) and return
+    that value. For "whatever was in flight has arrived" where no signal says so, instead of
+    a fixed sleep; it fails after ``timeout`` ms if the value never settles."""
+
+    def wait(read, still_ms: int = 500, timeout: int = 30_000):
+        last = {"value": read(), "since": time.monotonic()}
+
+        def still() -> bool:
+            value, now = read(), time.monotonic()
+            if value != last["value"]:
+                last.update(value=value, since=now)
+                return False
+            return now - last["since"] >= still_ms / 1000
+
+        qtbot.waitUntil(still, timeout=timeout)
+        return last["value"]
+
+    return wait
 
 
 @pytest.fixture

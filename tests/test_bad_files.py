@@ -291,7 +291,7 @@ def test_bundle_needing_more_memory_than_the_limit_is_refused_before_building(tm
     from its description, nothing allocated for the model."""
     import resource
 
-    from engine.export.metadata import BUNDLE_FORMAT, METADATA_KEY, build_metadata
+    from engine.export.metadata import BUNDLE_FORMAT, build_metadata
     from engine.export.safe_read import tensors_sha256
     from engine.layers import ADTNLinear
 

@@ -52,10 +52,11 @@ def test_train_without_a_config_file_writes_the_resolved_config(project):
     run_dir = project / "run"
     result = adtn("train", "--model", "nets.py:small_cnn", "--dataset", "imagefolder:images",
                   "--encode", "4", "--depth", "2", "--epochs", "1", "--device", "cpu",
-                  "--batch-size", "8", "--out", run_dir, cwd=project)
+                  "--batch-size", "8", "--workers", "2", "--out", run_dir, cwd=project)
     assert result.returncode == 0, result.stderr
     assert "status:      finished" in result.stdout
     config = tomllib.loads((run_dir / "config.toml").read_text())
+    assert config["workers"] == 2  # kept for a folder too large for memory (this one is not)
     assert config["model"] == f"{project / 'nets.py'}:small_cnn"  # absolute: works anywhere
     assert config["dataset"] == f"imagefolder:{project / 'images'}"
     assert [(layer["name"], layer["depth"]) for layer in config["layers"]] == [("4", 2)]

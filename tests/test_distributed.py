@@ -104,12 +104,12 @@ def test_shares_cover_each_global_batch_once_and_weights_average_to_the_mean():
     class Batches:  # a global batch order as BatchIterator gives it: 5 + 5 + 3 examples
         num_examples = 13
 
-        def _batch_bounds(self):
+        def batch_bounds(self):
             return [(0, 5), (5, 10), (10, 13)]
 
         def epoch(self, epoch):
             values = torch.arange(13.0)
-            for start, stop in self._batch_bounds():
+            for start, stop in self.batch_bounds():
                 yield values[start:stop], values[start:stop]
 
     shards = [ShardedBatches(Batches(), rank, 2) for rank in range(2)]
@@ -222,7 +222,12 @@ def kill_rank_1_after_an_epoch(tmp_path: Path, *launch_options) -> tuple:
             break
         assert job.poll() is None, job.communicate()[1]
         time.sleep(0.02)
-    time.sleep(0.5)
+    # the ranks are held once no event has come for half a second
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 0.5 and time.monotonic() < deadline:
+        if reader.read():
+            quiet_since = time.monotonic()
+        time.sleep(0.02)
     victim = _worker_pid(job.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)

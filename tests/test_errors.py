@@ -67,7 +67,7 @@ def engine_bug(monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("an index went astray")
 
-    monkeypatch.setattr(trainer_module, "_adtn_grad_norms", broken)
+    monkeypatch.setattr(trainer_module, "adtn_grad_norms", broken)
 
 
 def test_an_engine_bug_is_an_error_with_its_traceback_in_the_run_log(tmp_path, engine_bug):

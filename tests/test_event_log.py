@@ -94,8 +94,7 @@ def test_the_control_file_pauses_resumes_and_stops(tmp_path):
     control = FileRunControl(path, poll_seconds=0.01)
     assert not control.paused and not control.stop_requested
     write_control(path, "pause")
-    time.sleep(0.02)
-    assert control.paused
+    assert eventually(lambda: control.paused)  # the property reads the file by itself
 
     woke = threading.Event()
 
@@ -105,17 +104,30 @@ def test_the_control_file_pauses_resumes_and_stops(tmp_path):
 
     thread = threading.Thread(target=trainer)
     thread.start()
-    assert not woke.wait(0.2)  # held while the file says pause
+    # held while the file says pause: an absence, which only a span of time can show
+    assert not woke.wait(0.2)
     write_control(path, "run")
     assert woke.wait(5)
     thread.join()
+    write_control(path, "pause")
+    assert eventually(lambda: control.paused)
     path.write_text("{ damaged", encoding="utf-8")  # unreadable reads as run, never a crash
-    time.sleep(0.02)
+    control.poll(force=True)
     assert not control.paused and not control.stop_requested
     write_control(path, "stop")
-    time.sleep(0.02)
+    control.poll(force=True)
     assert control.stop_requested
     control.wait_while_paused()  # returns at once after a stop
     write_control(path, "run")  # a stop is final
-    time.sleep(0.02)
+    control.poll(force=True)
     assert control.stop_requested
+
+
+def eventually(condition, timeout: float = 5.0) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds (checked every few ms)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -213,7 +213,7 @@ import sys, time
 from engine.runs import RunLock
 RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
-time.sleep(120)
+time.sleep(120)  # holds the lock until the test kills it
 """
 
 
@@ -255,6 +255,7 @@ def test_list_and_resume_agree_on_a_running_and_a_killed_run(finished_run, tmp_p
 
     from engine.runs import RunFolderBusy, RunLock
 
+    # a process that stays alive (until killed below) for the "running" run's lock
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)

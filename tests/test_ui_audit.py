@@ -29,7 +29,7 @@ def tiny_config(epochs: int = 1, name: str = "audit", **changes):
 
 
 def run_to_end(qtbot, window, config, **kwargs) -> str:
-    with qtbot.waitSignal(window.session.finished, timeout=RUN_TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.session.ended, timeout=RUN_TIMEOUT_MS) as blocker:
         window.start_run(config, **kwargs)
     return blocker.args[0]
 
@@ -166,12 +166,12 @@ def test_a_run_at_chance_level_is_reported_as_such(window):
     for epoch, acc in ((1, 0.098), (2, 0.101)):  # 10 classes: guessing gives 10 %
         session.history.add_epoch(vars(EpochEnded(epoch, 2.3, acc, 2.3, acc, acc, 100, 1000,
                                                   1.0, 1e-3, "train")))
-    monitor._on_finished("finished")
+    session.ended.emit("finished")  # as the session does when its run is over
     assert "chance level" in monitor.outcome and "chance level" in monitor.summary.text()
     assert outcomes == [monitor.outcome]
     session.history.add_epoch(vars(EpochEnded(3, 0.3, 0.9, 0.3, 0.9, 0.9, 100, 1000, 1.0,
                                               1e-3, "train")))
-    monitor._on_finished("finished")
+    session.ended.emit("finished")  # as the session does when its run is over
     assert monitor.outcome == "Run finished."
 
 
@@ -205,7 +205,7 @@ def test_parameter_counts_show_from_the_start_and_ranges_reset(qapp):
     curves.plan(1_432, 203_530, epochs=5)
     counts = curves.point_counts()
     assert counts["params"] == 1 and counts["dense_params"] == 2  # before any epoch ends
-    ticks = curves.params_plot.getPlotItem().getAxis("left")._tickLevels
+    ticks = curves.count_axis_ticks
     assert [label for _, label in ticks[0]] == ["10²", "10³", "10⁴", "10⁵", "10⁶"]
     item = curves.loss_plot.getPlotItem()
     item.setXRange(100, 200, padding=0)
@@ -237,9 +237,9 @@ def test_batch_loss_smoothing_and_hover_read_out(qapp):
                        "test_acc": 0.61})
     curves.show(history)
     curves.smoothing_slider.setValue(0)
-    assert list(curves._batch_loss.getData()[1]) == [4.0, 1.0, 4.0, 1.0]
+    assert curves.curve_data("batch_loss")[1] == [4.0, 1.0, 4.0, 1.0]
     curves.smoothing_slider.setValue(90)
-    smooth = list(curves._batch_loss.getData()[1])
+    smooth = curves.curve_data("batch_loss")[1]
     assert max(smooth) - min(smooth) < 3.0 and curves.smoothing == pytest.approx(0.9)
     text = curves.readouts["accuracy"].show_at(1.02)
     assert "epoch 1" in text and "test: 61.00 %" in text and "train: 50.00 %" in text
@@ -296,13 +296,13 @@ def test_runs_appear_by_themselves_and_unfinished_runs_show_no_ratio(qtbot, wind
     from engine.runs import new_run_dir
 
     window.show_page(RUNS_PAGE)
-    history = window.history
-    qtbot.waitUntil(lambda: history.folder_label.text() != "", timeout=30_000)
-    assert history.model.rowCount() == 0
+    runs = window.runs_view
+    qtbot.waitUntil(lambda: runs.folder_label.text() != "", timeout=30_000)
+    assert runs.model.rowCount() == 0
     run_dir = new_run_dir(tiny_config(name="just-created"))
     tiny_config(name="just-created").save(run_dir / "config.toml")
-    qtbot.waitUntil(lambda: history.model.rowCount() == 1, timeout=15_000)  # no Refresh
-    model = history.model
+    qtbot.waitUntil(lambda: runs.model.rowCount() == 1, timeout=15_000)  # no Refresh
+    model = runs.model
     row = {model.headerData(c, Qt.Orientation.Horizontal): model.index(0, c).data()
            for c in range(model.columnCount())}
     assert row["run"] == "just-created" and row["date"]
@@ -429,22 +429,26 @@ def test_new_compression_starts_the_wizard_over(qtbot, window):
 def test_paused_run_shows_paused_not_a_frozen_eta(qtbot, window):
     from engine.events import BatchEnded
 
-    monitor = window.monitor
-    monitor._on_batch(BatchEnded(1, 2, 4, 0.5, 0.8, 100.0, 1.0, 42.0, "train"))
+    session, monitor = window.session, window.monitor
+    with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
+        window.start_run(tiny_config(epochs=30, name="pause-eta"))
     assert "ETA" in monitor.progress_label.text()
-    window.session._set_state("paused")
+    session.pause()
     assert "paused" in monitor.progress_label.text()
     assert "ETA" not in monitor.progress_label.text()
-    monitor._on_batch(BatchEnded(1, 3, 4, 0.5, 0.8, 100.0, 1.0, 40.0, "train"))
+    # a batch that was in flight when pausing arrives after the pause
+    session.receive(BatchEnded(1, 3, 4, 0.5, 0.8, 100.0, 1.0, 40.0, "train"))
+    session.deliver_events()
     assert "ETA" not in monitor.progress_label.text()
-    window.session._set_state("idle")
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS):
+        session.stop()
 
 
 def test_resume_is_offered_after_stop(qtbot, window):
     session, monitor = window.session, window.monitor
     with qtbot.waitSignal(session.epoch_ended, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=30, name="stop-resume"))
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as stopped:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as stopped:
         session.stop()
     assert stopped.args == ["stopped"]
     assert monitor.resume_button.isEnabled() and window.resume_action.isEnabled()
@@ -452,7 +456,7 @@ def test_resume_is_offered_after_stop(qtbot, window):
     with qtbot.waitSignal(session.run_started, timeout=RUN_TIMEOUT_MS):
         qtbot.mouseClick(monitor.resume_button, Qt.MouseButton.LeftButton)
     assert session.run_dir == run_dir and session.is_active()
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS):
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS):
         session.stop()
 
 
@@ -487,6 +491,6 @@ def test_engine_loading_reports_each_step():
 def test_the_window_shows_what_is_loading(qtbot):
     window = MainWindow()
     qtbot.addWidget(window)
-    window._show_loading(0.1, "Loading PyTorch…")
+    window.show_loading(0.1, "Loading PyTorch…")
     assert window.statusBar().currentMessage() == "Loading PyTorch…"
     assert window.wizard.loading.text() == "Loading PyTorch…"

@@ -50,16 +50,16 @@ def test_a_child_process_run_reports_what_a_thread_run_reports(qtbot, session, t
     session.run_started.connect(started.append)
     session.epoch_ended.connect(epochs.append)
     session.checkpoint_saved.connect(checkpoints.append)
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         session.start(tiny_config(), tmp_path / "run")
         assert session.is_active() and session.state == "running"
-    assert finished.args == ["finished"] and not session.is_active()
+    assert ended.args == ["finished"] and not session.is_active()  # its QProcess released
     assert started and started[0].train_examples == 256 and started[0].start_epoch == 1
     assert [e.epoch for e in epochs] == [1, 2] and len(session.history.batch_x) == 8
     assert {c.kind for c in checkpoints} >= {"last"}
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["pid"] != os.getpid()
-    assert session._child is None  # the QProcess and its helper are released
+    assert session.child_pid is None
 
 
 def test_a_killed_child_is_reported_in_plain_words(qtbot, session, tmp_path):
@@ -67,34 +67,35 @@ def test_a_killed_child_is_reported_in_plain_words(qtbot, session, tmp_path):
     session.run_failed.connect(failures.append)
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         session.start(tiny_config(epochs=200), tmp_path / "run")
-    pid = session._child.process.processId()
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    pid = session.child_pid
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         os.kill(pid, signal.SIGKILL)
-    assert finished.args == ["failed"]
+    assert ended.args == ["failed"]
     assert failures and "killed or crashed" in failures[-1] and "resume" in failures[-1]
 
 
 def test_pause_resume_and_stop_reach_every_rank_of_a_data_parallel_run(qtbot, session,
-                                                                        tmp_path):
+                                                                        tmp_path,
+                                                                        wait_until_still):
     run = tmp_path / "run"
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         session.start(tiny_config(epochs=300, limit_train=512), run, processes=2)
     session.pause()
-    qtbot.wait(1500)  # the ranks finish their batch and meet in the pause
-    session._drain()
-    held = len(session.history.batch_x)
+    # the ranks finish their batch and meet in the pause: no batch comes for a while
+    held = wait_until_still(lambda: len(session.history.batch_x), still_ms=1000)
+    # What is under test is that nothing arrives while paused, which only time can show.
     qtbot.wait(1000)
-    session._drain()
+    session.deliver_events()
     assert len(session.history.batch_x) == held and session.state == "paused"
     session.resume()
     qtbot.waitUntil(lambda: len(session.history.batch_x) > held, timeout=30_000)
-    launcher = session._child.process.processId()
+    launcher = session.child_pid
     workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
                and _parent(p) == launcher]
     assert len(workers) == 2
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         session.stop()
-    assert finished.args == ["stopped"]
+    assert ended.args == ["stopped"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "stopped" and "×2 (gloo)" in summary["device"]
     assert not any(alive(pid) for pid in workers + [launcher])
@@ -109,9 +110,9 @@ def _parent(proc: Path) -> int:
 
 def test_the_thread_mode_still_trains(qtbot, tmp_path):
     session = TrainingSession(mode="thread")
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         session.start(tiny_config(epochs=1), tmp_path / "run")
-    assert finished.args == ["finished"] and len(session.history.batch_x) == 4
+    assert ended.args == ["finished"] and len(session.history.batch_x) == 4
     with pytest.raises(ValueError, match="child-process"):
         session.start(tiny_config(epochs=1), tmp_path / "other", processes=2)
 
@@ -185,9 +186,9 @@ def test_a_child_that_cannot_start_is_reported(qtbot, session, tmp_path, monkeyp
                         lambda *args: [str(tmp_path / "no-such-program")])
     failures = []
     session.run_failed.connect(failures.append)
-    with qtbot.waitSignal(session.finished, timeout=30_000) as finished:
+    with qtbot.waitSignal(session.ended, timeout=30_000) as ended:
         session.start(tiny_config(), tmp_path / "run")
-    assert finished.args == ["failed"] and not session.is_active()
+    assert ended.args == ["failed"] and not session.is_active()
     assert "could not start the training process" in failures[-1]
 
 
@@ -197,14 +198,14 @@ def test_a_dead_worker_of_a_data_parallel_run_is_named(qtbot, session, tmp_path)
     session.run_failed.connect(failures.append)
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         session.start(tiny_config(epochs=300, limit_train=512), tmp_path / "run", processes=2)
-    launcher = session._child.process.processId()
+    launcher = session.child_pid
     rank_1 = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
               and _parent(p) == launcher
               and b"RANK=1" in (p / "environ").read_bytes().split(b"\0")]
     assert len(rank_1) == 1
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         os.kill(rank_1[0], signal.SIGKILL)
-    assert finished.args == ["failed"] and failures
+    assert ended.args == ["failed"] and failures
     named = [text for level, text in logged + [("error", f) for f in failures]
              if f"worker rank 1 (pid {rank_1[0]}) was killed by SIGKILL" in text]
     assert named, logged

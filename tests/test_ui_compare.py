@@ -25,11 +25,11 @@ def test_dialog_runs_the_variants_and_fills_the_table(qtbot, tmp_path):
         box.setChecked(name in ("adtn", "tt", "lowrank"))
     dialog.seeds_edit.setText("0")
     dialog.search_box.setChecked(False)
-    with qtbot.waitSignal(dialog.finished_compare, timeout=180_000) as finished:
+    with qtbot.waitSignal(dialog.results_shown, timeout=180_000) as shown:
         dialog.start()
         assert not dialog.start_button.isEnabled() and dialog.stop_button.isEnabled()
     qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=30_000)
-    out = finished.args[0]
+    out = shown.args[0]
     assert out.startswith(str(tmp_path)) and (tmp_path / out.split("/")[-1] / "compare.md").is_file()
     rows = {dialog.table.item(r, 0).text(): r for r in range(dialog.table.rowCount())}
     assert set(rows) == {"adtn at the ADTN depth-2 budget", "tt at the ADTN depth-2 budget",
@@ -80,7 +80,7 @@ def fake_run(folder, encoding: str, params: int, accuracy: float) -> None:
 def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, tmp_path,
                                                                          monkeypatch):
     from engine.runs import list_runs
-    from ui.history.history_view import HistoryView
+    from ui.runs.runs_view import RunsView
 
     root = tmp_path / "runs"
     fake_run(root / "plain-adtn", "adtn", 1_000, 0.90)
@@ -97,13 +97,14 @@ def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, t
         "tt-d2-seed0": "tt", "dense-seed0": "dense"}
 
     monkeypatch.setenv("ADTN_RUNS_DIR", str(root))
-    view = HistoryView()
+    view = RunsView()
     qtbot.addWidget(view)
     view.show()
     qtbot.waitUntil(lambda: view.scatter_point_count() == 5, timeout=60_000)
     assert view.pareto_front_count() == 3  # adtn, dense, tt
-    brushes = {p.data().encoding: p.brush().color().name() for p in view._scatter.points()}
-    assert brushes["tt"] == view.encoding_colour("tt") != brushes["adtn"]
+    colours = view.scatter_colours()
+    assert colours["tt-d3-seed0"] == colours["tt-d2-seed0"] == view.encoding_colour("tt")
+    assert colours["adtn-d3-seed0"] == colours["plain-adtn"] != colours["tt-d3-seed0"]
 
 
 def test_review_page_opens_the_comparison_for_the_chosen_layers(qtbot, window):
@@ -120,6 +121,6 @@ def test_review_page_opens_the_comparison_for_the_chosen_layers(qtbot, window):
     qtbot.mouseClick(wizard.review_page.compare_button, Qt.MouseButton.LeftButton)
     dialog = wizard.compare_dialog
     assert dialog is not None and dialog.isVisible()
-    assert [s.name for s in dialog._config.layers] == ["fc1", "fc2"]
+    assert [s.name for s in dialog.config.layers] == ["fc1", "fc2"]
     assert dialog.depths_edit.text() == "2"
     dialog.close()

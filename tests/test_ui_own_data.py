@@ -4,8 +4,7 @@ data folder remembered per data set, the layer table of a large network, the dep
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QModelIndex, Qt
-from PySide6.QtWidgets import QStyleOptionViewItem, QWidget
+from PySide6.QtWidgets import QStyleOptionViewItem
 
 from _imagefolders import write_folder
 from engine.config import RunConfig

@@ -1,4 +1,4 @@
-"""Real short runs through the window: monitor, stop/pause/resume, export, history, close."""
+"""Real short runs through the window: monitor, stop/pause/resume, export, the Runs page, close."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def tiny_config(epochs: int = 2, name: str = "tiny", **changes):
 
 
 def run_to_end(qtbot, window, config, **kwargs) -> str:
-    with qtbot.waitSignal(window.session.finished, timeout=RUN_TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.session.ended, timeout=RUN_TIMEOUT_MS) as blocker:
         window.start_run(config, **kwargs)
     return blocker.args[0]
 
@@ -46,11 +46,11 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
     training.device.setCurrentIndex(training.device.findData("cpu"))
     qtbot.mouseClick(wizard.next_button, Qt.MouseButton.LeftButton)
 
-    with qtbot.waitSignal(window.session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(window.session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         qtbot.mouseClick(wizard.start_button, Qt.MouseButton.LeftButton)
         assert window.pages.currentIndex() == MONITOR_PAGE
         assert window.monitor.stop_button.isEnabled()
-    assert finished.args == ["finished"]
+    assert ended.args == ["finished"]
 
     monitor = window.monitor
     counts = monitor.curves.point_counts()
@@ -81,11 +81,11 @@ def test_run_started_from_the_wizard_fills_the_monitor(qtbot, window, tmp_path):
 LONG_EPOCHS = 30
 
 
-def test_stop_then_resume_from_the_history(qtbot, window):
+def test_stop_then_resume_from_the_runs_page(qtbot, window):
     session = window.session
     with qtbot.waitSignal(session.epoch_ended, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=LONG_EPOCHS, name="stop-me"))
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as stopped:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as stopped:
         qtbot.keyClick(window, Qt.Key.Key_Period, Qt.KeyboardModifier.ControlModifier)
         assert session.state == "stopping"
     assert stopped.args == ["stopped"]
@@ -93,14 +93,14 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     assert (run_dir / "checkpoints" / "last.safetensors").is_file()
 
     window.show_page(RUNS_PAGE)
-    history = window.history
-    qtbot.waitUntil(lambda: history.model.rowCount() == 1, timeout=30_000)
-    history.select_run(str(run_dir))
-    assert history.resume_button.isEnabled()
-    assert history.model.rows[0].status == "stopped"
+    runs = window.runs_view
+    qtbot.waitUntil(lambda: runs.model.rowCount() == 1, timeout=30_000)
+    runs.select_run(str(run_dir))
+    assert runs.resume_button.isEnabled()
+    assert runs.model.rows[0].status == "stopped"
 
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as resumed:
-        qtbot.mouseClick(history.resume_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as resumed:
+        qtbot.mouseClick(runs.resume_button, Qt.MouseButton.LeftButton)
     assert resumed.args == ["finished"]
     assert session.run_dir == run_dir
     assert "resuming at epoch" in window.monitor.log_view.toPlainText()
@@ -108,19 +108,21 @@ def test_stop_then_resume_from_the_history(qtbot, window):
     assert summary["status"] == "finished" and summary["epochs_completed"] == LONG_EPOCHS
 
 
-def test_pause_holds_the_trainer_until_resumed(qtbot, window):
+def test_pause_holds_the_trainer_until_resumed(qtbot, window, wait_until_still):
     session = window.session
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=LONG_EPOCHS, name="pause-me"))
     qtbot.keyClick(window, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier)
     assert session.state == "paused" and window.monitor.resume_button.isEnabled()
-    qtbot.wait(300)  # the batch in flight when pausing may still arrive
-    batches = len(session.history.batch_x)
+    # the batch in flight when pausing may still arrive; then none comes
+    batches = wait_until_still(lambda: len(session.history.batch_x))
+    # What is under test is that nothing arrives while paused, which only time can show.
     qtbot.wait(1500)
+    session.deliver_events()
     assert len(session.history.batch_x) == batches
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         qtbot.mouseClick(window.monitor.resume_button, Qt.MouseButton.LeftButton)
-    assert finished.args == ["finished"] and len(session.history.batch_x) == 4 * LONG_EPOCHS
+    assert ended.args == ["finished"] and len(session.history.batch_x) == 4 * LONG_EPOCHS
 
 
 def test_export_dialog_shows_the_verification(qtbot, window, tmp_path):
@@ -140,26 +142,26 @@ def test_export_dialog_shows_the_verification(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: dialog.close_button.isEnabled(), timeout=10_000)
 
 
-def test_history_compares_runs(qtbot, window):
+def test_runs_page_compares_runs(qtbot, window):
     for name in ("first", "second"):
         assert run_to_end(qtbot, window, tiny_config(epochs=1, name=name)) == "finished"
     window.show_page(RUNS_PAGE)
-    history = window.history
-    qtbot.waitUntil(lambda: history.model.rowCount() == 2, timeout=30_000)
-    assert {run.name for run in history.model.rows} == {"first", "second"}
-    assert history.scatter_point_count() == 2
-    history.select_run(history.model.rows[0].path)
-    assert history.curves.point_counts()["test_acc"] == 1
-    history.select_run(history.model.rows[1].path, extend=True)
-    assert history.overlay_curve_count() == 2 and history.tabs.currentIndex() == 1
-    assert not history.resume_button.isEnabled()  # finished runs and a multiple selection
+    runs = window.runs_view
+    qtbot.waitUntil(lambda: runs.model.rowCount() == 2, timeout=30_000)
+    assert {run.name for run in runs.model.rows} == {"first", "second"}
+    assert runs.scatter_point_count() == 2
+    runs.select_run(runs.model.rows[0].path)
+    assert runs.curves.point_counts()["test_acc"] == 1
+    runs.select_run(runs.model.rows[1].path, extend=True)
+    assert runs.overlay_curve_count() == 2 and runs.tabs.currentIndex() == 1
+    assert not runs.resume_button.isEnabled()  # finished runs and a multiple selection
 
-    history.select_run(history.model.rows[0].path)
-    with qtbot.waitSignal(history.rerun_requested) as rerun:
-        qtbot.mouseClick(history.rerun_button, Qt.MouseButton.LeftButton)
+    runs.select_run(runs.model.rows[0].path)
+    with qtbot.waitSignal(runs.rerun_requested) as rerun:
+        qtbot.mouseClick(runs.rerun_button, Qt.MouseButton.LeftButton)
     assert window.pages.currentIndex() == 0
     assert window.wizard.training_page.limit_train.value() == 256
-    assert rerun.args[0].name == history.model.rows[0].name
+    assert rerun.args[0].name == runs.model.rows[0].name
 
 
 def test_closing_during_a_run_asks_then_stops_cleanly(qtbot, window, monkeypatch):
@@ -183,9 +185,9 @@ def test_trainer_failures_reach_the_log_in_plain_words(qtbot, window):
     session = window.session
     failures = []
     session.run_failed.connect(failures.append)
-    session._queue.extend([RunFailed("nan_loss", "the loss is nan at epoch 3, batch 7"),
-                           RunEnded("failed", {})])
-    session._drain()
+    session.receive(RunFailed("nan_loss", "the loss is nan at epoch 3, batch 7"))
+    session.receive(RunEnded("failed", {}))
+    session.deliver_events()
     log = window.monitor.log_view.toPlainText()
     assert "lower learning rate" in log and "epoch 3, batch 7" in log
     assert failures and "NaN" in failures[0]
@@ -201,12 +203,12 @@ def test_an_engine_bug_reads_as_an_unexpected_error_not_a_user_mistake(qtbot, mo
     def broken(*args, **kwargs):
         raise ValueError("an index went astray")
 
-    monkeypatch.setattr(engine.trainer, "_adtn_grad_norms", broken)  # the thread mode's trainer
+    monkeypatch.setattr(engine.trainer, "adtn_grad_norms", broken)  # the thread mode's trainer
     session = TrainingSession(mode="thread")
     failures, logged = [], []
     session.run_failed.connect(failures.append)
     session.log.connect(lambda level, text: logged.append((level, text)))
-    with qtbot.waitSignal(session.finished, timeout=RUN_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as finished:
         session.start(tiny_config(epochs=1), tmp_path / "run")
     assert finished.args == ["failed"]
     assert len(failures) == 1 and failures[0].startswith("Unexpected error: ValueError")

@@ -81,10 +81,10 @@ def test_encode_all_then_none(qtbot, window):
     go_to_layers(qtbot, wizard)
     model = wizard.layer_model
     before = model.report.model_params_before
-    wizard.layers_page._encode_every_layer(True)
+    qtbot.mouseClick(wizard.layers_page.encode_all_button, Qt.MouseButton.LeftButton)
     assert len(model.specs()) == model.rowCount()
     assert model.report.model_params_after < before / 10
-    wizard.layers_page._encode_every_layer(False)
+    qtbot.mouseClick(wizard.layers_page.encode_none_button, Qt.MouseButton.LeftButton)
     assert model.specs() == [] and model.report.model_params_after == before
 
 

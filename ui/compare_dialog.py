@@ -48,13 +48,13 @@ def _numbers(text: str, kind=int) -> list:
 class CompareDialog(QDialog):
     """Choose encodings, budgets and seeds; run; watch; read the verdict."""
 
-    finished_compare = Signal(str)  # the output folder
+    results_shown = Signal(str)  # the output folder, once its results fill the table
 
     def __init__(self, config, runs_root: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Compare encodings")
         self.resize(900, 560)
-        self._config = config
+        self.config = config  # the run configuration whose layers the comparison encodes
         self._runs_root = Path(runs_root)
         self._task: BackgroundTask | None = None
         self._control = RunControl()
@@ -138,8 +138,8 @@ class CompareDialog(QDialog):
             raise ValueError("Budgets and seeds are whole numbers separated by commas.") from None
         if self.out_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.out_dir = self._runs_root / f"compare-{self._config.run_name}-{stamp}"
-        request = CompareRequest(base=self._config, out=self.out_dir, encodings=encodings,
+            self.out_dir = self._runs_root / f"compare-{self.config.run_name}-{stamp}"
+        request = CompareRequest(base=self.config, out=self.out_dir, encodings=encodings,
                                  depths=depths, seeds=seeds, epochs=self.epochs_spin.value(),
                                  lr_search=self.search_box.isChecked())
         return request.validate()
@@ -184,7 +184,7 @@ class CompareDialog(QDialog):
         self._task.progressed.connect(self._on_progress)
         self._task.succeeded.connect(self._on_results)
         self._task.failed.connect(self._on_failed)
-        self._task.finished.connect(self._on_finished)
+        self._task.ended.connect(self._on_compare_ended)
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.status.setText(f"Running; the runs are kept in {self.out_dir}")
@@ -250,14 +250,14 @@ class CompareDialog(QDialog):
             self._set(row, 5, ", ".join(format_percent(a) for a in result.best_test_acc) or "–")
             self._set(row, 6, f"{result.mean_seconds:.1f} s" if result.mean_seconds else "–")
         self.verdict.setText(verdict(results).replace("**", ""))
-        self.finished_compare.emit(str(self.out_dir))
+        self.results_shown.emit(str(self.out_dir))
 
     @Slot(object)
     def _on_failed(self, exc: Exception) -> None:
         self.status.setText(describe_exception(exc))
 
     @Slot()
-    def _on_finished(self) -> None:
+    def _on_compare_ended(self) -> None:
         self.progress.setValue(self.progress.maximum() if not self._control.stop_requested
                                else self.progress.value())
         stopped = self._control.stop_requested

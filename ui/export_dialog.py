@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 
 from engine.choices import CHECKPOINT_TITLES, EXPORT_FORMAT_TITLES, EXPORT_FORMATS
 from engine.paths import RunPaths
-from ui.formatting import format_bytes, format_count, format_ratio
+from engine.units import format_bytes
+from ui.formatting import format_count, format_ratio
 from ui.messages import describe_exception
 from ui.workers import BackgroundTask
 
@@ -165,7 +166,7 @@ class ExportDialog(QDialog):
         self._task.progressed.connect(self._on_progress)
         self._task.succeeded.connect(self._on_exported)
         self._task.failed.connect(self._on_failed)
-        self._task.finished.connect(self._on_finished)
+        self._task.ended.connect(self._on_export_ended)
         self._update_buttons()
         self.close_button.setEnabled(False)  # the export finishes or fails; it leaves no half files
         self._task.start()
@@ -221,7 +222,7 @@ class ExportDialog(QDialog):
                              f"{describe_exception(exc)}</span>")
 
     @Slot()
-    def _on_finished(self) -> None:
+    def _on_export_ended(self) -> None:
         self._task = None
         self.close_button.setEnabled(True)
         self._update_buttons()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+# Sizes in bytes read the same in the window and on the command line:
+# ``engine.units.format_bytes`` (torch-free, so the CLI needs no Qt for it).
+
 
 def format_count(value: float | int | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -30,13 +33,3 @@ def format_duration(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def format_bytes(size: int | None) -> str:
-    if size is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

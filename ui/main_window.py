@@ -53,8 +53,8 @@ class MainWindow(QMainWindow):
 
         self.session = TrainingSession(self)
         self.wizard = CompressionWizard()
-        self.monitor = None  # MonitorView and HistoryView, built after the first paint
-        self.history = None
+        self.monitor = None  # MonitorView and RunsView, built after the first paint
+        self.runs_view = None
         self._start_up_pending = False
 
         self.sidebar = QListWidget()
@@ -87,7 +87,7 @@ class MainWindow(QMainWindow):
 
         self.wizard.start_requested.connect(self.start_run)
         self.session.state_changed.connect(self._on_session_state)
-        self.session.finished.connect(self._on_run_finished)
+        self.session.ended.connect(self._on_session_ended)
         self.session.run_failed.connect(self._on_run_failed)
 
         self.sidebar.setCurrentRow(WIZARD_PAGE)
@@ -181,8 +181,8 @@ class MainWindow(QMainWindow):
     @Slot(int)
     def _show_page(self, index: int) -> None:
         self.pages.setCurrentIndex(index)
-        if index == RUNS_PAGE and self.history is not None:
-            self.history.refresh()
+        if index == RUNS_PAGE and self.runs_view is not None:
+            self.runs_view.refresh()
 
     # -- the engine, loaded after the window shows -----------------------------------------
 
@@ -206,12 +206,12 @@ class MainWindow(QMainWindow):
 
     def _build_plot_pages(self) -> None:
         # pyqtgraph takes a good part of a second to import: it loads after the first paint.
-        from ui.history.history_view import HistoryView
+        from ui.runs.runs_view import RunsView
         from ui.monitor.monitor_view import MonitorView
 
         self.monitor = MonitorView(self.session)
-        self.history = HistoryView()
-        for index, page in ((MONITOR_PAGE, self.monitor), (RUNS_PAGE, self.history)):
+        self.runs_view = RunsView()
+        for index, page in ((MONITOR_PAGE, self.monitor), (RUNS_PAGE, self.runs_view)):
             placeholder = self.pages.widget(index)
             self.pages.insertWidget(index, page)
             self.pages.removeWidget(placeholder)
@@ -219,22 +219,22 @@ class MainWindow(QMainWindow):
         self.pages.setCurrentIndex(self.sidebar.currentRow())
         self.monitor.export_requested.connect(self.open_export_dialog)
         self.monitor.resume_requested.connect(self.resume_run)
-        self.history.resume_requested.connect(self.resume_run)
-        self.history.refreshed.connect(self._offer_latest_run)
+        self.runs_view.resume_requested.connect(self.resume_run)
+        self.runs_view.refreshed.connect(self._offer_latest_run)
         self.monitor.outcome_shown.connect(lambda text: self.statusBar().showMessage(text, 10_000))
-        self.history.rerun_requested.connect(self.rerun_config)
-        self.history.export_requested.connect(self.open_export_dialog)
+        self.runs_view.rerun_requested.connect(self.rerun_config)
+        self.runs_view.export_requested.connect(self.open_export_dialog)
 
     def _start_engine_task(self) -> None:
-        self._show_loading(-1.0, "Loading the engine…")
+        self.show_loading(-1.0, "Loading the engine…")
         self._engine_task = BackgroundTask(load_catalog, self)
-        self._engine_task.progressed.connect(self._show_loading)
+        self._engine_task.progressed.connect(self.show_loading)
         self._engine_task.succeeded.connect(self._on_engine_loaded)
         self._engine_task.failed.connect(self._on_engine_failed)
         self._engine_task.start()
 
     @Slot(float, str)
-    def _show_loading(self, _fraction: float, text: str) -> None:
+    def show_loading(self, _fraction: float, text: str) -> None:
         """What the engine is loading now, in the status bar and on the wizard's page."""
         self.statusBar().showMessage(text)
         self.wizard.show_loading(text)
@@ -242,8 +242,8 @@ class MainWindow(QMainWindow):
     @Slot()
     def _offer_latest_run(self) -> None:
         """After a restart the monitor points at the newest run instead of "No run yet"."""
-        if self.monitor is not None and self.session.run_dir is None and self.history.model.rows:
-            self.monitor.show_latest_run(self.history.model.rows[0])
+        if self.monitor is not None and self.session.run_dir is None and self.runs_view.model.rows:
+            self.monitor.show_latest_run(self.runs_view.model.rows[0])
 
     @Slot(object)
     def _on_engine_loaded(self, catalog: EngineCatalog) -> None:
@@ -252,8 +252,8 @@ class MainWindow(QMainWindow):
         self._show_device()
         self.wizard.set_catalog(catalog, MODEL_TITLES)
         self.statusBar().showMessage("Ready.", 5000)
-        if self.history is not None:
-            self.history.refresh()  # lists past runs, so the monitor can point at the latest
+        if self.runs_view is not None:
+            self.runs_view.refresh()  # lists past runs, so the monitor can point at the latest
 
     @Slot(object)
     def _on_engine_failed(self, exc: Exception) -> None:
@@ -328,10 +328,10 @@ class MainWindow(QMainWindow):
                                       "stopping": "Stopping…"}.get(state, ""))
 
     @Slot(str)
-    def _on_run_finished(self, status: str) -> None:
+    def _on_session_ended(self, status: str) -> None:
         self.statusBar().showMessage(f"Run {status}.", 10_000)  # the monitor may say more
         self._on_session_state(self.session.state)  # Export follows the checkpoint just written
-        self.history.refresh()
+        self.runs_view.refresh()
 
     @Slot(str)
     def _on_run_failed(self, text: str) -> None:

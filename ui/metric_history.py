@@ -1,5 +1,5 @@
 """The curves of one run as plain lists: filled live from engine events or read from a run
-folder's ``metrics.csv``. No Qt here; plots and the history view read it."""
+folder's ``metrics.csv``. No Qt here; plots and the Runs page read it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """pyqtgraph plots of a run's curves, and saving them as PNG or SVG.
 
-Shared by the training monitor (one live run) and the history view (past runs, overlays).
+Shared by the training monitor (one live run) and the Runs page (past runs, overlays).
 """
 
 from __future__ import annotations
@@ -223,6 +223,9 @@ class RunCurves:
         self.smoothing = 0.6  # the batch curve's EMA weight (0: raw)
         self._history = MetricHistory()
         self._planned: tuple[int, int, int] | None = None  # (compressed, dense, epochs)
+        # The labelled ticks of the parameter plot's count axis, as ``decade_ticks`` gives
+        # them (major, minor); None while no count is drawn (pyqtgraph's own ticks).
+        self.count_axis_ticks: list[list[tuple[float, str]]] | None = None
         pen = lambda colour, **kw: pg.mkPen(colour, width=2, **kw)  # noqa: E731
         symbol = dict(symbol="o", symbolSize=6)
         loss = self.loss_plot.getPlotItem()
@@ -359,16 +362,25 @@ class RunCurves:
         item = self.params_plot.getPlotItem()
         if values:
             low, high = min(values) - 0.3, max(values) + 0.3
-            item.getAxis("left").setTicks(decade_ticks(low, high))
+            self.count_axis_ticks = decade_ticks(low, high)
             item.setYRange(low, high, padding=0)
         else:
-            item.getAxis("left").setTicks(None)
+            self.count_axis_ticks = None
+        item.getAxis("left").setTicks(self.count_axis_ticks)
+
+    def _curves(self) -> dict[str, pg.PlotDataItem]:
+        return {"batch_loss": self._batch_loss, "train_loss": self._train_loss,
+                "test_loss": self._test_loss, "train_acc": self._train_acc,
+                "test_acc": self._test_acc, "params": self._adtn_params,
+                "dense_params": self._dense_params}
+
+    def curve_data(self, name: str) -> tuple[list[float], list[float]]:
+        """The x and y values a curve draws now (names as in ``point_counts``; the batch
+        loss after smoothing, accuracies in percent, counts as log10)."""
+        xs, ys = self._curves()[name].getData()
+        return ([] if xs is None else [float(x) for x in xs],
+                [] if ys is None else [float(y) for y in ys])
 
     def point_counts(self) -> dict[str, int]:
         """How many points each curve holds (what tests and the status bar look at)."""
-        curves = {"batch_loss": self._batch_loss, "train_loss": self._train_loss,
-                  "test_loss": self._test_loss, "train_acc": self._train_acc,
-                  "test_acc": self._test_acc, "params": self._adtn_params,
-                  "dense_params": self._dense_params}
-        return {name: len(curve.getData()[0] if curve.getData()[0] is not None else [])
-                for name, curve in curves.items()}
+        return {name: len(self.curve_data(name)[0]) for name in self._curves()}

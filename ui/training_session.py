@@ -131,7 +131,7 @@ class _TrainingWorker(QObject):
     """Calls ``engine.trainer.train`` in its thread; exceptions become a signal."""
 
     crashed = Signal(object)
-    finished = Signal()
+    ended = Signal()  # after the trainer returned or raised
 
     def __init__(self, config: RunConfig, run_dir: Path, control: RunControl, resume: bool,
                  queue: EventQueue) -> None:
@@ -153,7 +153,7 @@ class _TrainingWorker(QObject):
             log.exception("the training thread failed")  # escaped the trainer: a bug
             self.crashed.emit(exc)
         finally:
-            self.finished.emit()
+            self.ended.emit()
 
 
 def self_command() -> list[str]:
@@ -212,7 +212,7 @@ class _ChildRun(QObject):
         self.process.setProcessEnvironment(_child_environment())
         self.process.readyReadStandardError.connect(self._read_stderr)
         self.process.readyReadStandardOutput.connect(self._discard_stdout)
-        self.process.finished.connect(self._on_finished)
+        self.process.finished.connect(self._on_process_finished)
         self.process.errorOccurred.connect(self._on_error)
         self.process.start(program, args)
 
@@ -253,7 +253,7 @@ class _ChildRun(QObject):
         self.process.readAllStandardOutput()  # the summary; the events already hold it
 
     @Slot(int, QProcess.ExitStatus)
-    def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
+    def _on_process_finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self._read_stderr()
         if self._partial.strip():
             self.stderr_tail.append(self._partial.decode("utf-8", "replace").strip())
@@ -296,16 +296,18 @@ def _child_environment() -> QProcessEnvironment:
 class TrainingSession(QObject):
     """Start, pause, resume and stop one run; emit what the engine reports."""
 
-    state_changed = Signal(str)  # "idle", "running", "paused", "stopping", "finished"
+    state_changed = Signal(str)  # "idle", "running", "paused", "stopping", "ended"
     run_started = Signal(object)  # RunStarted
     batch_progress = Signal(object)  # the latest BatchEnded of a drained slice
     epoch_ended = Signal(object)  # EpochEnded, after it is added to ``history``
     checkpoint_saved = Signal(object)  # CheckpointSaved
-    run_ended = Signal(object)  # RunEnded
+    run_ended = Signal(object)  # RunEnded, the engine's own report (absent if the run died)
     run_failed = Signal(str)  # the failure in plain words
     log = Signal(str, str)  # level ("info", "warning", "error"), text
     download_progress = Signal(object)  # DownloadProgress of a missing data set
-    finished = Signal(str)  # the final status: "finished", "stopped" or "failed"
+    # The session is over, however the run went: the final status, "finished", "stopped" or
+    # "failed". It always comes last, after run_ended or run_failed.
+    ended = Signal(str)
 
     def __init__(self, parent: QObject | None = None, mode: str | None = None) -> None:
         super().__init__(parent)
@@ -335,6 +337,21 @@ class TrainingSession(QObject):
     def is_active(self) -> bool:
         return self._thread is not None or self._child is not None
 
+    @property
+    def child_pid(self) -> int | None:
+        """The training child's process id (for a data-parallel run, the launcher of its
+        workers); None while no child runs (no run, or the thread mode)."""
+        return self._child.process.processId() if self._child is not None else None
+
+    def receive(self, event: TrainerEvent) -> None:
+        """Queue one engine event, as the trainer's callback and the child's event log do;
+        it is emitted in the UI thread by the next drain. Thread safe (one atomic append)."""
+        self._queue.append(event)
+
+    def deliver_events(self) -> None:
+        """Emit what the engine has reported so far now, not at the drain timer's next tick."""
+        self._drain()
+
     def start(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
               processes: int = 0) -> None:
         """Train ``config`` into ``run_dir`` (continuing its last checkpoint if ``resume``);
@@ -363,11 +380,11 @@ class TrainingSession(QObject):
             self._worker = _TrainingWorker(config, self.run_dir, self._control, resume,
                                            self._queue)
             self._worker.crashed.connect(self._on_crashed)
-            self._worker.finished.connect(self._on_worker_finished)
+            self._worker.ended.connect(self._on_worker_ended)
             self._set_state("running")
             self.log.emit("info", f"{verb} run in {self.run_dir}")
             self._thread = start_in_thread(self._worker, self._worker.run,
-                                           self._worker.finished)
+                                           self._worker.ended)
         self._drain_timer.start()
 
     def _send(self, command: str) -> bool:
@@ -410,14 +427,14 @@ class TrainingSession(QObject):
         if self._child is not None:
             child = self._child
             done = child.wait(timeout_ms)
-            child._end(child.process.exitCode())  # no-op when its finished signal came
+            child._end(child.process.exitCode())  # no-op when QProcess.finished came
             return done
         thread = self._thread
         if thread is None:
             return True
         done = thread.wait(timeout_ms)
         if done:
-            self._on_worker_finished()
+            self._on_worker_ended()
         return done
 
     # -- the end of a run ---------------------------------------------------------------
@@ -430,17 +447,17 @@ class TrainingSession(QObject):
         self.run_failed.emit(text)
 
     @Slot()
-    def _on_worker_finished(self) -> None:
+    def _on_worker_ended(self) -> None:
         if self._thread is None:
             return  # already handled (stop_and_wait and the queued signal both land here)
         thread, worker = self._thread, self._worker
         thread.wait()
         self._thread = None
         self._worker = None
-        # nothing of the finished worker may call back into the session from here on
+        # nothing of the ended worker may call back into the session from here on
         worker.crashed.disconnect(self._on_crashed)
-        worker.finished.disconnect(self._on_worker_finished)
-        self._finish_run()
+        worker.ended.disconnect(self._on_worker_ended)
+        self._end_run()
 
     @Slot(int, str)
     def _on_child_ended(self, code: int, last_line: str) -> None:
@@ -465,15 +482,15 @@ class TrainingSession(QObject):
         elif code != 0 and "worker rank" in last_line:  # the launcher names the rank that died
             self.log.emit("error", last_line.removeprefix("adtn-studio "))
         child.deleteLater()
-        self._finish_run()
+        self._end_run()
 
-    def _finish_run(self) -> None:
+    def _end_run(self) -> None:
         self._drain_timer.stop()
         self._drain()
-        self._emit_pending_batch()  # the last progress comes before "finished"
+        self._emit_pending_batch()  # the last progress comes before "ended"
         self._control = None
-        self._set_state("finished")
-        self.finished.emit(self._final_status)
+        self._set_state("ended")
+        self.ended.emit(self._final_status)
 
     # -- draining events --------------------------------------------------------------
 

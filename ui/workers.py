@@ -29,7 +29,7 @@ class _TaskWorker(QObject):
     progressed = Signal(float, str)
     succeeded = Signal(object)
     failed = Signal(object)  # the exception
-    finished = Signal()
+    ended = Signal()  # after ``succeeded`` or ``failed``, whichever came
 
     def __init__(self, function: TaskFunction) -> None:
         super().__init__()
@@ -48,34 +48,39 @@ class _TaskWorker(QObject):
         else:
             self.succeeded.emit(result)
         finally:
-            self.finished.emit()
+            self.ended.emit()
 
 
 def _name_of(function: Callable) -> str:
     return getattr(function, "__qualname__", None) or type(function).__name__
 
 
-def start_in_thread(worker: QObject, run_slot: Callable[[], None], finished: Signal) -> QThread:
-    """Move ``worker`` to a new thread, call ``run_slot`` there, and stop when ``finished``.
+def start_in_thread(worker: QObject, run_slot: Callable[[], None], ended: Signal) -> QThread:
+    """Move ``worker`` to a new thread, call ``run_slot`` there, and stop when ``ended``
+    (the worker's signal that its work is over, however it went).
 
-    ``finished`` quits the thread with a direct connection, so a UI thread blocked in
+    ``ended`` quits the thread with a direct connection, so a UI thread blocked in
     ``QThread.wait()`` (closing the window) does not wait for its own event loop.
     """
     thread = QThread()
     worker.moveToThread(thread)
     thread.started.connect(run_slot)
-    finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+    ended.connect(thread.quit, Qt.ConnectionType.DirectConnection)
     thread.start()
     return thread
 
 
 class BackgroundTask(QObject):
-    """A function run off the UI thread; its signals arrive in the UI thread."""
+    """A function run off the UI thread; its signals arrive in the UI thread.
+
+    ``succeeded(result)`` or ``failed(exception)`` comes once, then ``ended()``, so a
+    caller puts its clean-up (re-enabling buttons, dropping the task) in one ``ended`` slot.
+    """
 
     progressed = Signal(float, str)
     succeeded = Signal(object)
     failed = Signal(object)
-    finished = Signal()
+    ended = Signal()
 
     def __init__(self, function: TaskFunction, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -83,11 +88,11 @@ class BackgroundTask(QObject):
         self._worker.progressed.connect(self.progressed)
         self._worker.succeeded.connect(self.succeeded)
         self._worker.failed.connect(self.failed)
-        self._worker.finished.connect(self._on_finished)
+        self._worker.ended.connect(self._on_worker_ended)
         self._thread: QThread | None = None
 
     def start(self) -> BackgroundTask:
-        self._thread = start_in_thread(self._worker, self._worker.run, self._worker.finished)
+        self._thread = start_in_thread(self._worker, self._worker.run, self._worker.ended)
         return self
 
     def is_running(self) -> bool:
@@ -97,7 +102,7 @@ class BackgroundTask(QObject):
         return self._thread is None or self._thread.wait(timeout_ms)
 
     @Slot()
-    def _on_finished(self) -> None:
+    def _on_worker_ended(self) -> None:
         if self._thread is not None:
             self._thread.wait()
-        self.finished.emit()
+        self.ended.emit()

@@ -8,6 +8,7 @@ import sys
 
 from adtn_studio.cli import CommandError
 from engine.choices import CHECKPOINT_KINDS, EXPORT_FORMATS
+from engine.units import format_bytes
 
 FORMAT_CHOICES = (*EXPORT_FORMATS, "all")
 
@@ -68,14 +69,6 @@ class _ProgressBar:
 
     def __exit__(self, *exc_info: object) -> None:
         self._bar.close()
-
-
-def format_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024**2:
-        return f"{size / 1024:,.1f} KiB"
-    return f"{size / 1024**2:,.1f} MiB"
 
 
 def format_report(report) -> str:

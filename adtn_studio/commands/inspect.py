@@ -8,7 +8,7 @@ import json
 import math
 
 from adtn_studio.cli import CommandError
-from adtn_studio.commands.export import format_bytes
+from engine.units import format_bytes
 
 KIND_TITLES = {
     "adtn-bundle": "ADTN bundle",

@@ -270,6 +270,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int, metavar="PX",
                        help="image folders: input size in pixels (default: the images' own)")
     group.add_argument("--batch-size", type=int, metavar="N", help="examples per batch")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="image folders too large for memory: processes that decode the "
+                            "files (default 0: one per core, at most 4)")
     group.add_argument("--lr", type=float, metavar="X", help="learning rate")
     group.add_argument("--name", metavar="NAME", help="run name")
 
@@ -289,7 +292,7 @@ def apply_source_arguments(config: RunConfig, args: argparse.Namespace) -> RunCo
         if args.weights and not args.preset and not args.config:
             changes.update(init="pretrained", pretrain_epochs=0)  # fit ADTNs to the weights
     for arg, field in (("image_size", "image_size"), ("batch_size", "batch_size"),
-                       ("lr", "lr"), ("name", "name")):
+                       ("workers", "workers"), ("lr", "lr"), ("name", "name")):
         if getattr(args, arg, None) is not None:
             changes[field] = getattr(args, arg)
     try:

@@ -47,7 +47,7 @@ def shot(widget, name: str) -> None:
 
 def finish_run(window, config) -> None:
     window.start_run(config)
-    wait(lambda: window.session.state == "finished")
+    wait(lambda: window.session.state == "ended")
     settle(0.5)
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     wait(lambda: len(window.session.history) >= 3)
     settle(0.6)
     shot(window, "monitor-during-run")
-    wait(lambda: window.session.state == "finished")
+    wait(lambda: window.session.state == "ended")
     settle(0.5)
     shot(window, "monitor-after-run")
 
@@ -95,14 +95,14 @@ def main() -> None:
     finish_run(window, config.replace(name="fc2-synthetic-dense", epochs=3, layers=[],
                                       dense_baseline=True))
     window.show_page(2)
-    history = window.history
-    wait(lambda: history.model.rowCount() == 4)
-    shot(window, "history-curves")
-    for run in history.model.rows:
-        history.select_run(run.path, extend=True)
-    shot(window, "history-compare")
-    history.tabs.setCurrentIndex(2)
-    shot(window, "history-params-vs-accuracy")
+    runs = window.runs_view
+    wait(lambda: runs.model.rowCount() == 4)
+    shot(window, "runs-curves")
+    for run in runs.model.rows:
+        runs.select_run(run.path, extend=True)
+    shot(window, "runs-compare")
+    runs.tabs.setCurrentIndex(2)
+    shot(window, "runs-params-vs-accuracy")
     window.close()
     # No event loop ran here, so deleteLater() calls are still queued: run them now.
     app.sendPostedEvents(None, QEvent.Type.DeferredDelete)

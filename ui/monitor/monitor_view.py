@@ -160,7 +160,7 @@ class MonitorView(QWidget):
         session.checkpoint_saved.connect(self._on_checkpoint)
         session.log.connect(self.append_log)
         session.run_ended.connect(self._on_run_ended)
-        session.finished.connect(self._on_finished)
+        session.ended.connect(self._on_session_ended)
         self._on_state(session.state)
 
     # -- session signals --------------------------------------------------------------
@@ -217,7 +217,7 @@ class MonitorView(QWidget):
         RunRecord) and show its curves, instead of a bare "No run yet"."""
         if self.session.run_dir is not None or run is None:
             return
-        from ui.history.history_view import read_history
+        from ui.runs.runs_view import read_history
 
         date = run.started_at.replace("T", " ")[:16]
         self.title.setText(f"No run in this session yet. The latest run is <b>{run.name}</b> "
@@ -334,7 +334,7 @@ class MonitorView(QWidget):
         self._run_summary = dict(event.summary or {})
 
     @Slot(str)
-    def _on_finished(self, status: str) -> None:
+    def _on_session_ended(self, status: str) -> None:
         self._redraw_timer.stop()
         self._epoch_steps.clear()  # drawn whole below
         self.curves.show(self.session.history)

@@ -204,10 +204,10 @@ class LayersPage(QWidget):
         for label in (self.before_label, self.after_label, self.ratio_label):
             label.setObjectName("totalLabel")
 
-        encode_all = QPushButton("Encode all")
-        encode_none = QPushButton("Encode none")
-        encode_all.clicked.connect(lambda: self._encode_every_layer(True))
-        encode_none.clicked.connect(lambda: self._encode_every_layer(False))
+        self.encode_all_button = QPushButton("Encode all")
+        self.encode_none_button = QPushButton("Encode none")
+        self.encode_all_button.clicked.connect(lambda: self._encode_every_layer(True))
+        self.encode_none_button.clicked.connect(lambda: self._encode_every_layer(False))
 
         totals = QHBoxLayout()
         totals.addWidget(self.before_label)
@@ -216,8 +216,8 @@ class LayersPage(QWidget):
         totals.addSpacing(24)
         totals.addWidget(self.ratio_label)
         totals.addStretch(1)
-        totals.addWidget(encode_all)
-        totals.addWidget(encode_none)
+        totals.addWidget(self.encode_all_button)
+        totals.addWidget(self.encode_none_button)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

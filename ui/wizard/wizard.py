@@ -343,7 +343,7 @@ class CompressionWizard(QWidget):
         if self._plan_matches(self.config):
             return
         if self._inspection is not None:
-            return  # the finished inspection checks again
+            return  # when the inspection ends it checks again
         self.layer_model.clear()
         self.layers_page.set_status(f"Building {self.config.model} for {self.config.dataset}…")
         model, dataset = self.config.model, self.config.dataset
@@ -351,7 +351,7 @@ class CompressionWizard(QWidget):
             lambda _report: engine_calls.inspect_network(model, dataset), self)
         self._inspection.succeeded.connect(self._on_network_inspected)
         self._inspection.failed.connect(self._on_inspection_failed)
-        self._inspection.finished.connect(self._on_inspection_finished)
+        self._inspection.ended.connect(self._on_inspection_ended)
         self._inspection.start()
         self._update_nav()
 
@@ -364,7 +364,7 @@ class CompressionWizard(QWidget):
         self.layers_page.set_status(f"Could not build the network: {describe_exception(exc)}")
 
     @Slot()
-    def _on_inspection_finished(self) -> None:
+    def _on_inspection_ended(self) -> None:
         self._inspection = None
         if self._plan_matches(self.config):
             self._show_plan()
@@ -410,7 +410,7 @@ class CompressionWizard(QWidget):
                                         self)
         self._download.progressed.connect(self.source_page.show_download_progress)
         self._download.failed.connect(self._on_download_failed)
-        self._download.finished.connect(self._on_download_finished)
+        self._download.ended.connect(self._on_download_ended)
         self._download.start()
 
     @Slot(object)
@@ -418,7 +418,7 @@ class CompressionWizard(QWidget):
         QMessageBox.warning(self, "Download failed", describe_exception(exc))
 
     @Slot()
-    def _on_download_finished(self) -> None:
+    def _on_download_ended(self) -> None:
         self._download = None
         self.source_page.set_downloading(False)
         self._check_data()

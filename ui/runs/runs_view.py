@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 
 from engine.config import RunConfig  # torch-free
 from engine.paths import RunPaths
-from ui.history.run_table_model import RunTableModel, resumable
+from ui.runs.run_table_model import RunTableModel, resumable
 from ui.messages import describe_exception
 from ui.metric_history import MetricHistory
 from ui.plots import (
@@ -60,7 +60,9 @@ def read_history(run_dir: str | Path) -> MetricHistory:
     return MetricHistory.from_csv(path) if path.is_file() else MetricHistory()
 
 
-class HistoryView(QWidget):
+class RunsView(QWidget):
+    """The Runs page: every run folder under the runs root, its curves and comparisons."""
+
     resume_requested = Signal(str)  # run folder
     rerun_requested = Signal(object)  # the run's RunConfig, for the wizard
     export_requested = Signal(str)  # run folder
@@ -191,7 +193,7 @@ class HistoryView(QWidget):
         self._task = BackgroundTask(_list_runs, self)
         self._task.succeeded.connect(self._on_listed)
         self._task.failed.connect(self._on_list_failed)
-        self._task.finished.connect(self._on_list_finished)
+        self._task.ended.connect(self._on_listing_ended)
         self._task.start()
 
     @Slot(object)
@@ -221,7 +223,7 @@ class HistoryView(QWidget):
         self.folder_label.setText(f"Could not list runs: {describe_exception(exc)}")
 
     @Slot()
-    def _on_list_finished(self) -> None:
+    def _on_listing_ended(self) -> None:
         self._task = None
         if self._refresh_again:
             self._refresh_again = False
@@ -321,6 +323,11 @@ class HistoryView(QWidget):
 
     def scatter_point_count(self) -> int:
         return len(self._scatter.data)
+
+    def scatter_colours(self) -> dict[str, str]:
+        """Each run drawn in the scatter (by name) and its point's colour ("#rrggbb")."""
+        return {point.data().name: point.brush().color().name()
+                for point in self._scatter.points()}
 
     @staticmethod
     def encoding_colour(encoding: str) -> str:
