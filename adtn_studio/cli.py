@@ -18,8 +18,16 @@ log = logging.getLogger(__name__)
 VERBOSE_HELP = "debug messages on the console; an unexpected error prints its traceback"
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMAND_MODULES = ("train", "resume", "compare", "presets", "layers", "export", "inspect",
-                   "selftest")
+COMMAND_MODULES = (
+    "train",
+    "resume",
+    "compare",
+    "presets",
+    "layers",
+    "export",
+    "inspect",
+    "selftest",
+)
 
 
 class CommandError(Exception):
@@ -45,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     # --verbose also after the subcommand; SUPPRESS keeps one given before it
     for subparser in {id(p): p for p in subparsers.choices.values()}.values():
-        subparser.add_argument("-v", "--verbose", action="store_true",
-                               default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        subparser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 

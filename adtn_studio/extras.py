@@ -26,7 +26,9 @@ def missing_gui_packages() -> list[str]:
 
 
 def explain_missing_gui(missing: list[str]) -> str:
-    return (f"ADTN Studio cannot open its window: {', '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not installed (this installation has the "
-            f"engine and the command line only). Install the window with: {GUI_INSTALL}. "
-            f"The command line works without it: adtn-studio --help")
+    return (
+        f"ADTN Studio cannot open its window: {', '.join(missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} not installed (this installation has the "
+        f"engine and the command line only). Install the window with: {GUI_INSTALL}. "
+        f"The command line works without it: adtn-studio --help"
+    )

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adtn_studio.cli import CommandError
-from engine.choices import FailureKind
-
+from engine.choices import FailureKind, RunStatus
 from engine.paths import RunPaths  # torch-free
 
 if TYPE_CHECKING:
@@ -40,22 +39,44 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
         "data-parallel training (torchrun)",
         "Train on several GPUs, or several machines, with DistributedDataParallel. "
         "The batch size in the configuration is the global batch, shared by all processes. "
-        "See docs/DISTRIBUTED.md.")
-    group.add_argument("--nproc-per-node", type=int, metavar="N",
-                       help="processes on this machine, normally one per GPU")
-    group.add_argument("--nnodes", type=int, metavar="M", default=1,
-                       help="machines taking part (default 1)")
-    group.add_argument("--node-rank", type=int, metavar="R", default=0,
-                       help="this machine's number, 0 to M-1 (default 0)")
-    group.add_argument("--master-addr", metavar="HOST",
-                       help="host name or address of machine 0 (default 127.0.0.1 on one "
-                            "machine)")
-    group.add_argument("--master-port", type=int, metavar="P",
-                       help=f"a free TCP port on machine 0 (default: any free port on one "
-                            f"machine, {DEFAULT_PORT} on several)")
-    group.add_argument("--max-restarts", type=int, metavar="K", default=0,
-                       help="restart the workers up to K times after a failure, each time from "
-                            "the last finished epoch (default 0)")
+        "See docs/DISTRIBUTED.md.",
+    )
+    group.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="processes on this machine, normally one per GPU",
+    )
+    group.add_argument(
+        "--nnodes", type=int, metavar="M", default=1, help="machines taking part (default 1)"
+    )
+    group.add_argument(
+        "--node-rank",
+        type=int,
+        metavar="R",
+        default=0,
+        help="this machine's number, 0 to M-1 (default 0)",
+    )
+    group.add_argument(
+        "--master-addr",
+        metavar="HOST",
+        help="host name or address of machine 0 (default 127.0.0.1 on one machine)",
+    )
+    group.add_argument(
+        "--master-port",
+        type=int,
+        metavar="P",
+        help=f"a free TCP port on machine 0 (default: any free port on one "
+        f"machine, {DEFAULT_PORT} on several)",
+    )
+    group.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="K",
+        default=0,
+        help="restart the workers up to K times after a failure, each time from "
+        "the last finished epoch (default 0)",
+    )
     # for a parent process that follows and steers the run (the window)
     parser.add_argument("--event-log", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--control-file", type=Path, help=argparse.SUPPRESS)
@@ -86,8 +107,10 @@ def every_gpu(config: RunConfig, args: argparse.Namespace) -> None:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise CommandError("device 'cuda:all' was asked for, but CUDA is not available on "
-                           "this machine; use device 'auto' or 'cpu'")
+        raise CommandError(
+            "device 'cuda:all' was asked for, but CUDA is not available on "
+            "this machine; use device 'auto' or 'cpu'"
+        )
     if count > 1:
         args.nproc_per_node = count
 
@@ -106,8 +129,9 @@ def launch_requested(args: argparse.Namespace) -> bool:
     if args.nnodes < 1:
         raise CommandError(f"--nnodes must be at least 1 (got {args.nnodes})")
     if not 0 <= args.node_rank < args.nnodes:
-        raise CommandError(f"--node-rank must be between 0 and {args.nnodes - 1} "
-                           f"(got {args.node_rank})")
+        raise CommandError(
+            f"--node-rank must be between 0 and {args.nnodes - 1} (got {args.node_rank})"
+        )
     if args.max_restarts < 0:
         raise CommandError(f"--max-restarts must be 0 or more (got {args.max_restarts})")
     if args.master_port is not None and not 1 <= args.master_port <= 65535:
@@ -115,13 +139,15 @@ def launch_requested(args: argparse.Namespace) -> bool:
     if args.nnodes > 1 and not args.master_addr:
         raise CommandError("--nnodes > 1 needs --master-addr (the host name of machine 0)")
     if args.nnodes > 1 and getattr(args, "out", "given") is None:
-        raise CommandError("--nnodes > 1 needs --out RUN_DIR (the same path on every "
-                           "machine; machine 0 writes it)")
+        raise CommandError(
+            "--nnodes > 1 needs --out RUN_DIR (the same path on every machine; machine 0 writes it)"
+        )
     from engine.distributed import detect_environment
 
     if detect_environment() is not None:
-        raise CommandError("this process already runs under torchrun or srun; leave out "
-                           "--nproc-per-node")
+        raise CommandError(
+            "this process already runs under torchrun or srun; leave out --nproc-per-node"
+        )
     return True
 
 
@@ -132,8 +158,10 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host if host not in ("localhost",) else "127.0.0.1", port))
     except OSError as exc:
         reason = "in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
-        raise CommandError(f"port {port} on {host} cannot be used for the rendezvous "
-                           f"({reason}); choose another with --master-port") from None
+        raise CommandError(
+            f"port {port} on {host} cannot be used for the rendezvous "
+            f"({reason}); choose another with --master-port"
+        ) from None
 
 
 def _free_port(host: str) -> int:
@@ -196,21 +224,30 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
     worker_args += worker_options(args)
 
     launch_config = LaunchConfig(
-        min_nodes=args.nnodes, max_nodes=args.nnodes, nproc_per_node=args.nproc_per_node,
-        run_id=f"adtn-{uuid.uuid4().hex[:12]}", rdzv_backend="static",
-        rdzv_endpoint=f"{addr}:{port}", rdzv_configs={"rank": args.node_rank, "timeout": 900},
-        max_restarts=args.max_restarts, monitor_interval=0.1,
+        min_nodes=args.nnodes,
+        max_nodes=args.nnodes,
+        nproc_per_node=args.nproc_per_node,
+        run_id=f"adtn-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="static",
+        rdzv_endpoint=f"{addr}:{port}",
+        rdzv_configs={"rank": args.node_rank, "timeout": 900},
+        max_restarts=args.max_restarts,
+        monitor_interval=0.1,
         # Ctrl-C reaches the workers directly and stops them after their batch; the
         # launcher must not kill them for it
         signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
-        logs_specs=DefaultLogsSpecs(log_dir=os.devnull))
+        logs_specs=DefaultLogsSpecs(log_dir=os.devnull),
+    )
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: N processes share cores
     # torchrun's agent logs each event of the job; the one line below says what matters
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    print(f"starting {args.nproc_per_node} process(es) on machine {args.node_rank} of "
-          f"{args.nnodes}, rendezvous {addr}:{port} -> {run_dir}", file=sys.stderr)
+    print(
+        f"starting {args.nproc_per_node} process(es) on machine {args.node_rank} of "
+        f"{args.nnodes}, rendezvous {addr}:{port} -> {run_dir}",
+        file=sys.stderr,
+    )
     previous = signal.signal(signal.SIGINT, _note_interrupt)
     try:
         program, *prefix = self_command()
@@ -220,9 +257,11 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
     except SignalException as exc:  # the launcher was told to end (SIGTERM, SIGHUP)
         how = f"stopped by {signal.Signals(exc.sigval).name}"
         if args.node_rank == 0:
-            _settle_summary(run_dir, "stopped", FailureKind.SIGNAL, how)
-        raise CommandError(f"{how}; the workers were stopped too; continue with: adtn-studio "
-                           f"resume {run_dir} --nproc-per-node {args.nproc_per_node}") from None
+            _settle_summary(run_dir, RunStatus.STOPPED, FailureKind.SIGNAL, how)
+        raise CommandError(
+            f"{how}; the workers were stopped too; continue with: adtn-studio "
+            f"resume {run_dir} --nproc-per-node {args.nproc_per_node}"
+        ) from None
     except (RuntimeError, ValueError) as exc:  # the rendezvous itself failed
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CommandError(f"the workers could not meet at {addr}:{port} ({first})") from None
@@ -233,10 +272,12 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
         return 0
     summary = _read_summary(run_dir)
     status = summary.get("status")
-    if status == "stopped":
-        raise CommandError(f"stopped after epoch {summary.get('epochs_completed', 0)} of "
-                           f"{summary.get('epochs', '?')}; continue with: adtn-studio resume "
-                           f"{run_dir} --nproc-per-node {args.nproc_per_node}")
+    if status == RunStatus.STOPPED:
+        raise CommandError(
+            f"stopped after epoch {summary.get('epochs_completed', 0)} of "
+            f"{summary.get('epochs', '?')}; continue with: adtn-studio resume "
+            f"{run_dir} --nproc-per-node {args.nproc_per_node}"
+        )
     return 0
 
 
@@ -256,7 +297,7 @@ def _settle_summary(run_dir: Path, status: str, kind: FailureKind, message: str)
     """Rank 0 was ended before it could say how the run ended: the run folder must not
     claim that it still runs."""
     summary = _read_summary(run_dir)
-    if summary.get("status") != "running":
+    if summary.get("status") != RunStatus.RUNNING:
         return
     summary.update(status=status, error_kind=kind.value, error_message=message)
     from engine.runs import write_summary
@@ -264,8 +305,9 @@ def _settle_summary(run_dir: Path, status: str, kind: FailureKind, message: str)
     write_summary(RunPaths(run_dir).summary, summary)
 
 
-def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path,
-                  args: argparse.Namespace) -> str:
+def _failure_line(
+    failures: dict[int, ProcessFailure], run_dir: Path, args: argparse.Namespace
+) -> str:
     """One line naming the rank that ended the job first, and where the run stands."""
     summary = _read_summary(run_dir) if args.node_rank == 0 else {}
     peer_lost = summary.get("error_kind") == FailureKind.DISTRIBUTED
@@ -290,13 +332,24 @@ def _failure_line(failures: dict[int, ProcessFailure], run_dir: Path,
             how = f"was killed by signal {-failure.exitcode}"
     else:
         how = f"exited with code {failure.exitcode}"
-    cause = (summary.get("error_message") if summary.get("status") == "failed"
-             and not peer_lost else "")
+    cause = (
+        summary.get("error_message")
+        if summary.get("status") == RunStatus.FAILED and not peer_lost
+        else ""
+    )
     done = summary.get("epochs_completed", 0)
     if args.node_rank == 0:
-        _settle_summary(run_dir, "failed", FailureKind.DISTRIBUTED, f"worker rank {rank} {how}")
-    where = (f" The run folder keeps epoch {done}; continue with: adtn-studio resume {run_dir} "
-             f"--nproc-per-node {args.nproc_per_node}" if done else "")
+        _settle_summary(
+            run_dir, RunStatus.FAILED, FailureKind.DISTRIBUTED, f"worker rank {rank} {how}"
+        )
+    where = (
+        f" The run folder keeps epoch {done}; continue with: adtn-studio resume {run_dir} "
+        f"--nproc-per-node {args.nproc_per_node}"
+        if done
+        else ""
+    )
     detail = f" ({cause})" if cause else ""
-    return (f"worker rank {rank} (pid {failure.pid}) {how}; every process of the job was "
-            f"stopped{detail}.{where}")
+    return (
+        f"worker rank {rank} (pid {failure.pid}) {how}; every process of the job was "
+        f"stopped{detail}.{where}"
+    )

@@ -16,12 +16,14 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from adtn_studio import __version__
 from adtn_studio.extras import missing_gui_packages
+from engine.choices import RunStatus
 from engine.events import EpochEnded, TrainerCallback  # plain Python: no torch at start-up
 
 if TYPE_CHECKING:  # each step imports what it checks, when it runs
@@ -52,9 +54,11 @@ def check_versions(ctx: Context) -> str:
     import torch
     import torchvision
 
-    return (f"Python {platform.python_version()}, PyTorch {torch.__version__}, "
-            f"torchvision {torchvision.__version__}, {_qt_version()}, numpy "
-            f"{numpy.__version__}, ONNX Runtime {onnxruntime.__version__}")
+    return (
+        f"Python {platform.python_version()}, PyTorch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, {_qt_version()}, numpy "
+        f"{numpy.__version__}, ONNX Runtime {onnxruntime.__version__}"
+    )
 
 
 def _qt_version() -> str:
@@ -74,8 +78,11 @@ def check_device(ctx: Context) -> str:
     device = resolve_device(ctx.device)
     ctx.device = str(device)
     build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
-    found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else \
-        "no CUDA device"
+    found = (
+        f"{torch.cuda.device_count()} CUDA device(s)"
+        if torch.cuda.is_available()
+        else "no CUDA device"
+    )
     return f"training on {describe_device(device)} (PyTorch {build}, {found} found)"
 
 
@@ -104,8 +111,10 @@ def check_window(ctx: Context) -> str:
             os.environ["ADTN_CONFIG_DIR"] = saved
     if image.isNull() or image.width() < 100:
         raise RuntimeError("the main window could not be drawn")
-    return (f"main window '{window.windowTitle()}' drawn at {image.width()}x{image.height()} "
-            f"on Qt platform '{QGuiApplication.platformName()}'")
+    return (
+        f"main window '{window.windowTitle()}' drawn at {image.width()}x{image.height()} "
+        f"on Qt platform '{QGuiApplication.platformName()}'"
+    )
 
 
 class _EpochRecorder(TrainerCallback):
@@ -123,24 +132,35 @@ def check_train(ctx: Context) -> str:
     from engine.trainer import train
 
     ctx.config = RunConfig(
-        name="selftest", model=MODEL, dataset=DATASET, download=False,
+        name="selftest",
+        model=MODEL,
+        dataset=DATASET,
+        download=False,
         layers=[LayerSpec(name, depth=depth) for name, depth in ADTN_LAYERS.items()],
-        epochs=2, batch_size=32, limit_train=128, limit_test=64, schedule="none",
-        device=ctx.device, amp=False, seed=0,
+        epochs=2,
+        batch_size=32,
+        limit_train=128,
+        limit_test=64,
+        schedule="none",
+        device=ctx.device,
+        amp=False,
+        seed=0,
     ).validate()
     ctx.run_dir = ctx.work / "run"
     recorder = _EpochRecorder()
     summary = train(ctx.config, ctx.run_dir, callbacks=[recorder])
-    if summary.status != "finished":
+    if summary.status != RunStatus.FINISHED:
         raise RuntimeError(f"training {summary.status}: {summary.error_message}")
     losses = [event.train_loss for event in recorder.epochs]
     if len(losses) != ctx.config.epochs or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training losses per epoch: {losses}")
-    return (f"{MODEL} on {DATASET} with {', '.join(ADTN_LAYERS)} as ADTNs: "
-            f"{summary.dense_params_total:,} -> {summary.params_total:,} parameters; "
-            f"{len(losses)} epochs on {summary.device}, train loss "
-            f"{' -> '.join(f'{x:.3f}' for x in losses)}, test accuracy "
-            f"{summary.best_test_acc:.0%}")
+    return (
+        f"{MODEL} on {DATASET} with {', '.join(ADTN_LAYERS)} as ADTNs: "
+        f"{summary.dense_params_total:,} -> {summary.params_total:,} parameters; "
+        f"{len(losses)} epochs on {summary.device}, train loss "
+        f"{' -> '.join(f'{x:.3f}' for x in losses)}, test accuracy "
+        f"{summary.best_test_acc:.0%}"
+    )
 
 
 def check_export(ctx: Context) -> str:
@@ -149,8 +169,9 @@ def check_export(ctx: Context) -> str:
 
     report = export_run(ctx.run_dir, ctx.work / "export", formats=("adtn", "dense", "onnx"))
     ctx.files = {exported.format: Path(exported.path) for exported in report.files}
-    sizes = ", ".join(f"{exported.format} {format_bytes(exported.size_bytes)}"
-                      for exported in report.files)
+    sizes = ", ".join(
+        f"{exported.format} {format_bytes(exported.size_bytes)}" for exported in report.files
+    )
     return f"{sizes}; verified, largest difference {report.max_abs_diff:.1e}"
 
 
@@ -167,12 +188,18 @@ def check_reload(ctx: Context) -> str:
     from engine.export.verify import TOLERANCE
 
     info = dataset_info(DATASET)
-    inputs = torch.randn(8, info.in_channels, info.image_size, info.image_size,
-                         generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(
+        8,
+        info.in_channels,
+        info.image_size,
+        info.image_size,
+        generator=torch.Generator().manual_seed(1),
+    )
     compressed = load_bundle(ctx.files["adtn"])
     dense = load_dense_into(plain_model(ctx.config), ctx.files["dense"])
-    session = onnxruntime.InferenceSession(str(ctx.files["onnx"]),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(ctx.files["onnx"]), providers=["CPUExecutionProvider"]
+    )
     with torch.no_grad():
         expected = compressed(inputs).numpy()
         outputs = {"dense": dense(inputs).numpy()}
@@ -180,10 +207,14 @@ def check_reload(ctx: Context) -> str:
     differences = {name: float(numpy.abs(out - expected).max()) for name, out in outputs.items()}
     worst = max(differences, key=differences.get)
     if differences[worst] > TOLERANCE:
-        raise RuntimeError(f"the reloaded {worst} model differs from the .adtn bundle by "
-                           f"{differences[worst]:.2e} (tolerance {TOLERANCE:g})")
-    return (f".adtn, dense and ONNX (ONNX Runtime) reloaded; outputs agree within "
-            f"{differences[worst]:.1e}")
+        raise RuntimeError(
+            f"the reloaded {worst} model differs from the .adtn bundle by "
+            f"{differences[worst]:.2e} (tolerance {TOLERANCE:g})"
+        )
+    return (
+        f".adtn, dense and ONNX (ONNX Runtime) reloaded; outputs agree within "
+        f"{differences[worst]:.1e}"
+    )
 
 
 # -- running them --------------------------------------------------------------------------
@@ -196,19 +227,29 @@ def selftest_steps(window: bool = True) -> list[tuple[str, Step, bool]]:
     steps = [("versions", check_versions, False), ("device", check_device, False)]
     if window and not missing_gui_packages():  # a headless installation has no window
         steps.append(("window", check_window, False))
-    steps += [("train", check_train, False), ("export", check_export, True),
-              ("reload", check_reload, True)]
+    steps += [
+        ("train", check_train, False),
+        ("export", check_export, True),
+        ("reload", check_reload, True),
+    ]
     return steps
 
 
-def run_selftest(device: str = "auto", window: bool = True, show_tracebacks: bool = False,
-                 out: TextIO | None = None) -> int:
+def run_selftest(
+    device: str = "auto",
+    window: bool = True,
+    show_tracebacks: bool = False,
+    out: TextIO | None = None,
+) -> int:
     """Run every step, printing a line each to ``out`` (standard output); 0 if all passed."""
     out = sys.stdout if out is None else out
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     frozen = "frozen" if getattr(sys, "frozen", False) else "from source"
-    print(f"ADTN Studio {__version__} self-test ({frozen}, {platform.platform()})",
-          file=out, flush=True)
+    print(
+        f"ADTN Studio {__version__} self-test ({frozen}, {platform.platform()})",
+        file=out,
+        flush=True,
+    )
     started = time.perf_counter()
     failed = 0
     previous_ok = True

@@ -12,7 +12,8 @@ resident set of a fresh process whose large blocks are returned to the system wh
 GPU ``torch.cuda.max_memory_allocated``), also in states of 2**Q float32 numbers.
 
     python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--clock wall|cpu]
-        [--depth 3] [--batch 128] [--memory auto|low|fast] [--compile] [--skip-steps|--skip-materialise|--skip-peak]
+        [--depth 3] [--batch 128] [--memory auto|low|fast] [--compile]
+        [--skip-steps|--skip-materialise|--skip-peak]
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def floor_of(adtns: list[ADTN]) -> tuple[int, int]:
     return flop, moved
 
 
-def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=None,
-            compiled=False):
+def compare(
+    name, model_name, layers, depth, batch, repeats, device, block_bits=None, compiled=False
+):
     torch.manual_seed(0)
     dense = build_model(model_name, 1, 28, 10).to(device)
     compressed = build_model(model_name, 1, 28, 10)
@@ -114,8 +116,10 @@ def compare(name, model_name, layers, depth, batch, repeats, device, block_bits=
     if compiled:
         started = time.perf_counter()
         dense_step(), adtn_step()
-        print(f"(torch.compile of {name}: first steps took "
-              f"{time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        print(
+            f"(torch.compile of {name}: first steps took {time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+        )
     # Interleave the two measurements so that load from other processes hits both alike.
     dense_times, adtn_times = [], []
     for _ in range(3):
@@ -198,8 +202,19 @@ def peak_memory(device: str, memory: str, threads: int) -> None:
     # Blocks above 64 KiB are mapped and unmapped one by one, so the resident set follows
     # the memory that is really in use (glibc would otherwise keep freed blocks).
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    command = [sys.executable, __file__, "--peak-child", "--device", device, "--memory", memory,
-               "--threads", str(threads), "--clock", "cpu" if CLOCK["now"] is time.process_time else "wall"]
+    command = [
+        sys.executable,
+        __file__,
+        "--peak-child",
+        "--device",
+        device,
+        "--memory",
+        memory,
+        "--threads",
+        str(threads),
+        "--clock",
+        "cpu" if CLOCK["now"] is time.process_time else "wall",
+    ]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     state = (1 << 24) * BYTES_PER_NUMBER
@@ -221,14 +236,25 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="no training-step timings")
     parser.add_argument("--skip-materialise", action="store_true", help="no 4096×4096 timings")
     parser.add_argument("--skip-peak", action="store_true", help="no peak-memory measurement")
-    parser.add_argument("--memory", default="auto", choices=("auto", "low", "fast"),
-                        help="the ADTN's memory mode for the 4096×4096 measurements")
+    parser.add_argument(
+        "--memory",
+        default="auto",
+        choices=("auto", "low", "fast"),
+        help="the ADTN's memory mode for the 4096×4096 measurements",
+    )
     parser.add_argument("--block-bits", type=int, nargs="*", help="compare block sizes")
-    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
-                        help="wall time, or this process's CPU time (robust to other load)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall time, or this process's CPU time (robust to other load)",
+    )
     parser.add_argument("--materialise-repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true",
-                        help="also time both models under torch.compile (Inductor)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time both models under torch.compile (Inductor)",
+    )
     parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clock == "cpu":
@@ -240,29 +266,61 @@ def main() -> None:
     if args.peak_child:
         peak_child(args.device, args.memory)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device "
-          f"{args.device}, batch {args.batch}, ADTN depth {args.depth}, {args.clock} clock\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device "
+        f"{args.device}, batch {args.batch}, ADTN depth {args.depth}, {args.clock} clock\n"
+    )
     if not args.skip_steps:
-        print("| model | block bits | parameters | dense step (ms) | ADTN step (ms) | ratio "
-              "| floor of the ADTN work | dense FLOP rate | floor at that rate (ms) "
-              "| fraction of the floor reached |")
+        print(
+            "| model | block bits | parameters | dense step (ms) | ADTN step (ms) | ratio "
+            "| floor of the ADTN work | dense FLOP rate | floor at that rate (ms) "
+            "| fraction of the floor reached |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for block_bits in args.block_bits or [None]:
-            compare("LeNet-5, fc1–fc3 as ADTNs", "lenet5", ["fc1", "fc2", "fc3"], args.depth,
-                    args.batch, args.repeats, args.device, block_bits)
-            compare("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"], args.depth, args.batch,
-                    args.repeats, args.device, block_bits)
+            compare(
+                "LeNet-5, fc1–fc3 as ADTNs",
+                "lenet5",
+                ["fc1", "fc2", "fc3"],
+                args.depth,
+                args.batch,
+                args.repeats,
+                args.device,
+                block_bits,
+            )
+            compare(
+                "FC-2, fc1–fc2 as ADTNs",
+                "fc2",
+                ["fc1", "fc2"],
+                args.depth,
+                args.batch,
+                args.repeats,
+                args.device,
+                block_bits,
+            )
         if args.compile:
-            compare("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"], args.depth, args.batch,
-                    args.repeats, args.device, None, compiled=True)
+            compare(
+                "FC-2, fc1–fc2 as ADTNs",
+                "fc2",
+                ["fc1", "fc2"],
+                args.depth,
+                args.batch,
+                args.repeats,
+                args.device,
+                None,
+                compiled=True,
+            )
     if not args.skip_materialise:
-        print("\n| weight | device | depth | ADTN parameters | backward mode | materialise (ms) "
-              "| materialise + backward (ms) |")
+        print(
+            "\n| weight | device | depth | ADTN parameters | backward mode | materialise (ms) "
+            "| materialise + backward (ms) |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- |")
         materialise_times((1, 2, 4), args.device, args.materialise_repeats, args.memory)
     if not args.skip_peak:
-        print("\n| materialise + backward | device | peak memory | in states of 2^24 float32 "
-              "| time |")
+        print(
+            "\n| materialise + backward | device | peak memory | in states of 2^24 float32 | time |"
+        )
         print("| --- | --- | --- | --- | --- |")
         peak_memory(args.device, args.memory, args.threads)
 

@@ -33,8 +33,16 @@ from engine.config import LayerSpec, RunConfig  # noqa: E402
 LAYERS = {"fc2": ("fc1", "fc2"), "lenet5": ("fc1", "fc2", "fc3")}
 
 # The base: what the presets do today (Adam, lr 2e-3, ADTN lr 1e-2, cosine, batch 128).
-BASE: dict[str, Any] = dict(model="fc2", dataset="mnist", optimizer="adam", lr=2e-3, adtn_lr=1e-2,
-                            schedule="cosine", batch_size=128, init="scratch")
+BASE: dict[str, Any] = dict(
+    model="fc2",
+    dataset="mnist",
+    optimizer="adam",
+    lr=2e-3,
+    adtn_lr=1e-2,
+    schedule="cosine",
+    batch_size=128,
+    init="scratch",
+)
 BASE_LAYER: dict[str, Any] = dict(depth=3)
 
 # name -> (run configuration changes, changes to every encoded layer)
@@ -60,11 +68,15 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "warmup-1": ({"warmup_epochs": 1}, {}),
     # -- structure
     "no-normalise": ({"prototype": {"normalise": False}}, {}),
-    "interleaved-no-normalise": ({"prototype": {"normalise": False}},
-                                 {"index_order": "interleaved"}),
+    "interleaved-no-normalise": (
+        {"prototype": {"normalise": False}},
+        {"index_order": "interleaved"},
+    ),
     "image-modes": ({"prototype": {"image_modes": True}}, {}),
-    "image-modes-interleaved": ({"prototype": {"image_modes": True}},
-                                {"index_order": "interleaved"}),
+    "image-modes-interleaved": (
+        {"prototype": {"image_modes": True}},
+        {"index_order": "interleaved"},
+    ),
     "act-none": ({}, {"activation": "none"}),
     "act-leaky": ({}, {"activation": "leaky_relu"}),
     "stair": ({}, {"layout": "stair"}),
@@ -75,19 +87,22 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # -- initialisation
     "init-near-identity": ({}, {"gate_init": "near_identity"}),
     "init-normal": ({}, {"gate_init": "normal"}),
-    "interleaved-near-identity": ({}, {"index_order": "interleaved",
-                                       "gate_init": "near_identity"}),
+    "interleaved-near-identity": ({}, {"index_order": "interleaved", "gate_init": "near_identity"}),
     # -- depth at a budget: depth d of the ADTN is the budget; here simply more depth
     **{f"depth-{d}": ({}, {"depth": d}) for d in (1, 2, 4, 6, 8)},
     # -- references at the same budget: the TT-matrix layer and the dense model
     "tt": ({}, {"encoding": "tt", "budget": "match:adtn"}),
-    **{f"tt-depth-{d}": ({}, {"encoding": "tt", "budget": "match:adtn", "depth": d})
-       for d in (1, 2, 4, 6)},
+    **{
+        f"tt-depth-{d}": ({}, {"encoding": "tt", "budget": "match:adtn", "depth": d})
+        for d in (1, 2, 4, 6)
+    },
     "tt-lr-same-1e-2": ({"lr": 1e-2, "adtn_lr": 0.0}, {"encoding": "tt", "budget": "match:adtn"}),
     # -- the small-model target: FC-2 with at most 5,000 parameters (depth 10: 4,568)
     "target-adtn-d10": ({"lr": 1e-2, "adtn_lr": 0.0}, {"depth": 10, "index_order": "interleaved"}),
-    "target-tt-d10": ({"lr": 1e-2, "adtn_lr": 0.0},
-                      {"depth": 10, "encoding": "tt", "budget": "match:adtn"}),
+    "target-tt-d10": (
+        {"lr": 1e-2, "adtn_lr": 0.0},
+        {"depth": 10, "encoding": "tt", "budget": "match:adtn"},
+    ),
     # -- the LeNet-5 target (its three linear layers at least 30x smaller: depth 3)
     "target-lenet-interleaved": ({"lr": 1e-2, "adtn_lr": 0.0}, {"index_order": "interleaved"}),
     # -- from a trained dense layer
@@ -131,16 +146,20 @@ def install_prototypes() -> None:
                 shape = (shape[0], 28, 28)
             super().__init__(shape, *a, **k)
             self.index_order = index_order
-            order = (interleaved_order(self.mode_bits) if index_order == "interleaved"
-                     else list(range(self.Q)))
+            order = (
+                interleaved_order(self.mode_bits)
+                if index_order == "interleaved"
+                else list(range(self.Q))
+            )
             self._to_rows_first = [order.index(j) for j in range(self.Q)]
             if init != "orthogonal":
                 generator = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
                 with torch.no_grad():
                     for spec, gate in zip(self.specs, self.gates):
                         noise = torch.randn(4, 4, generator=generator)
-                        full = (torch.eye(4) + 0.1 * noise if init == "near_identity"
-                                else noise / 2.0)
+                        full = (
+                            torch.eye(4) + 0.1 * noise if init == "near_identity" else noise / 2.0
+                        )
                         gate.copy_(full[:, list(spec.columns)])
 
         normalise = True  # set by a probe's "prototype" changes
@@ -173,9 +192,18 @@ PROTOTYPE = None
 
 def build_config(name: str, args: argparse.Namespace) -> RunConfig:
     changes, layer_changes = PROBES[name]
-    values = dict(BASE, model=args.model, data_root=args.data_root, download=False,
-                  device=args.device, epochs=args.epochs, limit_train=args.limit_train,
-                  holdout=args.holdout, seed=args.seed, name=f"research-{name}")
+    values = dict(
+        BASE,
+        model=args.model,
+        data_root=args.data_root,
+        download=False,
+        device=args.device,
+        epochs=args.epochs,
+        limit_train=args.limit_train,
+        holdout=args.holdout,
+        seed=args.seed,
+        name=f"research-{name}",
+    )
     values.update({k: v for k, v in changes.items() if k != "prototype"})
     if "pretrain_epochs" in changes:  # dense epochs count on top: keep the total the same
         values["epochs"] = max(1, args.epochs - int(changes["pretrain_epochs"]))
@@ -205,30 +233,45 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for key, value in saved.items():
         setattr(PROTOTYPE, key, value)
     return {
-        "probe": name, "model": args.model, "status": summary.status,
-        "error": summary.error_message, "seed": args.seed, "epochs": args.epochs,
-        "limit_train": args.limit_train, "holdout": args.holdout,
+        "probe": name,
+        "model": args.model,
+        "status": summary.status,
+        "error": summary.error_message,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "limit_train": args.limit_train,
+        "holdout": args.holdout,
         "params_total": summary.params_total,
         "layer_params": summary.compression.get("compressed_layers_encoded_params", 0),
         "fit_errors": summary.compression.get("fit_errors", {}),
-        "best_acc": summary.best_test_acc, "final_acc": summary.test_acc,
-        "seconds_per_epoch": summary.seconds_per_epoch, "wall_seconds": time.time() - started,
-        "changes": PROBES[name][0], "layer_changes": PROBES[name][1],
+        "best_acc": summary.best_test_acc,
+        "final_acc": summary.test_acc,
+        "seconds_per_epoch": summary.seconds_per_epoch,
+        "wall_seconds": time.time() - started,
+        "changes": PROBES[name][0],
+        "layer_changes": PROBES[name][1],
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| probe | seed | epochs | model params | held-out acc (final) | best | s/epoch | changes |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| probe | seed | epochs | model params | held-out acc (final) | best | s/epoch "
+        "| changes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         if r["status"] != "finished":
-            lines.append(f"| {r['probe']} | {r['seed']} | {r['epochs']} | | {r['status']}: "
-                         f"{r['error'][:60]} | | | |")
+            lines.append(
+                f"| {r['probe']} | {r['seed']} | {r['epochs']} | | {r['status']}: "
+                f"{r['error'][:60]} | | | |"
+            )
             continue
         changes = ", ".join(f"{k}={v}" for k, v in {**r["changes"], **r["layer_changes"]}.items())
-        lines.append(f"| {r['probe']} | {r['seed']} | {r['epochs']} | {r['params_total']:,} | "
-                     f"{r['final_acc']:.2%} | "
-                     f"{r['best_acc']:.2%} | {r['seconds_per_epoch']:.1f} | {changes or '—'} |")
+        lines.append(
+            f"| {r['probe']} | {r['seed']} | {r['epochs']} | {r['params_total']:,} | "
+            f"{r['final_acc']:.2%} | "
+            f"{r['best_acc']:.2%} | {r['seconds_per_epoch']:.1f} | {changes or '—'} |"
+        )
     return "\n".join(lines)
 
 
@@ -273,8 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     key = (args.model, args.seed, args.epochs, args.limit_train, args.holdout, args.depth)
 
     def same(r: dict[str, Any], name: str) -> bool:
-        return (r["probe"] == name and (r["model"], r["seed"], r["epochs"], r["limit_train"],
-                r["holdout"], r.get("depth", 0)) == key and r["status"] == "finished")
+        return (
+            r["probe"] == name
+            and (
+                r["model"],
+                r["seed"],
+                r["epochs"],
+                r["limit_train"],
+                r["holdout"],
+                r.get("depth", 0),
+            )
+            == key
+            and r["status"] == "finished"
+        )
 
     for name in names:
         if any(same(r, name) for r in rows):
@@ -285,12 +339,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         with store.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{name}: {row['status']} final {row['final_acc']:.2%} best {row['best_acc']:.2%} "
-              f"({row['params_total']:,} params, {row['seconds_per_epoch']:.1f} s/epoch)",
-              flush=True)
+        print(
+            f"{name}: {row['status']} final {row['final_acc']:.2%} best {row['best_acc']:.2%} "
+            f"({row['params_total']:,} params, {row['seconds_per_epoch']:.1f} s/epoch)",
+            flush=True,
+        )
     text = table(rows)
-    header = (f"ADTN research probes (benchmarks/adtn_research.py); accuracy on held-out "
-              f"training examples, never the test set.\n\n")
+    header = (
+        "ADTN research probes (benchmarks/adtn_research.py); accuracy on held-out "
+        "training examples, never the test set.\n\n"
+    )
     out.write_text(header + text + "\n")
     print(text)
     return 0

@@ -36,8 +36,12 @@ def main() -> int:
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=[p[0] for p in PARTS], help="run one part only")
-    parser.add_argument("--epochs-scale", type=float, default=1.0,
-                        help="multiply every part's epochs (quick checks)")
+    parser.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every part's epochs (quick checks)",
+    )
     args = parser.parse_args()
     sections = []
     for name, preset, depths, epochs in PARTS:
@@ -45,11 +49,33 @@ def main() -> int:
             continue
         out = args.out / name
         epochs = max(1, round(epochs * args.epochs_scale))
-        command = [sys.executable, "-m", "adtn_studio", "compare", "--preset", preset,
-                   "--encodings", args.encodings, "--depths", depths, "--seeds", args.seeds,
-                   "--epochs", str(epochs), "--lr-search", "--lrs", args.lrs,
-                   "--search-epochs", str(min(args.search_epochs, epochs)),
-                   "--data-root", args.data_root, "--device", args.device, "--out", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "adtn_studio",
+            "compare",
+            "--preset",
+            preset,
+            "--encodings",
+            args.encodings,
+            "--depths",
+            depths,
+            "--seeds",
+            args.seeds,
+            "--epochs",
+            str(epochs),
+            "--lr-search",
+            "--lrs",
+            args.lrs,
+            "--search-epochs",
+            str(min(args.search_epochs, epochs)),
+            "--data-root",
+            args.data_root,
+            "--device",
+            args.device,
+            "--out",
+            str(out),
+        ]
         print("$", " ".join(command), flush=True)
         started = time.time()
         done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -57,8 +83,10 @@ def main() -> int:
             print(f"{name}: compare exited with {done.returncode}", file=sys.stderr)
             return done.returncode
         table = (out / "compare.md").read_text(encoding="utf-8")
-        sections.append(f"{table}\nCommand: `{' '.join(command[1:])}` "
-                        f"({(time.time() - started) / 60:.0f} min)\n")
+        sections.append(
+            f"{table}\nCommand: `{' '.join(command[1:])}` "
+            f"({(time.time() - started) / 60:.0f} min)\n"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     document = "\n\n".join(sections)
     (args.out / "compare-mnist.md").write_text(document, encoding="utf-8")

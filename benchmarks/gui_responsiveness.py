@@ -44,14 +44,23 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("process", "thread"), default="process")
-    parser.add_argument("--switch-interval", type=float, metavar="S",
-                        help="sys.setswitchinterval for the thread mode (default: Python's)")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        metavar="S",
+        help="sys.setswitchinterval for the thread mode (default: Python's)",
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
-    parser.add_argument("--worst", type=int, default=0, metavar="N",
-                        help="also list the N longest blocks and the epoch ends near them")
+    parser.add_argument(
+        "--worst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the N longest blocks and the epoch ends near them",
+    )
     args = parser.parse_args()
     os.environ["ADTN_TRAINING_MODE"] = args.mode
     if args.switch_interval:
@@ -69,10 +78,17 @@ def main() -> int:
 
     from engine.config import LayerSpec, RunConfig
 
-    config = RunConfig(name="responsiveness", model="fc2", dataset="synthetic",
-                       layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)],
-                       epochs=args.epochs, batch_size=args.batch_size,
-                       limit_train=args.examples, limit_test=500, device="cpu")
+    config = RunConfig(
+        name="responsiveness",
+        model="fc2",
+        dataset="synthetic",
+        layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        limit_train=args.examples,
+        limit_test=500,
+        device="cpu",
+    )
 
     ticks: list[tuple[float, float]] = []  # (time of the tick, ms since the previous one)
     clock = QElapsedTimer()
@@ -126,32 +142,46 @@ def main() -> int:
     gaps = [gap for at, gap in ticks[1:] if first <= at <= marks.get("end", at)]
     lateness = [max(0.0, gap - TICK_MS) for gap in gaps] or [0.0]
     history = window.session.history
-    mode = args.mode + (f", switch interval {args.switch_interval:g} s"
-                        if args.switch_interval and args.mode == "thread" else "")
-    print(f"Training {config.model} ({', '.join(s.name for s in config.layers)} as ADTNs) on "
-          f"{args.examples} generated examples, {args.epochs} epochs, CPU, {mode}: "
-          f"{seconds:.1f} s in all ({marks.get('end', started) - first:.1f} s from the first "
-          f"batch), {len(history.batch_x)} batches, {len(batches)} monitor updates, status "
-          f"{window.session.state}.")
-    print(f"Load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
-          f"{os.cpu_count()} CPUs. CPU time of the window's process during the run: "
-          f"{window_cpu:.1f} s" + (" (training included)" if args.mode == "thread" else ""))
-    print(f"Idle window, {args.idle_seconds:g} s: blocked beyond the tick p50 "
-          f"{statistics.median(idle):.1f} ms, p99 {percentile(idle, 0.99):.1f} ms, "
-          f"max {max(idle):.1f} ms (the machine's noise floor)")
+    mode = args.mode + (
+        f", switch interval {args.switch_interval:g} s"
+        if args.switch_interval and args.mode == "thread"
+        else ""
+    )
+    print(
+        f"Training {config.model} ({', '.join(s.name for s in config.layers)} as ADTNs) on "
+        f"{args.examples} generated examples, {args.epochs} epochs, CPU, {mode}: "
+        f"{seconds:.1f} s in all ({marks.get('end', started) - first:.1f} s from the first "
+        f"batch), {len(history.batch_x)} batches, {len(batches)} monitor updates, status "
+        f"{window.session.state}."
+    )
+    print(
+        f"Load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+        f"{os.cpu_count()} CPUs. CPU time of the window's process during the run: "
+        f"{window_cpu:.1f} s" + (" (training included)" if args.mode == "thread" else "")
+    )
+    print(
+        f"Idle window, {args.idle_seconds:g} s: blocked beyond the tick p50 "
+        f"{statistics.median(idle):.1f} ms, p99 {percentile(idle, 0.99):.1f} ms, "
+        f"max {max(idle):.1f} ms (the machine's noise floor)"
+    )
     print(f"During training, event-loop ticks every {TICK_MS} ms: {len(gaps)} ticks")
     p99, worst = percentile(lateness, 0.99), max(lateness)
     met = p99 <= TARGET_P99_MS and worst <= TARGET_MAX_MS
-    print(f"  blocked beyond the tick: p50 {statistics.median(lateness):.1f} ms, "
-          f"p99 {p99:.1f} ms, max {worst:.1f} ms (target p99 <= {TARGET_P99_MS:g} ms, "
-          f"max <= {TARGET_MAX_MS:g} ms: {'met' if met else 'NOT met'})")
+    print(
+        f"  blocked beyond the tick: p50 {statistics.median(lateness):.1f} ms, "
+        f"p99 {p99:.1f} ms, max {worst:.1f} ms (target p99 <= {TARGET_P99_MS:g} ms, "
+        f"max <= {TARGET_MAX_MS:g} ms: {'met' if met else 'NOT met'})"
+    )
     if args.worst:
-        late = sorted(((gap - TICK_MS, at) for at, gap in ticks[1:]
-                       if first <= at <= marks.get("end", at)), reverse=True)[:args.worst]
+        late = sorted(
+            ((gap - TICK_MS, at) for at, gap in ticks[1:] if first <= at <= marks.get("end", at)),
+            reverse=True,
+        )[: args.worst]
         for blocked, at in late:
             near = min(epoch_ends, key=lambda t: abs(t - at), default=None)
-            where = (f", {1000 * (at - near):+.0f} ms from an epoch's end"
-                     if near is not None else "")
+            where = (
+                f", {1000 * (at - near):+.0f} ms from an epoch's end" if near is not None else ""
+            )
             print(f"  {blocked:6.1f} ms at {at - first:5.2f} s{where}")
     window.close()
     return code or (0 if met else 1)

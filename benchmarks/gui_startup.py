@@ -67,8 +67,14 @@ def one_trial() -> dict[str, float]:
     if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
         env.setdefault("QT_QPA_PLATFORM", "offscreen")
     launched = time.time()
-    result = subprocess.run([sys.executable, "-c", CHILD, repr(launched)], env=env,
-                            capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, repr(launched)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     times = {}
     for line in result.stdout.splitlines():
         name, _, value = line.partition(" ")
@@ -90,21 +96,28 @@ def main() -> int:
     trials = [one_trial() for _ in range(args.trials)]
     shown = [t["shown"] for t in trials]
     engine = [t["engine"] for t in trials if "engine" in t]
-    platform = os.environ.get("QT_QPA_PLATFORM") or ("xcb" if os.environ.get("DISPLAY")
-                                                      else "offscreen")
+    platform = os.environ.get("QT_QPA_PLATFORM") or (
+        "xcb" if os.environ.get("DISPLAY") else "offscreen"
+    )
     print(f"GUI start-up over {len(trials)} launches (platform {platform}):")
-    print(f"  window painted : median {statistics.median(shown):.2f} s, "
-          f"worst {max(shown):.2f} s (target < 2 s)")
+    print(
+        f"  window painted : median {statistics.median(shown):.2f} s, "
+        f"worst {max(shown):.2f} s (target < 2 s)"
+    )
     steps = [key for key in trials[0] if key.startswith("step ")]
     for key in steps:
         values = [t[key] for t in trials if key in t]
         print(f"  {key[5:]:<52}: begins at median {statistics.median(values):.2f} s")
     if engine:
         waits = [t["engine"] - t["shown"] for t in trials if "engine" in t]
-        print(f"  engine loaded  : median {statistics.median(engine):.2f} s, "
-              f"worst {max(engine):.2f} s (in the background, window already usable)")
-        print(f"  window shown to engine loaded (the status bar says what loads): median "
-              f"{statistics.median(waits):.2f} s, worst {max(waits):.2f} s")
+        print(
+            f"  engine loaded  : median {statistics.median(engine):.2f} s, "
+            f"worst {max(engine):.2f} s (in the background, window already usable)"
+        )
+        print(
+            f"  window shown to engine loaded (the status bar says what loads): median "
+            f"{statistics.median(waits):.2f} s, worst {max(waits):.2f} s"
+        )
     return 0 if max(shown) < 2.0 else 1
 
 

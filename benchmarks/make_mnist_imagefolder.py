@@ -26,7 +26,7 @@ def read_idx(path: Path) -> np.ndarray:
     """An idx file (MNIST's format: magic, dimensions, then unsigned bytes) as an array."""
     data = path.read_bytes()
     dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
@@ -35,7 +35,7 @@ def write_split(images: np.ndarray, labels: np.ndarray, per_class: int, folder: 
     for digit in range(10):
         target = folder / str(digit)
         target.mkdir(parents=True, exist_ok=True)
-        for rank, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
+        for _rank, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
             Image.fromarray(images[index], "L").save(target / f"{index:05d}.png")
             written += 1
     return written
@@ -53,13 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.mnist / "train-images-idx3-ubyte").is_file():
         parser.error(f"MNIST not found in {args.mnist}")
     counts = {}
-    for split, prefix, per_class in (("train", "train", args.train_per_class),
-                                     ("test", "t10k", args.test_per_class)):
+    for split, prefix, per_class in (
+        ("train", "train", args.train_per_class),
+        ("test", "t10k", args.test_per_class),
+    ):
         images = read_idx(args.mnist / f"{prefix}-images-idx3-ubyte")
         labels = read_idx(args.mnist / f"{prefix}-labels-idx1-ubyte")
         counts[split] = write_split(images, labels, per_class, args.out / split)
-    print(f"{args.out}: {counts['train']} training and {counts['test']} test PNG images, "
-          "10 classes")
+    print(
+        f"{args.out}: {counts['train']} training and {counts['test']} test PNG images, 10 classes"
+    )
     return 0
 
 

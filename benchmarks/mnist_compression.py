@@ -52,11 +52,19 @@ class Variant:
 def variant_config(variant: Variant, args: argparse.Namespace) -> RunConfig:
     preset, linear_layers = MODELS[variant.model]
     config = load_preset(preset)
-    layers = [LayerSpec(name, depth=variant.depth) for name in linear_layers] \
-        if variant.depth else []
-    changes = dict(name=f"bench-{variant.key}", layers=layers, data_root=str(args.data_root),
-                   download=False, device=args.device, seed=args.seed,
-                   limit_train=args.limit_train, limit_test=args.limit_test)
+    layers = (
+        [LayerSpec(name, depth=variant.depth) for name in linear_layers] if variant.depth else []
+    )
+    changes = dict(
+        name=f"bench-{variant.key}",
+        layers=layers,
+        data_root=str(args.data_root),
+        download=False,
+        device=args.device,
+        seed=args.seed,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )
     if args.epochs:
         changes["epochs"] = args.epochs
     return config.replace(**changes).validate()
@@ -81,23 +89,30 @@ def run_variant(variant: Variant, args: argparse.Namespace, runs_root: Path) -> 
         "seconds_per_epoch": summary.seconds_per_epoch,
         "epochs": summary.epochs_completed,
         "device": summary.device,
-        "status": summary.status if not summary.error_message else
-        f"{summary.status}: {summary.error_message}",
+        "status": summary.status
+        if not summary.error_message
+        else f"{summary.status}: {summary.error_message}",
         "run_dir": summary.run_dir,
     }
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ("| model | variant | ADTN-layer params | model params | layer ratio | model ratio "
-              "| best test acc | s/epoch | device |")
+    header = (
+        "| model | variant | ADTN-layer params | model params | layer ratio | model ratio "
+        "| best test acc | s/epoch | device |"
+    )
     lines = [header, "|" + "---|" * 9]
     for r in rows:
-        layer = f"{r['layer_params']:,} (of {r['layer_dense_params']:,})" \
-            if r["layer_params"] is not None else "-"
+        layer = (
+            f"{r['layer_params']:,} (of {r['layer_dense_params']:,})"
+            if r["layer_params"] is not None
+            else "-"
+        )
         lines.append(
             f"| {r['model']} | {r['variant']} | {layer} | {r['model_params']:,} | "
             f"{r['layer_ratio']:.1f}x | {r['model_ratio']:.1f}x | {r['best_test_acc']:.2%} | "
-            f"{r['seconds_per_epoch']:.1f} | {r['device']} |")
+            f"{r['seconds_per_epoch']:.1f} | {r['device']} |"
+        )
     return "\n".join(lines)
 
 
@@ -105,27 +120,41 @@ def target_notes(rows: list[dict]) -> list[str]:
     notes = []
     lenet = [r for r in rows if r["model"] == "LeNet-5" and r["layer_params"] is not None]
     if lenet:
-        met = [r["variant"] for r in lenet if r["best_test_acc"] >= 0.985 and r["layer_ratio"] >= 30]
-        notes.append("LeNet-5 target (>= 98.5 %, linear layers >= 30x): "
-                     + (f"met by {', '.join(met)}" if met else "not met"))
+        met = [
+            r["variant"] for r in lenet if r["best_test_acc"] >= 0.985 and r["layer_ratio"] >= 30
+        ]
+        notes.append(
+            "LeNet-5 target (>= 98.5 %, linear layers >= 30x): "
+            + (f"met by {', '.join(met)}" if met else "not met")
+        )
     fc2 = [r for r in rows if r["model"] == "FC-2" and r["layer_params"] is not None]
     if fc2:
-        met = [r["variant"] for r in fc2 if r["best_test_acc"] >= 0.95 and r["model_params"] <= 5000]
-        notes.append("FC-2 target (>= 95 %, <= 5,000 model params): "
-                     + (f"met by {', '.join(met)}" if met else "not met"))
+        met = [
+            r["variant"] for r in fc2 if r["best_test_acc"] >= 0.95 and r["model_params"] <= 5000
+        ]
+        notes.append(
+            "FC-2 target (>= 95 %, <= 5,000 model params): "
+            + (f"met by {', '.join(met)}" if met else "not met")
+        )
     return notes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "datasets",
-                        help="folder containing MNIST/raw (default: ../shared/datasets)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=REPO.parent / "shared" / "datasets",
+        help="folder containing MNIST/raw (default: ../shared/datasets)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--epochs", type=int, default=0, help="epochs (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="",
-                        help="comma-separated variants (fc2-dense, fc2-d1 ... lenet5-d4) "
-                             "or models (fc2, lenet5)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated variants (fc2-dense, fc2-d1 ... lenet5-d4) or models (fc2, lenet5)",
+    )
     parser.add_argument("--limit-train", type=int, default=0, help="training examples (0: all)")
     parser.add_argument("--limit-test", type=int, default=0, help="test examples (0: all)")
     parser.add_argument("--runs-dir", type=Path, help="keep the run folders here")
@@ -140,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {item.strip() for item in args.only.split(",") if item.strip()}
         unknown = wanted - {v.key for v in variants} - set(MODELS)
         if unknown:
-            sys.exit(f"unknown variant(s) {', '.join(sorted(unknown))}; "
-                     f"choose from {', '.join(v.key for v in variants)}")
+            sys.exit(
+                f"unknown variant(s) {', '.join(sorted(unknown))}; "
+                f"choose from {', '.join(v.key for v in variants)}"
+            )
         variants = [v for v in variants if v.key in wanted or v.model in wanted]
     with tempfile.TemporaryDirectory(prefix="adtn-bench-") as scratch:
         runs_root = args.runs_dir or Path(scratch)

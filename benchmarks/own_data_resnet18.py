@@ -30,11 +30,14 @@ def run_variant(config: RunConfig, out: Path) -> dict:
         raise SystemExit(f"{config.name}: {summary.status}: {summary.error_message}")
     report = summary.compression
     return {
-        "variant": config.name, "params": summary.params_total,
-        "dense_params": summary.dense_params_total, "ratio": summary.compression_ratio,
+        "variant": config.name,
+        "params": summary.params_total,
+        "dense_params": summary.dense_params_total,
+        "ratio": summary.compression_ratio,
         "encoded": report.get("compressed_layers_encoded_params", 0),
         "encoded_dense": report.get("compressed_layers_dense_params", 0),
-        "best": summary.best_test_acc, "last": summary.test_acc,
+        "best": summary.best_test_acc,
+        "last": summary.test_acc,
         "seconds_per_epoch": summary.seconds_per_epoch,
     }
 
@@ -57,12 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    base = RunConfig(model=args.model, dataset=f"imagefolder:{args.folder.resolve()}",
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     device=args.device, augment=False, seed=0)
+    base = RunConfig(
+        model=args.model,
+        dataset=f"imagefolder:{args.folder.resolve()}",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        augment=False,
+        seed=0,
+    )
     dense = base.replace(name="dense", dense_baseline=True)
-    compressed = base.replace(name=f"adtn-d{args.depth}",
-                              layers=encode_layers(base, args.encode, args.depth))
+    compressed = base.replace(
+        name=f"adtn-d{args.depth}", layers=encode_layers(base, args.encode, args.depth)
+    )
     out = args.out or Path(tempfile.mkdtemp(prefix="own-data-"))
     chosen = {"dense": dense, "adtn": compressed}
     wanted = [name.strip() for name in args.variants.split(",")]
@@ -70,15 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--variants: unknown {unknown[0]!r} (dense, adtn)")
     rows = [run_variant(chosen[name], out) for name in wanted]
-    print(f"\n{args.model} on {args.folder} ({args.epochs} epochs, batch {args.batch_size}, "
-          f"{args.device}); encoded: {args.encode} at depth {args.depth}\n")
-    print("| variant | model parameters | encoded layers: dense → ADTN | smaller by "
-          "| best test accuracy | last | s/epoch |")
+    print(
+        f"\n{args.model} on {args.folder} ({args.epochs} epochs, batch {args.batch_size}, "
+        f"{args.device}); encoded: {args.encode} at depth {args.depth}\n"
+    )
+    print(
+        "| variant | model parameters | encoded layers: dense → ADTN | smaller by "
+        "| best test accuracy | last | s/epoch |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        layers = (f"{row['encoded_dense']:,} → {row['encoded']:,}" if row["encoded"] else "–")
-        print(f"| {row['variant']} | {row['params']:,} | {layers} | {row['ratio']:.2f}× | "
-              f"{row['best']:.2%} | {row['last']:.2%} | {row['seconds_per_epoch']:.0f} |")
+        layers = f"{row['encoded_dense']:,} → {row['encoded']:,}" if row["encoded"] else "–"
+        print(
+            f"| {row['variant']} | {row['params']:,} | {layers} | {row['ratio']:.2f}× | "
+            f"{row['best']:.2%} | {row['last']:.2%} | {row['seconds_per_epoch']:.0f} |"
+        )
     return 0
 
 

@@ -18,13 +18,21 @@ makes the product of many free tensors harmless (it can neither explode nor vani
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from engine.adtn_kernel import App, BufferPool, NetworkState, Plan, apply_on_axis, finish, forward_state
+from engine.adtn_kernel import (
+    App,
+    BufferPool,
+    NetworkState,
+    Plan,
+    apply_on_axis,
+    finish,
+    forward_state,
+)
 from engine.choices import ACTIVATIONS, INDEX_ORDERS, LAYOUTS
 from engine.choices import GATE_INITS as INITS
 
@@ -403,8 +411,9 @@ class ADTN(nn.Module):
             low.append(tuple(low_layer))
         slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(self.activation)
         plans = {
-            normalise: Plan(self.Q, self.shape, self.padded_shape, tuple(fast), tuple(low), slope,
-                            normalise)
+            normalise: Plan(
+                self.Q, self.shape, self.padded_shape, tuple(fast), tuple(low), slope, normalise
+            )
             for normalise in (False, True)
         }
         return plans, recipe
@@ -414,7 +423,7 @@ class ADTN(nn.Module):
         per_block = max(1, self.block_bits // 2)
         extra = len(run) % per_block
         groups = [run[:extra]] if extra else []
-        groups += [run[k:k + per_block] for k in range(extra, len(run), per_block)]
+        groups += [run[k : k + per_block] for k in range(extra, len(run), per_block)]
         return groups
 
     def _sweep_widths(self, run: list[int]) -> list[int]:
@@ -427,8 +436,7 @@ class ADTN(nn.Module):
     def _gate_list(self) -> list[torch.Tensor]:
         """The gates as a plain list (indexing an ``nn.ParameterList`` costs microseconds
         each, hundreds of times a step)."""
-        stored: list[torch.Tensor] = [
-            p for p in self.gates._parameters.values() if p is not None]
+        stored: list[torch.Tensor] = [p for p in self.gates._parameters.values() if p is not None]
         return stored if len(stored) == len(self.specs) else list(self.gates)
 
     def _matrices(self, recipe) -> list[torch.Tensor]:
@@ -460,7 +468,7 @@ class ADTN(nn.Module):
                 mats[k] = self._full_gate(entry[1], gates_)
             elif kind == "sweep":
                 blocks = self._sweep_blocks(list(entry[1]), gates_)
-                mats[k:k + len(blocks)] = blocks
+                mats[k : k + len(blocks)] = blocks
             else:  # "block"
                 _, lo, hi, run = entry
                 mats[k] = self._block_matrix(lo, hi, run, gates_)

@@ -27,8 +27,8 @@ transposing copy). ``mid``: a ``K × K`` block on indices ``[lo, lo + w)`` of th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -100,7 +100,11 @@ class BufferPool:
     def take(self, like: torch.Tensor, numel: int) -> torch.Tensor | None:
         if self.free:
             buffer = self.free[-1]
-            if buffer.numel() == numel and buffer.dtype == like.dtype and buffer.device == like.device:
+            if (
+                buffer.numel() == numel
+                and buffer.dtype == like.dtype
+                and buffer.device == like.device
+            ):
                 return self.free.pop()
         return None
 
@@ -120,26 +124,38 @@ def _apply(app: App, matrix: torch.Tensor, state: torch.Tensor, pool=None) -> to
     if app.kind == "tail":
         inputs = state.view(-1, app.a)
         out = _out(pool, state, inputs.shape[0], app.b)
-        return torch.mm(inputs, matrix, out=out).view(-1) if out is not None else \
-            (inputs @ matrix).view(-1)
+        return (
+            torch.mm(inputs, matrix, out=out).view(-1)
+            if out is not None
+            else (inputs @ matrix).view(-1)
+        )
     if app.kind == "rot":
         k = matrix.shape[1]
         out = _out(pool, state, k, state.numel() // k)
         inputs = state.view(-1, k).t()
-        return (torch.mm(matrix, inputs, out=out) if out is not None else torch.mm(matrix, inputs)).view(-1)
+        return (
+            torch.mm(matrix, inputs, out=out) if out is not None else torch.mm(matrix, inputs)
+        ).view(-1)
     return apply_on_axis(_mid_view(state, app), matrix)
 
 
-def _backward(app: App, matrix: torch.Tensor, state: torch.Tensor, grad: torch.Tensor,
-              need_input: bool = True, pool=None):
+def _backward(
+    app: App,
+    matrix: torch.Tensor,
+    state: torch.Tensor,
+    grad: torch.Tensor,
+    need_input: bool = True,
+    pool=None,
+):
     """(gradient of the application's input, gradient of its matrix)."""
     if app.kind == "tail":
         inputs, grads = state.view(-1, app.a), grad.view(-1, app.b)
         d_input = None
         if need_input:
             out = _out(pool, grad, grads.shape[0], app.a)
-            d_input = (torch.mm(grads, matrix.t(), out=out) if out is not None else
-                       grads @ matrix.t()).view(-1)
+            d_input = (
+                torch.mm(grads, matrix.t(), out=out) if out is not None else grads @ matrix.t()
+            ).view(-1)
         return d_input, inputs.t() @ grads
     if app.kind == "rot":
         k = matrix.shape[0]
@@ -147,8 +163,11 @@ def _backward(app: App, matrix: torch.Tensor, state: torch.Tensor, grad: torch.T
         d_input = None
         if need_input:
             out = _out(pool, grad, grads.shape[1], k)
-            d_input = (torch.mm(grads.t(), matrix, out=out) if out is not None else
-                       torch.mm(grads.t(), matrix)).view(-1)
+            d_input = (
+                torch.mm(grads.t(), matrix, out=out)
+                if out is not None
+                else torch.mm(grads.t(), matrix)
+            ).view(-1)
         return d_input, grads @ state.view(-1, k)
     d_input = apply_on_axis(_mid_view(grad, app), matrix.t()) if need_input else None
     return d_input, _mid_gram(_mid_view(grad, app), _mid_view(state, app), CPU_CHUNK)
@@ -164,7 +183,7 @@ def _mid_gram(grad: torch.Tensor, state: torch.Tensor, chunk: int) -> torch.Tens
     step = max(1, chunk // (k * right))
     total = torch.einsum("lir,ljr->ij", grad[:step], state[:step])
     for lo in range(step, left, step):
-        total = total + torch.einsum("lir,ljr->ij", grad[lo:lo + step], state[lo:lo + step])
+        total = total + torch.einsum("lir,ljr->ij", grad[lo : lo + step], state[lo : lo + step])
     return total
 
 
@@ -176,18 +195,18 @@ def _apply_inplace(app: App, matrix: torch.Tensor, state: torch.Tensor, chunk: i
         rows = view.squeeze(2)
         step = max(1, chunk // k)
         for lo in range(0, left, step):
-            part = rows[lo:lo + step]
+            part = rows[lo : lo + step]
             part.copy_(part @ matrix.T)
     elif k * right <= chunk:
         step = max(1, chunk // (k * right))
         for lo in range(0, left, step):
-            part = view[lo:lo + step]
+            part = view[lo : lo + step]
             part.copy_(apply_on_axis(part, matrix).view_as(part))
     else:
         step = max(1, chunk // k)
         for row in range(left):
             for lo in range(0, right, step):
-                part = view[row, :, lo:lo + step]
+                part = view[row, :, lo : lo + step]
                 part.copy_(matrix @ part)
 
 
@@ -219,6 +238,7 @@ def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int
         grad.addcmul_(layer_input, coefficient, value=-1.0)
     if plan.slope is None:
         return grad
+
     # a > 0 exactly where the pre-activation is > 0 (the slopes are positive), so the
     # activations' backward kernels can read the activated state.
     def backward(g, a):
@@ -229,8 +249,8 @@ def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int
     if chunk is None:
         return backward(grad, layer_input)
     for lo in range(0, grad.numel(), chunk):
-        part = grad[lo:lo + chunk]
-        part.copy_(backward(part, layer_input[lo:lo + chunk]))
+        part = grad[lo : lo + chunk]
+        part.copy_(backward(part, layer_input[lo : lo + chunk]))
     return grad
 
 
@@ -253,9 +273,15 @@ def _chunk_for(state: torch.Tensor) -> int:
     return CPU_CHUNK if state.device.type == "cpu" else GPU_CHUNK
 
 
-def forward_state(plan: Plan, mats: Sequence[torch.Tensor], low_memory: bool = False,
-                  saved: list | None = None, inverse_rms: list | None = None,
-                  stop_layer: int | None = None, pool: BufferPool | None = None) -> torch.Tensor:
+def forward_state(
+    plan: Plan,
+    mats: Sequence[torch.Tensor],
+    low_memory: bool = False,
+    saved: list | None = None,
+    inverse_rms: list | None = None,
+    stop_layer: int | None = None,
+    pool: BufferPool | None = None,
+) -> torch.Tensor:
     """The network's output state (or, with ``stop_layer``, the activated input of that
     layer). ``saved`` collects what the backward pass needs (every application's input,
     or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors."""
@@ -323,7 +349,7 @@ def _finish_backward(plan: Plan, ordered, scale, inverse_rms, grad_weight, order
         grad_scale = dot * inverse_rms
         # d/dW of scale * W / rms(W): scale/rms * (g - W <W, g> / (N rms**2)).
         grad = grad_weight * (scale * inverse_rms)
-        grad.addcmul_(tensor, scale * inverse_rms ** 3 * dot / tensor.numel(), value=-1.0)
+        grad.addcmul_(tensor, scale * inverse_rms**3 * dot / tensor.numel(), value=-1.0)
     if cropped:
         full = grad.new_zeros(plan.padded_shape)
         full[tuple(slice(0, d) for d in plan.shape)] = grad
@@ -368,14 +394,15 @@ class NetworkState(torch.autograd.Function):
     def backward(ctx, grad_weight):
         plan = ctx.plan
         scale, final_inverse_rms, *rest = ctx.saved_tensors
-        mats, inverse_rms = rest[: ctx.num_mats], rest[ctx.num_mats:]
+        mats, inverse_rms = rest[: ctx.num_mats], rest[ctx.num_mats :]
         saved, state = list(ctx.saved), ctx.state
         pool = None
         if not _graph_is_kept():
             ctx.saved = ctx.state = None  # let each big state go as soon as it is used
             pool = ctx.pool  # and, on the CPU, reuse its memory
-        grad, grad_scale = _finish_backward(plan, state, scale, final_inverse_rms, grad_weight,
-                                            ctx.order)
+        grad, grad_scale = _finish_backward(
+            plan, state, scale, final_inverse_rms, grad_weight, ctx.order
+        )
         if pool is not None and scale is not None:  # (unscaled, the caller holds a view of it)
             pool.give(state)
         del state
@@ -385,8 +412,14 @@ class NetworkState(torch.autograd.Function):
         else:
             _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool)
         needs = ctx.needs_input_grad[5:]
-        return (None, None, None, None, grad_scale,
-                *(g if need else None for g, need in zip(grads, needs)))
+        return (
+            None,
+            None,
+            None,
+            None,
+            grad_scale,
+            *(g if need else None for g, need in zip(grads, needs)),
+        )
 
 
 def _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool=None):
@@ -422,8 +455,9 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
             layer_input = forward_state(plan, mats, low_memory=True, stop_layer=layer)
         factor = inverse_rms[layer - 1] if plan.normalise else None
         apps = plan.low[layer]
-        effective = [mats[a.m] if (j or factor is None) else mats[a.m] * factor
-                     for j, a in enumerate(apps)]
+        effective = [
+            mats[a.m] if (j or factor is None) else mats[a.m] * factor for j, a in enumerate(apps)
+        ]
         work = torch.empty_like(layer_input) if len(apps) > 1 else None
         for j in range(len(apps) - 1, -1, -1):
             if j == 0:

@@ -37,13 +37,19 @@ class Checkpoint:
     state: dict[str, Any]
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, state: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
     """Write ``model`` (and ``optimizer``) tensors plus the JSON-able ``state`` to ``path``
     (a ``.safetensors`` file) and its ``.json`` sidecar, each atomically."""
     path = Path(path)
-    tensors = {MODEL_PREFIX + key: value.detach().cpu().contiguous()
-               for key, value in model.state_dict().items()}
+    tensors = {
+        MODEL_PREFIX + key: value.detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
     full_state = {"format": FORMAT, "version": VERSION, **state}
     if optimizer is not None:
         optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
@@ -77,8 +83,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"no checkpoint at {path}") from None
     except (OSError, safetensors.SafetensorError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from exc
-    model_state = {key[len(MODEL_PREFIX):]: value for key, value in tensors.items()
-                   if key.startswith(MODEL_PREFIX)}
+    model_state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in tensors.items()
+        if key.startswith(MODEL_PREFIX)
+    }
     optimizer_state = None
     if "optimizer" in state:
         optimizer_state = _join_optimizer_state(state.pop("optimizer"), tensors)
@@ -98,8 +107,9 @@ def _parse_state(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
     return state
 
 
-def _split_optimizer_state(state_dict: dict[str, Any]
-                           ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _split_optimizer_state(
+    state_dict: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors (moments, step counts) as ``optimizer.<param>.<key>``; the rest as JSON."""
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
@@ -112,13 +122,14 @@ def _split_optimizer_state(state_dict: dict[str, Any]
     return tensors, {"state": plain, "param_groups": state_dict["param_groups"]}
 
 
-def _join_optimizer_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]
-                          ) -> dict[str, Any]:
+def _join_optimizer_state(
+    plain: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {
         int(param_id): dict(entries) for param_id, entries in plain["state"].items()
     }
     for name, value in tensors.items():
         if name.startswith(OPTIMIZER_PREFIX):
-            param_id, key = name[len(OPTIMIZER_PREFIX):].split(".", 1)
+            param_id, key = name[len(OPTIMIZER_PREFIX) :].split(".", 1)
             state.setdefault(int(param_id), {})[key] = value
     return {"state": state, "param_groups": plain["param_groups"]}

@@ -6,10 +6,21 @@ engine writes (metric columns, failure kinds) is spelled here once; the other mo
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class FailureKind(str, Enum):
+class RunStatus(StrEnum):
+    """A run's state in ``summary.json`` (and the run history)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"  # by the user; it can be resumed
+    FAILED = "failed"  # the summary's error_kind says why
+    INTERRUPTED = "interrupted"  # "running" in the summary, but its process is gone: killed
+    UNREADABLE = "unreadable"  # the run history could not read the folder
+
+
+class FailureKind(StrEnum):
     """Why a run failed; stored in ``summary.json`` and carried by ``RunFailed``."""
 
     NAN_LOSS = "nan_loss"
@@ -87,8 +98,17 @@ TORCHVISION_PREFIX = "torchvision:"  # "torchvision:resnet18" names a torchvisio
 # -- what a run writes (engine.trainer, engine.runs, the monitor and the runs page) --------
 # The columns of metrics.csv, and the keys of the trainer's per-epoch rows, in file order.
 METRIC_COLUMNS = (
-    "epoch", "phase", "train_loss", "train_acc", "test_loss", "test_acc", "best_test_acc",
-    "params_total", "dense_params_total", "seconds", "lr",
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "best_test_acc",
+    "params_total",
+    "dense_params_total",
+    "seconds",
+    "lr",
 )
 CHECKPOINT_KINDS = ("last", "best")  # checkpoints/<kind>.safetensors
 CHECKPOINT_TITLES = {"best": "best (highest test accuracy)", "last": "last"}

@@ -16,11 +16,12 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from engine.choices import ENCODINGS, MATCH_ADTN
+from engine.choices import ENCODINGS, MATCH_ADTN, RunStatus
 from engine.config import RunConfig
 from engine.errors import CompareError
 from engine.events import RunControl
@@ -73,22 +74,27 @@ class CompareRequest:
     def validate(self) -> CompareRequest:
         unknown = [e for e in self.encodings if e not in COMPARE_CHOICES]
         if unknown or not self.encodings:
-            raise CompareError(f"encodings: choose some of {', '.join(COMPARE_CHOICES)} "
-                               f"(got {', '.join(self.encodings) or 'none'})")
+            raise CompareError(
+                f"encodings: choose some of {', '.join(COMPARE_CHOICES)} "
+                f"(got {', '.join(self.encodings) or 'none'})"
+            )
         if not self.depths or any(d < 1 for d in self.depths):
             raise CompareError(f"budgets: ADTN depths of 1 or more (got {self.depths})")
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise CompareError(f"seeds: whole numbers of 0 or more (got {self.seeds})")
         if self.epochs < 0 or self.search_epochs < 0:
             raise CompareError("epochs and search epochs must be 0 or more")
-        if self.lr_search and (not self.lrs or any(not (lr > 0 and math.isfinite(lr))
-                                                   for lr in self.lrs)):
+        if self.lr_search and (
+            not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)
+        ):
             raise CompareError(f"learning rates to search must be positive (got {self.lrs})")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise CompareError("the held-out fraction must lie between 0 and 1")
         if not self.base.layers:
-            raise CompareError("the configuration names no layers to encode: a comparison "
-                               "needs at least one (layers = [{name = 'fc1'}])")
+            raise CompareError(
+                "the configuration names no layers to encode: a comparison "
+                "needs at least one (layers = [{name = 'fc1'}])"
+            )
         return self
 
     @property
@@ -156,27 +162,44 @@ class VariantResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.update(mean_best_test_acc=self.mean_best, mean_final_test_acc=self.mean_final,
-                    mean_seconds_per_epoch=self.mean_seconds)
+        data.update(
+            mean_best_test_acc=self.mean_best,
+            mean_final_test_acc=self.mean_final,
+            mean_seconds_per_epoch=self.mean_seconds,
+        )
         return data
 
 
-def variant_config(request: CompareRequest, variant: Variant, seed: int, lr: float,
-                   search: bool) -> RunConfig:
+def variant_config(
+    request: CompareRequest, variant: Variant, seed: int, lr: float, search: bool
+) -> RunConfig:
     """The run configuration of one training of a comparison."""
     base = request.base
     if variant.encoding == DENSE:
         layers: list[LayerSpec] = []
     else:
         # the ADTN's own options (index order, gate init) travel with it: they set no budget
-        layers = [LayerSpec(spec.name, depth=variant.depth, activation=spec.activation,
-                            layout=spec.layout, encoding=variant.encoding,
-                            budget=0 if variant.encoding == "adtn" else MATCH_ADTN,
-                            index_order=spec.index_order, gate_init=spec.gate_init)
-                  for spec in base.layers]
+        layers = [
+            LayerSpec(
+                spec.name,
+                depth=variant.depth,
+                activation=spec.activation,
+                layout=spec.layout,
+                encoding=variant.encoding,
+                budget=0 if variant.encoding == "adtn" else MATCH_ADTN,
+                index_order=spec.index_order,
+                gate_init=spec.gate_init,
+            )
+            for spec in base.layers
+        ]
     changes: dict[str, Any] = dict(
         name=f"{base.run_name}-{variant.key}-" + (f"lr{lr:g}" if search else f"seed{seed}"),
-        layers=layers, seed=seed, lr=lr, adtn_lr=0.0, init="scratch", pretrain_epochs=0,
+        layers=layers,
+        seed=seed,
+        lr=lr,
+        adtn_lr=0.0,
+        init="scratch",
+        pretrain_epochs=0,
         epochs=request.total_search_epochs if search else request.total_epochs,
         holdout=0,
     )
@@ -208,9 +231,12 @@ def _plan(config: RunConfig):
         return None, str(exc).removeprefix("cannot compress: ")
 
 
-def run_compare(request: CompareRequest, progress: Callable[[CompareProgress], None] | None = None,
-                control: RunControl | None = None,
-                train_callbacks: Iterable[Any] = ()) -> list[VariantResult]:
+def run_compare(
+    request: CompareRequest,
+    progress: Callable[[CompareProgress], None] | None = None,
+    control: RunControl | None = None,
+    train_callbacks: Iterable[Any] = (),
+) -> list[VariantResult]:
     """Run every variant (search, then one run per seed) and write the report files.
 
     Finished runs found in ``request.out`` are reused and interrupted ones resumed, so a
@@ -238,11 +264,10 @@ def run_compare(request: CompareRequest, progress: Callable[[CompareProgress], N
     def run_one(config: RunConfig, folder: Path) -> dict:
         paths = RunPaths(folder)
         previous = read_summary(paths.summary) if folder.is_dir() else None
-        if previous and previous.get("status") == "finished":
+        if previous and previous.get("status") == RunStatus.FINISHED:
             return previous
         resume = bool(previous) and paths.checkpoints.is_dir()
-        summary = train(config, folder, callbacks=train_callbacks, control=control,
-                        resume=resume)
+        summary = train(config, folder, callbacks=train_callbacks, control=control, resume=resume)
         return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else summary
 
     for variant in variants:
@@ -256,8 +281,16 @@ def run_compare(request: CompareRequest, progress: Callable[[CompareProgress], N
             report(variant, "skip", -1, 0.0, reason)
             log.warning("%s: not trained: %s", variant.label, reason)
             continue
-        result.layers = [{"name": r.name, "encoding": r.encoding, "detail": r.detail,
-                          "params": r.encoded_params, "budget": r.budget} for r in plan.rows]
+        result.layers = [
+            {
+                "name": r.name,
+                "encoding": r.encoding,
+                "detail": r.detail,
+                "params": r.encoded_params,
+                "budget": r.budget,
+            }
+            for r in plan.rows
+        ]
         result.layer_params = plan.encoded_params
         result.budget = sum(r.budget or r.encoded_params for r in plan.rows)
         result.model_params = plan.model_params_after
@@ -269,8 +302,11 @@ def run_compare(request: CompareRequest, progress: Callable[[CompareProgress], N
                 report(variant, "search", request.seeds[0], candidate)
                 config = variant_config(request, variant, request.seeds[0], candidate, True)
                 summary = run_one(config, out / SEARCH_FOLDER / variant.key / f"lr{candidate:g}")
-                score = float(summary.get("best_test_acc", 0.0)) \
-                    if summary.get("status") == "finished" else float("nan")
+                score = (
+                    float(summary.get("best_test_acc", 0.0))
+                    if summary.get("status") == RunStatus.FINISHED
+                    else float("nan")
+                )
                 result.lr_scores[f"{candidate:g}"] = score
                 done += 1
             scored = {float(k): v for k, v in result.lr_scores.items() if v == v}
@@ -287,7 +323,7 @@ def run_compare(request: CompareRequest, progress: Callable[[CompareProgress], N
             result.seeds.append(seed)
             result.run_dirs.append(str(folder))
             result.status.append(str(summary.get("status", "")))
-            if summary.get("status") == "finished":
+            if summary.get("status") == RunStatus.FINISHED:
                 result.best_test_acc.append(float(summary.get("best_test_acc", 0.0)))
                 result.final_test_acc.append(float(summary.get("test_acc", 0.0)))
                 result.seconds_per_epoch.append(float(summary.get("seconds_per_epoch", 0.0)))

@@ -13,16 +13,35 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.choices import RunStatus
 from engine.paths import atomic_write_text
 
 if TYPE_CHECKING:
     from engine.compare import CompareRequest, VariantResult
 
-CSV_COLUMNS = ("variant", "encoding", "budget_depth", "seed", "lr", "compressed_layer_params",
-               "model_params", "best_test_acc", "final_test_acc", "seconds_per_epoch",
-               "status", "options", "run_dir")
-ENCODING_COLOURS = {"dense": "#444444", "adtn": "#d62728", "tt": "#1f77b4",
-                    "lowrank": "#2ca02c", "tucker": "#9467bd", "cp": "#ff7f0e"}
+CSV_COLUMNS = (
+    "variant",
+    "encoding",
+    "budget_depth",
+    "seed",
+    "lr",
+    "compressed_layer_params",
+    "model_params",
+    "best_test_acc",
+    "final_test_acc",
+    "seconds_per_epoch",
+    "status",
+    "options",
+    "run_dir",
+)
+ENCODING_COLOURS = {
+    "dense": "#444444",
+    "adtn": "#d62728",
+    "tt": "#1f77b4",
+    "lowrank": "#2ca02c",
+    "tucker": "#9467bd",
+    "cp": "#ff7f0e",
+}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -46,18 +65,43 @@ def csv_text(results: list[VariantResult]) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in results:
         if not r.fits:
-            writer.writerow([r.key, r.encoding, r.depth, "", "", "", "", "", "", "",
-                             f"not trained: {r.reason}", "", ""])
+            writer.writerow(
+                [
+                    r.key,
+                    r.encoding,
+                    r.depth,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"not trained: {r.reason}",
+                    "",
+                    "",
+                ]
+            )
             continue
         for i, seed in enumerate(r.seeds):
-            finished = i < len(r.best_test_acc) and r.status[i] == "finished"
-            writer.writerow([
-                r.key, r.encoding, r.depth, seed, f"{r.lr:g}", r.layer_params, r.model_params,
-                f"{r.best_test_acc[i]:.6f}" if finished else "",
-                f"{r.final_test_acc[i]:.6f}" if finished else "",
-                f"{r.seconds_per_epoch[i]:.3f}" if finished else "",
-                r.status[i], _options(r), r.run_dirs[i],
-            ])
+            finished = i < len(r.best_test_acc) and r.status[i] == RunStatus.FINISHED
+            writer.writerow(
+                [
+                    r.key,
+                    r.encoding,
+                    r.depth,
+                    seed,
+                    f"{r.lr:g}",
+                    r.layer_params,
+                    r.model_params,
+                    f"{r.best_test_acc[i]:.6f}" if finished else "",
+                    f"{r.final_test_acc[i]:.6f}" if finished else "",
+                    f"{r.seconds_per_epoch[i]:.3f}" if finished else "",
+                    r.status[i],
+                    _options(r),
+                    r.run_dirs[i],
+                ]
+            )
     return buffer.getvalue()
 
 
@@ -68,10 +112,13 @@ def _percent(value: float) -> str:
 def markdown_text(request: CompareRequest, results: list[VariantResult], seconds: float) -> str:
     base = request.base
     seeds = ", ".join(map(str, request.seeds))
-    search = (f"a learning-rate search over {', '.join(f'{lr:g}' for lr in request.lrs)} "
-              f"({request.total_search_epochs} epoch(s), seed {request.seeds[0]}, scored on "
-              f"{100 * request.holdout_fraction:g} % of the training examples held out)"
-              if request.lr_search else f"learning rate {base.lr:g} for every variant")
+    search = (
+        f"a learning-rate search over {', '.join(f'{lr:g}' for lr in request.lrs)} "
+        f"({request.total_search_epochs} epoch(s), seed {request.seeds[0]}, scored on "
+        f"{100 * request.holdout_fraction:g} % of the training examples held out)"
+        if request.lr_search
+        else f"learning rate {base.lr:g} for every variant"
+    )
     lines = [
         f"# {base.model} on {base.dataset}: encodings at equal parameter budgets",
         "",
@@ -94,9 +141,16 @@ def markdown_text(request: CompareRequest, results: list[VariantResult], seconds
         lines.append(
             f"| {r.label} | {layer_params} | {r.model_params:,} | {r.lr:g} | "
             f"{_percent(r.mean_best)} | {_percent(r.mean_final)} | {per_seed} | "
-            f"{r.mean_seconds:.1f} | {_options(r) or '–'} |")
-    lines += ["", verdict(results), "", "![Pareto plot](compare.png)", "",
-              f"Total time: {seconds / 60:.1f} min."]
+            f"{r.mean_seconds:.1f} | {_options(r) or '–'} |"
+        )
+    lines += [
+        "",
+        verdict(results),
+        "",
+        "![Pareto plot](compare.png)",
+        "",
+        f"Total time: {seconds / 60:.1f} min.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +165,10 @@ def verdict(results: list[VariantResult]) -> str:
         ranked = sorted(group, key=lambda r: r.mean_best, reverse=True)
         winner = ranked[0]
         others = ", ".join(f"{r.encoding} {_percent(r.mean_best)}" for r in ranked[1:])
-        sentences.append(f"At the ADTN depth-{depth} budget the best is **{winner.encoding}** "
-                         f"({_percent(winner.mean_best)})" + (f"; then {others}." if others else "."))
+        sentences.append(
+            f"At the ADTN depth-{depth} budget the best is **{winner.encoding}** "
+            f"({_percent(winner.mean_best)})" + (f"; then {others}." if others else ".")
+        )
     return " ".join(sentences) or "No variant finished."
 
 
@@ -155,18 +211,24 @@ def write_plot(results: list[VariantResult], path: Path) -> bool:
     return True
 
 
-def write_report(request: CompareRequest, results: list[VariantResult], out: Path,
-                 seconds: float) -> None:
+def write_report(
+    request: CompareRequest, results: list[VariantResult], out: Path, seconds: float
+) -> None:
     out = Path(out)
     atomic_write_text(out / "compare.csv", csv_text(results))
     document = {
-        "model": request.base.model, "dataset": request.base.dataset,
+        "model": request.base.model,
+        "dataset": request.base.dataset,
         "layers": [s.name for s in request.base.layers],
-        "encodings": list(request.encodings), "depths": list(request.depths),
-        "seeds": list(request.seeds), "epochs": request.total_epochs,
-        "lr_search": request.lr_search, "lrs": list(request.lrs),
+        "encodings": list(request.encodings),
+        "depths": list(request.depths),
+        "seeds": list(request.seeds),
+        "epochs": request.total_epochs,
+        "lr_search": request.lr_search,
+        "lrs": list(request.lrs),
         "search_epochs": request.total_search_epochs,
-        "holdout_fraction": request.holdout_fraction, "seconds": seconds,
+        "holdout_fraction": request.holdout_fraction,
+        "seconds": seconds,
         "variants": [r.to_dict() for r in results],
     }
     atomic_write_text(out / "compare.json", json.dumps(document, indent=2, allow_nan=True))

@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 from torch import nn
 
 from engine.adtn import MAX_Q, mode_bits
 from engine.encodings import EncodingError, EncodingPlan, plan_layer
 from engine.layer_spec import LayerSpec, LayerSpecError
-from engine.layers import (DEFAULT_FIT_STEPS, ENCODED_LAYER_TYPES, EncodedConv2d, EncodedLayer,
-                           EncodedLinear, encode_layer)
+from engine.layers import (
+    DEFAULT_FIT_STEPS,
+    ENCODED_LAYER_TYPES,
+    EncodedConv2d,
+    EncodedLayer,
+    EncodedLinear,
+    encode_layer,
+)
 
-__all__ = ["CompressionReport", "LayerInfo", "LayerReport", "LayerSpec", "compress",
-           "describe_layers", "encoded_layers", "materialize", "plan_compression"]
+__all__ = [
+    "CompressionReport",
+    "LayerInfo",
+    "LayerReport",
+    "LayerSpec",
+    "compress",
+    "describe_layers",
+    "encoded_layers",
+    "materialize",
+    "plan_compression",
+]
 
 
 @dataclass(frozen=True)
@@ -111,8 +127,10 @@ class CompressionReport:
 
     def format_table(self) -> str:
         """A plain-text table for the command line and logs."""
-        header = (f"{'layer':<16} {'kind':<7} {'weight':<18} {'encoding':<8} {'dense':>12} "
-                  f"{'encoded':>8} {'ratio':>10}  options")
+        header = (
+            f"{'layer':<16} {'kind':<7} {'weight':<18} {'encoding':<8} {'dense':>12} "
+            f"{'encoded':>8} {'ratio':>10}  options"
+        )
         lines = [header, "-" * len(header)]
         for r in self.rows:
             shape = "×".join(str(d) for d in r.weight_shape)
@@ -128,9 +146,9 @@ class CompressionReport:
         return "\n".join(lines)
 
 
-LayerRequest = Union[str, LayerSpec, Mapping]
+LayerRequest = str | LayerSpec | Mapping
 # A layer with a weight that a plan can name: dense, or already encoded.
-WeightLayer = Union[nn.Linear, nn.Conv2d, EncodedLinear, EncodedConv2d]
+WeightLayer = nn.Linear | nn.Conv2d | EncodedLinear | EncodedConv2d
 
 
 def _weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
@@ -185,15 +203,16 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
 
 
 def resolve_specs(
-    layers: Union[Iterable[LayerRequest], Mapping[str, int]],
+    layers: Iterable[LayerRequest] | Mapping[str, int],
     depth: int = 1,
     activation: str = "relu",
     layout: str = "brick",
     encoding: str = "adtn",
 ) -> list[LayerSpec]:
     """Layer requests (names, ``{name: depth}``, dicts or ``LayerSpec``) as ``LayerSpec``s."""
-    defaults: dict[str, Any] = dict(depth=depth, activation=activation, layout=layout,
-                                    encoding=encoding)
+    defaults: dict[str, Any] = dict(
+        depth=depth, activation=activation, layout=layout, encoding=encoding
+    )
     if isinstance(layers, str):
         raise LayerSpecError("layers must be a list of layer names, not a single string")
     if isinstance(layers, Mapping):
@@ -208,16 +227,19 @@ def resolve_specs(
         elif isinstance(item, Mapping):
             unknown = set(item) - fields
             if unknown or "name" not in item:
-                raise LayerSpecError(f"a layer entry needs 'name' and may have "
-                                     f"{', '.join(sorted(fields - {'name'}))}; got {dict(item)}")
+                raise LayerSpecError(
+                    f"a layer entry needs 'name' and may have "
+                    f"{', '.join(sorted(fields - {'name'}))}; got {dict(item)}"
+                )
             items.append(LayerSpec(**dict(defaults, **item)))
         else:
             raise LayerSpecError(f"cannot read a layer request from {item!r}")
     return items
 
 
-def _validate(model: nn.Module, specs: Sequence[LayerSpec]
-              ) -> tuple[dict[str, WeightLayer], dict[str, EncodingPlan]]:
+def _validate(
+    model: nn.Module, specs: Sequence[LayerSpec]
+) -> tuple[dict[str, WeightLayer], dict[str, EncodingPlan]]:
     """The modules to replace and their resolved encodings; every problem of every request in
     one ``EncodingError`` (a ``ValueError``)."""
     available = _weight_layers(model)
@@ -288,7 +310,7 @@ def _count(model: nn.Module) -> int:
 
 def plan_compression(
     model: nn.Module,
-    layers: Union[Iterable[LayerRequest], Mapping[str, int]],
+    layers: Iterable[LayerRequest] | Mapping[str, int],
     depth: int = 1,
     activation: str = "relu",
     layout: str = "brick",
@@ -305,7 +327,7 @@ def plan_compression(
 
 def compress(
     model: nn.Module,
-    layers: Union[Iterable[LayerRequest], Mapping[str, int]],
+    layers: Iterable[LayerRequest] | Mapping[str, int],
     depth: int = 1,
     activation: str = "relu",
     layout: str = "brick",
@@ -348,8 +370,11 @@ def materialize(model: nn.Module) -> nn.Module:
 
 def encoded_layers(model: nn.Module, encoding: str | None = None) -> dict[str, EncodedLayer]:
     """The encoded layers of a model (of one encoding, if given), by name."""
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, ENCODED_LAYER_TYPES) and encoding in (None, m.encoding)}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, ENCODED_LAYER_TYPES) and encoding in (None, m.encoding)
+    }
 
 
 def adtn_layers(model: nn.Module) -> dict[str, EncodedLayer]:

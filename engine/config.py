@@ -16,8 +16,8 @@ from typing import Any
 import tomli_w
 
 from engine.choices import DATASET_NAMES, IMAGEFOLDER_PREFIX, INITS, OPTIMIZERS, SCHEDULES
-from engine.layer_spec import LayerSpec, LayerSpecError
 from engine.errors import ConfigError
+from engine.layer_spec import LayerSpec, LayerSpecError
 from engine.limits import (
     MAX_BATCH_SIZE,
     MAX_CONFIG_BYTES,
@@ -104,8 +104,9 @@ class RunConfig:
         """Plain values only (TOML and JSON serialisable); layer options at their defaults are
         left out, so a configuration file lists only what was chosen."""
         data = dataclasses.asdict(self)
-        data["layers"] = [spec.to_dict() if isinstance(spec, LayerSpec) else spec
-                          for spec in self.layers]
+        data["layers"] = [
+            spec.to_dict() if isinstance(spec, LayerSpec) else spec for spec in self.layers
+        ]
         return data
 
     @classmethod
@@ -161,8 +162,9 @@ class RunConfig:
         _check_type("weights", self.weights, str)
         _check_int("image_size", self.image_size, minimum=0)
         if self.image_size > MAX_IMAGE_SIZE:
-            raise ConfigError(f"image_size must be at most {MAX_IMAGE_SIZE} (got "
-                              f"{self.image_size})")
+            raise ConfigError(
+                f"image_size must be at most {MAX_IMAGE_SIZE} (got {self.image_size})"
+            )
         _check_number("test_fraction", self.test_fraction, positive=True)
         if self.test_fraction >= 1:
             raise ConfigError(f"test_fraction must be below 1 (got {self.test_fraction})")
@@ -218,10 +220,15 @@ def _parse_toml(path: Path) -> dict[str, Any]:
         if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
             raise ConfigError(f"{path} is not a regular file")
         if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is {info.st_size:,} bytes; a run configuration is at "
-                              f"most {MAX_CONFIG_BYTES:,}")
-        with open(path, "rb", opener=lambda name, flags: os.open(
-                name, flags | getattr(os, "O_NONBLOCK", 0))) as handle:
+            raise ConfigError(
+                f"{path} is {info.st_size:,} bytes; a run configuration is at "
+                f"most {MAX_CONFIG_BYTES:,}"
+            )
+        with open(
+            path,
+            "rb",
+            opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NONBLOCK", 0)),
+        ) as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -234,8 +241,9 @@ def _parse_toml(path: Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8-sig")  # an editor's byte-order mark is harmless
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"
+        ) from None
     if "\x00" in text:
         raise ConfigError(f"{path} holds NUL bytes: it is binary, not a TOML text file")
     try:
@@ -243,8 +251,9 @@ def _parse_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except RecursionError:  # the parser recurses once per nested array or table
-        raise ConfigError(f"{path} nests arrays or tables too deeply to be a run "
-                          "configuration") from None
+        raise ConfigError(
+            f"{path} nests arrays or tables too deeply to be a run configuration"
+        ) from None
 
 
 def _layers_from_data(items: Any) -> list[LayerSpec]:
@@ -267,8 +276,9 @@ def _layers_from_data(items: Any) -> list[LayerSpec]:
             raise ConfigError(f"layers[{index}] needs a 'name'")
         values = dict(item)
         if isinstance(values.get("factors"), (list, tuple)):  # TOML may give tuples
-            values["factors"] = [list(f) if isinstance(f, (list, tuple)) else f
-                                 for f in values["factors"]]
+            values["factors"] = [
+                list(f) if isinstance(f, (list, tuple)) else f for f in values["factors"]
+            ]
         if isinstance(values.get("ranks"), tuple):
             values["ranks"] = list(values["ranks"])
         specs.append(LayerSpec(**values))
@@ -296,15 +306,26 @@ def _check_limits(config: RunConfig) -> None:
     starts can also be exported (and an absurd one fails at once, not after hours)."""
     for index, spec in enumerate(config.layers):
         depth = getattr(spec, "depth", None)
-        if getattr(spec, "encoding", "adtn") == "adtn" and isinstance(depth, int) \
-                and depth > MAX_DEPTH:
-            raise ConfigError(f"layers[{index}].depth is {depth}; an ADTN has at most "
-                              f"{MAX_DEPTH} layers (export and loading refuse deeper ones)")
-    bounds = (("epochs", MAX_EPOCHS), ("pretrain_epochs", MAX_EPOCHS),
-              ("batch_size", MAX_BATCH_SIZE), ("fit_steps", MAX_FIT_STEPS),
-              ("seed", MAX_SEED), ("limit_train", MAX_EXAMPLES), ("limit_test", MAX_EXAMPLES),
-              ("holdout", MAX_EXAMPLES),
-              ("workers", MAX_WORKERS))
+        if (
+            getattr(spec, "encoding", "adtn") == "adtn"
+            and isinstance(depth, int)
+            and depth > MAX_DEPTH
+        ):
+            raise ConfigError(
+                f"layers[{index}].depth is {depth}; an ADTN has at most "
+                f"{MAX_DEPTH} layers (export and loading refuse deeper ones)"
+            )
+    bounds = (
+        ("epochs", MAX_EPOCHS),
+        ("pretrain_epochs", MAX_EPOCHS),
+        ("batch_size", MAX_BATCH_SIZE),
+        ("fit_steps", MAX_FIT_STEPS),
+        ("seed", MAX_SEED),
+        ("limit_train", MAX_EXAMPLES),
+        ("limit_test", MAX_EXAMPLES),
+        ("holdout", MAX_EXAMPLES),
+        ("workers", MAX_WORKERS),
+    )
     for name, maximum in bounds:
         value = getattr(config, name)
         if isinstance(value, int) and not isinstance(value, bool) and value > maximum:
@@ -312,12 +333,15 @@ def _check_limits(config: RunConfig) -> None:
     milestones = config.lr_milestones if isinstance(config.lr_milestones, list) else []
     for index, milestone in enumerate(milestones):
         if isinstance(milestone, int) and milestone > MAX_EPOCHS:
-            raise ConfigError(f"lr_milestones[{index}] is {milestone:,}; at most "
-                              f"{MAX_EPOCHS:,} is allowed")
+            raise ConfigError(
+                f"lr_milestones[{index}] is {milestone:,}; at most {MAX_EPOCHS:,} is allowed"
+            )
     if not config.layers and not config.dense_baseline:
-        raise ConfigError("layers is empty: list at least one layer to encode (for example "
-                          "layers = [{name = 'fc1'}]), or set dense_baseline = true to train "
-                          "the uncompressed model as a baseline")
+        raise ConfigError(
+            "layers is empty: list at least one layer to encode (for example "
+            "layers = [{name = 'fc1'}]), or set dense_baseline = true to train "
+            "the uncompressed model as a baseline"
+        )
 
 
 def _short(source: str) -> str:
@@ -345,12 +369,14 @@ def _check_model(value: Any) -> None:
 def _check_dataset(value: Any) -> None:
     _check_type("dataset", value, str)
     if value.startswith(IMAGEFOLDER_PREFIX):
-        if not value[len(IMAGEFOLDER_PREFIX):].strip():
+        if not value[len(IMAGEFOLDER_PREFIX) :].strip():
             raise ConfigError("dataset 'imagefolder:DIR' needs the folder (DIR)")
         return
     if value not in DATASET_NAMES:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASET_NAMES)} or "
-                          f"'imagefolder:DIR' (got {value!r})")
+        raise ConfigError(
+            f"dataset must be one of {', '.join(DATASET_NAMES)} or "
+            f"'imagefolder:DIR' (got {value!r})"
+        )
 
 
 def _check_mean_std(mean: Any, std: Any) -> None:

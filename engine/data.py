@@ -10,9 +10,10 @@ batches the uninterrupted run would have seen.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -50,24 +51,65 @@ class DatasetInfo:
 
 
 _INFOS = {
-    "mnist": DatasetInfo("mnist", DATASET_TITLES["mnist"], 1, 28, 10, 60000, 10000,
-                         (0.1307,), (0.3081,), False),
-    "fashionmnist": DatasetInfo("fashionmnist", DATASET_TITLES["fashionmnist"], 1, 28, 10,
-                                60000, 10000, (0.2860,), (0.3530,), False),
-    "kmnist": DatasetInfo("kmnist", DATASET_TITLES["kmnist"], 1, 28, 10, 60000, 10000,
-                          (0.1918,), (0.3483,), False),
-    "cifar10": DatasetInfo("cifar10", DATASET_TITLES["cifar10"], 3, 32, 10, 50000, 10000,
-                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
-    "cifar100": DatasetInfo("cifar100", DATASET_TITLES["cifar100"], 3, 32, 100, 50000,
-                            10000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            True),
-    "synthetic": DatasetInfo("synthetic", DATASET_TITLES["synthetic"], 1, 28, 10,
-                             *SYNTHETIC_SIZES, (0.5,), (0.25,), False),
+    "mnist": DatasetInfo(
+        "mnist", DATASET_TITLES["mnist"], 1, 28, 10, 60000, 10000, (0.1307,), (0.3081,), False
+    ),
+    "fashionmnist": DatasetInfo(
+        "fashionmnist",
+        DATASET_TITLES["fashionmnist"],
+        1,
+        28,
+        10,
+        60000,
+        10000,
+        (0.2860,),
+        (0.3530,),
+        False,
+    ),
+    "kmnist": DatasetInfo(
+        "kmnist", DATASET_TITLES["kmnist"], 1, 28, 10, 60000, 10000, (0.1918,), (0.3483,), False
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10",
+        DATASET_TITLES["cifar10"],
+        3,
+        32,
+        10,
+        50000,
+        10000,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        True,
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100",
+        DATASET_TITLES["cifar100"],
+        3,
+        32,
+        100,
+        50000,
+        10000,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        True,
+    ),
+    "synthetic": DatasetInfo(
+        "synthetic",
+        DATASET_TITLES["synthetic"],
+        1,
+        28,
+        10,
+        *SYNTHETIC_SIZES,
+        (0.5,),
+        (0.25,),
+        False,
+    ),
 }
 
 
-def dataset_info(name: str, image_size: int = 0, test_fraction: float = 0.2,
-                 seed: int = 0) -> DatasetInfo:
+def dataset_info(
+    name: str, image_size: int = 0, test_fraction: float = 0.2, seed: int = 0
+) -> DatasetInfo:
     """Shape, class count, size and normalisation of data set ``name``.
 
     For ``imagefolder:DIR`` the folder is scanned (file names and a few image headers):
@@ -77,15 +119,20 @@ def dataset_info(name: str, image_size: int = 0, test_fraction: float = 0.2,
     if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
         return _folder_info(name, image_size, test_fraction, seed)
     if name not in _INFOS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASET_NAMES)} or "
-                          f"'imagefolder:DIR' (got {name!r})")
+        raise ConfigError(
+            f"dataset must be one of {', '.join(DATASET_NAMES)} or 'imagefolder:DIR' (got {name!r})"
+        )
     return _INFOS[name]
 
 
 def config_dataset_info(config: RunConfig) -> DatasetInfo:
     """``dataset_info`` with the configuration's image size, split and given mean/std."""
-    info = dataset_info(config.dataset, getattr(config, "image_size", 0),
-                        getattr(config, "test_fraction", 0.2), config.seed)
+    info = dataset_info(
+        config.dataset,
+        getattr(config, "image_size", 0),
+        getattr(config, "test_fraction", 0.2),
+        config.seed,
+    )
     mean, std = getattr(config, "data_mean", []), getattr(config, "data_std", [])
     if mean and std:
         info = replace(info, mean=tuple(mean), std=tuple(std))
@@ -97,10 +144,19 @@ def _folder_info(name: str, image_size: int, test_fraction: float, seed: int) ->
 
     scanned = imagefolder.scan(imagefolder.folder_of(name), test_fraction, seed)
     channels = scanned.channels
-    return DatasetInfo(name, f"image folder {scanned.root.name}", channels,
-                       scanned.image_size(image_size), len(scanned.classes),
-                       len(scanned.train), len(scanned.test), (0.5,) * channels,
-                       (0.25,) * channels, channels == 3, scanned.classes)
+    return DatasetInfo(
+        name,
+        f"image folder {scanned.root.name}",
+        channels,
+        scanned.image_size(image_size),
+        len(scanned.classes),
+        len(scanned.train),
+        len(scanned.test),
+        (0.5,) * channels,
+        (0.25,) * channels,
+        channels == 3,
+        scanned.classes,
+    )
 
 
 @dataclass
@@ -156,8 +212,9 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
     return Path(data_root).expanduser() if data_root else default_data_root()
 
 
-def load_datasets(config: RunConfig, progress: ProgressCallback | None = None
-                  ) -> tuple[ImageSet | FileImageSet, ImageSet | FileImageSet]:
+def load_datasets(
+    config: RunConfig, progress: ProgressCallback | None = None
+) -> tuple[ImageSet | FileImageSet, ImageSet | FileImageSet]:
     """The (train, test) sets of ``config.dataset``, capped by ``limit_train``/``limit_test``.
 
     A missing set is downloaded when ``config.download`` is true (``progress`` receives
@@ -167,8 +224,11 @@ def load_datasets(config: RunConfig, progress: ProgressCallback | None = None
     return loaded.train, loaded.test
 
 
-def load_data(config: RunConfig, progress: ProgressCallback | None = None,
-              load_progress: ProgressCallback | None = None) -> LoadedData:
+def load_data(
+    config: RunConfig,
+    progress: ProgressCallback | None = None,
+    load_progress: ProgressCallback | None = None,
+) -> LoadedData:
     """``load_datasets`` plus the resolved ``DatasetInfo`` (an image folder's mean and
     standard deviation computed on its training split) and notes for the run's log.
     ``load_progress`` receives (images decoded, images in all) while an image folder loads."""
@@ -193,8 +253,9 @@ def hold_out(loaded: LoadedData, count: int) -> LoadedData:
     of the test set (which is then not used at all); the rest stay for training."""
     train = loaded.train
     if count >= len(train):
-        raise ConfigError(f"holdout = {count} leaves no training examples (the training "
-                          f"split has {len(train)})")
+        raise ConfigError(
+            f"holdout = {count} leaves no training examples (the training split has {len(train)})"
+        )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
     kept, held = order[count:].sort().values, order[:count].sort().values
     rest: ImageSet | FileImageSet
@@ -204,12 +265,16 @@ def hold_out(loaded: LoadedData, count: int) -> LoadedData:
         evaluation = ImageSet(train.images[held], train.labels[held])
     else:
         files = train.files
-        rest = FileImageSet([files[i] for i in kept.tolist()], train.channels,
-                            train.image_size, train.workers)
-        evaluation = FileImageSet([files[i] for i in held.tolist()], train.channels,
-                                  train.image_size, train.workers)
-    note = (f"evaluating on {count:,} held-out training examples, not on the test set; "
-            f"{len(rest):,} examples train")
+        rest = FileImageSet(
+            [files[i] for i in kept.tolist()], train.channels, train.image_size, train.workers
+        )
+        evaluation = FileImageSet(
+            [files[i] for i in held.tolist()], train.channels, train.image_size, train.workers
+        )
+    note = (
+        f"evaluating on {count:,} held-out training examples, not on the test set; "
+        f"{len(rest):,} examples train"
+    )
     return replace(loaded, train=rest, test=evaluation, notes=[*loaded.notes, note])
 
 
@@ -217,30 +282,46 @@ def _load_folder(config: RunConfig, load_progress: ProgressCallback | None) -> L
     from engine import imagefolder
 
     info = config_dataset_info(config)
-    scanned = imagefolder.scan(imagefolder.folder_of(config.dataset),
-                               getattr(config, "test_fraction", 0.2), config.seed)
-    loaded = imagefolder.load(scanned, info.image_size, config.limit_train, config.limit_test,
-                              tuple(getattr(config, "data_mean", ())),
-                              tuple(getattr(config, "data_std", ())), config.workers,
-                              load_progress)
-    info = replace(info, mean=loaded.mean, std=loaded.std, train_size=len(loaded.train),
-                   test_size=len(loaded.test))
+    scanned = imagefolder.scan(
+        imagefolder.folder_of(config.dataset), getattr(config, "test_fraction", 0.2), config.seed
+    )
+    loaded = imagefolder.load(
+        scanned,
+        info.image_size,
+        config.limit_train,
+        config.limit_test,
+        tuple(getattr(config, "data_mean", ())),
+        tuple(getattr(config, "data_std", ())),
+        config.workers,
+        load_progress,
+    )
+    info = replace(
+        info,
+        mean=loaded.mean,
+        std=loaded.std,
+        train_size=len(loaded.train),
+        test_size=len(loaded.test),
+    )
     return LoadedData(loaded.train, loaded.test, info, loaded.notes)
 
 
-def _load_named(info: DatasetInfo, config: RunConfig, progress: ProgressCallback | None
-                ) -> tuple[ImageSet, ImageSet]:
+def _load_named(
+    info: DatasetInfo, config: RunConfig, progress: ProgressCallback | None
+) -> tuple[ImageSet, ImageSet]:
     if info.name == "synthetic":
-        train, test = synthetic_sets(config.limit_train or SYNTHETIC_SIZES[0],
-                                     config.limit_test or SYNTHETIC_SIZES[1])
+        train, test = synthetic_sets(
+            config.limit_train or SYNTHETIC_SIZES[0], config.limit_test or SYNTHETIC_SIZES[1]
+        )
     else:
-        train, test = _load_files(info, resolve_data_root(config.data_root),
-                                  config.download, progress)
+        train, test = _load_files(
+            info, resolve_data_root(config.data_root), config.download, progress
+        )
     return train.head(config.limit_train), test.head(config.limit_test)
 
 
-def download_dataset(name: str, root: str | Path | None = None,
-                     progress: ProgressCallback | None = None) -> Path:
+def download_dataset(
+    name: str, root: str | Path | None = None, progress: ProgressCallback | None = None
+) -> Path:
     """Download data set ``name`` into ``root`` (default: the data root) unless it is there
     already; return its folder. Raises ``DataUnavailableError`` when the download fails."""
     from engine import data_files  # torchvision loads only when files are needed
@@ -259,15 +340,17 @@ def download_dataset(name: str, root: str | Path | None = None,
     return files.location(root)
 
 
-def _load_files(info: DatasetInfo, root: Path, download: bool,
-                progress: ProgressCallback | None) -> tuple[ImageSet, ImageSet]:
+def _load_files(
+    info: DatasetInfo, root: Path, download: bool, progress: ProgressCallback | None
+) -> tuple[ImageSet, ImageSet]:
     from engine import data_files
 
     files = data_files.FILES[info.name]
     if files.missing(root):
         if not download:
             raise DataUnavailableError(
-                _unavailable_message(info, root, files, "downloading is switched off"))
+                _unavailable_message(info, root, files, "downloading is switched off")
+            )
         download_dataset(info.name, root, progress)
     reader = data_files.read_mnist if info.name in MNIST_LIKE else data_files.read_cifar
     folder = files.location(root)
@@ -282,8 +365,7 @@ def _load_files(info: DatasetInfo, root: Path, download: bool,
     return train, test
 
 
-def _unavailable_message(info: DatasetInfo, root: Path, files: DataFiles,
-                         reason: str) -> str:
+def _unavailable_message(info: DatasetInfo, root: Path, files: DataFiles, reason: str) -> str:
     missing = ", ".join(files.missing(root)) or "its files"
     return (
         f"{info.title} is not available: {missing} not found in {files.location(root)} and "
@@ -328,9 +410,16 @@ class BatchIterator:
     and flipped when ``augment``.
     """
 
-    def __init__(self, data: ImageSet | FileImageSet, info: DatasetInfo, batch_size: int,
-                 device: torch.device, shuffle: bool = False, augment: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: ImageSet | FileImageSet,
+        info: DatasetInfo,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
         if len(data) == 0:
@@ -372,8 +461,9 @@ class BatchIterator:
                 images = _random_crop_and_flip(images, augment_rng)
             yield (images - self.mean) / self.std, self.labels[index]
 
-    def _streamed(self, order: torch.Tensor | None, augment_rng: torch.Generator
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _streamed(
+        self, order: torch.Tensor | None, augment_rng: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The same batches as in memory, decoded by DataLoader workers in the same order;
         files that fail to decode are dropped from their batch."""
         from engine.imagefolder import FileDataset
@@ -383,15 +473,19 @@ class BatchIterator:
         batches = [indices[start:stop] for start, stop in self.batch_bounds()]
         dataset = FileDataset(self.files.files, self.files.channels, self.files.image_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, num_workers=self.files.workers,
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.files.workers,
             pin_memory=self.device.type == "cuda",
-            multiprocessing_context=_worker_context() if self.files.workers > 0 else None)
+            multiprocessing_context=_worker_context() if self.files.workers > 0 else None,
+        )
         skipped: list[str] = []
         for batch, (images, labels) in zip(batches, loader):
             keep = labels >= 0
             if not bool(keep.all()):
-                skipped += [str(self.files.files[batch[j]][0])
-                            for j in (~keep).nonzero().flatten().tolist()]
+                skipped += [
+                    str(self.files.files[batch[j]][0]) for j in (~keep).nonzero().flatten().tolist()
+                ]
                 images, labels = images[keep], labels[keep]
             if labels.numel() == 0:
                 continue

@@ -17,9 +17,10 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,23 +51,33 @@ class DataFiles:
 
     def missing(self, root: Path) -> list[str]:
         folder = self.location(root)
-        return [name for name in self.train_files + self.test_files
-                if not (folder / name).is_file()]
+        return [
+            name for name in self.train_files + self.test_files if not (folder / name).is_file()
+        ]
 
 
 def _mnist_files(cls: type[Any] = tv_datasets.MNIST) -> DataFiles:
     """MNIST and its drop-in relatives (Fashion-MNIST, KMNIST): the same four idx files
     under ``<ClassName>/raw``, as torchvision lays them out."""
     names = [name.removesuffix(".gz") for name, _ in cls.resources]
-    urls = tuple((tuple(mirror + name for mirror in cls.mirrors), md5)
-                 for name, md5 in cls.resources)
-    return DataFiles(f"{cls.__name__}/raw", tuple(n for n in names if n.startswith("train")),
-                     tuple(n for n in names if n.startswith("t10k")), urls)
+    urls = tuple(
+        (tuple(mirror + name for mirror in cls.mirrors), md5) for name, md5 in cls.resources
+    )
+    return DataFiles(
+        f"{cls.__name__}/raw",
+        tuple(n for n in names if n.startswith("train")),
+        tuple(n for n in names if n.startswith("t10k")),
+        urls,
+    )
 
 
 def _cifar_files(cls: type[Any]) -> DataFiles:
-    return DataFiles(cls.base_folder, tuple(name for name, _ in cls.train_list),
-                     tuple(name for name, _ in cls.test_list), (((cls.url,), cls.tgz_md5),))
+    return DataFiles(
+        cls.base_folder,
+        tuple(name for name, _ in cls.train_list),
+        tuple(name for name, _ in cls.test_list),
+        (((cls.url,), cls.tgz_md5),),
+    )
 
 
 FILES: dict[str, DataFiles] = {
@@ -116,11 +127,13 @@ def read_cifar(folder: Path, files: tuple[str, ...]) -> tuple[torch.Tensor, torc
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays, and nothing else."""
 
-
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
@@ -167,8 +180,9 @@ def download_files(files: DataFiles, root: Path, progress: ProgressCallback | No
             raise ValueError(f"unknown archive type: {url}")
 
 
-def _fetch_from_any(mirrors: tuple[str, ...], progress: ProgressCallback | None
-                    ) -> tuple[str, bytes]:
+def _fetch_from_any(
+    mirrors: tuple[str, ...], progress: ProgressCallback | None
+) -> tuple[str, bytes]:
     """(url, content) from the first mirror that answers; ``OSError`` if none does."""
     errors = []
     for url in mirrors:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,7 +81,8 @@ def detect_environment(environ: Mapping[str, str] | None = None) -> DistributedE
         if launcher == "slurm":
             raise DistributedSetupError(
                 "a SLURM job step of several tasks needs MASTER_ADDR (the first node's host "
-                "name) in the environment; see docs/DISTRIBUTED.md")
+                "name) in the environment; see docs/DISTRIBUTED.md"
+            )
         addr = "127.0.0.1"
     port = _int(env, "MASTER_PORT") if env.get("MASTER_PORT") else DEFAULT_MASTER_PORT
     return DistributedEnv(rank, world, local, launcher, addr, port)
@@ -116,16 +118,23 @@ class DistributedContext:
             if attempt is not None:
                 # torchrun keeps one store across restarts of the workers: without a prefix
                 # of its own, a restarted rank could read the address of the rank it replaces
-                base, _, _ = next(dist.rendezvous("env://", self.rank, self.world_size,
-                                                  timeout=timeout))
+                base, _, _ = next(
+                    dist.rendezvous("env://", self.rank, self.world_size, timeout=timeout)
+                )
                 store = dist.PrefixStore(f"adtn/attempt_{attempt}", base)
             dist.init_process_group(
-                self.backend, store=store, rank=self.rank, world_size=self.world_size,
-                timeout=timeout, device_id=self.device if self.device.type == "cuda" else None)
+                self.backend,
+                store=store,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timeout,
+                device_id=self.device if self.device.type == "cuda" else None,
+            )
         except (RuntimeError, ValueError) as exc:
             raise DistributedSetupError(
                 f"rank {self.rank} could not join the job at {self.env.master_addr}:"
-                f"{self.env.master_port} ({exc})") from exc
+                f"{self.env.master_port} ({exc})"
+            ) from exc
         return self
 
     def close(self) -> None:
@@ -148,8 +157,9 @@ class DistributedContext:
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of ``values`` over all ranks (float64 on the wire)."""
-        tensor = torch.tensor(values, dtype=torch.float64,
-                              device=self.device if self.backend == "nccl" else "cpu")
+        tensor = torch.tensor(
+            values, dtype=torch.float64, device=self.device if self.backend == "nccl" else "cpu"
+        )
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
@@ -163,8 +173,9 @@ class DistributedContext:
         return describe(self, batch_size, lr)
 
     def max(self, values: list[int]) -> list[int]:
-        tensor = torch.tensor(values, dtype=torch.int64,
-                              device=self.device if self.backend == "nccl" else "cpu")
+        tensor = torch.tensor(
+            values, dtype=torch.int64, device=self.device if self.backend == "nccl" else "cpu"
+        )
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return [int(v) for v in tensor.tolist()]
 
@@ -190,8 +201,7 @@ class ShardedBatches:
     rank must take part in every step. For evaluation such a rank gets an empty share.
     """
 
-    def __init__(self, batches: Any, rank: int, world_size: int,
-                 drop_small: bool = True) -> None:
+    def __init__(self, batches: Any, rank: int, world_size: int, drop_small: bool = True) -> None:
         self.batches = batches
         self.rank = rank
         self.world_size = world_size
@@ -276,6 +286,8 @@ def describe(context: DistributedContext | None, batch_size: int, lr: float) -> 
     if context is None:
         return f"one process; batch size {batch_size}, learning rate {lr:g}"
     share = batch_size / context.world_size
-    return (f"data-parallel on {context.world_size} processes ({context.backend}, "
-            f"{context.env.launcher}); global batch size {batch_size} "
-            f"(about {share:g} per process), learning rate {lr:g} (not scaled)")
+    return (
+        f"data-parallel on {context.world_size} processes ({context.backend}, "
+        f"{context.env.launcher}); global batch size {batch_size} "
+        f"(about {share:g} per process), learning rate {lr:g} (not scaled)"
+    )

@@ -115,8 +115,10 @@ class TrainerCallback:
         hooks = set(HOOKS.values())
         unknown = [name for name in vars(cls) if name.startswith("on_") and name not in hooks]
         if unknown:
-            raise TypeError(f"{cls.__name__}.{unknown[0]} is not a trainer hook "
-                            f"(hooks: {', '.join(sorted(hooks))})")
+            raise TypeError(
+                f"{cls.__name__}.{unknown[0]} is not a trainer hook "
+                f"(hooks: {', '.join(sorted(hooks))})"
+            )
 
     def on_run_start(self, event: RunStarted) -> None:
         """Data is loaded and the model built; training is about to begin."""
@@ -210,8 +212,9 @@ class EventDispatcher:
         self.callbacks = list(callbacks)
         for callback in self.callbacks:
             if not isinstance(callback, TrainerCallback):
-                raise TypeError(f"a trainer callback must be a TrainerCallback, not "
-                                f"{type(callback).__name__}")
+                raise TypeError(
+                    f"a trainer callback must be a TrainerCallback, not {type(callback).__name__}"
+                )
 
     def emit(self, event: Any) -> None:
         hook = hook_of(event)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -69,9 +70,9 @@ class LoadedFolder:
 
 def folder_of(spec: str) -> Path:
     """The folder of ``imagefolder:DIR`` (``ValueError`` when the spec has no folder)."""
-    if not spec.startswith(PREFIX) or not spec[len(PREFIX):].strip():
+    if not spec.startswith(PREFIX) or not spec[len(PREFIX) :].strip():
         raise ImageFolderError(f"an image folder data set is 'imagefolder:DIR' (got {spec!r})")
-    return Path(spec[len(PREFIX):]).expanduser()
+    return Path(spec[len(PREFIX) :]).expanduser()
 
 
 # -- scanning -----------------------------------------------------------------------------
@@ -84,8 +85,9 @@ def scan(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> FolderS
         stamp = tuple(os.stat(p).st_mtime_ns for p in _stamp_paths(root))
     except OSError:
         stamp = ()
-    return _scan_cached(str(root.resolve() if root.exists() else root), float(test_fraction),
-                        int(seed), stamp)
+    return _scan_cached(
+        str(root.resolve() if root.exists() else root), float(test_fraction), int(seed), stamp
+    )
 
 
 def _stamp_paths(root: Path) -> list[Path]:
@@ -115,14 +117,17 @@ def _scan_cached(root_text: str, test_fraction: float, seed: int, _stamp: tuple)
         if unknown:
             raise ImageFolderError(
                 f"{test_dir / unknown[0]}: class {unknown[0]!r} is in the {test_dir.name} "
-                f"split but not in {train_dir}; every test class needs training images")
+                f"split but not in {train_dir}; every test class needs training images"
+            )
         test = _files_of(test_dir, classes, require_each=False)
         if not test:
             raise ImageFolderError(f"{test_dir} holds no images")
         layout = "train/test"
     elif train_dir.is_dir():
-        raise ImageFolderError(f"{root} has a train/ folder but no test/ or val/ folder; add "
-                               "one, or put the class folders directly in the folder")
+        raise ImageFolderError(
+            f"{root} has a train/ folder but no test/ or val/ folder; add "
+            "one, or put the class folders directly in the folder"
+        )
     else:
         if not 0.0 < test_fraction < 1.0:
             raise ImageFolderError(f"test_fraction must be between 0 and 1 (got {test_fraction})")
@@ -135,18 +140,27 @@ def _scan_cached(root_text: str, test_fraction: float, seed: int, _stamp: tuple)
 
 
 def _class_folders(folder: Path, allow_none: bool = False) -> list[str]:
-    names = sorted(child.name for child in folder.iterdir()
-                   if child.is_dir() and not child.name.startswith("."))
+    names = sorted(
+        child.name
+        for child in folder.iterdir()
+        if child.is_dir() and not child.name.startswith(".")
+    )
     if allow_none:
         return names
     if not names:
         has_images = any(p.suffix.lower() in SUFFIXES for p in folder.iterdir())
-        what = ("holds images but no class folders (put each class's images in a folder "
-                "named after the class)" if has_images else "is empty")
+        what = (
+            "holds images but no class folders (put each class's images in a folder "
+            "named after the class)"
+            if has_images
+            else "is empty"
+        )
         raise ImageFolderError(f"{folder} {what}")
     if len(names) == 1:
-        raise ImageFolderError(f"{folder} holds only one class ({names[0]!r}); a classifier "
-                               "needs at least two class folders")
+        raise ImageFolderError(
+            f"{folder} holds only one class ({names[0]!r}); a classifier "
+            "needs at least two class folders"
+        )
     return names
 
 
@@ -154,25 +168,33 @@ def _files_of(folder: Path, classes: list[str], require_each: bool) -> list[tupl
     files = []
     for label, name in enumerate(classes):
         class_dir = folder / name
-        found = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in SUFFIXES
-                       and p.is_file()) if class_dir.is_dir() else []
+        found = (
+            sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+            if class_dir.is_dir()
+            else []
+        )
         if require_each and not found:
-            raise ImageFolderError(f"{class_dir} holds no images (PNG, JPEG, BMP, GIF, WebP "
-                                   "or TIFF); add some or remove the folder")
+            raise ImageFolderError(
+                f"{class_dir} holds no images (PNG, JPEG, BMP, GIF, WebP "
+                "or TIFF); add some or remove the folder"
+            )
         files += [(path, label) for path in found]
     return files
 
 
-def _split(files: list[tuple[Path, int]], num_classes: int, fraction: float, seed: int,
-           root: Path) -> tuple[list, list]:
+def _split(
+    files: list[tuple[Path, int]], num_classes: int, fraction: float, seed: int, root: Path
+) -> tuple[list, list]:
     """Per class, a seeded ``fraction`` of the files (at least one) goes to the test split."""
     rng = random.Random(seed)
     train, test = [], []
     for label in range(num_classes):
         members = [item for item in files if item[1] == label]
         if len(members) < 2:
-            raise ImageFolderError(f"{members[0][0].parent} holds one image; splitting into "
-                                   "train and test needs at least two a class")
+            raise ImageFolderError(
+                f"{members[0][0].parent} holds one image; splitting into "
+                "train and test needs at least two a class"
+            )
         rng.shuffle(members)
         count = min(len(members) - 1, max(1, round(len(members) * fraction)))
         test += members[:count]
@@ -233,10 +255,17 @@ def _decode_or_none(path: Path, channels: int, size: int) -> np.ndarray | None:
 # -- loading ------------------------------------------------------------------------------
 
 
-def load(scan_result: FolderScan, image_size: int, limit_train: int = 0, limit_test: int = 0,
-         mean: tuple[float, ...] = (), std: tuple[float, ...] = (), workers: int = 0,
-         progress: LoadProgress | None = None,
-         memory_limit: int | None = None) -> LoadedFolder:
+def load(
+    scan_result: FolderScan,
+    image_size: int,
+    limit_train: int = 0,
+    limit_test: int = 0,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+    workers: int = 0,
+    progress: LoadProgress | None = None,
+    memory_limit: int | None = None,
+) -> LoadedFolder:
     """Both splits (capped by the limits), in memory when they fit, else streamed."""
     from engine.data import FileImageSet
 
@@ -245,10 +274,12 @@ def load(scan_result: FolderScan, image_size: int, limit_train: int = 0, limit_t
     test_files = _head(scan_result.test, limit_test, seed=2)
     bytes_needed = (len(train_files) + len(test_files)) * scan_result.channels * size * size
     limit = IN_MEMORY_LIMIT_BYTES if memory_limit is None else memory_limit
-    notes = [f"image folder {scan_result.root} ({scan_result.layout}): "
-             f"{len(scan_result.classes)} classes, {len(train_files)} training and "
-             f"{len(test_files)} test images, "
-             f"{'grayscale' if scan_result.channels == 1 else 'colour'}, {size}×{size} pixels"]
+    notes = [
+        f"image folder {scan_result.root} ({scan_result.layout}): "
+        f"{len(scan_result.classes)} classes, {len(train_files)} training and "
+        f"{len(test_files)} test images, "
+        f"{'grayscale' if scan_result.channels == 1 else 'colour'}, {size}×{size} pixels"
+    ]
     if bytes_needed <= limit:
         total = len(train_files) + len(test_files)
         counter = _Counter(progress, total)
@@ -260,9 +291,11 @@ def load(scan_result: FolderScan, image_size: int, limit_train: int = 0, limit_t
         stats_images = train.images
     else:
         workers = workers or min(4, os.cpu_count() or 1)
-        notes.append(f"the decoded images would need {bytes_needed / 2**30:.1f} GiB, more than "
-                     f"{limit / 2**30:.1f} GiB: streamed from disk by {workers} worker "
-                     "process(es)")
+        notes.append(
+            f"the decoded images would need {bytes_needed / 2**30:.1f} GiB, more than "
+            f"{limit / 2**30:.1f} GiB: streamed from disk by {workers} worker "
+            "process(es)"
+        )
         train = FileImageSet(train_files, scan_result.channels, size, workers)
         test = FileImageSet(test_files, scan_result.channels, size, workers)
         skipped = []
@@ -275,8 +308,10 @@ def load(scan_result: FolderScan, image_size: int, limit_train: int = 0, limit_t
         if stats_images is None:
             stats_images = _sample_images(train_files, scan_result.channels, size)
         mean, std = channel_stats(stats_images)
-        notes.append("normalised with the training split's mean "
-                     f"{_fmt(mean)} and standard deviation {_fmt(std)}")
+        notes.append(
+            "normalised with the training split's mean "
+            f"{_fmt(mean)} and standard deviation {_fmt(std)}"
+        )
     return LoadedFolder(train, test, tuple(mean), tuple(std), notes)
 
 
@@ -313,27 +348,30 @@ def _decode_all(files: list, channels: int, size: int, counter: _Counter):
         images[kept] = array
         labels.append(label)
         kept += 1
-    return (ImageSet(torch.from_numpy(images[:kept]), torch.tensor(labels, dtype=torch.long)),
-            skipped)
+    return (
+        ImageSet(torch.from_numpy(images[:kept]), torch.tensor(labels, dtype=torch.long)),
+        skipped,
+    )
 
 
 def _check_left(data, scan_result: FolderScan, split: str) -> None:
     if len(data) == 0:
-        raise ImageFolderError(f"no image of the {split} split in {scan_result.root} could "
-                               "be read")
+        raise ImageFolderError(f"no image of the {split} split in {scan_result.root} could be read")
     if split == "training":
         present = set(data.labels.tolist())
-        lost = [scan_result.classes[i] for i in range(len(scan_result.classes))
-                if i not in present]
+        lost = [scan_result.classes[i] for i in range(len(scan_result.classes)) if i not in present]
         if lost:
-            raise ImageFolderError(f"no image of class {lost[0]!r} in {scan_result.root} "
-                                   "could be read; the class cannot be learnt")
+            raise ImageFolderError(
+                f"no image of class {lost[0]!r} in {scan_result.root} "
+                "could be read; the class cannot be learnt"
+            )
 
 
 def _sample_images(files: list, channels: int, size: int) -> torch.Tensor:
     step = max(1, len(files) // STATS_SAMPLE)
-    arrays = [a for a in (_decode_or_none(p, channels, size) for p, _ in files[::step])
-              if a is not None]
+    arrays = [
+        a for a in (_decode_or_none(p, channels, size) for p, _ in files[::step]) if a is not None
+    ]
     if not arrays:
         raise ImageFolderError("none of the sampled training images can be read")
     return torch.from_numpy(np.stack(arrays))
@@ -345,7 +383,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tuple
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     for start in range(0, images.shape[0], chunk):
-        part = images[start:start + chunk].to(torch.float64).div_(255)
+        part = images[start : start + chunk].to(torch.float64).div_(255)
         total += part.sum(dim=(0, 2, 3))
         squares += part.square().sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]

@@ -8,8 +8,8 @@ compresses less than asked.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
-from typing import Iterable, Sequence
 
 from torch import nn
 
@@ -35,16 +35,21 @@ def select_layer_names(infos: Sequence, patterns: str | Iterable[str]) -> list[s
     for pattern in wanted:
         matches = [info.name for info in encodable if fnmatchcase(info.name, pattern)]
         if not matches:
-            blocked = [info for info in infos if not info.encodable
-                       and fnmatchcase(info.name, pattern)]
+            blocked = [
+                info for info in infos if not info.encodable and fnmatchcase(info.name, pattern)
+            ]
             if blocked:
-                raise LayerSpecError(f"layer pattern {pattern!r} matches only layers that "
-                                     f"cannot be encoded ({blocked[0].name}: "
-                                     f"{blocked[0].reason})")
+                raise LayerSpecError(
+                    f"layer pattern {pattern!r} matches only layers that "
+                    f"cannot be encoded ({blocked[0].name}: "
+                    f"{blocked[0].reason})"
+                )
             sample = ", ".join(info.name for info in encodable[:8])
             more = " ..." if len(encodable) > 8 else ""
-            raise LayerSpecError(f"layer pattern {pattern!r} matches no layer of the model "
-                                 f"(its layers: {sample}{more})")
+            raise LayerSpecError(
+                f"layer pattern {pattern!r} matches no layer of the model "
+                f"(its layers: {sample}{more})"
+            )
         chosen += [name for name in matches if name not in chosen]
     order = {info.name: index for index, info in enumerate(infos)}
     return sorted(chosen, key=order.__getitem__)
@@ -64,8 +69,11 @@ def linear_layer_names(infos: Sequence) -> list[str]:
 
 def conv_layer_names(infos: Sequence, min_params: int = 0) -> list[str]:
     """Every encodable convolution with at least ``min_params`` dense parameters."""
-    return [info.name for info in infos
-            if info.encodable and info.kind == "conv2d" and info.dense_params >= min_params]
+    return [
+        info.name
+        for info in infos
+        if info.encodable and info.kind == "conv2d" and info.dense_params >= min_params
+    ]
 
 
 def parent_name(layer_name: str) -> str:

@@ -32,12 +32,13 @@ class LayerSpec:
     """One layer to encode, and how.
 
     ``depth``, ``activation``, ``layout``, ``index_order`` and ``gate_init`` are the ADTN's
-    options (``depth`` and ``layout`` also fix the size of ``budget = "match:adtn"``); ``ranks`` are a TT-matrix's inner bond
-    ranks or a Tucker decomposition's per-mode ranks; ``factors`` the TT-matrix's factorisation
-    of the output and input sizes (``[[4, 4, 4, 4], [4, 7, 7, 4]]``); ``cores`` the number of
-    TT cores when ``factors`` is not given (0: chosen); ``rank`` the rank of ``lowrank`` and
-    ``cp``. Options left empty are chosen from ``budget``, which defaults to the ADTN's count
-    for the encodings other than ``adtn``.
+    options (``depth`` and ``layout`` also fix the size of ``budget = "match:adtn"``).
+    ``ranks`` are a TT-matrix's inner bond ranks or a Tucker decomposition's per-mode ranks;
+    ``factors`` the TT-matrix's factorisation of the output and input sizes
+    (``[[4, 4, 4, 4], [4, 7, 7, 4]]``); ``cores`` the number of TT cores when ``factors`` is
+    not given (0: chosen); ``rank`` the rank of ``lowrank`` and ``cp``. Options left empty are
+    chosen from ``budget``, which defaults to the ADTN's count for the encodings other than
+    ``adtn``.
     """
 
     name: str
@@ -64,11 +65,15 @@ class LayerSpec:
         _choice(f"{where}.index_order", self.index_order, INDEX_ORDERS)
         _choice(f"{where}.gate_init", self.gate_init, GATE_INITS)
         if not isinstance(self.ranks, list):
-            raise LayerSpecError(f"{where}.ranks must be a list of whole numbers, not {self.ranks!r}")
+            raise LayerSpecError(
+                f"{where}.ranks must be a list of whole numbers, not {self.ranks!r}"
+            )
         for index, rank in enumerate(self.ranks):
             _whole(f"{where}.ranks[{index}]", rank, 1, 1 << 20)
         if not isinstance(self.factors, list):
-            raise LayerSpecError(f"{where}.factors must be a list of two lists, not {self.factors!r}")
+            raise LayerSpecError(
+                f"{where}.factors must be a list of two lists, not {self.factors!r}"
+            )
         if self.factors:
             if len(self.factors) != 2 or not all(isinstance(f, list) for f in self.factors):
                 raise LayerSpecError(
@@ -100,12 +105,26 @@ class LayerSpec:
         """Plain values, leaving out options that are at their defaults (short TOML)."""
         data: dict[str, Any] = {"name": self.name}
         defaults = LayerSpec("")
-        for key in ("depth", "activation", "layout", "encoding", "ranks", "factors", "cores",
-                    "rank", "budget", "index_order", "gate_init"):
+        for key in (
+            "depth",
+            "activation",
+            "layout",
+            "encoding",
+            "ranks",
+            "factors",
+            "cores",
+            "rank",
+            "budget",
+            "index_order",
+            "gate_init",
+        ):
             value = getattr(self, key)
             if key in ("depth", "activation", "layout") or value != getattr(defaults, key):
-                data[key] = [list(v) for v in value] if key == "factors" else (
-                    list(value) if isinstance(value, list) else value)
+                data[key] = (
+                    [list(v) for v in value]
+                    if key == "factors"
+                    else (list(value) if isinstance(value, list) else value)
+                )
         return data
 
 
@@ -115,7 +134,9 @@ def budget_value(budget: Any, where: str = "budget") -> int | str:
         raise LayerSpecError(f"{where} must be a parameter count or {MATCH_ADTN!r}, not {budget!r}")
     if isinstance(budget, int):
         if budget < 0:
-            raise LayerSpecError(f"{where} must be 0 (none) or a positive parameter count (got {budget})")
+            raise LayerSpecError(
+                f"{where} must be 0 (none) or a positive parameter count (got {budget})"
+            )
         return budget
     if isinstance(budget, str):
         text = budget.strip()

@@ -59,8 +59,9 @@ class _WithoutTraceback(logging.Filter):
         return not (record.exc_info or record.stack_info)
 
 
-def configure_logging(verbose: bool = False, log_dir: str | Path | None = None,
-                      console: bool = True) -> Path | None:
+def configure_logging(
+    verbose: bool = False, log_dir: str | Path | None = None, console: bool = True
+) -> Path | None:
     """Send log records to the application's log file and, with ``console``, to stderr.
 
     Calling it again replaces what an earlier call installed. Returns the log file, or None
@@ -78,8 +79,12 @@ def configure_logging(verbose: bool = False, log_dir: str | Path | None = None,
     try:
         folder.mkdir(parents=True, exist_ok=True)
         file_handler = logging.handlers.RotatingFileHandler(
-            folder / APP_LOG_NAME, maxBytes=APP_LOG_BYTES, backupCount=APP_LOG_BACKUPS,
-            encoding="utf-8", delay=True)
+            folder / APP_LOG_NAME,
+            maxBytes=APP_LOG_BYTES,
+            backupCount=APP_LOG_BACKUPS,
+            encoding="utf-8",
+            delay=True,
+        )
     except OSError:
         file_handler = None
     if file_handler is not None:

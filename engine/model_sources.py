@@ -58,8 +58,10 @@ def check_model_spec(spec: str) -> ModelSource:
     if source.kind == "torchvision" and source.name not in torchvision_names():
         close = [n for n in torchvision_names() if n.startswith(source.name[:4])][:6]
         hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ModelSourceError(f"torchvision has no classifier {source.name!r} (see "
-                               f"'adtn-studio layers --list-models'{hint})")
+        raise ModelSourceError(
+            f"torchvision has no classifier {source.name!r} (see "
+            f"'adtn-studio layers --list-models'{hint})"
+        )
     if source.kind == "file" and not Path(source.path).expanduser().is_file():
         raise ModelSourceError(f"model file not found: {source.path}")
     return source
@@ -76,8 +78,9 @@ def file_sha256(path: str | Path) -> str:
 # -- building -----------------------------------------------------------------------------
 
 
-def build_source_model(spec: str, in_channels: int, image_size: int,
-                       num_classes: int) -> BuiltModel:
+def build_source_model(
+    spec: str, in_channels: int, image_size: int, num_classes: int
+) -> BuiltModel:
     """Build a torchvision or file model (the zoo is ``engine.models.build_model``)."""
     source = check_model_spec(spec)
     if source.kind == "torchvision":
@@ -87,8 +90,7 @@ def build_source_model(spec: str, in_channels: int, image_size: int,
     raise ModelSourceError(f"{spec!r} is a zoo model; use engine.models.build_model")
 
 
-def build_torchvision(name: str, in_channels: int, image_size: int,
-                      num_classes: int) -> BuiltModel:
+def build_torchvision(name: str, in_channels: int, image_size: int, num_classes: int) -> BuiltModel:
     """torchvision's ``name``, untrained, for ``in_channels`` × ``image_size``² inputs and
     ``num_classes`` outputs. Its first convolution takes ``in_channels``; a ResNet-style
     stem (7×7 stride-2 convolution and max-pool) becomes a 3×3 stride-1 convolution for
@@ -106,12 +108,16 @@ def build_torchvision(name: str, in_channels: int, image_size: int,
         try:
             model = builder(**kwargs)
         except (ValueError, TypeError, AssertionError) as exc:
-            raise ModelSourceError(f"torchvision:{name} cannot be built for {image_size}-pixel "
-                                   f"images with {num_classes} classes: {exc}") from exc
+            raise ModelSourceError(
+                f"torchvision:{name} cannot be built for {image_size}-pixel "
+                f"images with {num_classes} classes: {exc}"
+            ) from exc
     built = BuiltModel(model)
     if num_classes != IMAGENET_CLASSES:
-        built.notes.append(f"torchvision:{name}: classifier built for {num_classes} classes "
-                           f"(ImageNet has {IMAGENET_CLASSES})")
+        built.notes.append(
+            f"torchvision:{name}: classifier built for {num_classes} classes "
+            f"(ImageNet has {IMAGENET_CLASSES})"
+        )
         built.adapted.append(_classifier_name(model))
     _adapt_first_conv(built, name, in_channels)
     _adapt_small_stem(built, name, image_size)
@@ -132,8 +138,10 @@ def _adapt_first_conv(built: BuiltModel, name: str, in_channels: int) -> None:
         if isinstance(module, nn.Conv2d):
             if module.in_channels != in_channels:
                 _replace(built.model, layer_name, _conv_like(module, in_channels=in_channels))
-                built.notes.append(f"torchvision:{name}: first convolution {layer_name} takes "
-                                   f"{in_channels} channel(s) instead of {module.in_channels}")
+                built.notes.append(
+                    f"torchvision:{name}: first convolution {layer_name} takes "
+                    f"{in_channels} channel(s) instead of {module.in_channels}"
+                )
                 built.adapted.append(layer_name)
             return
 
@@ -141,24 +149,36 @@ def _adapt_first_conv(built: BuiltModel, name: str, in_channels: int) -> None:
 def _adapt_small_stem(built: BuiltModel, name: str, image_size: int) -> None:
     model = built.model
     conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
-    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (7, 7)
-            and conv.stride == (2, 2) and isinstance(pool, nn.MaxPool2d)):
+    if not (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (7, 7)
+        and conv.stride == (2, 2)
+        and isinstance(pool, nn.MaxPool2d)
+    ):
         return  # not a ResNet stem
     if image_size > SMALL_STEM_MAX_SIZE:
         return
     model.conv1 = _conv_like(conv, kernel_size=3, stride=1, padding=1)
     model.maxpool = nn.Identity()
-    built.notes.append(f"torchvision:{name}: {image_size}-pixel images are small, so the stem "
-                       "conv1 is 3×3 with stride 1 and the max-pool after it is removed")
+    built.notes.append(
+        f"torchvision:{name}: {image_size}-pixel images are small, so the stem "
+        "conv1 is 3×3 with stride 1 and the max-pool after it is removed"
+    )
     if "conv1" not in built.adapted:
         built.adapted.append("conv1")
 
 
 def _conv_like(conv: nn.Conv2d, **changes: Any) -> nn.Conv2d:
-    arguments: dict[str, Any] = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
-                                     kernel_size=conv.kernel_size, stride=conv.stride,
-                                     padding=conv.padding, dilation=conv.dilation,
-                                     groups=conv.groups, bias=conv.bias is not None)
+    arguments: dict[str, Any] = dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
     arguments.update(changes)
     if arguments["groups"] > 1 and arguments["in_channels"] % arguments["groups"]:
         arguments["groups"] = 1
@@ -182,24 +202,28 @@ def _check_forward(model: nn.Module, name: str, in_channels: int, image_size: in
             probe(torch.empty(2, in_channels, image_size, image_size, device="meta"))
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise ModelSourceError(f"torchvision:{name} cannot take {image_size}×{image_size} "
-                               f"images ({reason}); use larger images (image_size) or "
-                               "another model") from exc
+        raise ModelSourceError(
+            f"torchvision:{name} cannot take {image_size}×{image_size} "
+            f"images ({reason}); use larger images (image_size) or "
+            "another model"
+        ) from exc
 
 
 # -- the user's own file ------------------------------------------------------------------
 
 
-def build_from_file(path: str, factory: str, in_channels: int, image_size: int,
-                    num_classes: int) -> BuiltModel:
+def build_from_file(
+    path: str, factory: str, in_channels: int, image_size: int, num_classes: int
+) -> BuiltModel:
     """Import the user's ``path`` and call ``factory`` with the keywords it accepts."""
     function = load_factory(path, factory)
-    model, accepted = _call(function, f"{path}:{factory}", in_channels, image_size,
-                            num_classes)
+    model, accepted = _call(function, f"{path}:{factory}", in_channels, image_size, num_classes)
     built = BuiltModel(model)
     if not accepted:
-        built.notes.append(f"{path}:{factory} takes no in_channels/image_size/num_classes; "
-                           "it must fit the data set by itself")
+        built.notes.append(
+            f"{path}:{factory} takes no in_channels/image_size/num_classes; "
+            "it must fit the data set by itself"
+        )
     return built
 
 
@@ -211,8 +235,7 @@ def call_factory(function, in_channels: int, image_size: int, num_classes: int) 
 
 
 def _call(function, label: str, in_channels: int, image_size: int, num_classes: int):
-    arguments = {"in_channels": in_channels, "image_size": image_size,
-                 "num_classes": num_classes}
+    arguments = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     try:
         parameters = inspect.signature(function).parameters
         takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
@@ -222,11 +245,11 @@ def _call(function, label: str, in_channels: int, image_size: int, num_classes: 
     try:
         model = function(**accepted)
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
-        raise ModelSourceError(f"{label}({_kwargs_text(accepted)}) failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        raise ModelSourceError(
+            f"{label}({_kwargs_text(accepted)}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
-        raise ModelSourceError(f"{label} returned {type(model).__name__}, "
-                               "not a torch.nn.Module")
+        raise ModelSourceError(f"{label} returned {type(model).__name__}, not a torch.nn.Module")
     return model, accepted
 
 
@@ -251,8 +274,11 @@ def load_factory(path: str, factory: str):
         raise ModelSourceError(f"{path} failed to import: {type(exc).__name__}: {exc}") from exc
     function = getattr(module, factory, None)
     if function is None:
-        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                 and getattr(v, "__module__", "") == module_name]
+        found = [
+            n
+            for n, v in vars(module).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", "") == module_name
+        ]
         hint = f" (it defines: {', '.join(found[:8])})" if found else ""
         raise ModelSourceError(f"{path} has no {factory!r}{hint}")
     if not callable(function):
@@ -288,9 +314,16 @@ def record_model_source(config: Any, run_dir: str | Path) -> list[str]:
     except (OSError, ValueError):
         previous = None
     if isinstance(previous, dict) and previous.get("sha256") not in (None, digest):
-        return [f"{path} changed since this run started (SHA-256 {digest[:12]}…, was "
-                f"{str(previous.get('sha256'))[:12]}…)"]
-    atomic_write_text(record_file, json.dumps(
-        {"model": config.model, "path": str(path), "factory": source.name, "sha256": digest},
-        indent=2) + "\n")
+        return [
+            f"{path} changed since this run started (SHA-256 {digest[:12]}…, was "
+            f"{str(previous.get('sha256'))[:12]}…)"
+        ]
+    atomic_write_text(
+        record_file,
+        json.dumps(
+            {"model": config.model, "path": str(path), "factory": source.name, "sha256": digest},
+            indent=2,
+        )
+        + "\n",
+    )
     return [f"model {source.name} from {path} (SHA-256 {digest})"]

@@ -34,15 +34,18 @@ class ModelSource:
 def parse_model_spec(spec: str) -> ModelSource:
     """Split a model name into its source; ``ModelSourceError`` when it fits none."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ModelSourceError("model must be a name such as 'lenet5', 'torchvision:resnet18' "
-                               "or 'path/to/file.py:factory'")
+        raise ModelSourceError(
+            "model must be a name such as 'lenet5', 'torchvision:resnet18' "
+            "or 'path/to/file.py:factory'"
+        )
     if spec in MODEL_NAMES:
         return ModelSource("zoo", spec)
     if spec.startswith(TORCHVISION_PREFIX):
-        return ModelSource("torchvision", spec[len(TORCHVISION_PREFIX):])
+        return ModelSource("torchvision", spec[len(TORCHVISION_PREFIX) :])
     path, sep, factory = spec.rpartition(":")
     if sep and path.endswith(".py") and factory.isidentifier():
         return ModelSource("file", factory, path)
     raise ModelSourceError(
         f"model must be one of {', '.join(MODEL_NAMES)}, 'torchvision:NAME' or "
-        f"'path/to/file.py:factory' (got {spec!r})")
+        f"'path/to/file.py:factory' (got {spec!r})"
+    )

@@ -9,7 +9,7 @@ of the ImageNet designs, keeping their characteristic 4096-wide classifiers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -22,12 +22,16 @@ MIN_IMAGE_SIZE = 28  # the smallest input the convolutional stacks are built for
 def build_fc2(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
     """FC-2: flatten → fc1 (→256) → ReLU → fc2 (→classes); 784→256→10 on MNIST."""
     in_features = in_channels * image_size * image_size
-    return nn.Sequential(OrderedDict([
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(in_features, 256)),
-        ("relu1", nn.ReLU()),
-        ("fc2", nn.Linear(256, num_classes)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("flatten", nn.Flatten()),
+                ("fc1", nn.Linear(in_features, 256)),
+                ("relu1", nn.ReLU()),
+                ("fc2", nn.Linear(256, num_classes)),
+            ]
+        )
+    )
 
 
 def build_lenet5(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
@@ -60,25 +64,55 @@ def build_lenet5(in_channels: int, image_size: int, num_classes: int) -> nn.Sequ
 def build_alexnet(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
     """AlexNet for small images: five convolutions (64, 192, 384, 256, 256; 5×5 then 3×3),
     three max-pools, and the 4096-4096 classifier with dropout (fc1, fc2, fc3)."""
-    layers = _conv_stack(in_channels, [
-        (64, 5, 2, True), (192, 5, 2, True), (384, 3, 1, False), (256, 3, 1, False),
-        (256, 3, 1, True),
-    ])
+    layers = _conv_stack(
+        in_channels,
+        [
+            (64, 5, 2, True),
+            (192, 5, 2, True),
+            (384, 3, 1, False),
+            (256, 3, 1, False),
+            (256, 3, 1, True),
+        ],
+    )
     return _with_classifier(layers, in_channels, image_size, num_classes, hidden=4096)
 
 
 def build_zfnet(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
     """ZFNet for small images: AlexNet's layout with ZFNet's widths (96, 256, 384, 384, 256),
     a 7×7 first convolution, and the 4096-4096 classifier with dropout (fc1, fc2, fc3)."""
-    layers = _conv_stack(in_channels, [
-        (96, 7, 3, True), (256, 5, 2, True), (384, 3, 1, False), (384, 3, 1, False),
-        (256, 3, 1, True),
-    ])
+    layers = _conv_stack(
+        in_channels,
+        [
+            (96, 7, 3, True),
+            (256, 5, 2, True),
+            (384, 3, 1, False),
+            (384, 3, 1, False),
+            (256, 3, 1, True),
+        ],
+    )
     return _with_classifier(layers, in_channels, image_size, num_classes, hidden=4096)
 
 
-VGG16_WIDTHS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                512, 512, 512, "M")
+VGG16_WIDTHS = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 def build_vgg16(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
@@ -140,12 +174,13 @@ def build_model_noted(name: str, in_channels: int, image_size: int, num_classes:
 
     source = parse_model_spec(name)
     minimum_size = MIN_IMAGE_SIZE if source.kind == "zoo" else 1
-    for arg, value, minimum in (("in_channels", in_channels, 1),
-                                ("image_size", image_size, minimum_size),
-                                ("num_classes", num_classes, 2)):
+    for arg, value, minimum in (
+        ("in_channels", in_channels, 1),
+        ("image_size", image_size, minimum_size),
+        ("num_classes", num_classes, 2),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{arg} must be a whole number of at least {minimum} "
-                              f"(got {value!r})")
+            raise ConfigError(f"{arg} must be a whole number of at least {minimum} (got {value!r})")
     if source.kind != "zoo":
         return build_source_model(name, in_channels, image_size, num_classes)
     return BuiltModel(MODEL_FACTORIES[name](in_channels, image_size, num_classes))
@@ -164,14 +199,17 @@ def describe_model(name: str) -> str:
     return " ".join(first_paragraph.split())
 
 
-def _conv_stack(in_channels: int, spec: list[tuple[int, int, int, bool]]
-                ) -> list[tuple[str, nn.Module]]:
+def _conv_stack(
+    in_channels: int, spec: list[tuple[int, int, int, bool]]
+) -> list[tuple[str, nn.Module]]:
     """conv{i} → relu{i} (→ pool{j}) for (width, kernel, padding, pool_after) entries."""
     layers: list[tuple[str, nn.Module]] = []
     channels, pool_index = in_channels, 0
     for index, (width, kernel, padding, pool_after) in enumerate(spec, start=1):
-        layers += [(f"conv{index}", nn.Conv2d(channels, width, kernel, padding=padding)),
-                   (f"relu{index}", nn.ReLU())]
+        layers += [
+            (f"conv{index}", nn.Conv2d(channels, width, kernel, padding=padding)),
+            (f"relu{index}", nn.ReLU()),
+        ]
         if pool_after:
             pool_index += 1
             layers.append((f"pool{pool_index}", nn.MaxPool2d(2)))
@@ -180,8 +218,13 @@ def _conv_stack(in_channels: int, spec: list[tuple[int, int, int, bool]]
     return layers
 
 
-def _with_classifier(layers: list[tuple[str, nn.Module]], in_channels: int, image_size: int,
-                     num_classes: int, hidden: int) -> nn.Sequential:
+def _with_classifier(
+    layers: list[tuple[str, nn.Module]],
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    hidden: int,
+) -> nn.Sequential:
     """Append the dropout → fc1 → fc2 → fc3 classifier of AlexNet-style networks."""
     features = _flat_features(layers, in_channels, image_size)
     relu_index = sum(1 for name, _ in layers if name.startswith("relu"))

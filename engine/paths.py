@@ -69,8 +69,9 @@ class RunPaths:
     def checkpoint(self, kind: str) -> Path:
         """``checkpoints/<kind>.safetensors`` for kind "last" or "best"."""
         if kind not in CHECKPOINT_KINDS:
-            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_KINDS)} "
-                             f"(got {kind!r})")
+            raise ValueError(
+                f"checkpoint must be one of {', '.join(CHECKPOINT_KINDS)} (got {kind!r})"
+            )
         return self.checkpoints / f"{kind}.safetensors"
 
 

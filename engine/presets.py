@@ -14,8 +14,11 @@ PRESET_FOLDER = "presets"
 
 def _preset_files() -> dict[str, resources.abc.Traversable]:
     folder = resources.files(PRESET_PACKAGE).joinpath(PRESET_FOLDER)
-    return {item.name.removesuffix(".toml"): item for item in folder.iterdir()
-            if item.name.endswith(".toml")}
+    return {
+        item.name.removesuffix(".toml"): item
+        for item in folder.iterdir()
+        if item.name.endswith(".toml")
+    }
 
 
 def list_presets() -> list[str]:

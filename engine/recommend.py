@@ -28,11 +28,16 @@ class Recommendation:
 
     def sentence(self) -> str:
         others = ", ".join(f"{name} {100 * acc:.2f} %" for name, acc in self.others)
-        where = ("in your comparison " + Path(self.source).name
-                 if self.source != SHIPPED else "in this project's measurement")
-        return (f"Measured best for {self.model} on {self.dataset} at the ADTN depth-"
-                f"{self.depth} budget ({where}): {self.best} {100 * self.best_accuracy:.2f} %"
-                + (f", against {others}." if others else "."))
+        where = (
+            "in your comparison " + Path(self.source).name
+            if self.source != SHIPPED
+            else "in this project's measurement"
+        )
+        return (
+            f"Measured best for {self.model} on {self.dataset} at the ADTN depth-"
+            f"{self.depth} budget ({where}): {self.best} {100 * self.best_accuracy:.2f} %"
+            + (f", against {others}." if others else ".")
+        )
 
 
 SHIPPED = "shipped measurement"
@@ -42,17 +47,30 @@ def _from_document(document: dict, source: str) -> list[Recommendation]:
     by_depth: dict[int, list[tuple[str, float]]] = {}
     for variant in document.get("variants", []):
         accuracy = variant.get("mean_best_test_acc")
-        if (variant.get("encoding") in (None, "dense") or not variant.get("fits", True)
-                or not isinstance(accuracy, (int, float)) or math.isnan(accuracy)):
+        if (
+            variant.get("encoding") in (None, "dense")
+            or not variant.get("fits", True)
+            or not isinstance(accuracy, (int, float))
+            or math.isnan(accuracy)
+        ):
             continue
         by_depth.setdefault(int(variant.get("depth", 0)), []).append(
-            (str(variant["encoding"]), float(accuracy)))
+            (str(variant["encoding"]), float(accuracy))
+        )
     found = []
     for depth, scores in sorted(by_depth.items()):
         ranked = sorted(scores, key=lambda item: item[1], reverse=True)
-        found.append(Recommendation(str(document.get("model")), str(document.get("dataset")),
-                                    depth, ranked[0][0], ranked[0][1], tuple(ranked[1:]),
-                                    source))
+        found.append(
+            Recommendation(
+                str(document.get("model")),
+                str(document.get("dataset")),
+                depth,
+                ranked[0][0],
+                ranked[0][1],
+                tuple(ranked[1:]),
+                source,
+            )
+        )
     return found
 
 
@@ -68,8 +86,11 @@ def recommendations(model: str, dataset: str, runs_root: str | Path) -> list[Rec
     """The measured winners for ``model`` on ``dataset``, newest comparison first; the
     shipped measurement when the user has run none."""
     root = Path(runs_root)
-    candidates = sorted(root.glob("*/compare.json"), key=lambda p: p.stat().st_mtime,
-                        reverse=True) if root.is_dir() else []
+    candidates = (
+        sorted(root.glob("*/compare.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if root.is_dir()
+        else []
+    )
     for path in candidates:
         document = _read(path)
         if (document.get("model"), document.get("dataset")) == (model, dataset):

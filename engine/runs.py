@@ -15,16 +15,18 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from torch import nn
 
 from engine.checkpoint import CheckpointError, load_checkpoint
+
 # The run folder's names and paths are torch-free (engine.choices, engine.paths); they stay
 # importable from here.
-from engine.choices import CHECKPOINT_KINDS, METRIC_COLUMNS  # noqa: F401
+from engine.choices import CHECKPOINT_KINDS, METRIC_COLUMNS, RunStatus  # noqa: F401
 from engine.compression import CompressionReport, compress, plan_compression
 from engine.config import ConfigError, RunConfig
 from engine.errors import RunFolderBusy
@@ -49,8 +51,9 @@ def new_run_dir(config: RunConfig, root: str | Path | None = None) -> Path:
 def write_metrics(path: str | Path, history: Iterable[dict[str, Any]]) -> None:
     """Write the per-epoch ``history`` rows as CSV with ``METRIC_COLUMNS``."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(path, buffer.getvalue())
@@ -103,8 +106,7 @@ def list_runs(root: str | Path | None = None) -> list[RunRecord]:
         if (folder / CONFIG_FILE).is_file():
             folders.append(folder)
         elif (folder / "compare.json").is_file() and (folder / "runs").is_dir():
-            folders += [run for run in (folder / "runs").iterdir()
-                        if (run / CONFIG_FILE).is_file()]
+            folders += [run for run in (folder / "runs").iterdir() if (run / CONFIG_FILE).is_file()]
     records = [_run_record(folder) for folder in folders]
     return sorted(records, key=lambda record: record.started_at, reverse=True)
 
@@ -125,11 +127,16 @@ def _run_record(folder: Path) -> RunRecord:
     except ConfigError:
         model = dataset = "?"
         encoding = ""
-        name, summary = folder.name, {**summary, "status": "unreadable"}
+        name, summary = folder.name, {**summary, "status": RunStatus.UNREADABLE}
     started = summary.get("started_at") or time.strftime(
-        "%Y-%m-%dT%H:%M:%S", time.localtime(paths.config.stat().st_mtime))
+        "%Y-%m-%dT%H:%M:%S", time.localtime(paths.config.stat().st_mtime)
+    )
     return RunRecord(
-        path=str(folder), name=name, model=model, dataset=dataset, started_at=started,
+        path=str(folder),
+        name=name,
+        model=model,
+        dataset=dataset,
+        started_at=started,
         status=_live_status(summary),
         epochs_completed=int(summary.get("epochs_completed", 0)),
         epochs=int(summary.get("epochs", 0)),
@@ -151,9 +158,9 @@ def _live_status(summary: dict) -> str:
         pid = int(summary.get("pid") or 0)
     except (TypeError, ValueError):
         pid = 0
-    if status != "running" or pid <= 0 or summary.get("host") != socket.gethostname():
+    if status != RunStatus.RUNNING or pid <= 0 or summary.get("host") != socket.gethostname():
         return status
-    return status if process_exists(pid) else "interrupted"
+    return status if process_exists(pid) else RunStatus.INTERRUPTED
 
 
 def process_exists(pid: int) -> bool:
@@ -205,8 +212,11 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -230,13 +240,15 @@ class RunLock:
         before run folders were locked) is not taken over either: the list and this lock
         give the same answer."""
         summary = read_summary(RunPaths(self.path.parent).summary)
-        if not isinstance(summary, dict) or _live_status(summary) != "running":
+        if not isinstance(summary, dict) or _live_status(summary) != RunStatus.RUNNING:
             return
         if summary.get("pid") == os.getpid():
             return  # this process's own earlier run (the window trains in a thread)
         self.release()
-        raise self._busy({key: summary.get(key) for key in ("pid", "host")}
-                         | {"since": summary.get("started_at", "?")})
+        raise self._busy(
+            {key: summary.get(key) for key in ("pid", "host")}
+            | {"since": summary.get("started_at", "?")}
+        )
 
     def _take_over_if_stale(self) -> None:
         holder = read_lock(self.path)
@@ -263,10 +275,15 @@ class RunLock:
         raise self._busy(holder)
 
     def _busy(self, holder: dict) -> RunFolderBusy:
-        who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
-               f" (since {holder.get('since', '?')})")
-        hint = ("" if holder.get("host") == socket.gethostname() else
-                f"; if that run has ended, delete {self.path}")
+        who = (
+            f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+            f" (since {holder.get('since', '?')})"
+        )
+        hint = (
+            ""
+            if holder.get("host") == socket.gethostname()
+            else f"; if that run has ended, delete {self.path}"
+        )
         return RunFolderBusy(f"{self.path.parent} is in use: {who} is training in it{hint}")
 
     def __enter__(self) -> RunLock:
@@ -311,7 +328,8 @@ def check_resumable(run_dir: str | Path) -> int:
         raise CheckpointError(
             f"{last} is missing although the run has {' and '.join(evidence)}; resuming would "
             f"start again at epoch 1. Restore the file, or start over in this folder with "
-            f"'adtn-studio resume --restart {paths.root}'")
+            f"'adtn-studio resume --restart {paths.root}'"
+        )
     return 1
 
 
@@ -326,8 +344,9 @@ def _metric_rows(path: Path) -> int:
 # -- models of a configuration or a run -------------------------------------------------
 
 
-def build_config_model(config: RunConfig, compressed: bool = True
-                       ) -> tuple[nn.Module, CompressionReport]:
+def build_config_model(
+    config: RunConfig, compressed: bool = True
+) -> tuple[nn.Module, CompressionReport]:
     """The freshly initialised model of ``config``; with ``compressed`` its chosen layers are
     ADTNs (fresh, not fitted). Also returns the compression report (planned when not
     compressed). Initialisation is seeded by ``config.seed``."""
@@ -335,9 +354,9 @@ def build_config_model(config: RunConfig, compressed: bool = True
     return model, report
 
 
-def build_config_model_noted(config: RunConfig, compressed: bool = True,
-                             load_weights: bool = False, info=None, progress=None
-                             ) -> tuple[nn.Module, CompressionReport, list[str]]:
+def build_config_model_noted(
+    config: RunConfig, compressed: bool = True, load_weights: bool = False, info=None, progress=None
+) -> tuple[nn.Module, CompressionReport, list[str]]:
     """``build_config_model``, plus: with ``load_weights`` the configuration's pretrained
     weights are loaded before compression; ``info`` is the resolved data set (default: from
     the configuration); the third value lists what was adapted or loaded, for the log."""
@@ -348,14 +367,19 @@ def build_config_model_noted(config: RunConfig, compressed: bool = True,
 
     info = info or config_dataset_info(config)
     torch.manual_seed(config.seed)
-    built = build_model_noted(config.model, info.in_channels, info.image_size,
-                              info.num_classes)
+    built = build_model_noted(config.model, info.in_channels, info.image_size, info.num_classes)
     model, notes = built.model, list(built.notes)
     if load_weights and config.weights:
         from engine.weights import load_weights as load
 
-        notes += load(model, config.weights, config.model, built.adapted,
-                      allow_download=config.download, progress=progress)
+        notes += load(
+            model,
+            config.weights,
+            config.model,
+            built.adapted,
+            allow_download=config.download,
+            progress=progress,
+        )
     if compressed and config.layers:
         report = compress(model, config.layers)
     else:

@@ -16,36 +16,70 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.choices import PHASE_PRETRAIN, PHASE_TRAIN, FailureKind
+from engine.choices import PHASE_PRETRAIN, PHASE_TRAIN, FailureKind, RunStatus
 from engine.compression import compress, encoded_layers
 from engine.config import RunConfig
 from engine.data import BatchIterator, epoch_seed, load_data
+from engine.distributed import (
+    DistributedContext,
+    DistributedEnv,
+    ShardedBatches,
+    SynchronizedControl,
+    detect_environment,
+)
+from engine.distributed import describe as describe_parallel
+from engine.errors import (
+    ConfigError,
+    DeviceError,
+    DistributedSetupError,
+    EngineError,
+    NonFiniteLoss,
+)
+from engine.events import (
+    BatchEnded,
+    CheckpointSaved,
+    DownloadProgress,
+    EpochEnded,
+    EventDispatcher,
+    RunControl,
+    RunEnded,
+    RunFailed,
+    RunStarted,
+    TrainerCallback,
+)
+from engine.logging_setup import app_log_file, run_log
 from engine.metrics import improves_best
 from engine.model_sources import record_model_source
-from engine.distributed import (DistributedContext, DistributedEnv, ShardedBatches,
-                                SynchronizedControl, detect_environment)
-from engine.distributed import describe as describe_parallel
-from engine.errors import (ConfigError, DeviceError, DistributedSetupError, EngineError,
-                           NonFiniteLoss)
-from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
-                           EventDispatcher, RunControl, RunEnded, RunFailed, RunStarted,
-                           TrainerCallback)
-from engine.logging_setup import app_log_file, run_log
-from engine.runs import (RunLock, RunPaths, build_config_model_noted, check_resumable,
-                         read_summary,
-                         write_metrics, write_summary)
+from engine.runs import (
+    RunLock,
+    RunPaths,
+    build_config_model_noted,
+    check_resumable,
+    read_summary,
+    write_metrics,
+    write_summary,
+)
 
-__all__ = ["DeviceError", "NonFiniteLoss", "RunControl", "RunSummary", "TrainerCallback",
-           "list_devices", "resolve_device", "train"]
+__all__ = [
+    "DeviceError",
+    "NonFiniteLoss",
+    "RunControl",
+    "RunSummary",
+    "TrainerCallback",
+    "list_devices",
+    "resolve_device",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +136,21 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} was asked for, but CUDA is not available on "
-                              "this machine; use device 'auto' or 'cpu'")
+            raise DeviceError(
+                f"device {name!r} was asked for, but CUDA is not available on "
+                "this machine; use device 'auto' or 'cpu'"
+            )
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r} was asked for, but this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
+            raise DeviceError(
+                f"device {name!r} was asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("device 'mps' was asked for, but Apple MPS is not available on this "
-                          "machine; use device 'auto' or 'cpu'")
+        raise DeviceError(
+            "device 'mps' was asked for, but Apple MPS is not available on this "
+            "machine; use device 'auto' or 'cpu'"
+        )
     return device
 
 
@@ -135,8 +175,13 @@ def list_devices() -> list[tuple[str, str]]:
     return devices
 
 
-def train(config: RunConfig, run_dir: str | Path, callbacks: Iterable[Any] = (),
-          control: RunControl | None = None, resume: bool = False) -> RunSummary:
+def train(
+    config: RunConfig,
+    run_dir: str | Path,
+    callbacks: Iterable[Any] = (),
+    control: RunControl | None = None,
+    resume: bool = False,
+) -> RunSummary:
     """Train ``config`` into the run folder ``run_dir`` and return how it ended.
 
     With ``resume`` the run continues after the epoch of ``checkpoints/last`` (from the start
@@ -147,16 +192,21 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: Iterable[Any] = (),
     env = detect_environment()
     if env is not None and env.rank != 0:
         callbacks = ()
-    run = _Run(config, Path(run_dir), EventDispatcher(callbacks), control or RunControl(),
-               env)
+    run = _Run(config, Path(run_dir), EventDispatcher(callbacks), control or RunControl(), env)
     return run.execute(resume)
 
 
 class _Run:
     """The state of one training session of a run folder."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, events: EventDispatcher,
-                 control: RunControl, env: DistributedEnv | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        events: EventDispatcher,
+        control: RunControl,
+        env: DistributedEnv | None = None,
+    ) -> None:
         self.config = config
         self.env = env
         self.is_main = env is None or env.rank == 0  # the one process that writes the folder
@@ -164,10 +214,17 @@ class _Run:
         self.paths = RunPaths(run_dir)
         self.events = events
         self.control: RunControl | SynchronizedControl = control
-        self.summary = RunSummary("running", str(run_dir), config.run_name, config.model,
-                                  config.dataset, epochs=config.total_epochs,
-                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  host=socket.gethostname(), pid=os.getpid())
+        self.summary = RunSummary(
+            RunStatus.RUNNING,
+            str(run_dir),
+            config.run_name,
+            config.model,
+            config.dataset,
+            epochs=config.total_epochs,
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
         self.history: list[dict[str, Any]] = []
         self.last_saved_epoch = 0
         self.owns_folder = False  # set once the folder is known to be this run's to write
@@ -197,7 +254,7 @@ class _Run:
                     log.error("training failed: %s", message, exc_info=exc)
                 else:  # the user's to fix: the message says it all
                     log.info("training failed (%s): %s", kind.value, message)
-                return self._finish("failed", RunFailed(kind, message))
+                return self._finish(RunStatus.FAILED, RunFailed(kind, message))
             finally:
                 if self.dist is not None:
                     self.dist.close()
@@ -206,11 +263,17 @@ class _Run:
 
     def _classify(self, exc: Exception) -> tuple[FailureKind, str]:
         """The kind of a failure, by the exception's type, and its message in plain words."""
-        kept = (f" The last good checkpoint (epoch {self.last_saved_epoch}) is kept in "
-                f"{self.paths.checkpoints}." if self.last_saved_epoch else "")
+        kept = (
+            f" The last good checkpoint (epoch {self.last_saved_epoch}) is kept in "
+            f"{self.paths.checkpoints}."
+            if self.last_saved_epoch
+            else ""
+        )
         if isinstance(exc, NonFiniteLoss):
-            return exc.kind, (f"{exc} Training diverged; lower the learning rate "
-                              f"(lr = {self.config.lr:g}) and start again.{kept}")
+            return exc.kind, (
+                f"{exc} Training diverged; lower the learning rate "
+                f"(lr = {self.config.lr:g}) and start again.{kept}"
+            )
         if isinstance(exc, EngineError):
             text = str(exc)
             return exc.kind, text if text.endswith((".", "!", "?")) else f"{text}."
@@ -220,15 +283,16 @@ class _Run:
             smaller = max(1, self.config.batch_size // 2)
             return FailureKind.OUT_OF_MEMORY, (
                 f"The device ran out of memory with batch size {self.config.batch_size}. Use "
-                f"a smaller batch size (e.g. {smaller}) or compress more layers.{kept}")
+                f"a smaller batch size (e.g. {smaller}) or compress more layers.{kept}"
+            )
         if self.dist is not None and _is_collective_failure(exc):
             return FailureKind.DISTRIBUTED, (
                 f"Another process of the data-parallel job failed or was killed "
-                f"(rank {self.dist.rank} saw: {exc}).{kept}")
+                f"(rank {self.dist.rank} saw: {exc}).{kept}"
+            )
         where = self.paths.log if self.owns_folder else app_log_file()
         details = f" The details are in {where}." if where is not None else ""
-        return FailureKind.ERROR, (f"Unexpected error: {type(exc).__name__}: {exc}.{kept}"
-                                   f"{details}")
+        return FailureKind.ERROR, (f"Unexpected error: {type(exc).__name__}: {exc}.{kept}{details}")
 
     def _finish(self, status: str, failure: RunFailed | None = None) -> RunSummary:
         self.summary.status = status
@@ -247,8 +311,10 @@ class _Run:
     def _prepare_folder(self, resume: bool) -> None:
         last = self.paths.checkpoint("last")
         if last.exists() and not resume:
-            raise ConfigError(f"the run folder {self.paths.root} already holds a run; "
-                              "resume it or choose another folder")
+            raise ConfigError(
+                f"the run folder {self.paths.root} already holds a run; "
+                "resume it or choose another folder"
+            )
         if resume:
             check_resumable(self.paths.root)  # a lost last checkpoint never restarts silently
         if not self.is_main:
@@ -256,8 +322,13 @@ class _Run:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.owns_folder = True
         self.log_scope.enter_context(run_log(self.paths.log))
-        log.info("%s run %s in %s (pid %d)", "resuming" if resume else "starting",
-                 self.config.run_name, self.paths.root, os.getpid())
+        log.info(
+            "%s run %s in %s (pid %d)",
+            "resuming" if resume else "starting",
+            self.config.run_name,
+            self.paths.root,
+            os.getpid(),
+        )
         previous = read_summary(self.paths.summary) if resume else None
         if previous and previous.get("started_at"):
             self.summary.started_at = previous["started_at"]  # keeps the run's place in lists
@@ -270,23 +341,32 @@ class _Run:
         config = self.config
         device = self.dist.device if self.dist is not None else resolve_device(config.device)
         self.summary.device = describe_device(device)
-        loaded = load_data(config, progress=self._download_progress,
-                           load_progress=self._load_progress)
+        loaded = load_data(
+            config, progress=self._download_progress, load_progress=self._load_progress
+        )
         info, train_set, test_set = loaded.info, loaded.train, loaded.test
         notes = list(loaded.notes)
         train_batches: BatchIterator | ShardedBatches  # a rank's share when distributed
         test_batches: BatchIterator | ShardedBatches
-        train_batches = BatchIterator(train_set, info, config.batch_size, device, shuffle=True,
-                                      augment=config.augment and info.augmentable,
-                                      seed=config.seed)
+        train_batches = BatchIterator(
+            train_set,
+            info,
+            config.batch_size,
+            device,
+            shuffle=True,
+            augment=config.augment and info.augmentable,
+            seed=config.seed,
+        )
         test_batches = BatchIterator(test_set, info, config.batch_size, device)
         if self.dist is not None:  # every rank walks the same global batches, takes its share
             train_batches = ShardedBatches(train_batches, self.dist.rank, self.dist.world_size)
-            test_batches = ShardedBatches(test_batches, self.dist.rank, self.dist.world_size,
-                                          drop_small=False)
+            test_batches = ShardedBatches(
+                test_batches, self.dist.rank, self.dist.world_size, drop_small=False
+            )
             self.control = SynchronizedControl(self.control, self.dist)
-            self.summary.device = (f"{self.summary.device} ×{self.dist.world_size} "
-                                   f"({self.dist.backend})")
+            self.summary.device = (
+                f"{self.summary.device} ×{self.dist.world_size} ({self.dist.backend})"
+            )
 
         checkpoint = None
         if resume and self.paths.checkpoint("last").exists():
@@ -294,16 +374,22 @@ class _Run:
         compressed = checkpoint.state["compressed"] if checkpoint else config.init == "scratch"
         before = bool(config.weights) and checkpoint is None  # measure the dense model first
         model, report, model_notes = build_config_model_noted(
-            config, compressed=compressed and not before, load_weights=checkpoint is None,
-            info=info, progress=self._download_progress)
+            config,
+            compressed=compressed and not before,
+            load_weights=checkpoint is None,
+            info=info,
+            progress=self._download_progress,
+        )
         notes += model_notes
         if self.is_main:  # rank 0 alone writes the run folder
             notes += record_model_source(config, self.paths.root)
         if before:
             dense_steps = _Steps(config, device, 1, 1, self.dist)
             _, self.summary.dense_test_acc = dense_steps.evaluate(model.to(device), test_batches)
-            notes.append(f"dense model with {config.weights}: test accuracy "
-                         f"{self.summary.dense_test_acc:.2%} before compression")
+            notes.append(
+                f"dense model with {config.weights}: test accuracy "
+                f"{self.summary.dense_test_acc:.2%} before compression"
+            )
             if compressed and config.layers:
                 report = compress(model, config.layers)
         for note in notes:
@@ -325,15 +411,24 @@ class _Run:
             model = self.dist.prepare_model(model)
             log.info("%s", describe_parallel(self.dist, config.batch_size, config.lr))
 
-        self.events.emit(RunStarted(
-            run_dir=str(self.paths.root), device=self.summary.device,
-            epochs=config.total_epochs, batches_per_epoch=len(train_batches),
-            compression=report.to_dict(), params_total=report.model_params_after,
-            dense_params_total=report.model_params_before, start_epoch=start_epoch,
-            train_examples=train_batches.num_examples, test_examples=test_batches.num_examples,
-            config=config.to_dict(), parallel=describe_parallel(self.dist, config.batch_size,
-                                                                config.lr),
-            dense_test_acc=self.summary.dense_test_acc, notes=tuple(notes)))
+        self.events.emit(
+            RunStarted(
+                run_dir=str(self.paths.root),
+                device=self.summary.device,
+                epochs=config.total_epochs,
+                batches_per_epoch=len(train_batches),
+                compression=report.to_dict(),
+                params_total=report.model_params_after,
+                dense_params_total=report.model_params_before,
+                start_epoch=start_epoch,
+                train_examples=train_batches.num_examples,
+                test_examples=test_batches.num_examples,
+                config=config.to_dict(),
+                parallel=describe_parallel(self.dist, config.batch_size, config.lr),
+                dense_test_acc=self.summary.dense_test_acc,
+                notes=tuple(notes),
+            )
+        )
 
         steps = _Steps(config, device, len(train_batches), start_epoch, self.dist)
         optimizer = None
@@ -344,8 +439,11 @@ class _Run:
                 compressed, optimizer = True, None
             if optimizer is None:
                 optimizer = _make_optimizer(model, config)
-                if (checkpoint and checkpoint.state["phase"] == phase
-                        and checkpoint.optimizer_state is not None):  # the trainer saves one
+                if (
+                    checkpoint
+                    and checkpoint.state["phase"] == phase
+                    and checkpoint.optimizer_state is not None
+                ):  # the trainer saves one
                     optimizer.load_state_dict(checkpoint.optimizer_state)
                     if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
@@ -354,17 +452,28 @@ class _Run:
             rank = self.dist.rank if self.dist is not None else 0  # own dropout masks a rank
             torch.manual_seed(epoch_seed(config.seed, epoch, SEED_STREAM_DROPOUT) + rank)
             started = time.perf_counter()
-            train_result = steps.run_epoch(model, optimizer, train_batches, epoch, phase,
-                                           self.control, self.events)
+            train_result = steps.run_epoch(
+                model, optimizer, train_batches, epoch, phase, self.control, self.events
+            )
             if train_result is None:
-                return "stopped"
+                return RunStatus.STOPPED
             test_loss, test_acc = steps.evaluate(model, test_batches)
             seconds = time.perf_counter() - started
-            self._end_epoch(model, optimizer, steps, epoch, phase, compressed, lr, seconds,
-                            train_result, (test_loss, test_acc))
+            self._end_epoch(
+                model,
+                optimizer,
+                steps,
+                epoch,
+                phase,
+                compressed,
+                lr,
+                seconds,
+                train_result,
+                (test_loss, test_acc),
+            )
             if self.control.stop_requested and epoch < config.total_epochs:
-                return "stopped"
-        return "finished"
+                return RunStatus.STOPPED
+        return RunStatus.FINISHED
 
     def _join_job(self) -> None:
         """Under torchrun or srun: take this rank's device and join the process group."""
@@ -412,21 +521,36 @@ class _Run:
 
     # -- end of epoch: record, checkpoint, report ------------------------------------------
 
-    def _end_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: _Steps,
-                   epoch: int, phase: str, compressed: bool, lr: float, seconds: float,
-                   train_result: tuple[float, float], test_result: tuple[float, float]) -> None:
+    def _end_epoch(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        steps: _Steps,
+        epoch: int,
+        phase: str,
+        compressed: bool,
+        lr: float,
+        seconds: float,
+        train_result: tuple[float, float],
+        test_result: tuple[float, float],
+    ) -> None:
         summary = self.summary
         params = sum(p.numel() for p in model.parameters())
-        improved = improves_best(phase, test_result[1], summary.best_test_acc,
-                                 summary.best_epoch)
+        improved = improves_best(phase, test_result[1], summary.best_test_acc, summary.best_epoch)
         if improved:
             summary.best_test_acc, summary.best_epoch = test_result[1], epoch
         row = {
-            "epoch": epoch, "phase": phase,
-            "train_loss": train_result[0], "train_acc": train_result[1],
-            "test_loss": test_result[0], "test_acc": test_result[1],
-            "best_test_acc": summary.best_test_acc, "params_total": params,
-            "dense_params_total": summary.dense_params_total, "seconds": seconds, "lr": lr,
+            "epoch": epoch,
+            "phase": phase,
+            "train_loss": train_result[0],
+            "train_acc": train_result[1],
+            "test_loss": test_result[0],
+            "test_acc": test_result[1],
+            "best_test_acc": summary.best_test_acc,
+            "params_total": params,
+            "dense_params_total": summary.dense_params_total,
+            "seconds": seconds,
+            "lr": lr,
         }
         self.history.append(row)
         summary.epochs_completed = epoch
@@ -435,10 +559,15 @@ class _Run:
         summary.seconds_per_epoch = summary.seconds_total / len(self.history)
 
         state = {
-            "epoch": epoch, "phase": phase, "compressed": compressed,
-            "best_test_acc": summary.best_test_acc, "best_epoch": summary.best_epoch,
-            "history": self.history, "grad_scaler": steps.scaler.state_dict(),
-            "config": self.config.to_dict(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "epoch": epoch,
+            "phase": phase,
+            "compressed": compressed,
+            "best_test_acc": summary.best_test_acc,
+            "best_epoch": summary.best_epoch,
+            "history": self.history,
+            "grad_scaler": steps.scaler.state_dict(),
+            "config": self.config.to_dict(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         saved = ["last"] + (["best"] if improved else [])
         if self.is_main:
@@ -448,11 +577,21 @@ class _Run:
             write_summary(self.paths.summary, summary.to_dict())
         self.last_saved_epoch = epoch
 
-        self.events.emit(EpochEnded(
-            epoch=epoch, train_loss=train_result[0], train_acc=train_result[1],
-            test_loss=test_result[0], test_acc=test_result[1],
-            best_test_acc=summary.best_test_acc, params_total=params,
-            dense_params_total=summary.dense_params_total, seconds=seconds, lr=lr, phase=phase))
+        self.events.emit(
+            EpochEnded(
+                epoch=epoch,
+                train_loss=train_result[0],
+                train_acc=train_result[1],
+                test_loss=test_result[0],
+                test_acc=test_result[1],
+                best_test_acc=summary.best_test_acc,
+                params_total=params,
+                dense_params_total=summary.dense_params_total,
+                seconds=seconds,
+                lr=lr,
+                phase=phase,
+            )
+        )
         for kind in saved:
             self.events.emit(CheckpointSaved(epoch, str(self.paths.checkpoint(kind)), kind))
 
@@ -460,8 +599,14 @@ class _Run:
 class _Steps:
     """Optimiser steps and evaluation on one device, with mixed precision on CUDA."""
 
-    def __init__(self, config: RunConfig, device: torch.device, batches_per_epoch: int,
-                 start_epoch: int, dist: DistributedContext | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        device: torch.device,
+        batches_per_epoch: int,
+        start_epoch: int,
+        dist: DistributedContext | None = None,
+    ) -> None:
         self.device = device
         self.dist = dist
         self._ddp: tuple[tuple[int, ...], nn.Module] | None = None
@@ -492,10 +637,16 @@ class _Steps:
             self._ddp = (key, self.dist.wrap(model))
         return self._ddp[1]
 
-    def run_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  batches: BatchIterator | ShardedBatches, epoch: int, phase: str,
-                  control: RunControl | SynchronizedControl,
-                  events: EventDispatcher) -> tuple[float, float] | None:
+    def run_epoch(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: BatchIterator | ShardedBatches,
+        epoch: int,
+        phase: str,
+        control: RunControl | SynchronizedControl,
+        events: EventDispatcher,
+    ) -> tuple[float, float] | None:
         """Train one epoch; (mean loss, accuracy), or None when a stop was requested."""
         model.train()
         net = self._trainable(model)
@@ -530,8 +681,9 @@ class _Steps:
                 count = batches.global_size
             loss_value, correct_value = stats.tolist()
             if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"The loss became {loss_value} at epoch {epoch}, "
-                                    f"batch {batch}.")
+                raise NonFiniteLoss(
+                    f"The loss became {loss_value} at epoch {epoch}, batch {batch}."
+                )
             self.scaler.step(optimizer)
             self.scaler.update()
 
@@ -542,17 +694,26 @@ class _Steps:
             self.batches_left -= 1
             now = time.perf_counter()
             elapsed = now - self.session_start
-            events.emit(BatchEnded(
-                epoch=epoch, batch=batch, batches=self.batches_per_epoch, loss=loss_value,
-                acc=correct_value / count,
-                examples_per_second=seen / max(now - epoch_start, 1e-9), elapsed=elapsed,
-                eta_seconds=elapsed / self.session_batches * self.batches_left,
-                phase=phase, grad_norms=grad_norms))
+            events.emit(
+                BatchEnded(
+                    epoch=epoch,
+                    batch=batch,
+                    batches=self.batches_per_epoch,
+                    loss=loss_value,
+                    acc=correct_value / count,
+                    examples_per_second=seen / max(now - epoch_start, 1e-9),
+                    elapsed=elapsed,
+                    eta_seconds=elapsed / self.session_batches * self.batches_left,
+                    phase=phase,
+                    grad_norms=grad_norms,
+                )
+            )
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: BatchIterator | ShardedBatches
-                 ) -> tuple[float, float]:
+    def evaluate(
+        self, model: nn.Module, batches: BatchIterator | ShardedBatches
+    ) -> tuple[float, float]:
         """(mean loss, accuracy) over ``batches``."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -577,8 +738,9 @@ def _is_collective_failure(exc: Exception) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection closed", "Broken pipe",
-                                  "Connection reset"))
+        mark in text
+        for mark in ("gloo", "Gloo", "NCCL", "Connection closed", "Broken pipe", "Connection reset")
+    )
 
 
 def _rank_device(device: torch.device, env: DistributedEnv) -> torch.device:
@@ -588,7 +750,8 @@ def _rank_device(device: torch.device, env: DistributedEnv) -> torch.device:
     if env.local_rank >= torch.cuda.device_count():
         raise DistributedSetupError(
             f"rank {env.rank} needs GPU cuda:{env.local_rank}, but this machine has "
-            f"{torch.cuda.device_count()}; start at most that many processes per machine")
+            f"{torch.cuda.device_count()}; start at most that many processes per machine"
+        )
     return torch.device(f"cuda:{env.local_rank}")
 
 
@@ -601,23 +764,29 @@ def adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str,
     norms = {}
     for name, layer in layers.items():
         grads = [p.grad for p in layer.generator.parameters() if p.grad is not None]
-        norms[name] = torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
-    return {name: (float(norm) / scale if norm is not None else 0.0)
-            for name, norm in norms.items()}
+        norms[name] = (
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
+            if grads
+            else None
+        )
+    return {
+        name: (float(norm) / scale if norm is not None else 0.0) for name, norm in norms.items()
+    }
 
 
 def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """Two parameter groups: the encoded layers' generators (``adtn_lr``, no weight decay —
     the ADTN's weight is renormalised, so decaying its gates would only fight that, and a
     product of factors is not a weight to shrink) and the rest."""
-    adtn_ids = {id(p) for layer in encoded_layers(model).values()
-                for p in layer.generator.parameters()}
+    adtn_ids = {
+        id(p) for layer in encoded_layers(model).values() for p in layer.generator.parameters()
+    }
     adtn_params = [p for p in model.parameters() if id(p) in adtn_ids]
     other_params = [p for p in model.parameters() if id(p) not in adtn_ids]
     groups: list[dict[str, Any]]
-    groups = [{"params": other_params, "base_lr": config.lr,
-               "weight_decay": config.weight_decay}]
+    groups = [{"params": other_params, "base_lr": config.lr, "weight_decay": config.weight_decay}]
     if adtn_params:
         adtn_lr = config.adtn_lr or config.lr
         groups.append({"params": adtn_params, "base_lr": adtn_lr, "weight_decay": 0.0})
@@ -628,15 +797,21 @@ def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     # small local tensors, and the default per-tensor loop cost more than the layers' maths.
     fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                               nesterov=config.momentum > 0, fused=fused or None)
+        return torch.optim.SGD(
+            groups,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.momentum > 0,
+            fused=fused or None,
+        )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
     return torch.optim.Adam(groups, lr=config.lr, fused=fused or None)
 
 
-def _set_learning_rate(optimizer: torch.optim.Optimizer, config: RunConfig,
-                       phase_epoch: int, phase_epochs: int) -> float:
+def _set_learning_rate(
+    optimizer: torch.optim.Optimizer, config: RunConfig, phase_epoch: int, phase_epochs: int
+) -> float:
     """Set every group's learning rate for this epoch of the schedule; return the first's."""
     if config.schedule == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * phase_epoch / phase_epochs))
@@ -649,8 +824,9 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, config: RunConfig,
     return optimizer.param_groups[0]["lr"]
 
 
-def warmup_span(config: RunConfig, phase_epoch: int, phase_epochs: int
-                 ) -> tuple[float, float] | None:
+def warmup_span(
+    config: RunConfig, phase_epoch: int, phase_epochs: int
+) -> tuple[float, float] | None:
     """The warm-up factor at the start and end of this epoch of its phase (rising linearly
     from 0 to 1 over ``warmup_epochs``, never longer than the phase), or None after it."""
     warm = min(int(getattr(config, "warmup_epochs", 0)), phase_epochs)

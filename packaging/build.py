@@ -28,6 +28,7 @@ PACKAGING = ROOT / "packaging"
 sys.path[:0] = [str(ROOT), str(PACKAGING)]
 
 import make_icons  # noqa: E402
+
 from adtn_studio import __version__  # noqa: E402
 
 DIST = ROOT / "dist"
@@ -51,9 +52,21 @@ def human(size: int) -> str:
 
 def run_pyinstaller(icon: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean",
-         "--distpath", str(DIST), "--workpath", str(WORK / "pyinstaller"),
-         str(PACKAGING / "adtn_studio.spec"), "--", "--icon", str(icon)],
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--clean",
+            "--distpath",
+            str(DIST),
+            "--workpath",
+            str(WORK / "pyinstaller"),
+            str(PACKAGING / "adtn_studio.spec"),
+            "--",
+            "--icon",
+            str(icon),
+        ],
         check=True,
     )
     return DIST / (f"{APP_NAME}.app" if sys.platform == "darwin" else NAME)
@@ -79,8 +92,21 @@ def macos_dmg(app: Path) -> Path:
     shutil.copytree(app, staging / app.name, symlinks=True)
     (staging / "Applications").symlink_to("/Applications")
     out = DIST / f"{NAME}-{__version__}-macos-{arch()}.dmg"
-    subprocess.run(["hdiutil", "create", "-volname", APP_NAME, "-srcfolder", str(staging),
-                    "-ov", "-format", "UDZO", str(out)], check=True)
+    subprocess.run(
+        [
+            "hdiutil",
+            "create",
+            "-volname",
+            APP_NAME,
+            "-srcfolder",
+            str(staging),
+            "-ov",
+            "-format",
+            "UDZO",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
@@ -92,17 +118,24 @@ def find_iscc() -> str:
     default = program_files / "Inno Setup 6" / "ISCC.exe"
     if default.is_file():
         return str(default)
-    raise SystemExit("build: Inno Setup 6 (ISCC.exe) not found; install it, e.g. "
-                     "`choco install innosetup`")
+    raise SystemExit(
+        "build: Inno Setup 6 (ISCC.exe) not found; install it, e.g. `choco install innosetup`"
+    )
 
 
 def windows_setup(bundle: Path, icon_ico: Path) -> Path:
     """An Inno Setup installer with a Start-menu entry and an uninstaller."""
     base = f"{NAME}-{__version__}-windows-{arch()}-setup"
     subprocess.run(
-        [find_iscc(), f"/DAppVersion={__version__}", f"/DSourceDir={bundle}",
-         f"/DIconFile={icon_ico}", f"/DOutputDir={DIST}", f"/DOutputBaseName={base}",
-         str(PACKAGING / "windows" / "adtn_studio.iss")],
+        [
+            find_iscc(),
+            f"/DAppVersion={__version__}",
+            f"/DSourceDir={bundle}",
+            f"/DIconFile={icon_ico}",
+            f"/DOutputDir={DIST}",
+            f"/DOutputBaseName={base}",
+            str(PACKAGING / "windows" / "adtn_studio.iss"),
+        ],
         check=True,
     )
     return DIST / f"{base}.exe"
@@ -119,8 +152,7 @@ def main() -> int:
 
     bundle = run_pyinstaller(icon)
     frozen_at = time.perf_counter()
-    print(f"build: bundle {bundle} ({human(folder_size(bundle))}) "
-          f"in {frozen_at - started:.0f} s")
+    print(f"build: bundle {bundle} ({human(folder_size(bundle))}) in {frozen_at - started:.0f} s")
 
     if not args.no_installer:
         if sys.platform == "win32":
@@ -129,8 +161,10 @@ def main() -> int:
             installer = macos_dmg(bundle)
         else:
             installer = linux_tarball(bundle, icon)
-        print(f"build: installer {installer} ({human(installer.stat().st_size)}) "
-              f"in {time.perf_counter() - frozen_at:.0f} s")
+        print(
+            f"build: installer {installer} ({human(installer.stat().st_size)}) "
+            f"in {time.perf_counter() - frozen_at:.0f} s"
+        )
     print(f"build: done in {time.perf_counter() - started:.0f} s")
     return 0
 

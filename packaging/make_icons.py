@@ -26,8 +26,8 @@ def render_png(svg: Path, out: Path, size: int = 512) -> Path:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QImage, QPainter
-    from PySide6.QtWidgets import QApplication
     from PySide6.QtSvg import QSvgRenderer
+    from PySide6.QtWidgets import QApplication
 
     # A QApplication (not a bare QGuiApplication): in a process that later opens widgets,
     # such as the test run, the first application object decides what Qt can do.
@@ -61,8 +61,11 @@ def make_icns(png: Path) -> Path:
         for scale, suffix in ((1, ""), (2, "@2x")):
             target = iconset / f"icon_{size}x{size}{suffix}.png"
             pixels = str(size * scale)
-            subprocess.run(["sips", "-z", pixels, pixels, str(png), "--out", str(target)],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["sips", "-z", pixels, pixels, str(png), "--out", str(target)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
     out = png.with_suffix(".icns")
     subprocess.run(["iconutil", "-c", "icns", str(iconset), "-o", str(out)], check=True)
     return out

@@ -21,14 +21,22 @@ def class_image(rng: np.random.Generator, label: int, size: tuple[int, int], mod
     return Image.fromarray(colour, "RGB")
 
 
-def write_folder(root: Path, classes: int = 3, per_class: int = 8, mode: str = "L",
-                 size: tuple[int, int] = (30, 34), layout: str = "train/test",
-                 test_per_class: int = 3, seed: int = 0) -> Path:
+def write_folder(
+    root: Path,
+    classes: int = 3,
+    per_class: int = 8,
+    mode: str = "L",
+    size: tuple[int, int] = (30, 34),
+    layout: str = "train/test",
+    test_per_class: int = 3,
+    seed: int = 0,
+) -> Path:
     """``root/train/<class>/*.png`` and ``root/test/<class>/*.png`` (layout "train/test"),
     or ``root/<class>/*.png`` (layout "split")."""
     rng = np.random.default_rng(seed)
-    splits = ({"train": per_class, "test": test_per_class} if layout == "train/test"
-              else {"": per_class})
+    splits = (
+        {"train": per_class, "test": test_per_class} if layout == "train/test" else {"": per_class}
+    )
     for split, count in splits.items():
         for label in range(classes):
             folder = root / split / f"class_{label}" if split else root / f"class_{label}"

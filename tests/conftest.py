@@ -41,13 +41,26 @@ def one_torch_thread():
 # Every variable through which the user's environment could reach a test: the application's
 # own folders, and the per-user folders (XDG) that their defaults and any other per-user
 # folder (settings, logs) derive from. XDG_CACHE_HOME stays: font and model caches live there.
-ISOLATED_DIRS = {"ADTN_RUNS_DIR": "runs", "ADTN_CONFIG_DIR": "config", "ADTN_DATA_DIR": "data",
-                 "XDG_DATA_HOME": "xdg-data", "XDG_CONFIG_HOME": "xdg-config",
-                 "XDG_STATE_HOME": "xdg-state", "ADTN_LOG_DIR": "logs"}
+ISOLATED_DIRS = {
+    "ADTN_RUNS_DIR": "runs",
+    "ADTN_CONFIG_DIR": "config",
+    "ADTN_DATA_DIR": "data",
+    "XDG_DATA_HOME": "xdg-data",
+    "XDG_CONFIG_HOME": "xdg-config",
+    "XDG_STATE_HOME": "xdg-state",
+    "ADTN_LOG_DIR": "logs",
+}
 # Variables that change how a run behaves: the window's training mode, and a launcher's
 # (torchrun, srun) description of a distributed job the test would otherwise think it is in.
-IGNORED_VARIABLES = ("ADTN_TRAINING_MODE", "WORLD_SIZE", "RANK", "LOCAL_RANK",
-                     "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "TORCHELASTIC_RESTART_COUNT")
+IGNORED_VARIABLES = (
+    "ADTN_TRAINING_MODE",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "SLURM_PROCID",
+    "SLURM_STEP_NUM_TASKS",
+    "TORCHELASTIC_RESTART_COUNT",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +115,6 @@ def window(qtbot):
     yield window
     if window.session.is_active():  # never leave a trainer thread behind a failed test
         window.session.stop_and_wait()
-
 
 
 _exit_status = 0

@@ -73,7 +73,9 @@ def naive_weight(adtn: ADTN, gates, scale) -> torch.Tensor:
 MEMORY_MODES = ["fast", "low"]
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (4, 4), (3, 2, 5, 5), (7, 9), (1, 8), (16, 1), (2, 2), (6, 1, 3, 3)])
+@pytest.mark.parametrize(
+    "shape", [(5, 3), (4, 4), (3, 2, 5, 5), (7, 9), (1, 8), (16, 1), (2, 2), (6, 1, 3, 3)]
+)
 @pytest.mark.parametrize("layout", ["brick", "stair"])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "none"])
 def test_contraction_matches_naive_reference(shape, layout, activation):
@@ -97,7 +99,9 @@ def test_hand_written_backward_matches_autograd_of_the_naive_reference(shape, la
     torch.manual_seed(hash((shape, layout, activation, "grad")) % 2**31)
     for depth in (1, 2, 3):
         while True:  # a tiny ReLU network can die (an all-zero state has no rms): redraw
-            adtn = randomised(ADTN(shape, depth=depth, activation=activation, layout=layout).double())
+            adtn = randomised(
+                ADTN(shape, depth=depth, activation=activation, layout=layout).double()
+            )
             with torch.no_grad():
                 adtn.scale.fill_(0.8)
             upstream = torch.randn(shape, dtype=torch.float64)
@@ -111,18 +115,30 @@ def test_hand_written_backward_matches_autograd_of_the_naive_reference(shape, la
             adtn.zero_grad(set_to_none=True)
             (adtn() * upstream).sum().backward()
             for k, (got, ref) in enumerate(zip(adtn.gates, gates)):
-                torch.testing.assert_close(got.grad, ref.grad, rtol=0, atol=1e-10,
-                                           msg=lambda m: f"{memory}, depth {depth}, gate {k}: {m}")
+                torch.testing.assert_close(
+                    got.grad,
+                    ref.grad,
+                    rtol=0,
+                    atol=1e-10,
+                    msg=f"{memory}, depth {depth}, gate {k}",
+                )
             torch.testing.assert_close(adtn.scale.grad, scale.grad, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("memory", MEMORY_MODES)
-@pytest.mark.parametrize("layout, activation, shape", [
-    ("brick", "relu", (3, 2, 3)), ("stair", "leaky_relu", (5, 3)), ("brick", "none", (4, 8)),
-])
+@pytest.mark.parametrize(
+    "layout, activation, shape",
+    [
+        ("brick", "relu", (3, 2, 3)),
+        ("stair", "leaky_relu", (5, 3)),
+        ("brick", "none", (4, 8)),
+    ],
+)
 def test_gradcheck_of_the_hand_written_backward(memory, layout, activation, shape):
     torch.manual_seed(9)
-    adtn = randomised(ADTN(shape, depth=3, activation=activation, layout=layout, memory=memory).double())
+    adtn = randomised(
+        ADTN(shape, depth=3, activation=activation, layout=layout, memory=memory).double()
+    )
     names = [n for n, _ in adtn.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for p in adtn.parameters())
 
@@ -137,8 +153,9 @@ def test_gradcheck_of_the_hand_written_backward(memory, layout, activation, shap
     def network_tensor(*values):
         return torch.func.functional_call(raw, dict(zip(raw_names, values)), ())
 
-    assert torch.autograd.gradcheck(network_tensor, params[:-1] + (params[-1].detach(),),
-                                    eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(
+        network_tensor, params[:-1] + (params[-1].detach(),), eps=1e-6, atol=1e-7
+    )
 
 
 class RawTensor(torch.nn.Module):
@@ -245,13 +262,22 @@ def test_unstored_numbers_cannot_change_the_weight():
         local = torch.randn(4, 4, dtype=torch.float64)  # junk in the unstored columns
         local[:, list(spec.columns)] = gate.detach()
         full.append(local)
-    torch.testing.assert_close(naive_network_tensor(adtn, full), adtn.contract(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        naive_network_tensor(adtn, full), adtn.contract(), rtol=0, atol=1e-12
+    )
     assert any(len(s.columns) < 4 for s in adtn.gate_specs() if s.layer == 0)
 
 
 @pytest.mark.parametrize(
     "shape, depth",
-    [((4, 4), 1), ((16, 16), 2), ((64, 64), 3), ((6, 1, 5, 5), 2), ((16, 6, 5, 5), 1), ((120, 400), 3)],
+    [
+        ((4, 4), 1),
+        ((16, 16), 2),
+        ((64, 64), 3),
+        ((6, 1, 5, 5), 2),
+        ((16, 6, 5, 5), 1),
+        ((120, 400), 3),
+    ],
 )
 def test_counts_agree_with_stored_tensors_and_closed_form(shape, depth):
     adtn = ADTN(shape, depth=depth)
@@ -375,7 +401,11 @@ def naive_interleaved(adtn: ADTN) -> torch.Tensor:
     state = naive_network_tensor_flat(adtn)
     bits = mode_bits(adtn.shape)
     out = torch.empty(adtn.shape, dtype=state.dtype)
-    for index in torch.cartesian_prod(*[torch.arange(d) for d in adtn.shape]).reshape(-1, len(adtn.shape)).tolist():
+    for index in (
+        torch.cartesian_prod(*[torch.arange(d) for d in adtn.shape])
+        .reshape(-1, len(adtn.shape))
+        .tolist()
+    ):
         mode_bit_values = [[(i >> (q - 1 - b)) & 1 for b in range(q)] for i, q in zip(index, bits)]
         flat = 0
         for b in range(max(bits)):
@@ -402,8 +432,13 @@ def naive_network_tensor_flat(adtn: ADTN) -> torch.Tensor:
                 local = torch.zeros(4, 4, dtype=torch.float64)
                 local[:, list(spec.columns)] = adtn.gates[k].detach().double()
                 a = spec.pair[0]
-                state = torch.kron(torch.kron(torch.eye(2**a, dtype=torch.float64), local),
-                                   torch.eye(2 ** (q - a - 2), dtype=torch.float64)) @ state
+                state = (
+                    torch.kron(
+                        torch.kron(torch.eye(2**a, dtype=torch.float64), local),
+                        torch.eye(2 ** (q - a - 2), dtype=torch.float64),
+                    )
+                    @ state
+                )
     return state
 
 
@@ -412,7 +447,9 @@ def naive_network_tensor_flat(adtn: ADTN) -> torch.Tensor:
 def test_interleaved_index_order_matches_naive_reference(shape, memory):
     torch.manual_seed(hash((shape, "interleaved")) % 2**31)
     for depth in (1, 2):
-        adtn = randomised(ADTN(shape, depth=depth, index_order="interleaved", memory=memory).double())
+        adtn = randomised(
+            ADTN(shape, depth=depth, index_order="interleaved", memory=memory).double()
+        )
         torch.testing.assert_close(adtn.contract(), naive_interleaved(adtn), rtol=0, atol=1e-10)
         rows_first = ADTN(shape, depth=depth, memory=memory).double()
         rows_first.load_state_dict(adtn.state_dict())
@@ -422,10 +459,17 @@ def test_interleaved_index_order_matches_naive_reference(shape, memory):
 
 def test_interleaved_order_of_bits_and_its_gradients():
     assert ADTN((4, 8), index_order="interleaved").network_bit_order() == [
-        (0, 0), (1, 0), (0, 1), (1, 1), (1, 2)]
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (1, 1),
+        (1, 2),
+    ]
     assert ADTN((4, 8)).network_bit_order() == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
     torch.manual_seed(11)
-    adtn = randomised(ADTN((6, 10), depth=2, activation="leaky_relu", index_order="interleaved").double())
+    adtn = randomised(
+        ADTN((6, 10), depth=2, activation="leaky_relu", index_order="interleaved").double()
+    )
     upstream = torch.randn(6, 10, dtype=torch.float64)
     gates = [g.detach().clone().requires_grad_(True) for g in adtn.gates]
     scale = adtn.scale.detach().clone().requires_grad_(True)
@@ -447,15 +491,23 @@ def naive_weight_state(adtn: ADTN, gates) -> torch.Tensor:
     state[0] = 1.0
     for layer in range(adtn.depth):
         if layer > 0:
-            state = F.leaky_relu(state, 0.01) if adtn.activation == "leaky_relu" else (
-                torch.relu(state) if adtn.activation == "relu" else state)
+            state = (
+                F.leaky_relu(state, 0.01)
+                if adtn.activation == "leaky_relu"
+                else (torch.relu(state) if adtn.activation == "relu" else state)
+            )
             state = state / state.square().mean().sqrt()
         for k, spec in enumerate(adtn.gate_specs()):
             if spec.layer == layer:
                 local = gates[k].new_zeros(4, 4).index_copy(1, torch.tensor(spec.columns), gates[k])
                 a = spec.pair[0]
-                state = torch.kron(torch.kron(torch.eye(2**a, dtype=torch.float64), local),
-                                   torch.eye(2 ** (q - a - 2), dtype=torch.float64)) @ state
+                state = (
+                    torch.kron(
+                        torch.kron(torch.eye(2**a, dtype=torch.float64), local),
+                        torch.eye(2 ** (q - a - 2), dtype=torch.float64),
+                    )
+                    @ state
+                )
     return state
 
 

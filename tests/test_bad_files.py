@@ -21,8 +21,9 @@ from engine.models import build_model
 @pytest.fixture(scope="module")
 def bundle_bytes(tmp_path_factory) -> bytes:
     """A valid LeNet-5 bundle with fc1 and fc2 as ADTNs."""
-    config = RunConfig(model="lenet5", dataset="synthetic",
-                       layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2")])
+    config = RunConfig(
+        model="lenet5", dataset="synthetic", layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2")]
+    )
     model = build_model("lenet5", 1, 28, 10)
     compress(model, config.layers)
     path = tmp_path_factory.mktemp("bundle") / "good.adtn"
@@ -100,81 +101,136 @@ def shift_offsets(header: dict) -> None:
 def duplicate_key(raw: bytes) -> bytes:
     header, data = split(raw)
     text = json.dumps(header)
-    text = text.replace('"conv1.bias":', '"conv1.bias": {"dtype": "F32", "shape": [0], '
-                        '"data_offsets": [0, 0]}, "conv1.bias":', 1)
+    text = text.replace(
+        '"conv1.bias":',
+        '"conv1.bias": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "conv1.bias":',
+        1,
+    )
     encoded = text.encode()
     return struct.pack("<Q", len(encoded)) + encoded + data
 
 
 BAD_FILES = {
-    "truncated data": (lambda raw: raw[:-100],
-                       r"file is truncated: tensor '[\w.]+' ends at data byte \d+, the file holds"),
+    "truncated data": (
+        lambda raw: raw[:-100],
+        r"file is truncated: tensor '[\w.]+' ends at data byte \d+, the file holds",
+    ),
     "truncated header": (lambda raw: raw[:60], r"file is truncated: header needs"),
     "too short": (lambda raw: raw[:5], r"too short"),
     "empty": (lambda raw: b"", r"too short"),
     "flipped byte in header": (flip_header_byte, r"header is not valid JSON"),
     "duplicate header key": (duplicate_key, r"duplicate key"),
-    "deeply nested header": (lambda raw: struct.pack("<Q", 200_000) + b"[" * 200_000,
-                             r"header is not valid JSON"),
-    "huge header length": (lambda raw: struct.pack("<Q", 2**60) + raw[8:],
-                           r"header size \d+ bytes exceeds the limit"),
-    "unknown dtype": (edit_header(lambda h: h["conv1.bias"].update(dtype="F8_E4M3")),
-                      r"unsupported dtype 'F8_E4M3'"),
-    "dtype size mismatch": (edit_header(lambda h: h["conv1.bias"].update(dtype="F64")),
-                            r"'conv1.bias': shape \[6\] of F64 needs 48 bytes but its byte "
-                            r"range holds 24"),
-    "integer ADTN tensor": (edit_header(lambda h: h["fc1.adtn.gates.9"].update(dtype="I32")),
-                            r"'fc1.adtn.gates.9' has dtype I32; encoding tensors must be floating"),
-    "shape differs from metadata": (edit_header(resize_first_gate),
-                                    r"'fc1.adtn.gates.0' has shape \[2, 2\] but the metadata "
-                                    r"describes \[4, 1\]"),
-    "huge declared tensor": (edit_header(declare_huge_tensor),
-                             r"truncated: tensor 'conv1.weight' ends at data byte 4611686"),
+    "deeply nested header": (
+        lambda raw: struct.pack("<Q", 200_000) + b"[" * 200_000,
+        r"header is not valid JSON",
+    ),
+    "huge header length": (
+        lambda raw: struct.pack("<Q", 2**60) + raw[8:],
+        r"header size \d+ bytes exceeds the limit",
+    ),
+    "unknown dtype": (
+        edit_header(lambda h: h["conv1.bias"].update(dtype="F8_E4M3")),
+        r"unsupported dtype 'F8_E4M3'",
+    ),
+    "dtype size mismatch": (
+        edit_header(lambda h: h["conv1.bias"].update(dtype="F64")),
+        r"'conv1.bias': shape \[6\] of F64 needs 48 bytes but its byte "
+        r"range holds 24",
+    ),
+    "integer ADTN tensor": (
+        edit_header(lambda h: h["fc1.adtn.gates.9"].update(dtype="I32")),
+        r"'fc1.adtn.gates.9' has dtype I32; encoding tensors must be floating",
+    ),
+    "shape differs from metadata": (
+        edit_header(resize_first_gate),
+        r"'fc1.adtn.gates.0' has shape \[2, 2\] but the metadata "
+        r"describes \[4, 1\]",
+    ),
+    "huge declared tensor": (
+        edit_header(declare_huge_tensor),
+        r"truncated: tensor 'conv1.weight' ends at data byte 4611686",
+    ),
     "extra bytes": (lambda raw: raw + b"\0" * 8, r"8 unexplained bytes after the last tensor"),
     "gap between tensors": (edit_header(shift_offsets), r"starts at byte"),
-    "unknown version": (edit_metadata(lambda d: d.update(format_version=2)),
-                        r"format version 2 is not supported"),
-    "metadata not JSON": (edit_header(lambda h: h["__metadata__"].update(adtn="{oops")),
-                          r"ADTN metadata is not valid JSON"),
+    "unknown version": (
+        edit_metadata(lambda d: d.update(format_version=2)),
+        r"format version 2 is not supported",
+    ),
+    "metadata not JSON": (
+        edit_header(lambda h: h["__metadata__"].update(adtn="{oops")),
+        r"ADTN metadata is not valid JSON",
+    ),
     "no metadata": (edit_header(lambda h: h.pop("__metadata__")), r"no ADTN metadata"),
-    "huge Q": (edit_metadata(lambda d: fc1(d).update(weight_shape=[2**20, 2**20])),
-               r"weight_shape \[1048576, 1048576\] needs Q = 40; allowed 2 to 28"),
-    "huge depth": (edit_metadata(lambda d: fc1(d).update(depth=10**9)),
-                   r"layers\[0\]\.depth is 1000000000, outside \[1, 64\]"),
-    "inconsistent mode bits": (edit_metadata(lambda d: fc1(d).update(mode_bits=[8, 8])),
-                               r"mode_bits does not match weight_shape"),
+    "huge Q": (
+        edit_metadata(lambda d: fc1(d).update(weight_shape=[2**20, 2**20])),
+        r"weight_shape \[1048576, 1048576\] needs Q = 40; allowed 2 to 28",
+    ),
+    "huge depth": (
+        edit_metadata(lambda d: fc1(d).update(depth=10**9)),
+        r"layers\[0\]\.depth is 1000000000, outside \[1, 64\]",
+    ),
+    "inconsistent mode bits": (
+        edit_metadata(lambda d: fc1(d).update(mode_bits=[8, 8])),
+        r"mode_bits does not match weight_shape",
+    ),
     "weight shape differs from model": (
         edit_metadata(lambda d: fc1(d).update(weight_shape=[121, 400])),
-        r"layer 'fc1' has weight shape \[121, 400\] in the metadata but \[120, 400\] in the model"),
-    "missing gate tensor": (edit_metadata(lambda d: fc1(d)["gates"][3].update(tensor="nope")),
-                            r"needs tensor 'nope', which the file does not contain"),
-    "gate outside the network": (edit_metadata(lambda d: fc1(d)["gates"][3].update(pair=[20, 21])),
-                                 r"gates\[3\] lies outside the network"),
-    "hostile model size": (edit_metadata(lambda d: d["model"].update(num_classes=10**6)),
-                           r"'fc3.weight' has shape \[10, 84\], the model needs \[1000000, 84\]"),
-    "unknown model": (edit_metadata(lambda d: d["model"].update(name="resnet")),
-                      r"describes no buildable model: model must be one of"),
-    "unknown activation": (edit_metadata(lambda d: fc1(d).update(activation="gelu")),
-                           r"activation is 'gelu'; expected one of relu, leaky_relu, none"),
+        r"layer 'fc1' has weight shape \[121, 400\] in the metadata but \[120, 400\] in the model",
+    ),
+    "missing gate tensor": (
+        edit_metadata(lambda d: fc1(d)["gates"][3].update(tensor="nope")),
+        r"needs tensor 'nope', which the file does not contain",
+    ),
+    "gate outside the network": (
+        edit_metadata(lambda d: fc1(d)["gates"][3].update(pair=[20, 21])),
+        r"gates\[3\] lies outside the network",
+    ),
+    "hostile model size": (
+        edit_metadata(lambda d: d["model"].update(num_classes=10**6)),
+        r"'fc3.weight' has shape \[10, 84\], the model needs \[1000000, 84\]",
+    ),
+    "unknown model": (
+        edit_metadata(lambda d: d["model"].update(name="resnet")),
+        r"describes no buildable model: model must be one of",
+    ),
+    "unknown activation": (
+        edit_metadata(lambda d: fc1(d).update(activation="gelu")),
+        r"activation is 'gelu'; expected one of relu, leaky_relu, none",
+    ),
     "gates describe another network": (
         edit_metadata(lambda d: fc1(d).update(layout="stair")),
-        r"layer 'fc1' describes a network this version of ADTN Studio does not build"),
-    "dtype is a list": (edit_header(lambda h: h["conv1.bias"].update(dtype=["F32"])),
-                        r"'conv1.bias' has unsupported dtype \['F32'\]"),
-    "integer bias": (edit_header(lambda h: h["conv1.bias"].update(dtype="I32")),
-                     r"tensor 'conv1.bias' has dtype I32; the model needs a floating-point "
-                     r"tensor there"),
-    "flipped data byte": (flip_data_byte,
-                          r"the tensor data does not match its checksum; the file is corrupted"),
-    "malformed checksum": (edit_metadata(lambda d: d.update(data_sha256="00")),
-                           r"data_sha256 must be 64 lowercase hexadecimal digits"),
-    "unknown encoding": (edit_metadata(lambda d: fc1(d).update(encoding="mera")),
-                         r"layers\[0\]\.encoding is 'mera'; this version of ADTN Studio reads "
-                         r"adtn, tt, lowrank, tucker, cp"),
-    "known encoding, wrong record": (edit_metadata(lambda d: fc1(d).update(encoding="tt")),
-                                     r"layers\[0\]\.options is missing"),
-    "gate layer skipped": (edit_metadata(skip_a_gate_layer),
-                           r"gates must run through gate layers 0 to 2 in contraction order"),
+        r"layer 'fc1' describes a network this version of ADTN Studio does not build",
+    ),
+    "dtype is a list": (
+        edit_header(lambda h: h["conv1.bias"].update(dtype=["F32"])),
+        r"'conv1.bias' has unsupported dtype \['F32'\]",
+    ),
+    "integer bias": (
+        edit_header(lambda h: h["conv1.bias"].update(dtype="I32")),
+        r"tensor 'conv1.bias' has dtype I32; the model needs a floating-point "
+        r"tensor there",
+    ),
+    "flipped data byte": (
+        flip_data_byte,
+        r"the tensor data does not match its checksum; the file is corrupted",
+    ),
+    "malformed checksum": (
+        edit_metadata(lambda d: d.update(data_sha256="00")),
+        r"data_sha256 must be 64 lowercase hexadecimal digits",
+    ),
+    "unknown encoding": (
+        edit_metadata(lambda d: fc1(d).update(encoding="mera")),
+        r"layers\[0\]\.encoding is 'mera'; this version of ADTN Studio reads "
+        r"adtn, tt, lowrank, tucker, cp",
+    ),
+    "known encoding, wrong record": (
+        edit_metadata(lambda d: fc1(d).update(encoding="tt")),
+        r"layers\[0\]\.options is missing",
+    ),
+    "gate layer skipped": (
+        edit_metadata(skip_a_gate_layer),
+        r"gates must run through gate layers 0 to 2 in contraction order",
+    ),
 }
 
 
@@ -240,8 +296,9 @@ def test_inspect_refuses_every_file_load_bundle_refuses(case, bundle_bytes, tmp_
         inspect_file(path)
 
 
-def test_a_damaged_header_whose_length_starts_like_a_pickle_is_not_called_one(bundle_bytes,
-                                                                            tmp_path):
+def test_a_damaged_header_whose_length_starts_like_a_pickle_is_not_called_one(
+    bundle_bytes, tmp_path
+):
     header, data = split(bundle_bytes)
     text = json.dumps(header)
     text += " " * ((0x180 - len(text)) % 256)  # length ends in byte 0x80, a pickle's first byte
@@ -279,8 +336,11 @@ def test_fifo_named_like_a_model_or_config_is_refused_without_blocking(tmp_path)
 
     fifo = tmp_path / "model.adtn"
     os.mkfifo(fifo)  # opening it for reading would wait forever for a writer
-    for function, error in ((load_bundle, BundleError), (inspect_file, BundleError),
-                            (RunConfig.load, ConfigError)):
+    for function, error in (
+        (load_bundle, BundleError),
+        (inspect_file, BundleError),
+        (RunConfig.load, ConfigError),
+    ):
         outcome = run_with_deadline(function, fifo)
         assert isinstance(outcome.get("error"), error), outcome
         assert "not a regular file" in str(outcome["error"])
@@ -311,9 +371,12 @@ def test_bundle_needing_more_memory_than_the_limit_is_refused_before_building(tm
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for function in (load_bundle, inspect_file):
-        with pytest.raises(BundleError, match=r"huge.adtn: the model it describes would need "
-                           r"about [\d.]+ GiB to load \(largest ADTN: Q = 28\); the limit is "
-                           r"8 GiB") as refused:
+        with pytest.raises(
+            BundleError,
+            match=r"huge.adtn: the model it describes would need "
+            r"about [\d.]+ GiB to load \(largest ADTN: Q = 28\); the limit is "
+            r"8 GiB",
+        ) as refused:
             function(path)
         assert "\n" not in str(refused.value)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before

@@ -33,8 +33,12 @@ depth = 1
 
 
 def adtn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "adtn_studio", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "adtn_studio", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_config(path: Path, epochs: int = 2, limit_train: int = 128, adtn: bool = True) -> Path:
@@ -46,8 +50,20 @@ def write_config(path: Path, epochs: int = 2, limit_train: int = 128, adtn: bool
 def start_training(tmp_path: Path, run_dir: Path, epochs: int) -> subprocess.Popen:
     config = write_config(tmp_path / "long.toml", epochs=epochs, limit_train=1000, adtn=False)
     return subprocess.Popen(
-        [sys.executable, "-m", "adtn_studio", "train", "--config", str(config),
-         "--out", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "adtn_studio",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
@@ -77,8 +93,17 @@ def test_presets_lists_every_preset():
 
 def test_train_prints_a_summary_and_writes_the_run_folder(tmp_path):
     run_dir = tmp_path / "run"
-    result = adtn("train", "--config", write_config(tmp_path / "c.toml"), "--out", run_dir,
-                  "--epochs", 2, "--limit-test", 32)
+    result = adtn(
+        "train",
+        "--config",
+        write_config(tmp_path / "c.toml"),
+        "--out",
+        run_dir,
+        "--epochs",
+        2,
+        "--limit-test",
+        32,
+    )
     assert result.returncode == 0, result.stderr
     assert "status:      finished (2/2 epochs, cpu)" in result.stdout
     assert "encoded layers: fc2 (adtn: depth 1, brick, relu)" in result.stdout
@@ -101,10 +126,18 @@ def test_bad_config_exits_1_with_one_line_naming_the_field(tmp_path):
 
 def test_missing_data_set_exits_1_saying_how_to_provide_it(tmp_path, capsys):
     config = tmp_path / "mnist.toml"
-    config.write_text('model = "fc2"\ndataset = "mnist"\ndownload = false\n'
-                      'dense_baseline = true\n')
-    code = run_cli(["train", "--config", str(config), "--data-root", str(tmp_path / "empty"),
-                    "--out", str(tmp_path / "run")])
+    config.write_text('model = "fc2"\ndataset = "mnist"\ndownload = false\ndense_baseline = true\n')
+    code = run_cli(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--data-root",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "MNIST is not available" in err and "--data-root" in err
@@ -119,9 +152,25 @@ def test_unknown_preset_and_non_run_folder_fail_cleanly(tmp_path, capsys):
 
 def test_command_line_overrides_reach_the_config(tmp_path):
     run_dir = tmp_path / "run"
-    code = run_cli(["train", "--config", str(write_config(tmp_path / "c.toml", adtn=False)),
-                    "--out", str(run_dir), "--epochs", "1", "--seed", "3", "--device", "cpu",
-                    "--limit-train", "40", "--limit-test", "20"])
+    code = run_cli(
+        [
+            "train",
+            "--config",
+            str(write_config(tmp_path / "c.toml", adtn=False)),
+            "--out",
+            str(run_dir),
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--limit-train",
+            "40",
+            "--limit-test",
+            "20",
+        ]
+    )
     assert code == 0
     saved = RunConfig.load(run_dir / "config.toml")
     assert (saved.epochs, saved.seed, saved.limit_train, saved.limit_test) == (1, 3, 40, 20)

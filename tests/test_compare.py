@@ -16,15 +16,24 @@ from engine.layer_spec import LayerSpec
 
 
 def base_config(**changes) -> RunConfig:
-    config = RunConfig(model="fc2", dataset="synthetic", epochs=1, batch_size=64, lr=3e-3,
-                       limit_train=256, limit_test=64, device="cpu",
-                       layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)])
+    config = RunConfig(
+        model="fc2",
+        dataset="synthetic",
+        epochs=1,
+        batch_size=64,
+        lr=3e-3,
+        limit_train=256,
+        limit_test=64,
+        device="cpu",
+        layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)],
+    )
     return config.replace(**changes)
 
 
 def test_variants_share_everything_but_the_encoding():
-    request = CompareRequest(base_config(), out=None, encodings=["dense", "adtn", "tt"],
-                             depths=[2, 3], seeds=[0])
+    request = CompareRequest(
+        base_config(), out=None, encodings=["dense", "adtn", "tt"], depths=[2, 3], seeds=[0]
+    )
     keys = [v.key for v in request.variants()]
     assert keys == ["dense", "adtn-d2", "tt-d2", "adtn-d3", "tt-d3"]
     adtn = variant_config(request, Variant("adtn", 3), 0, 1e-2, search=False)
@@ -47,9 +56,16 @@ def test_bad_requests_name_the_option():
 
 
 def test_compare_writes_every_file_and_reuses_finished_runs(tmp_path):
-    request = CompareRequest(base_config(), out=tmp_path / "cmp",
-                             encodings=["dense", "adtn", "tt", "lowrank"], depths=[2],
-                             seeds=[0, 1], lr_search=True, lrs=[1e-3, 1e-2], search_epochs=1)
+    request = CompareRequest(
+        base_config(),
+        out=tmp_path / "cmp",
+        encodings=["dense", "adtn", "tt", "lowrank"],
+        depths=[2],
+        seeds=[0, 1],
+        lr_search=True,
+        lrs=[1e-3, 1e-2],
+        search_epochs=1,
+    )
     steps = []
     results = run_compare(request, progress=steps.append)
     out = tmp_path / "cmp"
@@ -92,15 +108,47 @@ def test_compare_command_line_end_to_end(tmp_path):
     base_config().save(config)
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "adtn_studio", "compare", "--config", str(config),
-         "--encodings", "adtn,tt", "--depths", "2", "--seeds", "0", "--epochs", "1",
-         "--out", str(out)], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "adtn_studio",
+            "compare",
+            "--config",
+            str(config),
+            "--encodings",
+            "adtn,tt",
+            "--depths",
+            "2",
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "| adtn at the ADTN depth-2 budget |" in done.stdout
     assert (out / "compare.csv").is_file()
     bad = subprocess.run(
-        [sys.executable, "-m", "adtn_studio", "compare", "--config", str(config),
-         "--encodings", "adtn,svd", "--out", str(out)], capture_output=True, text=True,
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "adtn_studio",
+            "compare",
+            "--config",
+            str(config),
+            "--encodings",
+            "adtn,svd",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "encodings: choose" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

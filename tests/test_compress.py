@@ -36,9 +36,16 @@ class VGGLike(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
         self.classifier = nn.Sequential(
-            OrderedDict(fc1=nn.Linear(8, 4096), relu=nn.ReLU(), fc2=nn.Linear(4096, 512), out=nn.Linear(512, 10))
+            OrderedDict(
+                fc1=nn.Linear(8, 4096),
+                relu=nn.ReLU(),
+                fc2=nn.Linear(4096, 512),
+                out=nn.Linear(512, 10),
+            )
         )
 
     def forward(self, x):
@@ -149,7 +156,11 @@ def test_materialize_gives_a_dense_model_with_the_same_outputs_and_keys():
 def test_describe_layers_lists_every_weight_layer():
     infos = describe_layers(lenet_like())
     assert [i.name for i in infos] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
-    assert infos[0].kind == "conv2d" and infos[0].weight_shape == (6, 1, 5, 5) and infos[0].dense_params == 156
+    assert (
+        infos[0].kind == "conv2d"
+        and infos[0].weight_shape == (6, 1, 5, 5)
+        and infos[0].dense_params == 156
+    )
     assert all(i.encodable for i in infos)
 
 
@@ -163,7 +174,7 @@ def test_report_table_and_dict():
 
 
 def test_engine_exports_the_function_even_after_its_module_is_imported():
-    import engine.compression  # noqa: F401  (a submodule named like the function would shadow it)
     import engine
+    import engine.compression  # noqa: F401  (a submodule named like the function would shadow it)
 
     assert callable(engine.compress) and engine.compress.__name__ == "compress"

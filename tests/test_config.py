@@ -10,14 +10,36 @@ from engine.presets import list_presets, load_preset
 
 def full_config() -> RunConfig:
     return RunConfig(
-        name="demo", description="a demo", model="fc2", dataset="synthetic", data_root="/d",
-        download=False, augment=False,
-        layers=[LayerSpec("fc1", depth=3, activation="leaky_relu", layout="stair"),
-                LayerSpec("fc2")],
-        init="pretrained", pretrain_epochs=2, fit_steps=50, epochs=4, batch_size=32,
-        optimizer="sgd", lr=0.05, adtn_lr=0.02, momentum=0.8, schedule="step",
-        lr_milestones=[2, 3], lr_gamma=0.5, weight_decay=1e-4, seed=7, device="cpu",
-        amp=False, workers=0, limit_train=100, limit_test=50,
+        name="demo",
+        description="a demo",
+        model="fc2",
+        dataset="synthetic",
+        data_root="/d",
+        download=False,
+        augment=False,
+        layers=[
+            LayerSpec("fc1", depth=3, activation="leaky_relu", layout="stair"),
+            LayerSpec("fc2"),
+        ],
+        init="pretrained",
+        pretrain_epochs=2,
+        fit_steps=50,
+        epochs=4,
+        batch_size=32,
+        optimizer="sgd",
+        lr=0.05,
+        adtn_lr=0.02,
+        momentum=0.8,
+        schedule="step",
+        lr_milestones=[2, 3],
+        lr_gamma=0.5,
+        weight_decay=1e-4,
+        seed=7,
+        device="cpu",
+        amp=False,
+        workers=0,
+        limit_train=100,
+        limit_test=50,
     )
 
 
@@ -63,51 +85,59 @@ def test_missing_file_is_a_config_error(tmp_path):
         RunConfig.load(tmp_path / "absent.toml")
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"model": "resnet"}, "model must be one of fc2, lenet5"),
-    ({"dataset": "imagenet"},
-     "dataset must be one of mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic or "
-     ".imagefolder:DIR."),
-    ({"name": 3}, "name must be a str"),
-    ({"download": "yes"}, "download must be a bool"),
-    ({"augment": 1}, "augment must be a bool"),
-    ({"amp": None}, "amp must be a bool"),
-    ({"init": "warm"}, "init must be one of scratch, pretrained"),
-    ({"init": "pretrained", "pretrain_epochs": 0}, "pretrain_epochs must be at least 1"),
-    ({"pretrain_epochs": -1}, "pretrain_epochs must be at least 0"),
-    ({"fit_steps": 1.5}, "fit_steps must be a whole number"),
-    ({"epochs": 0}, "epochs must be at least 1"),
-    ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"optimizer": "lbfgs"}, "optimizer must be one of adam, adamw, sgd"),
-    ({"lr": 0}, "lr must be greater than 0"),
-    ({"lr": "fast"}, "lr must be a number"),
-    ({"lr": float("nan")}, "lr must be a finite number"),
-    ({"adtn_lr": -1.0}, "adtn_lr must be 0 or more"),
-    ({"momentum": -0.1}, "momentum must be 0 or more"),
-    ({"schedule": "linear"}, "schedule must be one of none, cosine, step"),
-    ({"schedule": "step"}, "lr_milestones must list at least one epoch"),
-    ({"lr_milestones": [0]}, r"lr_milestones\[0\] must be at least 1"),
-    ({"lr_gamma": 0.0}, "lr_gamma must be greater than 0"),
-    ({"weight_decay": -1e-3}, "weight_decay must be 0 or more"),
-    ({"seed": -1}, "seed must be at least 0"),
-    ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N, cuda:all, mps"),
-    ({"workers": -2}, "workers must be at least 0"),
-    ({"limit_train": True}, "limit_train must be a whole number"),
-    ({"limit_test": -5}, "limit_test must be at least 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model": "resnet"}, "model must be one of fc2, lenet5"),
+        (
+            {"dataset": "imagenet"},
+            "dataset must be one of mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic or "
+            ".imagefolder:DIR.",
+        ),
+        ({"name": 3}, "name must be a str"),
+        ({"download": "yes"}, "download must be a bool"),
+        ({"augment": 1}, "augment must be a bool"),
+        ({"amp": None}, "amp must be a bool"),
+        ({"init": "warm"}, "init must be one of scratch, pretrained"),
+        ({"init": "pretrained", "pretrain_epochs": 0}, "pretrain_epochs must be at least 1"),
+        ({"pretrain_epochs": -1}, "pretrain_epochs must be at least 0"),
+        ({"fit_steps": 1.5}, "fit_steps must be a whole number"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of adam, adamw, sgd"),
+        ({"lr": 0}, "lr must be greater than 0"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"adtn_lr": -1.0}, "adtn_lr must be 0 or more"),
+        ({"momentum": -0.1}, "momentum must be 0 or more"),
+        ({"schedule": "linear"}, "schedule must be one of none, cosine, step"),
+        ({"schedule": "step"}, "lr_milestones must list at least one epoch"),
+        ({"lr_milestones": [0]}, r"lr_milestones\[0\] must be at least 1"),
+        ({"lr_gamma": 0.0}, "lr_gamma must be greater than 0"),
+        ({"weight_decay": -1e-3}, "weight_decay must be 0 or more"),
+        ({"seed": -1}, "seed must be at least 0"),
+        ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N, cuda:all, mps"),
+        ({"workers": -2}, "workers must be at least 0"),
+        ({"limit_train": True}, "limit_train must be a whole number"),
+        ({"limit_test": -5}, "limit_test must be at least 0"),
+    ],
+)
 def test_each_validation_error_names_the_field(changes, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(**changes).validate()
 
 
-@pytest.mark.parametrize("layers, message", [
-    ([LayerSpec("")], r"layers\[0\].name must be a layer name"),
-    ([LayerSpec("fc1"), LayerSpec("fc1")], r"layers\[1\].name: layer 'fc1' is listed twice"),
-    ([LayerSpec("fc1", depth=0)], r"layers\[0\].depth must be at least 1"),
-    ([LayerSpec("fc1", activation="tanh")], r"layers\[0\].activation must be one of relu"),
-    ([LayerSpec("fc1", layout="ring")], r"layers\[0\].layout must be one of brick, stair"),
-    (["fc1"], r"layers\[0\] must be a LayerSpec"),
-])
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ([LayerSpec("")], r"layers\[0\].name must be a layer name"),
+        ([LayerSpec("fc1"), LayerSpec("fc1")], r"layers\[1\].name: layer 'fc1' is listed twice"),
+        ([LayerSpec("fc1", depth=0)], r"layers\[0\].depth must be at least 1"),
+        ([LayerSpec("fc1", activation="tanh")], r"layers\[0\].activation must be one of relu"),
+        ([LayerSpec("fc1", layout="ring")], r"layers\[0\].layout must be one of brick, stair"),
+        (["fc1"], r"layers\[0\] must be a LayerSpec"),
+    ],
+)
 def test_layer_errors_name_the_layer_entry(layers, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(layers=layers).validate()
@@ -115,7 +145,7 @@ def test_layer_errors_name_the_layer_entry(layers, message):
 
 def test_config_error_from_a_file_names_file_and_field(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('epochs = -3\n')
+    path.write_text("epochs = -3\n")
     with pytest.raises(ConfigError, match=r"run.toml: epochs must be at least 1"):
         RunConfig.load(path)
 
@@ -129,8 +159,14 @@ def test_replace_copies_layers():
 
 def test_the_papers_presets_exist_and_are_valid():
     names = list_presets()
-    for required in ("fc2-mnist", "lenet5-mnist", "alexnet-cifar10", "zfnet-cifar10",
-                     "vgg16-cifar10", "vgg16-cifar100"):
+    for required in (
+        "fc2-mnist",
+        "lenet5-mnist",
+        "alexnet-cifar10",
+        "zfnet-cifar10",
+        "vgg16-cifar10",
+        "vgg16-cifar100",
+    ):
         assert required in names
     for name in names:
         config = load_preset(name)

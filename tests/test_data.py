@@ -14,8 +14,16 @@ import torch
 
 from engine import data_files
 from engine.config import RunConfig
-from engine.data import (BatchIterator, DataUnavailableError, ImageSet, dataset_info,
-                         download_dataset, load_datasets, resolve_data_root, synthetic_sets)
+from engine.data import (
+    BatchIterator,
+    DataUnavailableError,
+    ImageSet,
+    dataset_info,
+    download_dataset,
+    load_datasets,
+    resolve_data_root,
+    synthetic_sets,
+)
 
 
 def write_cifar(root, dataset: str, train_size: int = 12, test_size: int = 6) -> None:
@@ -57,8 +65,9 @@ def test_cifar_loader_refuses_pickles_that_would_run_code(tmp_path):
 
 
 def test_mnist_loader_on_the_shared_copy(shared_datasets):
-    config = RunConfig(dataset="mnist", data_root=str(shared_datasets), download=False,
-                       limit_train=500)
+    config = RunConfig(
+        dataset="mnist", data_root=str(shared_datasets), download=False, limit_train=500
+    )
     train, test = load_datasets(config)
     assert train.images.shape == (500, 1, 28, 28) and len(test) == 10000
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's well-known first labels
@@ -94,16 +103,18 @@ def test_download_checks_md5_unpacks_and_reports_progress(tmp_path):
     archive_path.write_bytes(archive.getvalue())
     real = data_files.FILES["cifar10"]
     md5 = hashlib.md5(archive.getvalue()).hexdigest()
-    local = data_files.DataFiles(real.folder, real.train_files, real.test_files,
-                                 (((archive_path.as_uri(),), md5),))
+    local = data_files.DataFiles(
+        real.folder, real.train_files, real.test_files, (((archive_path.as_uri(),), md5),)
+    )
     calls = []
     data_files.download_files(local, tmp_path / "root", progress=lambda d, t: calls.append(d))
     assert not local.missing(tmp_path / "root")
     assert calls and calls[-1] == len(archive.getvalue())
 
     mirrors = ((tmp_path / "absent").as_uri(), archive_path.as_uri())  # first one fails
-    corrupt = data_files.DataFiles(real.folder, real.train_files, real.test_files,
-                                   ((mirrors, "0" * 32),))
+    corrupt = data_files.DataFiles(
+        real.folder, real.train_files, real.test_files, ((mirrors, "0" * 32),)
+    )
     with pytest.raises(OSError, match="corrupted"):
         data_files.download_files(corrupt, tmp_path / "other")
 
@@ -129,8 +140,9 @@ def test_synthetic_set_is_deterministic_and_sized_by_limits():
 
 
 def tiny_set(count: int = 10) -> ImageSet:
-    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     return ImageSet(images, torch.arange(count))
 
 
@@ -139,8 +151,9 @@ def test_batches_are_normalised_and_cover_the_set():
     batches = BatchIterator(tiny_set(), info, 4, torch.device("cpu"))
     out = list(batches.epoch(1))
     assert len(batches) == 3 and [len(y) for _, y in out] == [4, 4, 2]
-    expected = (tiny_set().images[:4].float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(info.std).view(1, 3, 1, 1)
+    expected = (
+        tiny_set().images[:4].float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(info.std).view(1, 3, 1, 1)
     assert torch.allclose(out[0][0], expected)
 
 
@@ -155,8 +168,9 @@ def test_shuffle_order_depends_only_on_seed_and_epoch():
 
 
 def test_a_lone_last_training_example_is_dropped():
-    batches = BatchIterator(tiny_set(9), dataset_info("cifar10"), 4, torch.device("cpu"),
-                            shuffle=True)
+    batches = BatchIterator(
+        tiny_set(9), dataset_info("cifar10"), 4, torch.device("cpu"), shuffle=True
+    )
     assert [len(y) for _, y in batches.epoch(1)] == [4, 4]
 
 
@@ -165,13 +179,19 @@ def test_augmentation_is_a_padded_crop_with_optional_flip():
     data = tiny_set(6)
     batches = BatchIterator(data, info, 6, torch.device("cpu"), augment=True, seed=1)
     images, labels = next(batches.epoch(1))
-    raw = images * torch.tensor(info.std).view(1, 3, 1, 1) + torch.tensor(info.mean).view(1, 3, 1, 1)
+    raw = images * torch.tensor(info.std).view(1, 3, 1, 1) + torch.tensor(info.mean).view(
+        1, 3, 1, 1
+    )
     padded = torch.nn.functional.pad(data.images.float() / 255, (4, 4, 4, 4))
     for augmented, label in zip(raw, labels):
         source = padded[label]
-        candidates = [crop.flip(2) if flip else crop
-                      for top in range(9) for left in range(9) for flip in (False, True)
-                      for crop in [source[:, top:top + 32, left:left + 32]]]
+        candidates = [
+            crop.flip(2) if flip else crop
+            for top in range(9)
+            for left in range(9)
+            for flip in (False, True)
+            for crop in [source[:, top : top + 32, left : left + 32]]
+        ]
         assert any(torch.allclose(augmented, c, atol=1e-5) for c in candidates)
     plain = BatchIterator(data, info, 6, torch.device("cpu"), augment=True, seed=1)
     assert torch.equal(next(plain.epoch(1))[0], images)  # same seed and epoch, same crops

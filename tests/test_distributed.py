@@ -22,8 +22,12 @@ from safetensors.torch import load_file
 
 from adtn_studio.__main__ import main
 from engine.config import RunConfig
-from engine.distributed import (DistributedSetupError, ShardedBatches, detect_environment,
-                                shard_bounds)
+from engine.distributed import (
+    DistributedSetupError,
+    ShardedBatches,
+    detect_environment,
+    shard_bounds,
+)
 from engine.event_log import EventLogReader, write_control
 from engine.trainer import train
 
@@ -49,9 +53,14 @@ def write_config(path: Path, epochs: int = 2, limit_train: int = 251) -> Path:
 
 def adtn(*args, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "adtn_studio", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "adtn_studio", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -72,12 +81,23 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
 def test_environment_of_torchrun_and_slurm_is_detected():
     assert detect_environment({}) is None
     assert detect_environment({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None
-    env = detect_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
-                              "MASTER_ADDR": "node0", "MASTER_PORT": "1234"})
+    env = detect_environment(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "node0",
+            "MASTER_PORT": "1234",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.launcher) == (3, 4, 1, "torchrun")
     assert (env.master_addr, env.master_port) == ("node0", 1234)
-    slurm = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
-             "MASTER_ADDR": "gpu01"}
+    slurm = {
+        "SLURM_PROCID": "5",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_LOCALID": "1",
+        "MASTER_ADDR": "gpu01",
+    }
     env = detect_environment(slurm)
     assert (env.rank, env.world_size, env.local_rank, env.launcher) == (5, 8, 1, "slurm")
     assert env.master_port == 29500
@@ -139,8 +159,19 @@ def test_zero_processes_and_a_busy_port_give_one_line_errors(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = main(["train", "--config", str(config), "--out", str(tmp_path / "run"),
-                     "--nproc-per-node", "2", "--master-port", str(port)])
+        code = main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "run"),
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                str(port),
+            ]
+        )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1, err
     assert f"port {port}" in err and "in use" in err and "--master-port" in err
@@ -150,8 +181,7 @@ def test_zero_processes_and_a_busy_port_give_one_line_errors(tmp_path, capsys):
 def test_launch_options_without_nproc_are_refused(tmp_path, capsys):
     config = write_config(tmp_path / "run.toml")
     assert main(["train", "--config", str(config), "--nnodes", "2"]) == 1
-    assert capsys.readouterr().err.strip() == \
-        "adtn-studio train: --nnodes needs --nproc-per-node"
+    assert capsys.readouterr().err.strip() == "adtn-studio train: --nnodes needs --nproc-per-node"
 
 
 # -- two processes with gloo --------------------------------------------------------------
@@ -160,8 +190,17 @@ def test_launch_options_without_nproc_are_refused(tmp_path, capsys):
 def test_two_processes_match_one_process_and_only_rank_0_writes(tmp_path, one_torch_thread):
     config_path = write_config(tmp_path / "run.toml", epochs=2, limit_train=251)
     two = tmp_path / "two"
-    job = adtn("train", "--config", config_path, "--out", two, "--nproc-per-node", 2,
-               "--event-log", two / "events.jsonl")
+    job = adtn(
+        "train",
+        "--config",
+        config_path,
+        "--out",
+        two,
+        "--nproc-per-node",
+        2,
+        "--event-log",
+        two / "events.jsonl",
+    )
     out, err = job.communicate(timeout=240)
     assert job.returncode == 0, err
 
@@ -184,8 +223,11 @@ def test_two_processes_match_one_process_and_only_rank_0_writes(tmp_path, one_to
     assert names.count("EpochEnded") == 2
     assert "global batch size 64" in events[0].parallel and "2 processes" in events[0].parallel
     assert "global batch size 64" in err
-    leftovers = [p.name for p in two.rglob("*") if p.name.endswith(".tmp")
-                 or p.name == "run.lock" or p.name.startswith(".")]
+    leftovers = [
+        p.name
+        for p in two.rglob("*")
+        if p.name.endswith(".tmp") or p.name == "run.lock" or p.name.startswith(".")
+    ]
     assert leftovers == []
 
 
@@ -212,8 +254,20 @@ def kill_rank_1_after_an_epoch(tmp_path: Path, *launch_options) -> tuple:
     run = tmp_path / "run"
     control = tmp_path / "control.json"
     write_control(control, "run")
-    job = adtn("train", "--config", config_path, "--out", run, "--nproc-per-node", 2,
-               "--event-log", run / "events.jsonl", "--control-file", control, *launch_options)
+    job = adtn(
+        "train",
+        "--config",
+        config_path,
+        "--out",
+        run,
+        "--nproc-per-node",
+        2,
+        "--event-log",
+        run / "events.jsonl",
+        "--control-file",
+        control,
+        *launch_options,
+    )
     reader = EventLogReader(run / "events.jsonl")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # once an epoch is saved, hold every rank
@@ -237,13 +291,16 @@ def kill_rank_1_after_an_epoch(tmp_path: Path, *launch_options) -> tuple:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
-def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_path,
-                                                                          one_torch_thread):
+def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(
+    tmp_path, one_torch_thread
+):
     code, out, err, victim, run, config_path = kill_rank_1_after_an_epoch(tmp_path)
     last_line = err.strip().splitlines()[-1]
     assert code == 1
-    assert last_line.startswith(f"adtn-studio train: worker rank 1 (pid {victim}) was killed "
-                                f"by SIGKILL; every process of the job was stopped")
+    assert last_line.startswith(
+        f"adtn-studio train: worker rank 1 (pid {victim}) was killed "
+        f"by SIGKILL; every process of the job was stopped"
+    )
     assert f"adtn-studio resume {run}" in last_line
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["epochs_completed"] >= 1
@@ -260,14 +317,16 @@ def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(tmp_pa
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
 def test_with_max_restarts_torchrun_restarts_the_workers_and_the_run_continues(
-        tmp_path, one_torch_thread):
+    tmp_path, one_torch_thread
+):
     code, out, err, victim, run, config_path = kill_rank_1_after_an_epoch(
-        tmp_path, "--max-restarts", 1)
+        tmp_path, "--max-restarts", 1
+    )
     assert code == 0, err[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 40
     assert "resuming at epoch" in err  # the restarted rank 0 continued the saved run
-    whole = train(RunConfig.load(config_path), tmp_path / "whole")
+    train(RunConfig.load(config_path), tmp_path / "whole")
     assert_same_weights(run, tmp_path / "whole", atol=2e-5)
 
 
@@ -294,11 +353,14 @@ def test_cuda_all_is_a_valid_device_that_needs_cuda(tmp_path, capsys):
     config.save(tmp_path / "all.toml")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert main(["train", "--config", str(tmp_path / "all.toml"),
-                 "--out", str(tmp_path / "run")]) == 1
+    assert (
+        main(["train", "--config", str(tmp_path / "all.toml"), "--out", str(tmp_path / "run")]) == 1
+    )
     err = capsys.readouterr().err.strip()
-    assert err == ("adtn-studio train: device 'cuda:all' was asked for, but CUDA is not "
-                   "available on this machine; use device 'auto' or 'cpu'")
+    assert err == (
+        "adtn-studio train: device 'cuda:all' was asked for, but CUDA is not "
+        "available on this machine; use device 'auto' or 'cpu'"
+    )
 
 
 def test_tasks_started_the_way_srun_starts_them_train_together(tmp_path, one_torch_thread):
@@ -308,13 +370,35 @@ def test_tasks_started_the_way_srun_starts_them_train_together(tmp_path, one_tor
         port = probe.getsockname()[1]
     tasks = []
     for rank in range(2):  # what srun sets for each task of a two-task job step
-        env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2",
-                   SLURM_LOCALID=str(rank), SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-        tasks.append(subprocess.Popen(
-            [sys.executable, "-m", "adtn_studio", "train", "--config", str(config_path),
-             "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env))
+        env = dict(
+            os.environ,
+            SLURM_PROCID=str(rank),
+            SLURM_STEP_NUM_TASKS="2",
+            SLURM_LOCALID=str(rank),
+            SLURM_NTASKS="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            TQDM_DISABLE="1",
+        )
+        tasks.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "adtn_studio",
+                    "train",
+                    "--config",
+                    str(config_path),
+                    "--out",
+                    str(tmp_path / "run"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     outputs = [task.communicate(timeout=240) for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs
     assert "run folder:" in outputs[0][0] and outputs[1] == ("", "")  # rank 1 says nothing

@@ -37,10 +37,12 @@ def independent_count(encoding: str, shape, options) -> int:
 @pytest.mark.parametrize("rank", [1, 2, 5])
 def test_counts_agree_with_the_definitions_and_the_built_generator(encoding, rank):
     shape = (84, 120)
-    spec = {"tt": LayerSpec("x", encoding="tt", ranks=[rank, rank], factors=[[3, 4, 7], [4, 5, 6]]),
-            "lowrank": LayerSpec("x", encoding="lowrank", rank=rank),
-            "tucker": LayerSpec("x", encoding="tucker", ranks=[rank, rank + 1]),
-            "cp": LayerSpec("x", encoding="cp", rank=rank)}[encoding]
+    spec = {
+        "tt": LayerSpec("x", encoding="tt", ranks=[rank, rank], factors=[[3, 4, 7], [4, 5, 6]]),
+        "lowrank": LayerSpec("x", encoding="lowrank", rank=rank),
+        "tucker": LayerSpec("x", encoding="tucker", ranks=[rank, rank + 1]),
+        "cp": LayerSpec("x", encoding="cp", rank=rank),
+    }[encoding]
     plan = plan_layer(spec, shape)
     assert plan.params == independent_count(encoding, shape, plan.options)
     generator = build_generator(plan, 0.05)
@@ -84,8 +86,11 @@ def test_match_adtn_budget_is_the_adtn_count_and_is_the_default_for_other_encodi
     shape = (256, 784)
     adtn = plan_layer(LayerSpec("x", depth=3), shape).params
     for encoding in ("tt", "tucker", "cp"):
-        default = plan_layer(LayerSpec("x", depth=3, encoding=encoding), shape) \
-            if encoding == "tt" else None
+        default = (
+            plan_layer(LayerSpec("x", depth=3, encoding=encoding), shape)
+            if encoding == "tt"
+            else None
+        )
         matched = plan_layer(LayerSpec("x", depth=3, encoding="tt", budget="match:adtn"), shape)
         assert matched.budget == adtn
         if default is not None:
@@ -138,8 +143,9 @@ def test_fit_recovers_weights_the_encoding_can_represent():
     target = build_generator(lowrank, 0.1)().detach()
     fresh = build_generator(lowrank, 0.1)
     assert fresh.fit(target) < 1e-5
-    tt = plan_layer(LayerSpec("x", encoding="tt", ranks=[2, 3], factors=[[2, 2, 4], [2, 3, 4]]),
-                    (16, 24))
+    tt = plan_layer(
+        LayerSpec("x", encoding="tt", ranks=[2, 3], factors=[[2, 2, 4], [2, 3, 4]]), (16, 24)
+    )
     target = build_generator(tt, 0.1)().detach()
     assert build_generator(tt, 0.1).fit(target) < 1e-4
 
@@ -178,8 +184,9 @@ def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="factors"):
         plan_compression(model, [LayerSpec("0", encoding="tt", factors=[[4, 8], [4, 4, 4]])])
     with pytest.raises(ValueError, match="multiply to"):
-        plan_compression(model, [LayerSpec("0", encoding="tt", factors=[[4, 4], [4, 4]],
-                                           ranks=[2])])
+        plan_compression(
+            model, [LayerSpec("0", encoding="tt", factors=[[4, 4], [4, 4]], ranks=[2])]
+        )
     with pytest.raises(ValueError, match="either rank or budget"):
         plan_compression(model, [LayerSpec("0", encoding="lowrank", rank=2, budget=100)])
     with pytest.raises(ValueError, match="budget"):
@@ -219,8 +226,10 @@ def test_adtn_index_order_and_gate_init_are_validated_stored_and_planned():
     assert "interleaved" in plan.detail
     # the order of the indices and the start values change no count, nor a matched budget
     assert plan.params == plan_layer(LayerSpec("fc", depth=3), shape).params
-    matched = plan_layer(LayerSpec("fc", depth=3, encoding="tt", budget="match:adtn",
-                                   index_order="interleaved"), shape)
+    matched = plan_layer(
+        LayerSpec("fc", depth=3, encoding="tt", budget="match:adtn", index_order="interleaved"),
+        shape,
+    )
     assert matched.budget == plan.params
 
 
@@ -228,8 +237,9 @@ def test_adtn_index_order_and_gate_init_reach_the_built_network():
     from engine.adtn import ADTN
 
     shape = (12, 20)
-    plan = plan_layer(LayerSpec("fc", depth=2, index_order="interleaved", gate_init="normal"),
-                      shape)
+    plan = plan_layer(
+        LayerSpec("fc", depth=2, index_order="interleaved", gate_init="normal"), shape
+    )
     built = build_generator(plan, 0.1)
     assert built.index_order == "interleaved" and built.init == "normal"
     # the same gates give the interleaved network's weight, not the rows-first one's

@@ -22,20 +22,36 @@ from engine.trainer import train
 
 # where each error was importable before the hierarchy moved to engine.errors
 OLD_HOMES = {
-    "ConfigError": "engine.config", "LayerSpecError": "engine.layer_spec",
-    "EncodingError": "engine.encodings", "DataUnavailableError": "engine.data",
-    "ImageFolderError": "engine.imagefolder", "DeviceError": "engine.trainer",
-    "NonFiniteLoss": "engine.trainer", "CheckpointError": "engine.checkpoint",
-    "RunFolderBusy": "engine.runs", "DistributedSetupError": "engine.distributed",
-    "ModelSourceError": "engine.model_sources", "WeightsError": "engine.weights",
-    "CompareError": "engine.compare", "BundleError": "engine.export",
+    "ConfigError": "engine.config",
+    "LayerSpecError": "engine.layer_spec",
+    "EncodingError": "engine.encodings",
+    "DataUnavailableError": "engine.data",
+    "ImageFolderError": "engine.imagefolder",
+    "DeviceError": "engine.trainer",
+    "NonFiniteLoss": "engine.trainer",
+    "CheckpointError": "engine.checkpoint",
+    "RunFolderBusy": "engine.runs",
+    "DistributedSetupError": "engine.distributed",
+    "ModelSourceError": "engine.model_sources",
+    "WeightsError": "engine.weights",
+    "CompareError": "engine.compare",
+    "BundleError": "engine.export",
     "ExportError": "engine.export",
 }
 
 
 def quick_config(**changes) -> RunConfig:
-    base = RunConfig(model="fc2", dataset="synthetic", epochs=1, batch_size=32, lr=1e-3,
-                     limit_train=128, limit_test=64, device="cpu", seed=3)
+    base = RunConfig(
+        model="fc2",
+        dataset="synthetic",
+        epochs=1,
+        batch_size=32,
+        lr=1e-3,
+        limit_train=128,
+        limit_test=64,
+        device="cpu",
+        seed=3,
+    )
     config = dataclasses.replace(base, **changes)
     return dataclasses.replace(config, dense_baseline=not config.layers)
 
@@ -49,12 +65,24 @@ def test_every_engine_error_is_one_class_under_engine_error(name):
 
 
 def test_errors_keep_the_builtin_base_callers_catch():
-    for cls in (errors.ConfigError, errors.LayerSpecError, errors.EncodingError,
-                errors.ModelSourceError, errors.WeightsError, errors.BundleError,
-                errors.ImageFolderError):
+    for cls in (
+        errors.ConfigError,
+        errors.LayerSpecError,
+        errors.EncodingError,
+        errors.ModelSourceError,
+        errors.WeightsError,
+        errors.BundleError,
+        errors.ImageFolderError,
+    ):
         assert issubclass(cls, ValueError), cls
-    for cls in (errors.DataUnavailableError, errors.CheckpointError, errors.DeviceError,
-                errors.DistributedSetupError, errors.NonFiniteLoss, errors.ExportError):
+    for cls in (
+        errors.DataUnavailableError,
+        errors.CheckpointError,
+        errors.DeviceError,
+        errors.DistributedSetupError,
+        errors.NonFiniteLoss,
+        errors.ExportError,
+    ):
         assert issubclass(cls, RuntimeError), cls
     assert errors.failure_kind(errors.DataUnavailableError("x")) is FailureKind.DATA_UNAVAILABLE
     assert errors.failure_kind(ValueError("x")) is FailureKind.ERROR
@@ -64,6 +92,7 @@ def test_errors_keep_the_builtin_base_callers_catch():
 @pytest.fixture
 def engine_bug(monkeypatch):
     """A plain ValueError from inside the training loop: what an engine bug looks like."""
+
     def broken(*args, **kwargs):
         raise ValueError("an index went astray")
 
@@ -83,8 +112,9 @@ def test_an_engine_bug_is_an_error_with_its_traceback_in_the_run_log(tmp_path, e
 
 
 def test_a_layer_that_cannot_be_encoded_is_a_config_failure_in_one_line(tmp_path):
-    summary = train(quick_config(layers=[LayerSpec("fc1", encoding="lowrank", budget=1)]),
-                    tmp_path / "run")
+    summary = train(
+        quick_config(layers=[LayerSpec("fc1", encoding="lowrank", budget=1)]), tmp_path / "run"
+    )
     assert summary.error_kind == "config"
     assert "fc1" in summary.error_message and "\n" not in summary.error_message
     assert "Unexpected" not in summary.error_message
@@ -158,15 +188,16 @@ def broken_presets(monkeypatch):
     monkeypatch.setattr(presets, "format_presets_table", broken)
 
 
-def test_an_unexpected_cli_error_is_one_line_naming_the_log(broken_presets, capsys,
-                                                            tmp_path, monkeypatch):
+def test_an_unexpected_cli_error_is_one_line_naming_the_log(
+    broken_presets, capsys, tmp_path, monkeypatch
+):
     monkeypatch.setenv("ADTN_LOG_DIR", str(tmp_path / "logs"))
     assert run_cli(["presets"]) == 1
     err = capsys.readouterr().err
     log_file = tmp_path / "logs" / APP_LOG_NAME
     assert err.strip().splitlines() == [
-        f"adtn-studio presets: unexpected error: KeyError: 'no such column' "
-        f"(details in {log_file})"]
+        f"adtn-studio presets: unexpected error: KeyError: 'no such column' (details in {log_file})"
+    ]
     assert "Traceback" in log_file.read_text(encoding="utf-8")
 
 

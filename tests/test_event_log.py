@@ -9,24 +9,76 @@ import time
 
 import pytest
 
-from engine.event_log import (EventLogReader, EventLogWriter, FileRunControl, event_from_json,
-                              event_to_json, read_control, write_control)
-from engine.events import (BatchEnded, CheckpointSaved, DownloadProgress, EpochEnded,
-                           RunEnded, RunFailed, RunStarted)
+from engine.event_log import (
+    EventLogReader,
+    EventLogWriter,
+    FileRunControl,
+    event_from_json,
+    event_to_json,
+    read_control,
+    write_control,
+)
+from engine.events import (
+    BatchEnded,
+    CheckpointSaved,
+    DownloadProgress,
+    EpochEnded,
+    RunEnded,
+    RunFailed,
+    RunStarted,
+)
 
 EVENTS = [
-    RunStarted(run_dir="/runs/a", device="cpu ×2 (gloo)", epochs=3, batches_per_epoch=4,
-               compression={"layers": [{"name": "fc1", "weight_shape": [256, 784]}]},
-               params_total=10, dense_params_total=100, start_epoch=2, train_examples=8,
-               test_examples=4, config={"name": "a", "lr": 0.001}, parallel="data-parallel"),
-    BatchEnded(epoch=1, batch=2, batches=4, loss=float("nan"), acc=0.5,
-               examples_per_second=12.5, elapsed=1.0, eta_seconds=math.inf, phase="train",
-               grad_norms={"fc1": 0.25}),
-    BatchEnded(epoch=1, batch=3, batches=4, loss=2.0, acc=0.5, examples_per_second=1.0,
-               elapsed=1.0, eta_seconds=2.0, phase="pretrain"),
-    EpochEnded(epoch=1, train_loss=2.0, train_acc=0.1, test_loss=2.1, test_acc=0.2,
-               best_test_acc=0.2, params_total=10, dense_params_total=100, seconds=0.5,
-               lr=0.001, phase="train"),
+    RunStarted(
+        run_dir="/runs/a",
+        device="cpu ×2 (gloo)",
+        epochs=3,
+        batches_per_epoch=4,
+        compression={"layers": [{"name": "fc1", "weight_shape": [256, 784]}]},
+        params_total=10,
+        dense_params_total=100,
+        start_epoch=2,
+        train_examples=8,
+        test_examples=4,
+        config={"name": "a", "lr": 0.001},
+        parallel="data-parallel",
+    ),
+    BatchEnded(
+        epoch=1,
+        batch=2,
+        batches=4,
+        loss=float("nan"),
+        acc=0.5,
+        examples_per_second=12.5,
+        elapsed=1.0,
+        eta_seconds=math.inf,
+        phase="train",
+        grad_norms={"fc1": 0.25},
+    ),
+    BatchEnded(
+        epoch=1,
+        batch=3,
+        batches=4,
+        loss=2.0,
+        acc=0.5,
+        examples_per_second=1.0,
+        elapsed=1.0,
+        eta_seconds=2.0,
+        phase="pretrain",
+    ),
+    EpochEnded(
+        epoch=1,
+        train_loss=2.0,
+        train_acc=0.1,
+        test_loss=2.1,
+        test_acc=0.2,
+        best_test_acc=0.2,
+        params_total=10,
+        dense_params_total=100,
+        seconds=0.5,
+        lr=0.001,
+        phase="train",
+    ),
     CheckpointSaved(epoch=1, path="/runs/a/checkpoints/last.safetensors", kind="last"),
     DownloadProgress(dataset="mnist", done_bytes=5, total_bytes=0),
     RunFailed(kind="nan_loss", message="The loss became nan."),
@@ -56,8 +108,12 @@ def test_every_event_reads_back_as_the_same_dataclass():
         assert same(event_from_json(line), event), type(event).__name__
     with pytest.raises(TypeError):
         event_to_json(object())
-    for bad in ('{"event": "Nope", "data": {}}', '[1]', '{"event": "RunFailed"}',
-                '{"event": "RunFailed", "data": {"kind": "x"}}'):
+    for bad in (
+        '{"event": "Nope", "data": {}}',
+        "[1]",
+        '{"event": "RunFailed"}',
+        '{"event": "RunFailed", "data": {"kind": "x"}}',
+    ):
         with pytest.raises(ValueError):
             event_from_json(bad)
 

@@ -15,8 +15,11 @@ from engine.events import HOOKS, EventDispatcher, TrainerCallback
 
 def _event_classes() -> list[type]:
     """Every event dataclass that ``engine.events`` defines."""
-    return [cls for _, cls in inspect.getmembers(events, inspect.isclass)
-            if cls.__module__ == events.__name__ and dataclasses.is_dataclass(cls)]
+    return [
+        cls
+        for _, cls in inspect.getmembers(events, inspect.isclass)
+        if cls.__module__ == events.__name__ and dataclasses.is_dataclass(cls)
+    ]
 
 
 def test_every_event_class_has_a_hook_and_every_hook_is_defined():
@@ -26,8 +29,10 @@ def test_every_event_class_has_a_hook_and_every_hook_is_defined():
     assert defined == set(HOOKS.values())
     for cls, hook in HOOKS.items():
         # a hook's annotation names its event class
-        assert inspect.signature(getattr(TrainerCallback, hook)).parameters["event"] \
-            .annotation in (cls, cls.__name__)
+        assert inspect.signature(getattr(TrainerCallback, hook)).parameters["event"].annotation in (
+            cls,
+            cls.__name__,
+        )
 
 
 def test_the_event_log_names_the_same_classes():
@@ -67,6 +72,7 @@ def test_an_unregistered_event_type_is_refused():
 
 def test_a_misspelt_hook_is_refused_when_the_class_is_made():
     with pytest.raises(TypeError, match="on_epoch_ended is not a trainer hook"):
+
         class Typo(TrainerCallback):
             def on_epoch_ended(self, event):
                 pass

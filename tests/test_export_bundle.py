@@ -15,7 +15,6 @@ from engine.config import RunConfig
 from engine.export import BundleError, load_bundle, read_bundle_metadata, save_bundle
 from engine.models import build_model
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LAYERS = [
@@ -121,11 +120,13 @@ def test_materialised_weights_match_the_bundle_model(trained):
         torch.testing.assert_close(dense.fc1.weight, model.fc1.adtn())
 
 
-MIXED = [LayerSpec("conv1", encoding="tucker", ranks=[3, 1, 3, 2]),
-         LayerSpec("conv2", encoding="cp", rank=5),
-         LayerSpec("fc1", encoding="tt", ranks=[3, 2], factors=[[4, 5, 6], [4, 10, 10]]),
-         LayerSpec("fc2", encoding="lowrank", rank=4),
-         LayerSpec("fc3", depth=2)]
+MIXED = [
+    LayerSpec("conv1", encoding="tucker", ranks=[3, 1, 3, 2]),
+    LayerSpec("conv2", encoding="cp", rank=5),
+    LayerSpec("fc1", encoding="tt", ranks=[3, 2], factors=[[4, 5, 6], [4, 10, 10]]),
+    LayerSpec("fc2", encoding="lowrank", rank=4),
+    LayerSpec("fc3", depth=2),
+]
 
 
 def test_every_encoding_round_trips_with_its_own_factors(tmp_path):
@@ -140,8 +141,13 @@ def test_every_encoding_round_trips_with_its_own_factors(tmp_path):
     save_bundle(model.eval(), path, config)
     document = read_bundle_metadata(path)
     by_name = {layer.name: layer for layer in document.layers}
-    assert {n: l.encoding for n, l in by_name.items()} == {
-        "conv1": "tucker", "conv2": "cp", "fc1": "tt", "fc2": "lowrank", "fc3": "adtn"}
+    assert {name: layer.encoding for name, layer in by_name.items()} == {
+        "conv1": "tucker",
+        "conv2": "cp",
+        "fc1": "tt",
+        "fc2": "lowrank",
+        "fc3": "adtn",
+    }
     assert {f.role for f in by_name["fc1"].factors} == {"core_0", "core_1", "core_2"}
     assert by_name["fc2"].options == {"rank": 4}
     stored = load_file(str(path))

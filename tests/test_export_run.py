@@ -16,7 +16,6 @@ from engine.export import run_export as run_export_module
 from engine.export.run_export import plain_model, verification_batch
 from engine.trainer import train
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -24,8 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def run_dir(tmp_path_factory):
     """A finished one-epoch LeNet-5 run with two ADTN layers on the generated data set."""
     config = RunConfig(
-        model="lenet5", dataset="synthetic", epochs=1, batch_size=32, limit_train=64,
-        limit_test=32, device="cpu", amp=False,
+        model="lenet5",
+        dataset="synthetic",
+        epochs=1,
+        batch_size=32,
+        limit_train=64,
+        limit_test=32,
+        device="cpu",
+        amp=False,
         layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=1, activation="leaky_relu")],
     )
     folder = tmp_path_factory.mktemp("runs") / "lenet"
@@ -44,8 +49,11 @@ def test_export_all_formats_verified_and_readable_elsewhere(run_dir, tmp_path):
 
     assert report.passed and report.max_abs_diff <= 1e-4
     assert [f.format for f in report.files] == ["adtn", "dense", "onnx"]
-    assert files_in(tmp_path) == ["lenet5-synthetic.adtn", "lenet5-synthetic.onnx",
-                                  "lenet5-synthetic.safetensors"]
+    assert files_in(tmp_path) == [
+        "lenet5-synthetic.adtn",
+        "lenet5-synthetic.onnx",
+        "lenet5-synthetic.safetensors",
+    ]
     sizes = {f.format: f.size_bytes for f in report.files}
     assert sizes["adtn"] < report.dense_float32_bytes / 5 < sizes["dense"]
     assert report.compression_ratio > 5 and report.dense_latency_ms > 0
@@ -139,22 +147,29 @@ def test_verification_batch_comes_from_the_data_set_or_is_random(tmp_path, share
 
 def disk_full_writer(error):
     """A bundle writer that gets part of the file out, then meets a full disk."""
+
     def write(model, path, config=None):
         with open(path, "wb") as handle:
             handle.write(b"\0" * 100)
         raise error
+
     return write
 
 
-@pytest.mark.parametrize("error", [
-    OSError(28, "No space left on device"),
-    # what safetensors' writer raises instead of an OSError
-    __import__("safetensors").SafetensorError(
-        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-        'message: "No space left on device" })'),
-])
-def test_full_disk_during_export_is_one_line_and_leaves_nothing(run_dir, tmp_path, monkeypatch,
-                                                                 capsys, error):
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        # what safetensors' writer raises instead of an OSError
+        __import__("safetensors").SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+            'message: "No space left on device" })'
+        ),
+    ],
+)
+def test_full_disk_during_export_is_one_line_and_leaves_nothing(
+    run_dir, tmp_path, monkeypatch, capsys, error
+):
     monkeypatch.setattr(run_export_module, "write_bundle", disk_full_writer(error))
     out = tmp_path / "out"
     with pytest.raises(ExportError, match="the disk is full") as caught:
@@ -201,13 +216,23 @@ def test_every_encoding_exports_to_all_formats_verified(tmp_path):
     from engine.models import build_model
 
     torch.manual_seed(0)
-    config = RunConfig(model="lenet5", dataset="synthetic", name="mixed", layers=[
-        Spec("conv1", encoding="tucker", ranks=[3, 1, 3, 2]), Spec("conv2", encoding="cp", rank=5),
-        Spec("fc1", encoding="tt", budget=900), Spec("fc2", encoding="lowrank", rank=4),
-        Spec("fc3", depth=2)])
+    config = RunConfig(
+        model="lenet5",
+        dataset="synthetic",
+        name="mixed",
+        layers=[
+            Spec("conv1", encoding="tucker", ranks=[3, 1, 3, 2]),
+            Spec("conv2", encoding="cp", rank=5),
+            Spec("fc1", encoding="tt", budget=900),
+            Spec("fc2", encoding="lowrank", rank=4),
+            Spec("fc3", depth=2),
+        ],
+    )
     model = build_model("lenet5", 1, 28, 10)
     compress(model, config.layers)
     report = export_model(model, config, tmp_path / "out")
     assert {written.format for written in report.files} == {"adtn", "dense", "onnx"}
     assert report.passed and report.max_abs_diff <= report.tolerance
-    assert (tmp_path / "out" / "mixed.adtn").is_file() and (tmp_path / "out" / "mixed.onnx").is_file()
+    assert (tmp_path / "out" / "mixed.adtn").is_file() and (
+        tmp_path / "out" / "mixed.onnx"
+    ).is_file()

@@ -12,14 +12,13 @@ from adtn_studio.extras import GUI_INSTALL, missing_gui_packages
 
 # Run a snippet in a fresh interpreter in which PySide6 and pyqtgraph cannot be imported,
 # as on a server that installed `pip install adtn-studio` only.
-BLOCK_GUI = ("import sys\n"
-             "for name in ('PySide6', 'pyqtgraph'):\n"
-             "    sys.modules[name] = None\n")
+BLOCK_GUI = "import sys\nfor name in ('PySide6', 'pyqtgraph'):\n    sys.modules[name] = None\n"
 
 
 def run_without_gui(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_GUI + code], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_GUI + code], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_full_installation_has_the_gui_packages():
@@ -27,8 +26,9 @@ def test_full_installation_has_the_gui_packages():
 
 
 def test_blocked_packages_are_reported_missing():
-    result = run_without_gui("from adtn_studio.extras import missing_gui_packages\n"
-                             "print(missing_gui_packages())")
+    result = run_without_gui(
+        "from adtn_studio.extras import missing_gui_packages\nprint(missing_gui_packages())"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['PySide6', 'pyqtgraph']"
 
@@ -47,7 +47,8 @@ def test_command_line_works_without_gui_extra():
         "code = run_cli(['layers', '--model', 'fc2'])\n"
         "assert not any(m.startswith(('PySide6', 'pyqtgraph', 'ui')) for m in sys.modules"
         " if sys.modules[m] is not None), 'the CLI imported the window'\n"
-        "sys.exit(code)")
+        "sys.exit(code)"
+    )
     assert result.returncode == 0, result.stderr
     assert "fc1" in result.stdout
 
@@ -57,7 +58,8 @@ def test_selftest_versions_step_without_gui_extra():
         "from pathlib import Path\n"
         "from adtn_studio.selftest import Context, check_versions, selftest_steps\n"
         "print(check_versions(Context(work=Path('.'), device='cpu')))\n"
-        "print([name for name, _, _ in selftest_steps(window=True)])")
+        "print([name for name, _, _ in selftest_steps(window=True)])"
+    )
     assert result.returncode == 0, result.stderr
     versions, steps = result.stdout.strip().splitlines()
     assert "no Qt" in versions and "PyTorch" in versions

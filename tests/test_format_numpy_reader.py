@@ -17,8 +17,17 @@ import sys
 import numpy as np
 import pytest
 
-DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
-          "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 def read_safetensors(path):
@@ -87,8 +96,9 @@ def rebuild_factor_weight(layer, tensors):
     if kind == "tucker":
         result = factor["core"]
         for mode in range(len(shape)):
-            result = np.moveaxis(np.tensordot(factor[f"factor_{mode}"], result, axes=([1], [mode])),
-                                 0, mode)
+            result = np.moveaxis(
+                np.tensordot(factor[f"factor_{mode}"], result, axes=([1], [mode])), 0, mode
+            )
         return result
     if kind == "cp":
         result = np.zeros(shape)
@@ -139,8 +149,10 @@ def compare(bundle_path, expected_path):
         tolerance = 1e-5 * float(np.max(np.abs(want))) + 1e-7
         error = float(np.max(np.abs(got - want))) if want.size else 0.0
         assert error <= tolerance, (key, error, tolerance)
-    foreign = sorted({m.split(".")[0] for m in sys.modules} & {"engine", "adtn_studio", "ui",
-                                                                "torch", "safetensors"})
+    foreign = sorted(
+        {m.split(".")[0] for m in sys.modules}
+        & {"engine", "adtn_studio", "ui", "torch", "safetensors"}
+    )
     assert not foreign, f"the reader imported {foreign}"
     print(f"rebuilt {len(state)} tensors")
 
@@ -156,13 +168,19 @@ def test_numpy_reader_rebuilds_every_weight(tmp_path, layers):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # cores are shared on test machines; avoid oversubscription stalls
     try:
-        write_bundle_and_expected(tmp_path / "model.adtn", tmp_path / "expected.npz",
-                                  layers=MIXED_ENCODINGS if layers == "mixed" else None)
+        write_bundle_and_expected(
+            tmp_path / "model.adtn",
+            tmp_path / "expected.npz",
+            layers=MIXED_ENCODINGS if layers == "mixed" else None,
+        )
     finally:
         torch.set_num_threads(threads)
-    result = subprocess.run([sys.executable, __file__, str(tmp_path / "model.adtn"),
-                             str(tmp_path / "expected.npz")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, __file__, str(tmp_path / "model.adtn"), str(tmp_path / "expected.npz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "rebuilt 10 tensors" in result.stdout
 
@@ -203,11 +221,13 @@ def test_numpy_reader_checks_the_checksum_and_reads_gates_by_name(tmp_path):
 
 
 # Every encoding in one LeNet-5 (layer name, encoding, options).
-MIXED_ENCODINGS = (("conv1", "tucker", {"ranks": [3, 1, 3, 2]}),
-                   ("conv2", "cp", {"rank": 5}),
-                   ("fc1", "tt", {"ranks": [3, 2], "factors": [[4, 5, 6], [4, 10, 10]]}),
-                   ("fc2", "lowrank", {"rank": 4}),
-                   ("fc3", "adtn", {"depth": 2}))
+MIXED_ENCODINGS = (
+    ("conv1", "tucker", {"ranks": [3, 1, 3, 2]}),
+    ("conv2", "cp", {"rank": 5}),
+    ("fc1", "tt", {"ranks": [3, 2], "factors": [[4, 5, 6], [4, 10, 10]]}),
+    ("fc2", "lowrank", {"rank": 4}),
+    ("fc3", "adtn", {"depth": 2}),
+)
 
 
 def write_bundle_and_expected(bundle, expected, layers=None):
@@ -221,13 +241,16 @@ def write_bundle_and_expected(bundle, expected, layers=None):
     from engine.models import build_model
 
     torch.manual_seed(1)
-    specs = [
-        LayerSpec("conv2", depth=3, activation="relu", layout="brick"),
-        LayerSpec("fc1", depth=2, activation="leaky_relu", layout="stair"),
-        LayerSpec("fc2", depth=2, activation="none", layout="brick", index_order="interleaved"),
-        LayerSpec("fc3", depth=1),
-    ] if layers is None else [LayerSpec(name, encoding=encoding, **options)
-                              for name, encoding, options in layers]
+    specs = (
+        [
+            LayerSpec("conv2", depth=3, activation="relu", layout="brick"),
+            LayerSpec("fc1", depth=2, activation="leaky_relu", layout="stair"),
+            LayerSpec("fc2", depth=2, activation="none", layout="brick", index_order="interleaved"),
+            LayerSpec("fc3", depth=1),
+        ]
+        if layers is None
+        else [LayerSpec(name, encoding=encoding, **options) for name, encoding, options in layers]
+    )
     config = RunConfig(model="lenet5", dataset="synthetic", layers=specs)
     model = build_model("lenet5", 1, 28, 10)
     compress(model, config.layers)

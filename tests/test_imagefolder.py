@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _imagefolders import class_image, write_folder
+
 from engine import imagefolder
 from engine.config import ConfigError, RunConfig
-from engine.data import (BatchIterator, DataUnavailableError, FileImageSet, ImageSet,
-                         config_dataset_info, dataset_info, load_data)
+from engine.data import (
+    BatchIterator,
+    DataUnavailableError,
+    FileImageSet,
+    ImageSet,
+    config_dataset_info,
+    dataset_info,
+    load_data,
+)
 from engine.imagefolder import ImageFolderError
 
 
@@ -77,15 +84,18 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted(tmp_path):
     assert "skipped 2 unreadable" in note and "zz_garbage.png" in note
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("empty", "is empty"),
-    ("one class", "only one class"),
-    ("empty class", "holds no images"),
-    ("unknown test class", "not in"),
-    ("no test folder", "no test/ or val/"),
-    ("loose images", "no class folders"),
-    ("missing", "not found"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("empty", "is empty"),
+        ("one class", "only one class"),
+        ("empty class", "holds no images"),
+        ("unknown test class", "not in"),
+        ("no test folder", "no test/ or val/"),
+        ("loose images", "no class folders"),
+        ("missing", "not found"),
+    ],
+)
 def test_bad_folders_get_one_message_naming_the_folder(tmp_path, damage, message):
     root = tmp_path / "data"
     if damage == "empty":
@@ -156,28 +166,33 @@ def test_given_mean_and_std_are_used(tmp_path):
     assert loaded.info.mean == (0.5,) and loaded.info.std == (0.2,)
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"dataset": "imagefolder:"}, "needs the folder"),
-    ({"dataset": "imagenet"}, "imagefolder:DIR"),
-    ({"test_fraction": 1.5}, "test_fraction"),
-    ({"image_size": -1}, "image_size"),
-    ({"data_mean": [0.5], "data_std": []}, "data_mean and data_std"),
-    ({"data_mean": [0.5, 0.5], "data_std": [0.2, 0.2]}, "one value"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"dataset": "imagefolder:"}, "needs the folder"),
+        ({"dataset": "imagenet"}, "imagefolder:DIR"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+        ({"image_size": -1}, "image_size"),
+        ({"data_mean": [0.5], "data_std": []}, "data_mean and data_std"),
+        ({"data_mean": [0.5, 0.5], "data_std": [0.2, 0.2]}, "one value"),
+    ],
+)
 def test_config_refuses_bad_data_fields(changes, field):
     with pytest.raises(ConfigError, match=field):
         RunConfig(dense_baseline=True, **changes).validate()
 
 
-@pytest.mark.parametrize("name, title, folder", [
-    ("fashionmnist", "Fashion-MNIST", "FashionMNIST/raw"),
-    ("kmnist", "Kuzushiji-MNIST", "KMNIST/raw"),
-])
+@pytest.mark.parametrize(
+    "name, title, folder",
+    [
+        ("fashionmnist", "Fashion-MNIST", "FashionMNIST/raw"),
+        ("kmnist", "Kuzushiji-MNIST", "KMNIST/raw"),
+    ],
+)
 def test_fashion_and_kuzushiji_mnist_say_how_to_provide_them(tmp_path, name, title, folder):
     info = dataset_info(name)
     assert (info.in_channels, info.image_size, info.num_classes) == (1, 28, 10)
-    config = RunConfig(dataset=name, data_root=str(tmp_path), download=False,
-                       dense_baseline=True)
+    config = RunConfig(dataset=name, data_root=str(tmp_path), download=False, dense_baseline=True)
     with pytest.raises(DataUnavailableError) as caught:
         load_data(config)
     text = str(caught.value)
@@ -190,8 +205,14 @@ def test_fashion_mnist_reads_idx_files_like_mnist(tmp_path, shared_datasets):
 
     target = tmp_path / "FashionMNIST" / "raw"
     shutil.copytree(shared_datasets / "MNIST" / "raw", target)
-    config = RunConfig(dataset="fashionmnist", data_root=str(tmp_path), download=False,
-                       limit_train=50, limit_test=20, dense_baseline=True)
+    config = RunConfig(
+        dataset="fashionmnist",
+        data_root=str(tmp_path),
+        download=False,
+        limit_train=50,
+        limit_test=20,
+        dense_baseline=True,
+    )
     loaded = load_data(config)
     assert loaded.train.images.shape == (50, 1, 28, 28) and len(loaded.test) == 20
 

@@ -24,14 +24,21 @@ def outside_the_tests(code: str) -> str:
     """Run ``code`` with the environment as it was before the fixture changed it."""
     env = {k: v for k, v in os.environ.items() if k not in ISOLATED_DIRS}
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def test_data_runs_settings_and_logs_live_in_a_fresh_temporary_folder(isolated_user_dirs,
-                                                                      tmp_path_factory):
+def test_data_runs_settings_and_logs_live_in_a_fresh_temporary_folder(
+    isolated_user_dirs, tmp_path_factory
+):
     import json
 
     import platformdirs
@@ -42,8 +49,13 @@ def test_data_runs_settings_and_logs_live_in_a_fresh_temporary_folder(isolated_u
     home = isolated_user_dirs
     assert home.is_relative_to(tmp_path_factory.getbasetemp())
     assert not any(home.iterdir())  # empty: nothing left by another test
-    ours = [default_data_root(), default_runs_root(), Path(app_settings().fileName()),
-            platformdirs.user_config_path(APP_NAME), platformdirs.user_log_path(APP_NAME)]
+    ours = [
+        default_data_root(),
+        default_runs_root(),
+        Path(app_settings().fileName()),
+        platformdirs.user_config_path(APP_NAME),
+        platformdirs.user_log_path(APP_NAME),
+    ]
     assert all(path.is_relative_to(home) for path in ours), ours
     assert os.environ["ADTN_DATA_DIR"] == str(home / ISOLATED_DIRS["ADTN_DATA_DIR"])
     assert default_data_root() != SHARED_DATASETS

@@ -19,8 +19,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-TORCH_FREE_CORE = ("engine.config", "engine.events", "engine.paths", "engine.choices",
-                   "engine.layer_spec", "engine.limits", "engine.metrics", "engine.model_spec")
+TORCH_FREE_CORE = (
+    "engine.config",
+    "engine.events",
+    "engine.paths",
+    "engine.choices",
+    "engine.layer_spec",
+    "engine.limits",
+    "engine.metrics",
+    "engine.model_spec",
+)
 
 # Run in the child: import ``modules`` one after another and report, for each forbidden
 # top-level package that appeared, which import first brought it in. A meta-path finder sees
@@ -71,8 +79,12 @@ def probe(modules: list[str], forbidden: tuple[str, ...]) -> dict:
     what."""
     result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(modules), json.dumps(forbidden)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-        env={**_environment(), "QT_QPA_PLATFORM": "offscreen"})
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_environment(), "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert result.returncode == 0, f"importing {modules} failed:\n{result.stderr[-3000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -113,8 +125,12 @@ def engine_modules() -> list[str]:
 def test_the_walk_finds_the_engine_modules():
     names = engine_modules()
     # a walk that found nothing would let the check below pass for nothing
-    for expected in ("engine.trainer", "engine.encodings.tt", "engine.export.bundle",
-                     *TORCH_FREE_CORE):
+    for expected in (
+        "engine.trainer",
+        "engine.encodings.tt",
+        "engine.export.bundle",
+        *TORCH_FREE_CORE,
+    ):
         assert expected in names
 
 

@@ -23,7 +23,9 @@ def test_linear_to_dense_gives_the_same_outputs():
     "kwargs",
     [
         dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
-        dict(in_channels=4, out_channels=6, kernel_size=(5, 3), stride=2, padding=(2, 1), dilation=1),
+        dict(
+            in_channels=4, out_channels=6, kernel_size=(5, 3), stride=2, padding=(2, 1), dilation=1
+        ),
         dict(in_channels=4, out_channels=8, kernel_size=3, dilation=2, groups=2, bias=False),
         dict(in_channels=3, out_channels=5, kernel_size=3, padding="same", padding_mode="reflect"),
         dict(in_channels=2, out_channels=4, kernel_size=1),
@@ -115,7 +117,10 @@ def test_parameter_count_of_layers():
 
 def test_double_precision_and_device_arguments():
     layer = ADTNLinear(10, 6, dtype=torch.float64)
-    assert layer.adtn.scale.dtype == torch.float64 and layer(torch.randn(2, 10, dtype=torch.float64)).dtype == torch.float64
+    assert (
+        layer.adtn.scale.dtype == torch.float64
+        and layer(torch.randn(2, 10, dtype=torch.float64)).dtype == torch.float64
+    )
 
 
 def test_bad_dense_layers_are_refused():

@@ -14,15 +14,19 @@ from engine.limits import MAX_DEPTH, MAX_EPOCHS
 QUICK = 'model = "fc2"\ndataset = "synthetic"\n\n[[layers]]\nname = "fc2"\n'
 
 
-@pytest.mark.parametrize("content, message", [
-    (QUICK.encode("utf-16"), r"is UTF-16 text; save it as UTF-8"),
-    (QUICK.encode("utf-16-le"), r"holds NUL bytes: it is binary"),
-    (bytes(range(256)) * 4, r"is not UTF-8 text \(byte \d+ cannot be decoded\)"),
-    (b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
-     r"nests arrays or tables too deeply"),
-    (b"x = " + b"{a = " * 100_000 + b"1" + b"}" * 100_000 + b"\n",
-     r"nests arrays or tables too deeply"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (QUICK.encode("utf-16"), r"is UTF-16 text; save it as UTF-8"),
+        (QUICK.encode("utf-16-le"), r"holds NUL bytes: it is binary"),
+        (bytes(range(256)) * 4, r"is not UTF-8 text \(byte \d+ cannot be decoded\)"),
+        (b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", r"nests arrays or tables too deeply"),
+        (
+            b"x = " + b"{a = " * 100_000 + b"1" + b"}" * 100_000 + b"\n",
+            r"nests arrays or tables too deeply",
+        ),
+    ],
+)
 def test_hostile_config_file_is_one_config_error_line(tmp_path, capsys, content, message):
     path = tmp_path / "run.toml"
     path.write_bytes(content)
@@ -58,12 +62,16 @@ def base(**changes) -> RunConfig:
 def test_depth_beyond_what_export_accepts_is_refused_when_read(tmp_path):
     base(layers=[LayerSpec("fc1", depth=MAX_DEPTH)]).validate()
     # (the layer check of engine.layer_spec or the limit check of validate(), same limit)
-    with pytest.raises(ConfigError, match=rf"layers\[0\]\.depth (is 65; an ADTN has at most "
-                       rf"{MAX_DEPTH} layers|must be at most {MAX_DEPTH})"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"layers\[0\]\.depth (is 65; an ADTN has at most "
+        rf"{MAX_DEPTH} layers|must be at most {MAX_DEPTH})",
+    ):
         base(layers=[LayerSpec("fc1", depth=MAX_DEPTH + 1)]).validate()
     path = tmp_path / "deep.toml"
-    path.write_text('model = "fc2"\ndataset = "synthetic"\n[[layers]]\nname = "fc1"\n'
-                    'depth = 1000\n')
+    path.write_text(
+        'model = "fc2"\ndataset = "synthetic"\n[[layers]]\nname = "fc1"\ndepth = 1000\n'
+    )
     with pytest.raises(ConfigError, match=r"deep.toml: layers\[0\]\.(depth is 1000|depth must)"):
         RunConfig.load(path)
 
@@ -74,11 +82,19 @@ def test_export_and_config_share_the_depth_limit():
     assert metadata.MAX_DEPTH == MAX_DEPTH
 
 
-@pytest.mark.parametrize("field, value", [
-    ("epochs", 10**12), ("pretrain_epochs", MAX_EPOCHS + 1), ("batch_size", 10**9),
-    ("fit_steps", 10**12), ("seed", 2**70), ("limit_train", 2**60), ("workers", 10**6),
-    ("lr_milestones", [10**12]),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", 10**12),
+        ("pretrain_epochs", MAX_EPOCHS + 1),
+        ("batch_size", 10**9),
+        ("fit_steps", 10**12),
+        ("seed", 2**70),
+        ("limit_train", 2**60),
+        ("workers", 10**6),
+        ("lr_milestones", [10**12]),
+    ],
+)
 def test_absurd_sizes_are_refused_when_read(field, value):
     config = base(**{field: value})
     if field == "lr_milestones":
@@ -88,8 +104,11 @@ def test_absurd_sizes_are_refused_when_read(field, value):
 
 
 def test_no_layers_to_encode_needs_dense_baseline():
-    with pytest.raises(ConfigError, match=r"layers is empty: list at least one layer to encode"
-                       r".*or set dense_baseline = true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"layers is empty: list at least one layer to encode"
+        r".*or set dense_baseline = true",
+    ):
         base(layers=[]).validate()
     base(layers=[], dense_baseline=True).validate()
 
@@ -104,8 +123,15 @@ def test_every_preset_still_loads():
 def test_dense_baseline_run_says_so(tmp_path, caplog):
     from engine.trainer import train
 
-    config = base(layers=[], dense_baseline=True, epochs=1, batch_size=32, limit_train=64,
-                  limit_test=32, device="cpu")
+    config = base(
+        layers=[],
+        dense_baseline=True,
+        epochs=1,
+        batch_size=32,
+        limit_train=64,
+        limit_test=32,
+        device="cpu",
+    )
     with caplog.at_level(logging.INFO, logger="engine.trainer"):
         summary = train(config, tmp_path / "run")
     assert summary.status == "finished"

@@ -9,16 +9,21 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from _imagefolders import write_folder
 from safetensors.torch import save_file
 from torch import nn
 
-from _imagefolders import write_folder
 from engine.compression import compress, describe_layers
 from engine.config import ConfigError, LayerSpec, RunConfig
 from engine.export import load_bundle, save_bundle
 from engine.export.errors import BundleError
-from engine.layer_select import (conv_layer_names, group_by_parent, linear_layer_names,
-                                 select_layer_names, select_layers)
+from engine.layer_select import (
+    conv_layer_names,
+    group_by_parent,
+    linear_layer_names,
+    select_layer_names,
+    select_layers,
+)
 from engine.model_sources import ModelSourceError, build_torchvision, record_model_source
 from engine.models import build_model, build_model_noted
 from engine.runs import build_config_model_noted
@@ -72,16 +77,19 @@ def test_a_factory_in_a_file_gets_the_data_shape_as_keywords(model_file):
     assert any("takes no in_channels" in note for note in built.notes)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("{file}:missing", "has no 'missing'"),
-    ("{file}:broken", "broken\\(num_classes=10\\) failed: RuntimeError: no GPU here"),
-    ("{file}:not_a_model", "returned int, not a torch.nn.Module"),
-    ("{dir}/nowhere.py:make", "model file not found"),
-    ("{dir}/bad_syntax.py:make", "line 1: syntax error"),
-    ("{dir}/bad_import.py:make", "failed to import: ModuleNotFoundError"),
-    ("nonsense", "torchvision:NAME"),
-    ("torchvision:resnet1800", "torchvision has no classifier 'resnet1800'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{file}:missing", "has no 'missing'"),
+        ("{file}:broken", "broken\\(num_classes=10\\) failed: RuntimeError: no GPU here"),
+        ("{file}:not_a_model", "returned int, not a torch.nn.Module"),
+        ("{dir}/nowhere.py:make", "model file not found"),
+        ("{dir}/bad_syntax.py:make", "line 1: syntax error"),
+        ("{dir}/bad_import.py:make", "failed to import: ModuleNotFoundError"),
+        ("nonsense", "torchvision:NAME"),
+        ("torchvision:resnet1800", "torchvision has no classifier 'resnet1800'"),
+    ],
+)
 def test_bad_model_sources_get_one_clear_message(tmp_path, model_file, spec, message):
     (tmp_path / "bad_syntax.py").write_text("def make(:\n")
     (tmp_path / "bad_import.py").write_text("import no_such_module_here\n")
@@ -141,10 +149,14 @@ def test_resnet18_layers_compress_train_export_and_reload(resnet, tmp_path):
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
-    folder = write_folder(tmp_path / "images", classes=10, per_class=1, test_per_class=1,
-                          size=(32, 32))
-    config = RunConfig(model="torchvision:resnet18", dataset=f"imagefolder:{folder}",
-                       layers=[LayerSpec(name=n) for n in chosen])
+    folder = write_folder(
+        tmp_path / "images", classes=10, per_class=1, test_per_class=1, size=(32, 32)
+    )
+    config = RunConfig(
+        model="torchvision:resnet18",
+        dataset=f"imagefolder:{folder}",
+        layers=[LayerSpec(name=n) for n in chosen],
+    )
     path = tmp_path / "resnet.adtn"
     model.eval()
     expected = model(images)
@@ -160,7 +172,10 @@ def test_resnet18_layers_compress_train_export_and_reload(resnet, tmp_path):
 def test_layer_patterns_select_in_model_order_and_name_what_matches_nothing(resnet):
     infos = describe_layers(resnet.model)
     assert select_layer_names(infos, ["layer4.*.conv2", "fc"]) == [
-        "layer4.0.conv2", "layer4.1.conv2", "fc"]
+        "layer4.0.conv2",
+        "layer4.1.conv2",
+        "fc",
+    ]
     with pytest.raises(ValueError, match="'layr4.\\*' matches no layer .*layer1.0.conv1"):
         select_layer_names(infos, "fc,layr4.*")
     with pytest.raises(ValueError, match="no layer pattern"):
@@ -177,8 +192,9 @@ def test_layer_patterns_select_in_model_order_and_name_what_matches_nothing(resn
 
 def test_weights_from_safetensors_and_torch_files_load_exactly(tmp_path, model_file):
     source = build_model(f"{model_file}:make", 1, 8, 3)
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
-              str(tmp_path / "w.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
     torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "w.pt")
     for name in ("w.safetensors", "w.pt"):
         target = build_model(f"{model_file}:make", 1, 8, 3)
@@ -248,9 +264,14 @@ def test_torchvision_weights_in_the_cache_are_used(tmp_path, monkeypatch):
 def test_config_model_with_weights_loads_them_before_compressing(tmp_path, model_file):
     source = build_model(f"{model_file}:make", 1, 28, 10)
     torch.save(source.state_dict(), tmp_path / "w.pt")
-    config = RunConfig(model=f"{model_file}:make", dataset="synthetic",
-                       weights=str(tmp_path / "w.pt"), init="pretrained", pretrain_epochs=0,
-                       layers=[LayerSpec(name="3")])
+    config = RunConfig(
+        model=f"{model_file}:make",
+        dataset="synthetic",
+        weights=str(tmp_path / "w.pt"),
+        init="pretrained",
+        pretrain_epochs=0,
+        layers=[LayerSpec(name="3")],
+    )
     config.validate()  # pretrained with no dense epochs is fine when weights are given
     model, report, notes = build_config_model_noted(config, compressed=False, load_weights=True)
     assert torch.equal(model[3].weight, source[3].weight)
@@ -285,14 +306,14 @@ def test_a_bundle_never_imports_the_file_it_names(tmp_path, model_file):
     """A bundle whose metadata names a Python file is refused without running that file."""
     trap = tmp_path / "trap.py"
     marker = tmp_path / "ran"
-    trap.write_text(f"open({str(marker)!r}, 'w').close()\n"
-                    + textwrap.dedent(TINY_MODEL))
+    trap.write_text(f"open({str(marker)!r}, 'w').close()\n" + textwrap.dedent(TINY_MODEL))
     spec = f"{trap}:make"
     model = build_model(f"{model_file}:make", 1, 28, 10)  # the same network, another file
     compress(model, ["3"])
     path = tmp_path / "trap.adtn"
-    save_bundle(model, path, RunConfig(model=spec, dataset="synthetic",
-                                       layers=[LayerSpec(name="3")]))
+    save_bundle(
+        model, path, RunConfig(model=spec, dataset="synthetic", layers=[LayerSpec(name="3")])
+    )
     assert not marker.exists()
     with pytest.raises(BundleError, match="model_factory"):
         load_bundle(path)

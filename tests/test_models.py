@@ -10,8 +10,12 @@ from engine.data import DATASET_NAMES, dataset_info
 from engine.models import MODEL_NAMES, build_model, describe_model
 
 # data sets that share a shape (mnist, synthetic) are one case
-INPUT_SHAPES = sorted({(dataset_info(n).in_channels, dataset_info(n).image_size,
-                        dataset_info(n).num_classes) for n in DATASET_NAMES})
+INPUT_SHAPES = sorted(
+    {
+        (dataset_info(n).in_channels, dataset_info(n).image_size, dataset_info(n).num_classes)
+        for n in DATASET_NAMES
+    }
+)
 
 
 @pytest.mark.parametrize("shape", INPUT_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -28,12 +32,14 @@ def test_forward_gives_one_logit_per_class(name, shape):
 
 def test_layer_names_are_stable_and_readable():
     lenet = build_model("lenet5", 1, 28, 10)
-    linear = {n: tuple(m.weight.shape) for n, m in lenet.named_modules()
-              if isinstance(m, nn.Linear)}
+    linear = {
+        n: tuple(m.weight.shape) for n, m in lenet.named_modules() if isinstance(m, nn.Linear)
+    }
     assert linear == {"fc1": (120, 400), "fc2": (84, 120), "fc3": (10, 84)}
     assert isinstance(lenet.conv1, nn.Conv2d) and lenet.conv1.padding == (2, 2)
-    assert {n for n, m in build_model("fc2", 1, 28, 10).named_modules()
-            if isinstance(m, nn.Linear)} == {"fc1", "fc2"}
+    assert {
+        n for n, m in build_model("fc2", 1, 28, 10).named_modules() if isinstance(m, nn.Linear)
+    } == {"fc1", "fc2"}
 
 
 def test_vgg16_classifier_has_the_papers_4096_wide_layers():
@@ -46,12 +52,15 @@ def test_vgg16_classifier_has_the_papers_4096_wide_layers():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in vgg.modules()) == 13
 
 
-@pytest.mark.parametrize("args, field", [
-    (("resnet", 1, 28, 10), "model"),
-    (("fc2", 0, 28, 10), "in_channels"),
-    (("lenet5", 1, 8, 10), "image_size"),
-    (("fc2", 1, 28, 1), "num_classes"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (("resnet", 1, 28, 10), "model"),
+        (("fc2", 0, 28, 10), "in_channels"),
+        (("lenet5", 1, 8, 10), "image_size"),
+        (("fc2", 1, 28, 1), "num_classes"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(args, field):
     with pytest.raises(ValueError, match=field):
         build_model(*args)

@@ -29,7 +29,6 @@ ISS = PACKAGING / "windows" / "adtn_studio.iss"
 WORKFLOW = ROOT / ".github" / "workflows" / "installers.yml"
 
 
-
 def load_script(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
@@ -116,8 +115,7 @@ def test_install_script_installs_and_uninstalls(tmp_path):
     home = tmp_path / "home"
     env = {"HOME": str(home), "PATH": os.environ["PATH"]}
 
-    subprocess.run(["sh", str(package / "install.sh")], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(["sh", str(package / "install.sh")], env=env, check=True, capture_output=True)
     app_dir = home / ".local" / "opt" / EXE_NAME
     link = home / ".local" / "bin" / EXE_NAME
     desktop = home / ".local" / "share" / "applications" / DESKTOP.name
@@ -126,8 +124,9 @@ def test_install_script_installs_and_uninstalls(tmp_path):
     assert f"Exec={app_dir / EXE_NAME}\n" in desktop.read_text()
     assert icon.is_file()
 
-    subprocess.run(["sh", str(app_dir / "install.sh"), "--uninstall"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["sh", str(app_dir / "install.sh"), "--uninstall"], env=env, check=True, capture_output=True
+    )
     for path in (app_dir, link, desktop, icon):
         assert not path.exists() and not path.is_symlink(), f"{path} was left behind"
 
@@ -135,14 +134,15 @@ def test_install_script_installs_and_uninstalls(tmp_path):
 def test_inno_setup_script_matches_the_build():
     text = ISS.read_text()
     defined = set(re.findall(r"^#ifndef (\w+)$", text, re.MULTILINE))
-    passed = set(re.findall(r'/D(\w+)=', BUILD.read_text()))
+    passed = set(re.findall(r"/D(\w+)=", BUILD.read_text()))
     assert passed == defined, "build.py and the .iss disagree on the /D values"
     assert f'#define AppExe "{EXE_NAME}.exe"' in text
     assert f'#define AppName "{APP_NAME}"' in text
     assert 'Source: "{#SourceDir}\\*"' in text
     assert "SetupIconFile={#IconFile}" in text
-    assert re.search(r'^Name: "\{group\}\\\{#AppName\}"; Filename: "\{app\}\\\{#AppExe\}"',
-                     text, re.MULTILINE), "no Start-menu entry"
+    assert re.search(
+        r'^Name: "\{group\}\\\{#AppName\}"; Filename: "\{app\}\\\{#AppExe\}"', text, re.MULTILINE
+    ), "no Start-menu entry"
     assert '"{uninstallexe}"' in text
 
 
@@ -156,22 +156,26 @@ def test_workflow_builds_selftests_and_uploads_on_three_systems():
     assert f'"dist/{APP_NAME}.app/Contents/MacOS/{EXE_NAME}" selftest' in text
     assert f"dist/{EXE_NAME}/{EXE_NAME} selftest" in text
     build = BUILD.read_text()
-    for pattern, produced in (("dist/*.tar.gz", '.tar.gz"'), ("dist/*.dmg", '.dmg"'),
-                              ("dist/*-setup.exe", '-setup"')):
+    for pattern, produced in (
+        ("dist/*.tar.gz", '.tar.gz"'),
+        ("dist/*.dmg", '.dmg"'),
+        ("dist/*-setup.exe", '-setup"'),
+    ):
         assert pattern in text and produced in build, f"{pattern} is not what build.py makes"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ADTN_TEST_BUILD") != "1",
-                    reason="the real build takes many minutes; set ADTN_TEST_BUILD=1")
+@pytest.mark.skipif(
+    os.environ.get("ADTN_TEST_BUILD") != "1",
+    reason="the real build takes many minutes; set ADTN_TEST_BUILD=1",
+)
 def test_build_and_frozen_selftest():
     subprocess.run([sys.executable, str(BUILD)], cwd=ROOT, check=True)
     frozen = {
         "win32": ROOT / "dist" / EXE_NAME / f"{EXE_NAME}-cli.exe",
         "darwin": ROOT / "dist" / f"{APP_NAME}.app" / "Contents" / "MacOS" / EXE_NAME,
     }.get(sys.platform, ROOT / "dist" / EXE_NAME / EXE_NAME)
-    result = subprocess.run([str(frozen), "selftest"], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([str(frozen), "selftest"], capture_output=True, text=True, timeout=600)
     print(result.stdout, result.stderr)
     assert result.returncode == 0
     assert "selftest: PASS" in result.stdout

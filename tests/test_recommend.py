@@ -9,17 +9,31 @@ from engine.recommend import SHIPPED, recommendations
 
 def comparison(folder, model, dataset, scores):
     folder.mkdir(parents=True)
-    variants = [{"key": f"{e}-d{d}", "encoding": e, "depth": d, "fits": True,
-                 "mean_best_test_acc": acc} for (e, d), acc in scores.items()]
-    variants.append({"key": "lowrank-d3", "encoding": "lowrank", "depth": 3, "fits": False,
-                     "mean_best_test_acc": float("nan")})
-    (folder / "compare.json").write_text(json.dumps(
-        {"model": model, "dataset": dataset, "variants": variants}))
+    variants = [
+        {"key": f"{e}-d{d}", "encoding": e, "depth": d, "fits": True, "mean_best_test_acc": acc}
+        for (e, d), acc in scores.items()
+    ]
+    variants.append(
+        {
+            "key": "lowrank-d3",
+            "encoding": "lowrank",
+            "depth": 3,
+            "fits": False,
+            "mean_best_test_acc": float("nan"),
+        }
+    )
+    (folder / "compare.json").write_text(
+        json.dumps({"model": model, "dataset": dataset, "variants": variants})
+    )
 
 
 def test_the_users_own_comparison_wins_over_the_shipped_one(tmp_path):
-    comparison(tmp_path / "compare-a", "lenet5", "mnist",
-               {("adtn", 3): 0.99, ("tt", 3): 0.985, ("dense", 0): 0.995})
+    comparison(
+        tmp_path / "compare-a",
+        "lenet5",
+        "mnist",
+        {("adtn", 3): 0.99, ("tt", 3): 0.985, ("dense", 0): 0.995},
+    )
     found = recommendations("lenet5", "mnist", tmp_path)
     assert [(r.depth, r.best, r.others) for r in found] == [(3, "adtn", (("tt", 0.985),))]
     assert "compare-a" in found[0].sentence() and "99.00 %" in found[0].sentence()
@@ -28,8 +42,9 @@ def test_the_users_own_comparison_wins_over_the_shipped_one(tmp_path):
 def test_without_a_comparison_the_shipped_measurement_is_used(tmp_path):
     found = recommendations("fc2", "mnist", tmp_path / "none")
     assert {r.depth for r in found} == {3, 4}
-    assert all(r.source == SHIPPED and r.best_accuracy >= max(a for _, a in r.others)
-               for r in found)
+    assert all(
+        r.source == SHIPPED and r.best_accuracy >= max(a for _, a in r.others) for r in found
+    )
     assert recommendations("alexnet", "cifar10", tmp_path) == []
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import csv
 import dataclasses
 import json
+import os
 import struct
 
 import pytest
@@ -14,14 +14,21 @@ import torch
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import LayerSpec, RunConfig
 from engine.data import BatchIterator, dataset_info, load_datasets
-from engine.runs import (METRIC_COLUMNS, RunPaths, build_run_model, list_runs, new_run_dir)
+from engine.runs import METRIC_COLUMNS, RunPaths, build_run_model, list_runs, new_run_dir
 from engine.trainer import train
 
 
 def quick_config(**changes) -> RunConfig:
-    base = RunConfig(model="fc2", dataset="synthetic", epochs=2, batch_size=32,
-                     limit_train=128, limit_test=64, device="cpu",
-                     layers=[LayerSpec("fc2", depth=1)])
+    base = RunConfig(
+        model="fc2",
+        dataset="synthetic",
+        epochs=2,
+        batch_size=32,
+        limit_train=128,
+        limit_test=64,
+        device="cpu",
+        layers=[LayerSpec("fc2", depth=1)],
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -40,8 +47,17 @@ def test_run_folder_holds_config_metrics_summary_and_checkpoints(finished_run):
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == METRIC_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
     summary = json.loads(paths.summary.read_text())
-    for key in ("test_acc", "best_test_acc", "params_total", "dense_params_total",
-                "compression_ratio", "compression", "status", "device", "seconds_total"):
+    for key in (
+        "test_acc",
+        "best_test_acc",
+        "params_total",
+        "dense_params_total",
+        "compression_ratio",
+        "compression",
+        "status",
+        "device",
+        "seconds_total",
+    ):
         assert key in summary
     assert summary["status"] == "finished" and 0 <= summary["best_test_acc"] <= 1
     assert summary["compression"]["layers"][0]["name"] == "fc2"
@@ -56,7 +72,7 @@ def test_run_folder_holds_config_metrics_summary_and_checkpoints(finished_run):
 def test_checkpoints_are_safetensors_not_pickles(finished_run):
     raw = RunPaths(finished_run).checkpoint("last").read_bytes()
     header_size = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + header_size])  # a safetensors header is plain JSON
+    header = json.loads(raw[8 : 8 + header_size])  # a safetensors header is plain JSON
     assert "__metadata__" in header and not raw.startswith(b"\x80")
 
 
@@ -88,8 +104,9 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model(torch.randn(5, 4)).sum().backward()
     optimizer.step()
-    save_checkpoint(tmp_path / "c.safetensors", model, {"epoch": 3, "history": [{"a": 1}]},
-                    optimizer)
+    save_checkpoint(
+        tmp_path / "c.safetensors", model, {"epoch": 3, "history": [{"a": 1}]}, optimizer
+    )
     loaded = load_checkpoint(tmp_path / "c.safetensors")
     assert loaded.state["epoch"] == 3 and loaded.state["history"] == [{"a": 1}]
     twin = torch.nn.Linear(4, 3)
@@ -121,8 +138,12 @@ def test_list_runs_reports_each_run_newest_first(tmp_path, finished_run):
     records = list_runs(root)
     assert {r.name for r in records} == {"one", "broken"}
     one = next(r for r in records if r.name == "one")
-    assert (one.model, one.dataset, one.status, one.epochs_completed) == \
-        ("fc2", "synthetic", "finished", 1)
+    assert (one.model, one.dataset, one.status, one.epochs_completed) == (
+        "fc2",
+        "synthetic",
+        "finished",
+        1,
+    )
     assert one.params_total < one.dense_params_total and 0 <= one.best_test_acc <= 1
     assert next(r for r in records if r.name == "broken").status == "unreadable"
     assert list_runs(tmp_path / "nowhere") == []
@@ -144,18 +165,21 @@ def test_a_killed_run_is_listed_as_interrupted(tmp_path):
     from engine.config import RunConfig
     from engine.runs import list_runs
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for name, pid in (("killed", int(gone.stdout)), ("alive", os.getpid())):
         folder = tmp_path / name
         folder.mkdir()
-        RunConfig(name=name, dataset="synthetic", dense_baseline=True).save(
-            folder / "config.toml")
-        (folder / "summary.json").write_text(json.dumps(
-            {"status": "running", "host": socket.gethostname(), "pid": pid, "epochs": 3}))
+        RunConfig(name=name, dataset="synthetic", dense_baseline=True).save(folder / "config.toml")
+        (folder / "summary.json").write_text(
+            json.dumps({"status": "running", "host": socket.gethostname(), "pid": pid, "epochs": 3})
+        )
     statuses = {record.name: record.status for record in list_runs(tmp_path)}
     assert statuses == {"killed": "interrupted", "alive": "running"}
-
 
 
 # -- resuming: a lost checkpoint, two processes, a killed run -------------------------------
@@ -176,8 +200,11 @@ def test_resume_without_last_checkpoint_is_refused_not_restarted(finished_run, t
 
     summary = train(quick_config(name="finished"), run_dir, resume=True)
     assert summary.status == "failed" and summary.error_kind == "checkpoint"
-    assert "last.safetensors is missing although the run has 2 finished epochs" in \
-        summary.error_message and "--restart" in summary.error_message
+    assert (
+        "last.safetensors is missing although the run has 2 finished epochs"
+        in summary.error_message
+        and "--restart" in summary.error_message
+    )
     assert "\n" not in summary.error_message
     assert paths.metrics.read_text() == metrics_before  # nothing of the run was overwritten
     assert json.loads(paths.summary.read_text())["status"] == "finished"
@@ -225,14 +252,14 @@ def test_second_process_on_a_run_folder_is_refused_naming_the_holder(finished_ru
     from engine.runs import RunFolderBusy, RunLock, read_lock
 
     run_dir = copy_run(finished_run, tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run_dir)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         summary = train(quick_config(name="finished", epochs=3), run_dir, resume=True)
         assert summary.status == "failed"
-        assert (f"is in use: process {holder.pid} on {socket.gethostname()}"
-                in summary.error_message)
+        assert f"is in use: process {holder.pid} on {socket.gethostname()}" in summary.error_message
         assert json.loads(RunPaths(run_dir).summary.read_text())["status"] == "finished"
         with pytest.raises(RunFolderBusy):
             RunLock(run_dir).acquire()
@@ -257,8 +284,12 @@ def test_list_and_resume_agree_on_a_running_and_a_killed_run(finished_run, tmp_p
 
     # a process that stays alive (until killed below) for the "running" run's lock
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     try:
         for name, pid in (("killed", int(gone.stdout)), ("alive", alive.pid)):
             run_dir = copy_run(finished_run, tmp_path / name)

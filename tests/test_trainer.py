@@ -13,16 +13,32 @@ import torch
 import engine.trainer as trainer_module
 from engine.checkpoint import read_checkpoint_state
 from engine.config import LayerSpec, RunConfig
-from engine.events import (BatchEnded, EpochEnded, RunControl, RunEnded, RunFailed,
-                           RunStarted, TrainerCallback)
+from engine.events import (
+    BatchEnded,
+    EpochEnded,
+    RunControl,
+    RunEnded,
+    RunFailed,
+    RunStarted,
+    TrainerCallback,
+)
 from engine.runs import RunPaths
 from engine.trainer import train
 
 
 def quick_config(**changes) -> RunConfig:
     """FC-2 on 256 generated examples: a few batches per epoch, well under a second."""
-    base = RunConfig(model="fc2", dataset="synthetic", epochs=2, batch_size=32, lr=1e-3,
-                     limit_train=256, limit_test=64, device="cpu", seed=5)
+    base = RunConfig(
+        model="fc2",
+        dataset="synthetic",
+        epochs=2,
+        batch_size=32,
+        lr=1e-3,
+        limit_train=256,
+        limit_test=64,
+        device="cpu",
+        seed=5,
+    )
     config = dataclasses.replace(base, **changes)
     # No layers to encode: say that a dense model is meant (the engine refuses it otherwise).
     return dataclasses.replace(config, dense_baseline=not config.layers)
@@ -32,12 +48,23 @@ class Recorder(TrainerCallback):
     def __init__(self) -> None:
         self.events: list = []
 
-    def on_run_start(self, event): self.events.append(event)  # noqa: E704
-    def on_batch_end(self, event): self.events.append(event)  # noqa: E704
-    def on_epoch_end(self, event): self.events.append(event)  # noqa: E704
-    def on_checkpoint(self, event): self.events.append(event)  # noqa: E704
-    def on_run_end(self, event): self.events.append(event)  # noqa: E704
-    def on_error(self, event): self.events.append(event)  # noqa: E704
+    def on_run_start(self, event):
+        self.events.append(event)  # noqa: E704
+
+    def on_batch_end(self, event):
+        self.events.append(event)  # noqa: E704
+
+    def on_epoch_end(self, event):
+        self.events.append(event)  # noqa: E704
+
+    def on_checkpoint(self, event):
+        self.events.append(event)  # noqa: E704
+
+    def on_run_end(self, event):
+        self.events.append(event)  # noqa: E704
+
+    def on_error(self, event):
+        self.events.append(event)  # noqa: E704
 
     def of(self, kind):
         return [e for e in self.events if isinstance(e, kind)]
@@ -73,13 +100,15 @@ def test_adtn_layer_trains_and_reports_gradient_norms(tmp_path):
     assert set(norms) == {"fc2"} and norms["fc2"] > 0
     assert recorder.of(EpochEnded)[0].params_total == started.params_total
     assert summary.compression_ratio == pytest.approx(
-        started.dense_params_total / started.params_total)
+        started.dense_params_total / started.params_total
+    )
 
 
 def test_pretrained_init_trains_dense_then_fits_then_fine_tunes(tmp_path):
     recorder = Recorder()
-    config = quick_config(layers=[LayerSpec("fc2")], init="pretrained", pretrain_epochs=1,
-                          epochs=1, fit_steps=20)
+    config = quick_config(
+        layers=[LayerSpec("fc2")], init="pretrained", pretrain_epochs=1, epochs=1, fit_steps=20
+    )
     summary = train(config, tmp_path / "run", callbacks=[recorder])
     assert summary.status == "finished"
     epochs = recorder.of(EpochEnded)
@@ -112,8 +141,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, laye
                 self.control.request_stop()
 
     control = RunControl()
-    stopped = train(config, tmp_path / "split", callbacks=[StopInEpoch2(control)],
-                    control=control)
+    stopped = train(config, tmp_path / "split", callbacks=[StopInEpoch2(control)], control=control)
     assert stopped.status == "stopped" and stopped.epochs_completed == 1
     resumed_events = Recorder()
     resumed = train(config, tmp_path / "split", callbacks=[resumed_events], resume=True)
@@ -141,8 +169,9 @@ def test_stop_from_another_thread_ends_between_batches(tmp_path):
     thread = threading.Thread(target=stopper)
     thread.start()
     recorder = Recorder()
-    summary = train(quick_config(epochs=50), tmp_path / "run", callbacks=[Signal(), recorder],
-                    control=control)
+    summary = train(
+        quick_config(epochs=50), tmp_path / "run", callbacks=[Signal(), recorder], control=control
+    )
     thread.join()
     assert summary.status == "stopped"
     assert len(recorder.of(BatchEnded)) == 1  # the stop is obeyed before the next batch
@@ -172,8 +201,9 @@ def test_pause_blocks_between_batches_until_resumed(tmp_path):
     counts: list[int] = []
     watcher = threading.Thread(target=watch_then_resume)
     watcher.start()
-    summary = train(quick_config(epochs=1), tmp_path / "run", callbacks=[PauseOnce()],
-                    control=control)
+    summary = train(
+        quick_config(epochs=1), tmp_path / "run", callbacks=[PauseOnce()], control=control
+    )
     watcher.join()
     assert counts == [2]
     assert summary.status == "finished" and len(batches_seen) == 8
@@ -188,13 +218,15 @@ def test_stop_wakes_a_paused_trainer(tmp_path):
                 control.pause()
                 threading.Timer(0.1, control.request_stop).start()
 
-    summary = train(quick_config(), tmp_path / "run", callbacks=[PauseThenStopElsewhere()],
-                    control=control)
+    summary = train(
+        quick_config(), tmp_path / "run", callbacks=[PauseThenStopElsewhere()], control=control
+    )
     assert summary.status == "stopped" and not control.paused
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path,
-                                                                              monkeypatch):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
     poisoned = threading.Event()
     real_loss = trainer_module.F.cross_entropy
 
@@ -209,8 +241,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
             poisoned.set()
 
     recorder = Recorder()
-    summary = train(quick_config(epochs=3), tmp_path / "run",
-                    callbacks=[PoisonAfterEpoch1(), recorder])
+    summary = train(
+        quick_config(epochs=3), tmp_path / "run", callbacks=[PoisonAfterEpoch1(), recorder]
+    )
     assert summary.status == "failed" and summary.error_kind == "nan_loss"
     failure = recorder.of(RunFailed)[0]
     assert "epoch 2, batch 1" in failure.message and "lower the learning rate" in failure.message
@@ -295,11 +328,20 @@ def test_warmup_run_steps_with_the_ramped_learning_rate(tmp_path, monkeypatch):
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    summary = train(quick_config(warmup_epochs=1, epochs=2, schedule="none", lr=1e-3,
-                                 optimizer="adam", dense_baseline=True), tmp_path / "run")
+    summary = train(
+        quick_config(
+            warmup_epochs=1,
+            epochs=2,
+            schedule="none",
+            lr=1e-3,
+            optimizer="adam",
+            dense_baseline=True,
+        ),
+        tmp_path / "run",
+    )
     assert summary.status == "finished", summary.error_message
     per_epoch = len(seen) // 2
     assert seen[0] == pytest.approx(1e-3 / per_epoch)
     assert seen[per_epoch - 1] == pytest.approx(1e-3)
     assert all(lr == pytest.approx(1e-3) for lr in seen[per_epoch:])
-    assert all(b > a for a, b in zip(seen[:per_epoch - 1], seen[1:per_epoch]))
+    assert all(b > a for a, b in zip(seen[: per_epoch - 1], seen[1:per_epoch]))

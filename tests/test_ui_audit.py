@@ -21,9 +21,18 @@ def tiny_config(epochs: int = 1, name: str = "audit", **changes):
     """FC-2 on the generated set with its small output layer encoded: seconds on a CPU."""
     from engine.config import LayerSpec, RunConfig
 
-    values = dict(name=name, model="fc2", dataset="synthetic", layers=[LayerSpec("fc2")],
-                  epochs=epochs, batch_size=64, limit_train=256, limit_test=128,
-                  device="cpu", schedule="none")
+    values = dict(
+        name=name,
+        model="fc2",
+        dataset="synthetic",
+        layers=[LayerSpec("fc2")],
+        epochs=epochs,
+        batch_size=64,
+        limit_train=256,
+        limit_test=128,
+        device="cpu",
+        schedule="none",
+    )
     values.update(changes)
     return RunConfig(**values)
 
@@ -37,8 +46,7 @@ def run_to_end(qtbot, window, config, **kwargs) -> str:
 # -- 1, 2, 9, 12: export ---------------------------------------------------------------------
 
 
-def test_export_goes_to_the_runs_own_folder_and_asks_before_replacing(qtbot, window,
-                                                                     tmp_path):
+def test_export_goes_to_the_runs_own_folder_and_asks_before_replacing(qtbot, window, tmp_path):
     from ui.settings import remember_folder
 
     remember_folder("export", tmp_path / "another-runs-export")  # the last folder used
@@ -135,8 +143,7 @@ def test_an_absurd_learning_rate_asks_before_start(qtbot, window):
     wizard = window.wizard
     source = wizard.source_page
     source.dataset_combo.setCurrentIndex(source.dataset_combo.findData("synthetic"))
-    wizard.training_page.optimizer.setCurrentIndex(
-        wizard.training_page.optimizer.findData("adam"))
+    wizard.training_page.optimizer.setCurrentIndex(wizard.training_page.optimizer.findData("adam"))
     wizard.training_page.lr.setValue(5.0)
     started, asked = [], []
     wizard.start_requested.disconnect()
@@ -164,13 +171,15 @@ def test_a_run_at_chance_level_is_reported_as_such(window):
     outcomes = []
     monitor.outcome_shown.connect(outcomes.append)
     for epoch, acc in ((1, 0.098), (2, 0.101)):  # 10 classes: guessing gives 10 %
-        session.history.add_epoch(vars(EpochEnded(epoch, 2.3, acc, 2.3, acc, acc, 100, 1000,
-                                                  1.0, 1e-3, "train")))
+        session.history.add_epoch(
+            vars(EpochEnded(epoch, 2.3, acc, 2.3, acc, acc, 100, 1000, 1.0, 1e-3, "train"))
+        )
     session.ended.emit("finished")  # as the session does when its run is over
     assert "chance level" in monitor.outcome and "chance level" in monitor.summary.text()
     assert outcomes == [monitor.outcome]
-    session.history.add_epoch(vars(EpochEnded(3, 0.3, 0.9, 0.3, 0.9, 0.9, 100, 1000, 1.0,
-                                              1e-3, "train")))
+    session.history.add_epoch(
+        vars(EpochEnded(3, 0.3, 0.9, 0.3, 0.9, 0.9, 100, 1000, 1.0, 1e-3, "train"))
+    )
     session.ended.emit("finished")  # as the session does when its run is over
     assert monitor.outcome == "Run finished."
 
@@ -233,8 +242,9 @@ def test_batch_loss_smoothing_and_hover_read_out(qapp):
     history = MetricHistory()
     for batch, loss in enumerate((4.0, 1.0, 4.0, 1.0), start=1):
         history.add_batch(1, batch, 4, loss)
-    history.add_epoch({"epoch": 1, "train_loss": 2.5, "test_loss": 2.0, "train_acc": 0.5,
-                       "test_acc": 0.61})
+    history.add_epoch(
+        {"epoch": 1, "train_loss": 2.5, "test_loss": 2.0, "train_acc": 0.5, "test_acc": 0.61}
+    )
     curves.show(history)
     curves.smoothing_slider.setValue(0)
     assert curves.curve_data("batch_loss")[1] == [4.0, 1.0, 4.0, 1.0]
@@ -303,8 +313,10 @@ def test_runs_appear_by_themselves_and_unfinished_runs_show_no_ratio(qtbot, wind
     tiny_config(name="just-created").save(run_dir / "config.toml")
     qtbot.waitUntil(lambda: runs.model.rowCount() == 1, timeout=15_000)  # no Refresh
     model = runs.model
-    row = {model.headerData(c, Qt.Orientation.Horizontal): model.index(0, c).data()
-           for c in range(model.columnCount())}
+    row = {
+        model.headerData(c, Qt.Orientation.Horizontal): model.index(0, c).data()
+        for c in range(model.columnCount())
+    }
     assert row["run"] == "just-created" and row["date"]
     assert row["ratio"] == "–" and row["params"] == "–"
 
@@ -348,9 +360,10 @@ def test_preset_descriptions_state_the_engines_numbers():
         if not re.search(r"\dx|parameters in the model", text):
             continue
         info = dataset_info(config.dataset)
-        report = plan_compression(build_model(config.model, info.in_channels,
-                                              info.image_size, info.num_classes),
-                                  config.layers)
+        report = plan_compression(
+            build_model(config.model, info.in_channels, info.image_size, info.num_classes),
+            config.layers,
+        )
         claims = 0
         for match in re.finditer(r"those layers (\d+)x smaller", text):
             assert int(match[1]) == round(report.layers_ratio), name
@@ -461,9 +474,8 @@ def test_resume_is_offered_after_stop(qtbot, window):
 
 
 def test_menus_status_tips_about_and_help(window):
-    from ui.about import HELP_DOCUMENTS, about_text, doc_path
-
     from adtn_studio import __version__
+    from ui.about import HELP_DOCUMENTS, about_text, doc_path
 
     for action in window.findChildren(type(window.about_action)):
         assert "&" not in action.statusTip(), action.text()

@@ -22,9 +22,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def tiny_config(epochs: int = 2, name: str = "child", limit_train: int = 256, **changes):
     from engine.config import LayerSpec, RunConfig
 
-    return RunConfig(name=name, model="fc2", dataset="synthetic", layers=[LayerSpec("fc2")],
-                     epochs=epochs, batch_size=64, limit_train=limit_train, limit_test=128,
-                     device="cpu", schedule="none", **changes)
+    return RunConfig(
+        name=name,
+        model="fc2",
+        dataset="synthetic",
+        layers=[LayerSpec("fc2")],
+        epochs=epochs,
+        batch_size=64,
+        limit_train=limit_train,
+        limit_test=128,
+        device="cpu",
+        schedule="none",
+        **changes,
+    )
 
 
 def alive(pid: int) -> bool:
@@ -74,9 +84,9 @@ def test_a_killed_child_is_reported_in_plain_words(qtbot, session, tmp_path):
     assert failures and "killed or crashed" in failures[-1] and "resume" in failures[-1]
 
 
-def test_pause_resume_and_stop_reach_every_rank_of_a_data_parallel_run(qtbot, session,
-                                                                        tmp_path,
-                                                                        wait_until_still):
+def test_pause_resume_and_stop_reach_every_rank_of_a_data_parallel_run(
+    qtbot, session, tmp_path, wait_until_still
+):
     run = tmp_path / "run"
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         session.start(tiny_config(epochs=300, limit_train=512), run, processes=2)
@@ -90,8 +100,9 @@ def test_pause_resume_and_stop_reach_every_rank_of_a_data_parallel_run(qtbot, se
     session.resume()
     qtbot.waitUntil(lambda: len(session.history.batch_x) > held, timeout=30_000)
     launcher = session.child_pid
-    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-               and _parent(p) == launcher]
+    workers = [
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == launcher
+    ]
     assert len(workers) == 2
     with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         session.stop()
@@ -147,10 +158,21 @@ sys.exit(ui.app.run_app())
 
 @pytest.mark.parametrize("mode", ["process", "thread"])
 def test_closing_the_window_mid_run_exits_cleanly_leaving_a_stopped_run(tmp_path, mode):
-    env = dict(os.environ, ADTN_TRAINING_MODE=mode, OMP_NUM_THREADS="1",
-               QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(REPO_ROOT))
-    done = subprocess.run([sys.executable, "-c", CLOSE_SCRIPT], capture_output=True,
-                          text=True, env=env, timeout=240, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        ADTN_TRAINING_MODE=mode,
+        OMP_NUM_THREADS="1",
+        QT_QPA_PLATFORM="offscreen",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Fatal Python error" not in done.stderr
     run_dir = Path(done.stdout.split("RUN ", 1)[1].split()[0])
@@ -182,8 +204,9 @@ def test_the_wizard_offers_all_gpus_when_there_are_several(qtbot, monkeypatch):
 def test_a_child_that_cannot_start_is_reported(qtbot, session, tmp_path, monkeypatch):
     import ui.training_session as training_session
 
-    monkeypatch.setattr(training_session, "child_command",
-                        lambda *args: [str(tmp_path / "no-such-program")])
+    monkeypatch.setattr(
+        training_session, "child_command", lambda *args: [str(tmp_path / "no-such-program")]
+    )
     failures = []
     session.run_failed.connect(failures.append)
     with qtbot.waitSignal(session.ended, timeout=30_000) as ended:
@@ -199,15 +222,22 @@ def test_a_dead_worker_of_a_data_parallel_run_is_named(qtbot, session, tmp_path)
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         session.start(tiny_config(epochs=300, limit_train=512), tmp_path / "run", processes=2)
     launcher = session.child_pid
-    rank_1 = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-              and _parent(p) == launcher
-              and b"RANK=1" in (p / "environ").read_bytes().split(b"\0")]
+    rank_1 = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        and _parent(p) == launcher
+        and b"RANK=1" in (p / "environ").read_bytes().split(b"\0")
+    ]
     assert len(rank_1) == 1
     with qtbot.waitSignal(session.ended, timeout=RUN_TIMEOUT_MS) as ended:
         os.kill(rank_1[0], signal.SIGKILL)
     assert ended.args == ["failed"] and failures
-    named = [text for level, text in logged + [("error", f) for f in failures]
-             if f"worker rank 1 (pid {rank_1[0]}) was killed by SIGKILL" in text]
+    named = [
+        text
+        for level, text in logged + [("error", f) for f in failures]
+        if f"worker rank 1 (pid {rank_1[0]}) was killed by SIGKILL" in text
+    ]
     assert named, logged
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed"

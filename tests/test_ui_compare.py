@@ -11,9 +11,17 @@ pytest.importorskip("pytestqt")
 
 
 def quick_config() -> RunConfig:
-    return RunConfig(model="fc2", dataset="synthetic", epochs=1, batch_size=64, lr=3e-3,
-                     limit_train=256, limit_test=64, device="cpu",
-                     layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)])
+    return RunConfig(
+        model="fc2",
+        dataset="synthetic",
+        epochs=1,
+        batch_size=64,
+        lr=3e-3,
+        limit_train=256,
+        limit_test=64,
+        device="cpu",
+        layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)],
+    )
 
 
 def test_dialog_runs_the_variants_and_fills_the_table(qtbot, tmp_path):
@@ -30,11 +38,19 @@ def test_dialog_runs_the_variants_and_fills_the_table(qtbot, tmp_path):
         assert not dialog.start_button.isEnabled() and dialog.stop_button.isEnabled()
     qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=30_000)
     out = shown.args[0]
-    assert out.startswith(str(tmp_path)) and (tmp_path / out.split("/")[-1] / "compare.md").is_file()
+    assert (
+        out.startswith(str(tmp_path)) and (tmp_path / out.split("/")[-1] / "compare.md").is_file()
+    )
     rows = {dialog.table.item(r, 0).text(): r for r in range(dialog.table.rowCount())}
-    assert set(rows) == {"adtn at the ADTN depth-2 budget", "tt at the ADTN depth-2 budget",
-                         "lowrank at the ADTN depth-2 budget"}
-    adtn, lowrank = rows["adtn at the ADTN depth-2 budget"], rows["lowrank at the ADTN depth-2 budget"]
+    assert set(rows) == {
+        "adtn at the ADTN depth-2 budget",
+        "tt at the ADTN depth-2 budget",
+        "lowrank at the ADTN depth-2 budget",
+    }
+    adtn, lowrank = (
+        rows["adtn at the ADTN depth-2 budget"],
+        rows["lowrank at the ADTN depth-2 budget"],
+    )
     assert dialog.table.item(adtn, 1).text().startswith("done (1 of 1")
     assert dialog.table.item(adtn, 4).text().endswith("%")
     assert dialog.table.item(lowrank, 1).text() == "does not fit the budget"
@@ -67,18 +83,29 @@ def fake_run(folder, encoding: str, params: int, accuracy: float) -> None:
     from engine.runs import write_summary
 
     layers = [] if encoding == "dense" else [LayerSpec("fc1", encoding=encoding, depth=2)]
-    config = quick_config().replace(name=folder.name, layers=layers,
-                                    dense_baseline=encoding == "dense")
+    config = quick_config().replace(
+        name=folder.name, layers=layers, dense_baseline=encoding == "dense"
+    )
     folder.mkdir(parents=True)
     config.save(folder / "config.toml")
-    write_summary(folder / "summary.json", {
-        "status": "finished", "started_at": f"2026-11-27T10:00:{params % 60:02d}",
-        "epochs": 1, "epochs_completed": 1, "params_total": params,
-        "dense_params_total": 203_530, "best_test_acc": accuracy, "test_acc": accuracy})
+    write_summary(
+        folder / "summary.json",
+        {
+            "status": "finished",
+            "started_at": f"2026-11-27T10:00:{params % 60:02d}",
+            "epochs": 1,
+            "epochs_completed": 1,
+            "params_total": params,
+            "dense_params_total": 203_530,
+            "best_test_acc": accuracy,
+            "test_acc": accuracy,
+        },
+    )
 
 
-def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, tmp_path,
-                                                                         monkeypatch):
+def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(
+    qtbot, tmp_path, monkeypatch
+):
     from engine.runs import list_runs
     from ui.runs.runs_view import RunsView
 
@@ -93,8 +120,12 @@ def test_runs_page_lists_comparison_runs_and_draws_a_front_per_encoding(qtbot, t
     fake_run(compare / "runs" / "dense-seed0", "dense", 203_530, 0.98)
     records = list_runs(root)
     assert {r.name: r.encoding for r in records} == {
-        "plain-adtn": "adtn", "adtn-d3-seed0": "adtn", "tt-d3-seed0": "tt",
-        "tt-d2-seed0": "tt", "dense-seed0": "dense"}
+        "plain-adtn": "adtn",
+        "adtn-d3-seed0": "adtn",
+        "tt-d3-seed0": "tt",
+        "tt-d2-seed0": "tt",
+        "dense-seed0": "dense",
+    }
 
     monkeypatch.setenv("ADTN_RUNS_DIR", str(root))
     view = RunsView()

@@ -4,9 +4,9 @@ data folder remembered per data set, the layer table of a large network, the dep
 from __future__ import annotations
 
 import pytest
+from _imagefolders import write_folder
 from PySide6.QtWidgets import QStyleOptionViewItem
 
-from _imagefolders import write_folder
 from engine.config import RunConfig
 from engine.limits import MAX_DEPTH
 from ui.engine_catalog import DeviceChoice, EngineCatalog
@@ -16,10 +16,13 @@ from ui.wizard.layer_plan_model import DEPTH, LayerPlanModel
 from ui.wizard.layers_page import DEPTH_EDITOR_MIN_WIDTH, LayersPage
 from ui.wizard.source_page import IMAGE_FOLDER, OWN_MODEL, SourcePage, data_root_key
 
-CATALOG = EngineCatalog(presets=(("lenet5-mnist", ""),),
-                        models=("fc2", "lenet5", "torchvision:resnet18"),
-                        datasets=("mnist", "fashionmnist", "cifar10"),
-                        devices=(DeviceChoice("cpu", "CPU"),), default_device="cpu")
+CATALOG = EngineCatalog(
+    presets=(("lenet5-mnist", ""),),
+    models=("fc2", "lenet5", "torchvision:resnet18"),
+    datasets=("mnist", "fashionmnist", "cifar10"),
+    devices=(DeviceChoice("cpu", "CPU"),),
+    default_device="cpu",
+)
 
 
 @pytest.fixture
@@ -42,8 +45,9 @@ def test_the_settings_used_here_are_the_tests_own(tmp_path):
     assert str(tmp_path.parent.parent) in app_settings().fileName()
 
 
-def test_data_folder_is_remembered_per_data_set_across_launches_and_presets(qtbot, source,
-                                                                            tmp_path):
+def test_data_folder_is_remembered_per_data_set_across_launches_and_presets(
+    qtbot, source, tmp_path
+):
     source.load(RunConfig(dataset="mnist"))
     source.data_root_edit.setText(str(tmp_path / "mnist-home"))
     source.data_root_edit.editingFinished.emit()
@@ -61,14 +65,15 @@ def test_data_folder_is_remembered_per_data_set_across_launches_and_presets(qtbo
     assert relaunched.data_root_edit.text() == str(tmp_path / "cifar-home")
     relaunched.load(RunConfig(dataset="mnist", data_root="/given/by/config"))
     assert relaunched.data_root_edit.text() == "/given/by/config"
-    assert app_settings().value(f"folders/{data_root_key('mnist')}") == str(tmp_path /
-                                                                            "mnist-home")
+    assert app_settings().value(f"folders/{data_root_key('mnist')}") == str(tmp_path / "mnist-home")
 
 
 def test_own_model_and_image_folder_entries_ask_and_are_listed(source, tmp_path, monkeypatch):
     assert source.model_combo.findData("torchvision:resnet18") >= 0
-    assert source.model_combo.itemText(source.model_combo.findData("torchvision:resnet18")) \
+    assert (
+        source.model_combo.itemText(source.model_combo.findData("torchvision:resnet18"))
         == "resnet18 (torchvision)"
+    )
     model_file = tmp_path / "nets.py"
     model_file.write_text("from torch import nn\n")
     monkeypatch.setattr(source, "ask_model_file", lambda: (str(model_file), "make_net"))
@@ -135,8 +140,7 @@ def test_depth_above_the_limit_is_capped_and_said_and_the_editor_has_room(qtbot,
     model.set_encoded("fc", True)
     row = model.layer_names().index("fc")
     index = model.index(row, DEPTH)
-    editor = page.depth_delegate.createEditor(page.table.viewport(),
-                                              QStyleOptionViewItem(), index)
+    editor = page.depth_delegate.createEditor(page.table.viewport(), QStyleOptionViewItem(), index)
     page.depth_delegate.setEditorData(editor, index)
     editor.lineEdit().setText("999999")
     page.depth_delegate.setModelData(editor, model, index)
@@ -162,11 +166,22 @@ def test_the_monitor_shows_images_loading_and_the_run_notes(window):
     assert (monitor.progress.value(), monitor.progress.maximum()) == (150, 600)
     window.session.download_progress.emit(DownloadProgress("mnist", 2_000_000, 10_000_000))
     assert monitor.progress_label.text() == "downloading mnist: 2.0 of 10.0 MB"
-    window.session.run_started.emit(RunStarted(
-        run_dir="/r", device="cpu", epochs=1, batches_per_epoch=1, compression={},
-        params_total=10, dense_params_total=100, start_epoch=1, train_examples=8,
-        test_examples=4, dense_test_acc=0.875,
-        notes=("torchvision:resnet18: classifier built for 3 classes (ImageNet has 1000)",)))
+    window.session.run_started.emit(
+        RunStarted(
+            run_dir="/r",
+            device="cpu",
+            epochs=1,
+            batches_per_epoch=1,
+            compression={},
+            params_total=10,
+            dense_params_total=100,
+            start_epoch=1,
+            train_examples=8,
+            test_examples=4,
+            dense_test_acc=0.875,
+            notes=("torchvision:resnet18: classifier built for 3 classes (ImageNet has 1000)",),
+        )
+    )
     log = monitor.log_view.toPlainText()
     assert "classifier built for 3 classes" in log
     assert "pretrained weights: 87.5" in log

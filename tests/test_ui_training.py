@@ -16,9 +16,19 @@ def tiny_config(epochs: int = 2, name: str = "tiny", **changes):
     """FC-2 on the generated set with its small output layer encoded: seconds on a CPU."""
     from engine.config import LayerSpec, RunConfig
 
-    return RunConfig(name=name, model="fc2", dataset="synthetic", layers=[LayerSpec("fc2")],
-                     epochs=epochs, batch_size=64, limit_train=256, limit_test=128,
-                     device="cpu", schedule="none", **changes)
+    return RunConfig(
+        name=name,
+        model="fc2",
+        dataset="synthetic",
+        layers=[LayerSpec("fc2")],
+        epochs=epochs,
+        batch_size=64,
+        limit_train=256,
+        limit_test=128,
+        device="cpu",
+        schedule="none",
+        **changes,
+    )
 
 
 def run_to_end(qtbot, window, config, **kwargs) -> str:
@@ -169,8 +179,9 @@ def test_closing_during_a_run_asks_then_stops_cleanly(qtbot, window, monkeypatch
     with qtbot.waitSignal(session.batch_progress, timeout=RUN_TIMEOUT_MS):
         window.start_run(tiny_config(epochs=50, name="close-me"))
     questions = []
-    monkeypatch.setattr(window, "confirm_stop_on_close",
-                        lambda: questions.append(1) or len(questions) > 1)
+    monkeypatch.setattr(
+        window, "confirm_stop_on_close", lambda: questions.append(1) or len(questions) > 1
+    )
     assert not window.close()  # first answer: no, keep training
     assert session.is_active() and window.isVisible()
     assert window.close()  # second answer: yes
@@ -195,8 +206,9 @@ def test_trainer_failures_reach_the_log_in_plain_words(qtbot, window):
     window.failure_box.close()
 
 
-def test_an_engine_bug_reads_as_an_unexpected_error_not_a_user_mistake(qtbot, monkeypatch,
-                                                                        tmp_path):
+def test_an_engine_bug_reads_as_an_unexpected_error_not_a_user_mistake(
+    qtbot, monkeypatch, tmp_path
+):
     import engine.trainer
     from ui.training_session import TrainingSession
 

@@ -66,7 +66,8 @@ def test_switching_a_layers_encoding_updates_its_count_and_the_totals(lenet_plan
     assert lenet_plan.data(lenet_plan.index(row, PARAMS)) == f"{row_report.encoded_params:,}"
     assert lenet_plan.data(lenet_plan.index(row, OPTIONS)).startswith("TT ")
     assert lenet_plan.report.model_params_after == (
-        adtn_total - adtn_count + row_report.encoded_params)
+        adtn_total - adtn_count + row_report.encoded_params
+    )
     assert [(s.name, s.encoding) for s in lenet_plan.specs()] == [("fc1", "tt")]
     # A budget an encoding cannot meet is said on the row and left out of the totals.
     lenet_plan.set_depth("fc1", 1)
@@ -81,8 +82,9 @@ def test_layer_plan_keeps_depth_editing_to_encoded_layers(lenet_plan):
     depth = lenet_plan.index(row, DEPTH)
     assert not lenet_plan.flags(depth) & Qt.ItemFlag.ItemIsEditable
     assert not lenet_plan.setData(depth, 4)
-    lenet_plan.setData(lenet_plan.index(row, ENCODE), Qt.CheckState.Checked.value,
-                       Qt.ItemDataRole.CheckStateRole)
+    lenet_plan.setData(
+        lenet_plan.index(row, ENCODE), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole
+    )
     assert lenet_plan.flags(depth) & Qt.ItemFlag.ItemIsEditable
     assert lenet_plan.setData(depth, 99)
     assert lenet_plan.specs()[0].depth == 64  # clamped to the engine's limit (MAX_DEPTH)
@@ -98,9 +100,18 @@ def test_layer_plan_starts_from_a_configs_layers(qapp):
 
 def test_metric_history_round_trips_through_csv(tmp_path):
     history = MetricHistory()
-    history.add_epoch({"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "test_loss": 1.9,
-                       "test_acc": 0.35, "params_total": 3000, "dense_params_total": 200000,
-                       "seconds": 1.5})
+    history.add_epoch(
+        {
+            "epoch": 1,
+            "train_loss": 2.0,
+            "train_acc": 0.3,
+            "test_loss": 1.9,
+            "test_acc": 0.35,
+            "params_total": 3000,
+            "dense_params_total": 200000,
+            "seconds": 1.5,
+        }
+    )
     history.add_epoch({"epoch": 2, "train_loss": 1.0, "test_acc": 0.6})
     history.to_csv(tmp_path / "m.csv")
     again = MetricHistory.from_csv(tmp_path / "m.csv")
@@ -142,14 +153,18 @@ def test_layer_options_without_a_column_survive_the_table(qapp):
     preset = engine_calls.load_preset("lenet5-mnist")
     model.set_layers(list(plan.layers), plan.planner, engine_calls.layer_spec, preset.layers)
     assert [(s.name, s.index_order, s.gate_init) for s in model.specs()] == [
-        (s.name, s.index_order, s.gate_init) for s in preset.layers]
+        (s.name, s.index_order, s.gate_init) for s in preset.layers
+    ]
     assert {s.index_order for s in model.specs()} == {"interleaved"}
 
 
-@pytest.mark.parametrize("error, level, traceback", [
-    (KeyError("column"), logging.ERROR, True),  # a bug: logged with its traceback
-    (ConfigError("epochs must be at least 1"), logging.INFO, False),  # the user's to fix
-])
+@pytest.mark.parametrize(
+    "error, level, traceback",
+    [
+        (KeyError("column"), logging.ERROR, True),  # a bug: logged with its traceback
+        (ConfigError("epochs must be at least 1"), logging.INFO, False),  # the user's to fix
+    ],
+)
 def test_background_task_failures_are_logged_by_type(qtbot, caplog, error, level, traceback):
     from ui.workers import BackgroundTask
 

@@ -23,8 +23,9 @@ def test_engine_loads_after_the_window_shows(window):
     assert "lenet5-mnist" in [name for name, _ in window.catalog.presets]
     assert wizard.source_page.preset_combo.currentData() == "lenet5-mnist"
     assert wizard.source_page.model_combo.currentData() == "lenet5"
-    devices = [wizard.training_page.device.itemData(i)
-               for i in range(wizard.training_page.device.count())]
+    devices = [
+        wizard.training_page.device.itemData(i) for i in range(wizard.training_page.device.count())
+    ]
     assert devices[0] == "auto" and "cpu" in devices
     assert window.device_label.text().startswith("Device: ")
     assert "detecting" not in window.device_label.text()
@@ -64,8 +65,9 @@ def test_layer_edits_update_the_totals(qtbot, window):
     page = wizard.layers_page
     before = page.after_label.text()
     wizard.layer_model.set_encoded("conv2", False)
-    wizard.layer_model.set_encoded("fc1", not any(s.name == "fc1"
-                                                  for s in wizard.layer_model.specs()))
+    wizard.layer_model.set_encoded(
+        "fc1", not any(s.name == "fc1" for s in wizard.layer_model.specs())
+    )
     assert page.after_label.text() != before
     wizard.layer_model.set_encoded("fc1", True)
     with_fc1 = page.after_label.text()
@@ -167,8 +169,13 @@ def test_about_names_the_versions_and_device(window):
     from ui.about import about_text
 
     text = about_text(window.catalog, window.device_text)
-    for expected in ("Python", "PyTorch", window.catalog.versions["PyTorch"], "Qt",
-                     f"Device</td><td>&nbsp;{window.device_text}"):
+    for expected in (
+        "Python",
+        "PyTorch",
+        window.catalog.versions["PyTorch"],
+        "Qt",
+        f"Device</td><td>&nbsp;{window.device_text}",
+    ):
         assert expected in text
 
 
@@ -191,15 +198,19 @@ def test_download_runs_in_the_background_with_progress(qtbot, window, monkeypatc
 
     real_status = engine_calls.dataset_status
     monkeypatch.setattr(engine_calls, "download", fake_download)
-    monkeypatch.setattr(engine_calls, "dataset_status",
-                        lambda config: (True, "✓ ready") if seen["downloaded"]
-                        else real_status(config))
+    monkeypatch.setattr(
+        engine_calls,
+        "dataset_status",
+        lambda config: (True, "✓ ready") if seen["downloaded"] else real_status(config),
+    )
     source = window.wizard.source_page
     source.dataset_combo.setCurrentIndex(source.dataset_combo.findData("mnist"))
     qtbot.mouseClick(source.download_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: source.download_progress.value() == 250, timeout=10_000)
-    assert source.download_progress.isVisible() and "2.5 of 10.0 MB" in \
-        source.download_progress.format()
+    assert (
+        source.download_progress.isVisible()
+        and "2.5 of 10.0 MB" in source.download_progress.format()
+    )
     assert not source.download_button.isEnabled() and not source.dataset_combo.isEnabled()
     release.set()
     qtbot.waitUntil(lambda: source.data_status.text() == "✓ ready", timeout=10_000)

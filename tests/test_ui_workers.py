@@ -25,8 +25,11 @@ def test_a_task_that_returns_reports_its_result_then_ends(qtbot):
     seen = record(task)
     with qtbot.waitSignal(task.ended, timeout=10_000):
         task.start()
-    assert seen == [("progressed", 0.5, "half"), ("succeeded", 42),
-                    ("ended", threading.main_thread().name)]
+    assert seen == [
+        ("progressed", 0.5, "half"),
+        ("succeeded", 42),
+        ("ended", threading.main_thread().name),
+    ]
     assert not task.is_running()
 
 

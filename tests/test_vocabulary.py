@@ -38,8 +38,11 @@ def test_every_name_has_exactly_one_title(names, titles):
 
 def test_the_engine_accepts_exactly_the_declared_training_choices():
     base = RunConfig(dense_baseline=True, lr_milestones=[1])
-    for field, names in (("optimizer", choices.OPTIMIZERS), ("schedule", choices.SCHEDULES),
-                         ("init", choices.INITS)):
+    for field, names in (
+        ("optimizer", choices.OPTIMIZERS),
+        ("schedule", choices.SCHEDULES),
+        ("init", choices.INITS),
+    ):
         for name in names:
             extra = {"pretrain_epochs": 1} if name == "pretrained" else {}
             dataclasses.replace(base, **{field: name}, **extra).validate()
@@ -52,9 +55,13 @@ def test_the_engine_accepts_exactly_the_declared_training_choices():
 
 
 def test_the_engine_accepts_exactly_the_declared_layer_options():
-    for field, names in (("encoding", choices.ENCODINGS), ("activation", choices.ACTIVATIONS),
-                         ("layout", choices.LAYOUTS), ("index_order", choices.INDEX_ORDERS),
-                         ("gate_init", choices.GATE_INITS)):
+    for field, names in (
+        ("encoding", choices.ENCODINGS),
+        ("activation", choices.ACTIVATIONS),
+        ("layout", choices.LAYOUTS),
+        ("index_order", choices.INDEX_ORDERS),
+        ("gate_init", choices.GATE_INITS),
+    ):
         for name in names:
             LayerSpec("fc1", **{field: name}).validate()
         with pytest.raises(ValueError, match=field):
@@ -66,12 +73,17 @@ def test_the_engine_modules_build_what_choices_names():
     from engine.export import FORMATS
 
     assert tuple(models.MODEL_FACTORIES) == choices.MODEL_NAMES
-    assert {name: data.dataset_info(name).title for name in choices.DATASET_NAMES} \
-        == choices.DATASET_TITLES
+    assert {
+        name: data.dataset_info(name).title for name in choices.DATASET_NAMES
+    } == choices.DATASET_TITLES
     assert tuple(encodings._REGISTRY) == choices.ENCODINGS
     assert tuple(FORMATS) == choices.EXPORT_FORMATS
     assert (adtn.ACTIVATIONS, adtn.LAYOUTS, adtn.INDEX_ORDERS, adtn.INITS) == (
-        choices.ACTIVATIONS, choices.LAYOUTS, choices.INDEX_ORDERS, choices.GATE_INITS)
+        choices.ACTIVATIONS,
+        choices.LAYOUTS,
+        choices.INDEX_ORDERS,
+        choices.GATE_INITS,
+    )
 
 
 # -- the window offers the engine's names, no copies --------------------------------------
@@ -115,8 +127,13 @@ def test_source_page_offers_the_engines_data_sets_with_their_titles(qtbot):
 
     page = SourcePage()
     qtbot.addWidget(page)
-    catalog = EngineCatalog(presets=(), models=choices.MODEL_NAMES,
-                            datasets=choices.DATASET_NAMES, devices=(), default_device="cpu")
+    catalog = EngineCatalog(
+        presets=(),
+        models=choices.MODEL_NAMES,
+        datasets=choices.DATASET_NAMES,
+        devices=(),
+        default_device="cpu",
+    )
     page.set_catalog(catalog, choices.MODEL_TITLES)
     combo = page.dataset_combo
     values = [v for v in combo_values(combo) if v != IMAGE_FOLDER]
@@ -178,13 +195,16 @@ def test_best_accuracy_rule():
     assert not improves_best("train", 0.5, 0.5, 3)  # a tie keeps the earlier epoch
     assert improves_best("train", 0.51, 0.5, 3)
     assert not improves_best("train", math.nan, 0.0, 0)
-    rows = [{"phase": "pretrain", "test_acc": 0.98}, {"phase": "train", "test_acc": 0.6},
-            {"phase": "train", "test_acc": 0.7}, {"phase": "train", "test_acc": 0.65}]
+    rows = [
+        {"phase": "pretrain", "test_acc": 0.98},
+        {"phase": "train", "test_acc": 0.6},
+        {"phase": "train", "test_acc": 0.7},
+        {"phase": "train", "test_acc": 0.65},
+    ]
     assert best_test_accuracy(rows) == 0.7
     assert math.isnan(best_test_accuracy(rows[:1]))  # no compressed epoch yet: no best
     # the trainer's running best (it covers epochs before a resume) is taken as it is
-    assert best_test_accuracy([{"phase": "train", "test_acc": 0.6, "best_test_acc": 0.8}]) \
-        == 0.8
+    assert best_test_accuracy([{"phase": "train", "test_acc": 0.6, "best_test_acc": 0.8}]) == 0.8
 
 
 def test_monitor_engine_and_run_folder_agree_on_the_best_accuracy(tmp_path, qapp):
@@ -202,9 +222,20 @@ def test_monitor_engine_and_run_folder_agree_on_the_best_accuracy(tmp_path, qapp
         def on_epoch_end(self, event: EpochEnded) -> None:
             self.history.add_epoch(dataclasses.asdict(event))
 
-    config = RunConfig(model="fc2", dataset="synthetic", epochs=2, init="pretrained",
-                       pretrain_epochs=1, fit_steps=5, batch_size=32, limit_train=128,
-                       limit_test=64, device="cpu", seed=3, layers=[LayerSpec("fc1")])
+    config = RunConfig(
+        model="fc2",
+        dataset="synthetic",
+        epochs=2,
+        init="pretrained",
+        pretrain_epochs=1,
+        fit_steps=5,
+        batch_size=32,
+        limit_train=128,
+        limit_test=64,
+        device="cpu",
+        seed=3,
+        layers=[LayerSpec("fc1")],
+    )
     recorder = Epochs()
     summary = train(config, tmp_path / "run", callbacks=[recorder])
     assert summary.status == "finished"
@@ -233,11 +264,21 @@ def test_monitor_shows_no_best_accuracy_before_the_compressed_model_trained(tmp_
     def latest_run_text(rows: list[dict]) -> str:
         folder = tmp_path / f"run{len(rows)}"
         write_metrics(RunPaths(folder).metrics, rows)
-        record = RunRecord(path=str(folder), name="r", model="fc2", dataset="synthetic",
-                           started_at="2026-01-01T00:00:00", status="stopped",
-                           epochs_completed=len(rows), epochs=3, params_total=10,
-                           dense_params_total=100, compression_ratio=10.0,
-                           best_test_acc=0.0, test_acc=0.0)
+        record = RunRecord(
+            path=str(folder),
+            name="r",
+            model="fc2",
+            dataset="synthetic",
+            started_at="2026-01-01T00:00:00",
+            status="stopped",
+            epochs_completed=len(rows),
+            epochs=3,
+            params_total=10,
+            dense_params_total=100,
+            compression_ratio=10.0,
+            best_test_acc=0.0,
+            test_acc=0.0,
+        )
         session = TrainingSession()
         monitor = MonitorView(session)
         session.setParent(monitor)  # deleted with the view, in Qt's order

@@ -15,9 +15,11 @@ from adtn_studio import __version__
 from ui.engine_catalog import EngineCatalog
 
 # The Help menu's documents: (menu text, file under docs/).
-HELP_DOCUMENTS = (("&Documentation (the window)", "GUI.md"),
-                  ("&Training and the command line", "TRAINING.md"),
-                  ("Export and the &file format", "FORMAT.md"))
+HELP_DOCUMENTS = (
+    ("&Documentation (the window)", "GUI.md"),
+    ("&Training and the command line", "TRAINING.md"),
+    ("Export and the &file format", "FORMAT.md"),
+)
 
 
 def about_text(catalog: EngineCatalog | None, device: str) -> str:
@@ -58,6 +60,7 @@ def open_document(parent: QWidget, name: str) -> bool:
     if path is not None and QDesktopServices.openUrl(QUrl.fromLocalFile(str(path))):
         return True
     where = str(path) if path is not None else f"docs/{name} of the ADTN Studio sources"
-    QMessageBox.information(parent, "Documentation",
-                            f"No viewer could open the document. It is {where}.")
+    QMessageBox.information(
+        parent, "Documentation", f"No viewer could open the document. It is {where}."
+    )
     return False

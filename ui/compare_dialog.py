@@ -1,4 +1,4 @@
-""""Compare encodings": queue the variants of a comparison and follow their progress.
+""" "Compare encodings": queue the variants of a comparison and follow their progress.
 
 The dialog builds an ``engine.compare.CompareRequest`` from the wizard's configuration and
 the choices here, runs ``engine.compare.run_compare`` in a background task and shows each
@@ -29,15 +29,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import ENCODING_LABELS, RunStatus
 from engine.compare import COMPARE_CHOICES, DENSE, CompareProgress  # torch-free at import
 from engine.events import RunControl
-from engine.choices import ENCODING_LABELS
 from ui.formatting import format_count, format_percent
 from ui.messages import describe_exception
 from ui.workers import BackgroundTask
 
-COLUMNS = ("variant", "status", "parameters", "learning rate", "best test acc (mean)",
-           "per seed", "s / epoch")
+COLUMNS = (
+    "variant",
+    "status",
+    "parameters",
+    "learning rate",
+    "best test acc (mean)",
+    "per seed",
+    "s / epoch",
+)
 DEFAULT_CHOSEN = ("dense", "adtn", "tt", "lowrank")
 
 
@@ -72,14 +79,17 @@ class CompareDialog(QDialog):
         boxes.addStretch(1)
         depths = sorted({spec.depth for spec in config.layers}) or [3]
         self.depths_edit = QLineEdit(",".join(map(str, depths)))
-        self.depths_edit.setToolTip("ADTN depths whose parameter counts are the budgets, "
-                                    "matched per layer by every encoding")
+        self.depths_edit.setToolTip(
+            "ADTN depths whose parameter counts are the budgets, "
+            "matched per layer by every encoding"
+        )
         self.seeds_edit = QLineEdit("0,1")
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 10_000)
         self.epochs_spin.setValue(max(1, int(config.epochs)))
-        self.search_box = QCheckBox("search each variant's learning rate on held-out training "
-                                    "examples first")
+        self.search_box = QCheckBox(
+            "search each variant's learning rate on held-out training examples first"
+        )
         self.search_box.setChecked(True)
 
         form = QFormLayout()
@@ -139,9 +149,15 @@ class CompareDialog(QDialog):
         if self.out_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.out_dir = self._runs_root / f"compare-{self.config.run_name}-{stamp}"
-        request = CompareRequest(base=self.config, out=self.out_dir, encodings=encodings,
-                                 depths=depths, seeds=seeds, epochs=self.epochs_spin.value(),
-                                 lr_search=self.search_box.isChecked())
+        request = CompareRequest(
+            base=self.config,
+            out=self.out_dir,
+            encodings=encodings,
+            depths=depths,
+            seeds=seeds,
+            epochs=self.epochs_spin.value(),
+            lr_search=self.search_box.isChecked(),
+        )
         return request.validate()
 
     def _fill_rows(self, request) -> None:
@@ -195,8 +211,13 @@ class CompareDialog(QDialog):
         self._task.start()
 
     def _choice_widgets(self) -> tuple:
-        return (*self.encoding_boxes.values(), self.depths_edit, self.seeds_edit,
-                self.epochs_spin, self.search_box)
+        return (
+            *self.encoding_boxes.values(),
+            self.depths_edit,
+            self.seeds_edit,
+            self.epochs_spin,
+            self.search_box,
+        )
 
     @Slot()
     def stop(self) -> None:
@@ -222,10 +243,13 @@ class CompareDialog(QDialog):
         elif stage == "skip":
             self._set(row, 1, "does not fit the budget")
             self.table.item(row, 1).setToolTip(step["message"])
-        for other, index in self._rows.items():
+        for _other, index in self._rows.items():
             item = self.table.item(index, 1)
-            if index < row and item is not None and item.text().startswith(("queued", "search",
-                                                                             "training")):
+            if (
+                index < row
+                and item is not None
+                and item.text().startswith(("queued", "search", "training"))
+            ):
                 self._set(index, 1, "done")
 
     @Slot(object)
@@ -240,9 +264,12 @@ class CompareDialog(QDialog):
                 self._set(row, 1, "does not fit the budget")
                 self.table.item(row, 1).setToolTip(result.reason)
                 continue
-            finished = sum(1 for s in result.status if s == "finished")
-            self._set(row, 1, f"done ({finished} of {len(result.status)} seeds)"
-                      if result.status else "not run")
+            finished = sum(1 for s in result.status if s == RunStatus.FINISHED)
+            self._set(
+                row,
+                1,
+                f"done ({finished} of {len(result.status)} seeds)" if result.status else "not run",
+            )
             params = result.model_params if result.encoding == DENSE else result.layer_params
             self._set(row, 2, format_count(params))
             self._set(row, 3, f"{result.lr:g}")
@@ -258,11 +285,14 @@ class CompareDialog(QDialog):
 
     @Slot()
     def _on_compare_ended(self) -> None:
-        self.progress.setValue(self.progress.maximum() if not self._control.stop_requested
-                               else self.progress.value())
+        self.progress.setValue(
+            self.progress.maximum() if not self._control.stop_requested else self.progress.value()
+        )
         stopped = self._control.stop_requested
-        self.status.setText(("Stopped; Resume goes on. " if stopped else "Done. ") +
-                            f"Table, CSV and plot: {self.out_dir / 'compare.md'}")
+        self.status.setText(
+            ("Stopped; Resume goes on. " if stopped else "Done. ")
+            + f"Table, CSV and plot: {self.out_dir / 'compare.md'}"
+        )
         self.start_button.setEnabled(True)
         self.start_button.setText("Resume" if stopped else "Start")
         self.stop_button.setEnabled(False)
@@ -280,8 +310,9 @@ class CompareDialog(QDialog):
 
 def _encode(step: CompareProgress) -> str:
     # Progress crosses threads as text (BackgroundTask's signal); one line, fields by "|".
-    return "|".join((step.variant, step.stage, str(step.seed), f"{step.lr:g}",
-                     step.message.replace("|", "/")))
+    return "|".join(
+        (step.variant, step.stage, str(step.seed), f"{step.lr:g}", step.message.replace("|", "/"))
+    )
 
 
 def _decode(text: str) -> dict:

@@ -51,10 +51,14 @@ def load_catalog(report=None) -> EngineCatalog:
     step(0.9, "Looking for GPUs…")
     step(0.95, "Listing torchvision's models…")
     models = tuple(MODEL_NAMES) + _torchvision_models()
-    return EngineCatalog(presets=tuple(described), models=models,
-                         datasets=tuple(DATASET_NAMES), devices=_devices(),
-                         default_device=describe_device(resolve_device("auto")),
-                         versions=_versions())
+    return EngineCatalog(
+        presets=tuple(described),
+        models=models,
+        datasets=tuple(DATASET_NAMES),
+        devices=_devices(),
+        default_device=describe_device(resolve_device("auto")),
+        versions=_versions(),
+    )
 
 
 def _torchvision_models() -> tuple[str, ...]:
@@ -81,5 +85,9 @@ def _versions() -> dict[str, str]:
     import PySide6
     import torch
 
-    return {"Python": platform.python_version(), "PyTorch": torch.__version__,
-            "Qt": PySide6.QtCore.qVersion(), "PySide6": PySide6.__version__}
+    return {
+        "Python": platform.python_version(),
+        "PyTorch": torch.__version__,
+        "Qt": PySide6.QtCore.qVersion(),
+        "PySide6": PySide6.__version__,
+    }

@@ -35,8 +35,9 @@ from ui.workers import BackgroundTask
 FORMAT_LABELS = {fmt: EXPORT_FORMAT_TITLES[fmt] for fmt in EXPORT_FORMATS}
 
 
-def export_run_in_worker(run_dir: Path, out: Path, formats: tuple[str, ...], checkpoint: str,
-                         report):
+def export_run_in_worker(
+    run_dir: Path, out: Path, formats: tuple[str, ...], checkpoint: str, report
+):
     from engine.export import export_run
 
     return export_run(run_dir, out, formats=formats, checkpoint=checkpoint, progress=report)
@@ -55,11 +56,14 @@ def confirm_overwrite(parent: QWidget, paths: list[Path]) -> bool:
     """Ask before replacing files (tests replace this on the dialog)."""
     names = "\n".join(f"  {path}" for path in paths)
     answer = QMessageBox.question(
-        parent, "Replace files?",
+        parent,
+        "Replace files?",
         f"These files exist already and would be replaced:\n{names}\n\nReplace them?",
         QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-        QMessageBox.StandardButton.No)
+        QMessageBox.StandardButton.No,
+    )
     return answer == QMessageBox.StandardButton.Yes
+
 
 RIGHT_ALIGNED = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
@@ -119,8 +123,9 @@ class ExportDialog(QDialog):
         self.files_table.setVisible(False)
 
         self.buttons = QDialogButtonBox()
-        self.export_button = self.buttons.addButton("Export",
-                                                    QDialogButtonBox.ButtonRole.AcceptRole)
+        self.export_button = self.buttons.addButton(
+            "Export", QDialogButtonBox.ButtonRole.AcceptRole
+        )
         self.close_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)
         self.export_button.clicked.connect(self.start_export)
         self.close_button.clicked.connect(self.reject)
@@ -162,7 +167,8 @@ class ExportDialog(QDialog):
         self.summary.setText("")
         self.files_table.setVisible(False)
         self._task = BackgroundTask(
-            lambda report: export_run_in_worker(run_dir, out, formats, checkpoint, report), self)
+            lambda report: export_run_in_worker(run_dir, out, formats, checkpoint, report), self
+        )
         self._task.progressed.connect(self._on_progress)
         self._task.succeeded.connect(self._on_exported)
         self._task.failed.connect(self._on_failed)
@@ -192,11 +198,16 @@ class ExportDialog(QDialog):
             f"<b>Compression</b>: {format_count(report.params_compressed)} parameters instead "
             f"of {format_count(report.params_dense)} ({format_ratio(report.compression_ratio)} "
             f"smaller); dense float32 size {format_bytes(report.dense_float32_bytes)}.<br>"
-            f"<b>Dense CPU latency</b>: {report.dense_latency_ms:.2f} ms per batch.")
+            f"<b>Dense CPU latency</b>: {report.dense_latency_ms:.2f} ms per batch."
+        )
         self.files_table.setRowCount(len(report.files))
         for row, exported in enumerate(report.files):
-            values = (FORMAT_LABELS.get(exported.format, exported.format), exported.path,
-                      format_bytes(exported.size_bytes), f"{exported.max_abs_diff:.2e}")
+            values = (
+                FORMAT_LABELS.get(exported.format, exported.format),
+                exported.path,
+                format_bytes(exported.size_bytes),
+                f"{exported.max_abs_diff:.2e}",
+            )
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 if column in (2, 3):
@@ -218,8 +229,9 @@ class ExportDialog(QDialog):
     @Slot(object)
     def _on_failed(self, exc: Exception) -> None:
         self.progress.setFormat("failed")
-        self.summary.setText(f'<span style="color:#B3261E">Export failed: '
-                             f"{describe_exception(exc)}</span>")
+        self.summary.setText(
+            f'<span style="color:#B3261E">Export failed: {describe_exception(exc)}</span>'
+        )
 
     @Slot()
     def _on_export_ended(self) -> None:

@@ -107,35 +107,72 @@ class MainWindow(QMainWindow):
         return action
 
     def _create_actions(self) -> None:
-        self.new_action = self._action("&New compression", self.new_compression,
-                                       ["Ctrl+N"], "page-wizard",
-                                       "Start a new compression from the default preset")
-        self.open_config_action = self._action("&Open config…", self._ask_open_config,
-                                               ["Ctrl+O"], "", "Load a run configuration (TOML)")
-        self.save_config_action = self._action("&Save config…",
-                                               self.wizard.ask_save_config, ["Ctrl+S"])
-        self.export_action = self._action("&Export model…", self._export_current, ["Ctrl+E"],
-                                          "export", "Export the model of the current run")
+        self.new_action = self._action(
+            "&New compression",
+            self.new_compression,
+            ["Ctrl+N"],
+            "page-wizard",
+            "Start a new compression from the default preset",
+        )
+        self.open_config_action = self._action(
+            "&Open config…",
+            self._ask_open_config,
+            ["Ctrl+O"],
+            "",
+            "Load a run configuration (TOML)",
+        )
+        self.save_config_action = self._action(
+            "&Save config…", self.wizard.ask_save_config, ["Ctrl+S"]
+        )
+        self.export_action = self._action(
+            "&Export model…",
+            self._export_current,
+            ["Ctrl+E"],
+            "export",
+            "Export the model of the current run",
+        )
         self.quit_action = self._action("&Quit", self.close, [QKeySequence.StandardKey.Quit])
-        self.start_action = self._action("&Start training", self.wizard.request_start,
-                                         ["Ctrl+R"], "start", "Start training (Ctrl+R)")
-        self.pause_action = self._action("&Pause", self.session.pause, ["Ctrl+P"], "pause",
-                                         "Pause after the current batch (Ctrl+P)")
-        self.resume_action = self._action("&Resume", self._resume, ["Ctrl+Shift+P"],
-                                          "resume", "Resume a paused run, or continue a "
-                                          "stopped one from its last checkpoint "
-                                          "(Ctrl+Shift+P)")
-        self.stop_action = self._action("S&top", self.session.stop, ["Ctrl+.", "Esc"], "stop",
-                                        "Stop after the current batch, keeping the last "
-                                        "checkpoint (Ctrl+. or Esc)")
-        self.page_actions = [self._action(title, lambda _=False, i=i: self.show_page(i),
-                                          [f"Ctrl+{i + 1}"])
-                             for i, title in enumerate(PAGE_TITLES)]
+        self.start_action = self._action(
+            "&Start training",
+            self.wizard.request_start,
+            ["Ctrl+R"],
+            "start",
+            "Start training (Ctrl+R)",
+        )
+        self.pause_action = self._action(
+            "&Pause",
+            self.session.pause,
+            ["Ctrl+P"],
+            "pause",
+            "Pause after the current batch (Ctrl+P)",
+        )
+        self.resume_action = self._action(
+            "&Resume",
+            self._resume,
+            ["Ctrl+Shift+P"],
+            "resume",
+            "Resume a paused run, or continue a "
+            "stopped one from its last checkpoint "
+            "(Ctrl+Shift+P)",
+        )
+        self.stop_action = self._action(
+            "S&top",
+            self.session.stop,
+            ["Ctrl+.", "Esc"],
+            "stop",
+            "Stop after the current batch, keeping the last checkpoint (Ctrl+. or Esc)",
+        )
+        self.page_actions = [
+            self._action(title, lambda _=False, i=i: self.show_page(i), [f"Ctrl+{i + 1}"])
+            for i, title in enumerate(PAGE_TITLES)
+        ]
         self.about_action = self._action("&About ADTN Studio", self.show_about)
         self.help_actions = [
-            self._action(text, lambda _=False, name=name: open_document(self, name),
-                         tip=f"Open docs/{name}")
-            for text, name in HELP_DOCUMENTS]
+            self._action(
+                text, lambda _=False, name=name: open_document(self, name), tip=f"Open docs/{name}"
+            )
+            for text, name in HELP_DOCUMENTS
+        ]
 
     def _create_menus_and_toolbar(self) -> None:
         menu = self.menuBar()
@@ -147,8 +184,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         run_menu = menu.addMenu("&Run")
-        for action in (self.start_action, self.pause_action, self.resume_action,
-                       self.stop_action):
+        for action in (self.start_action, self.pause_action, self.resume_action, self.stop_action):
             run_menu.addAction(action)
         view_menu = menu.addMenu("&View")
         for action in self.page_actions:
@@ -164,8 +200,14 @@ class MainWindow(QMainWindow):
         toolbar.setMovable(False)
         toolbar.setIconSize(QSize(20, 20))
         toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        for action in (self.new_action, self.start_action, self.pause_action,
-                       self.resume_action, self.stop_action, self.export_action):
+        for action in (
+            self.new_action,
+            self.start_action,
+            self.pause_action,
+            self.resume_action,
+            self.stop_action,
+            self.export_action,
+        ):
             toolbar.addAction(action)
 
     # -- pages --------------------------------------------------------------------------
@@ -206,8 +248,8 @@ class MainWindow(QMainWindow):
 
     def _build_plot_pages(self) -> None:
         # pyqtgraph takes a good part of a second to import: it loads after the first paint.
-        from ui.runs.runs_view import RunsView
         from ui.monitor.monitor_view import MonitorView
+        from ui.runs.runs_view import RunsView
 
         self.monitor = MonitorView(self.session)
         self.runs_view = RunsView()
@@ -266,11 +308,15 @@ class MainWindow(QMainWindow):
     # -- runs ---------------------------------------------------------------------------
 
     @Slot(object)
-    def start_run(self, config: RunConfig, run_dir: str | Path | None = None,
-                  resume: bool = False) -> None:
+    def start_run(
+        self, config: RunConfig, run_dir: str | Path | None = None, resume: bool = False
+    ) -> None:
         if self.session.is_active():
-            QMessageBox.information(self, "Training", "A run is already in progress. Stop it "
-                                    "first, or wait for it to finish.")
+            QMessageBox.information(
+                self,
+                "Training",
+                "A run is already in progress. Stop it first, or wait for it to finish.",
+            )
             return
         # The window downloads only when asked (the Download button): a run started or resumed
         # here never fetches a data set by itself, whatever its configuration says.
@@ -318,14 +364,20 @@ class MainWindow(QMainWindow):
         active = state in ("running", "paused", "stopping")
         self.start_action.setEnabled(not active)
         self.pause_action.setEnabled(state == "running")
-        self.resume_action.setEnabled(state == "paused" or (
-            not active and self.monitor is not None and self.monitor.can_resume()))
+        self.resume_action.setEnabled(
+            state == "paused"
+            or (not active and self.monitor is not None and self.monitor.can_resume())
+        )
         self.stop_action.setEnabled(state in ("running", "paused"))
-        self.export_action.setEnabled(self.session.run_dir is not None and not active
-                                      and self.monitor is not None
-                                      and self.monitor.has_checkpoint())
-        self.statusBar().showMessage({"running": "Training…", "paused": "Paused.",
-                                      "stopping": "Stopping…"}.get(state, ""))
+        self.export_action.setEnabled(
+            self.session.run_dir is not None
+            and not active
+            and self.monitor is not None
+            and self.monitor.has_checkpoint()
+        )
+        self.statusBar().showMessage(
+            {"running": "Training…", "paused": "Paused.", "stopping": "Stopping…"}.get(state, "")
+        )
 
     @Slot(str)
     def _on_session_ended(self, status: str) -> None:
@@ -336,8 +388,9 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def _on_run_failed(self, text: str) -> None:
         # Window-modal and opened without blocking: the log keeps the text, the run is over.
-        box = QMessageBox(QMessageBox.Icon.Warning, "Training stopped", text,
-                          QMessageBox.StandardButton.Ok, self)
+        box = QMessageBox(
+            QMessageBox.Icon.Warning, "Training stopped", text, QMessageBox.StandardButton.Ok, self
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.open()
         self.failure_box = box
@@ -357,9 +410,12 @@ class MainWindow(QMainWindow):
         return dialog
 
     def _ask_open_config(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open run configuration",
-                                              last_folder("configs", Path.home()),
-                                              "TOML files (*.toml)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Open run configuration",
+            last_folder("configs", Path.home()),
+            "TOML files (*.toml)",
+        )
         if not path:
             return
         remember_folder("configs", Path(path).parent)
@@ -384,11 +440,13 @@ class MainWindow(QMainWindow):
     def confirm_stop_on_close(self) -> bool:
         """Ask whether to stop the running training (tests replace this)."""
         answer = QMessageBox.question(
-            self, "Training in progress",
+            self,
+            "Training in progress",
             "A run is still training. Stop it and quit? The last checkpoint is kept, and "
             "the run can be resumed later from the Runs page.",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No)
+            QMessageBox.StandardButton.No,
+        )
         return answer == QMessageBox.StandardButton.Yes
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -54,8 +54,10 @@ class MetricHistory:
 
     def rows(self) -> list[dict[str, object]]:
         """The epoch table as rows keyed like ``metrics.csv`` (phase included)."""
-        return [{"phase": phase, **{name: self.epochs[name][index] for name in EPOCH_COLUMNS}}
-                for index, phase in enumerate(self.phases)]
+        return [
+            {"phase": phase, **{name: self.epochs[name][index] for name in EPOCH_COLUMNS}}
+            for index, phase in enumerate(self.phases)
+        ]
 
     def best_test_acc(self) -> float:
         """The run's best test accuracy by the engine's rule (``engine.metrics``): that of the
@@ -70,9 +72,16 @@ class MetricHistory:
         writer = csv.writer(buffer)
         writer.writerow(METRIC_COLUMNS)
         for row in self.rows():
-            writer.writerow(["" if isinstance(value, float) and math.isnan(value)
-                             else value if isinstance(value, str) else f"{value:g}"
-                             for value in (row[name] for name in METRIC_COLUMNS)])
+            writer.writerow(
+                [
+                    ""
+                    if isinstance(value, float) and math.isnan(value)
+                    else value
+                    if isinstance(value, str)
+                    else f"{value:g}"
+                    for value in (row[name] for name in METRIC_COLUMNS)
+                ]
+            )
         temporary = path.with_name(f".{path.name}.tmp")
         try:
             temporary.write_text(buffer.getvalue(), encoding="utf-8", newline="")

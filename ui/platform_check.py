@@ -61,8 +61,10 @@ def xcb_plugin() -> Path | None:
     except ImportError:
         return None
     base = Path(PySide6.__file__).parent
-    for candidate in (base / "Qt" / "plugins" / "platforms" / "libqxcb.so",
-                      base / "plugins" / "platforms" / "libqxcb.so"):
+    for candidate in (
+        base / "Qt" / "plugins" / "platforms" / "libqxcb.so",
+        base / "plugins" / "platforms" / "libqxcb.so",
+    ):
         if candidate.is_file():
             return candidate
     return None
@@ -74,8 +76,9 @@ def missing_libraries(plugin: Path | None = None, ldd: str | None = None) -> lis
     ldd = ldd if ldd is not None else shutil.which("ldd")
     if plugin is not None and ldd:
         try:
-            output = subprocess.run([ldd, str(plugin)], capture_output=True, text=True,
-                                    timeout=20).stdout
+            output = subprocess.run(
+                [ldd, str(plugin)], capture_output=True, text=True, timeout=20
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             output = None
         if output is not None:
@@ -116,7 +119,7 @@ def explain(missing: list[str]) -> str:
 
 
 def check_platform(environ=os.environ) -> str:
-    """"" when Qt can start here; otherwise what is missing, in plain words."""
+    """ "" when Qt can start here; otherwise what is missing, in plain words."""
     if not uses_xcb(environ):
         return ""
     missing = missing_libraries()

@@ -48,8 +48,13 @@ def _clean_number(value: float, places: int) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def new_plot(title: str, y_label: str, x_label: str = "epoch", log_y: bool = False,
-             legend: tuple[int, int] | None = LEGEND_TOP_RIGHT) -> pg.PlotWidget:
+def new_plot(
+    title: str,
+    y_label: str,
+    x_label: str = "epoch",
+    log_y: bool = False,
+    legend: tuple[int, int] | None = LEGEND_TOP_RIGHT,
+) -> pg.PlotWidget:
     plot = pg.PlotWidget(axisItems={side: CleanAxis(side) for side in ("left", "bottom")})
     item = plot.getPlotItem()
     item.setTitle(title, size="10pt")
@@ -58,8 +63,12 @@ def new_plot(title: str, y_label: str, x_label: str = "epoch", log_y: bool = Fal
     item.showGrid(x=True, y=True, alpha=0.25)
     item.setLogMode(x=False, y=log_y)
     if legend is not None:
-        item.addLegend(offset=legend, labelTextSize="8pt",
-                       brush=pg.mkBrush(255, 255, 255, 210), pen=pg.mkPen("#D0D5DB"))
+        item.addLegend(
+            offset=legend,
+            labelTextSize="8pt",
+            brush=pg.mkBrush(255, 255, 255, 210),
+            pen=pg.mkPen("#D0D5DB"),
+        )
     item.setMenuEnabled(False)  # our own Save buttons replace pyqtgraph's context menu
     plot.setMinimumSize(260, 200)
     return plot
@@ -91,9 +100,11 @@ def decade_ticks(low: float, high: float) -> list[list[tuple[float, str]]]:
     major = [(float(k), "10" + str(k).translate(SUPERSCRIPTS)) for k in range(first, last + 1)]
     inside = sum(1 for k in range(first, last + 1) if low <= k <= high)
     labelled = (2, 3, 5) if inside < 2 else ()
-    minor = [(k + math.log10(m), f"{m}·10" + str(k).translate(SUPERSCRIPTS)
-              if m in labelled else "")
-             for k in range(first, last) for m in range(2, 10)]
+    minor = [
+        (k + math.log10(m), f"{m}·10" + str(k).translate(SUPERSCRIPTS) if m in labelled else "")
+        for k in range(first, last)
+        for m in range(2, 10)
+    ]
     return [major, minor]
 
 
@@ -109,7 +120,7 @@ def smoothed(values: list[float], weight: float) -> list[float]:
             continue
         count += 1
         average = weight * average + (1 - weight) * value
-        result.append(average / (1 - weight ** count))
+        result.append(average / (1 - weight**count))
     return result
 
 
@@ -157,14 +168,16 @@ class HoverReadout:
     """A vertical line under the mouse and the values of every curve at that x, in one label
     at the top left of the plot (what TensorBoard users look for when they hover)."""
 
-    def __init__(self, plot: pg.PlotWidget, x_label: str = "epoch",
-                 y_format=lambda value: f"{value:.4g}") -> None:
+    def __init__(
+        self, plot: pg.PlotWidget, x_label: str = "epoch", y_format=lambda value: f"{value:.4g}"
+    ) -> None:
         self.plot = plot
         self.x_label = x_label
         self.y_format = y_format
         self.line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888", width=1))
-        self.label = pg.TextItem("", color="#222", anchor=(0, 0),
-                                 fill=pg.mkBrush(255, 255, 255, 220))
+        self.label = pg.TextItem(
+            "", color="#222", anchor=(0, 0), fill=pg.mkBrush(255, 255, 255, 220)
+        )
         self.line.setZValue(20)
         self.label.setZValue(21)
         item = plot.getPlotItem()
@@ -198,8 +211,11 @@ class HoverReadout:
             self.hide()
             return ""
         at = min(rows, key=lambda row: abs(row[1] - x))[1]
-        text = f"{self.x_label} {at:.2f}".rstrip("0").rstrip(".") + "\n" + "\n".join(
-            f"{name}: {self.y_format(y)}" for name, _, y in rows)
+        text = (
+            f"{self.x_label} {at:.2f}".rstrip("0").rstrip(".")
+            + "\n"
+            + "\n".join(f"{name}: {self.y_format(y)}" for name, _, y in rows)
+        )
         self.label.setText(text)
         view = self.plot.getPlotItem().getViewBox()
         (x_low, _x_high), (_y_low, y_high) = view.viewRange()
@@ -218,8 +234,7 @@ class RunCurves:
         self.acc_plot = new_plot("Accuracy", "accuracy (%)", legend=LEGEND_BOTTOM_RIGHT)
         # Counts are drawn as log10(count) on a linear axis labelled in powers of ten: the
         # labels stay few and apart, whatever the range.
-        self.params_plot = new_plot("Parameters", "count (log scale)",
-                                    legend=LEGEND_MIDDLE_RIGHT)
+        self.params_plot = new_plot("Parameters", "count (log scale)", legend=LEGEND_MIDDLE_RIGHT)
         self.smoothing = 0.6  # the batch curve's EMA weight (0: raw)
         self._history = MetricHistory()
         self._planned: tuple[int, int, int] | None = None  # (compressed, dense, epochs)
@@ -231,32 +246,38 @@ class RunCurves:
         loss = self.loss_plot.getPlotItem()
         # Redrawn several times a second while training: no antialiasing keeps that cheap.
         self._batch_loss_raw = loss.plot(pen=pg.mkPen("#C9D8E6", width=1), antialias=False)
-        self._batch_loss = loss.plot(pen=pg.mkPen("#6F9CC4", width=1.5),
-                                     name="train (batches)", antialias=False)
+        self._batch_loss = loss.plot(
+            pen=pg.mkPen("#6F9CC4", width=1.5), name="train (batches)", antialias=False
+        )
         # Thousands of batch points: draw at most about one per pixel (peaks kept), so a
         # repaint while training stays short.
         for curve in (self._batch_loss_raw, self._batch_loss):
             curve.setDownsampling(auto=True, method="peak")
             curve.setClipToView(True)
-        self._train_loss = loss.plot(pen=pen(TRAIN_COLOUR), symbolBrush=TRAIN_COLOUR,
-                                     name="train", **symbol)
-        self._test_loss = loss.plot(pen=pen(TEST_COLOUR), symbolBrush=TEST_COLOUR,
-                                    name="test", **symbol)
+        self._train_loss = loss.plot(
+            pen=pen(TRAIN_COLOUR), symbolBrush=TRAIN_COLOUR, name="train", **symbol
+        )
+        self._test_loss = loss.plot(
+            pen=pen(TEST_COLOUR), symbolBrush=TEST_COLOUR, name="test", **symbol
+        )
         acc = self.acc_plot.getPlotItem()
-        self._train_acc = acc.plot(pen=pen(TRAIN_COLOUR), symbolBrush=TRAIN_COLOUR,
-                                   name="train", **symbol)
-        self._test_acc = acc.plot(pen=pen(TEST_COLOUR), symbolBrush=TEST_COLOUR,
-                                  name="test", **symbol)
+        self._train_acc = acc.plot(
+            pen=pen(TRAIN_COLOUR), symbolBrush=TRAIN_COLOUR, name="train", **symbol
+        )
+        self._test_acc = acc.plot(
+            pen=pen(TEST_COLOUR), symbolBrush=TEST_COLOUR, name="test", **symbol
+        )
         params = self.params_plot.getPlotItem()
-        self._dense_params = params.plot(pen=pen("#777777", style=pg.QtCore.Qt.PenStyle.DashLine),
-                                         name="dense")
-        self._adtn_params = params.plot(pen=pen(PALETTE[2]), symbolBrush=PALETTE[2],
-                                        name="compressed", **symbol)
+        self._dense_params = params.plot(
+            pen=pen("#777777", style=pg.QtCore.Qt.PenStyle.DashLine), name="dense"
+        )
+        self._adtn_params = params.plot(
+            pen=pen(PALETTE[2]), symbolBrush=PALETTE[2], name="compressed", **symbol
+        )
         self.readouts = {
             "loss": HoverReadout(self.loss_plot),
             "accuracy": HoverReadout(self.acc_plot, y_format=lambda v: f"{v:.2f} %"),
-            "parameters": HoverReadout(self.params_plot,
-                                       y_format=lambda v: f"{round(10 ** v):,}"),
+            "parameters": HoverReadout(self.params_plot, y_format=lambda v: f"{round(10**v):,}"),
         }
 
     def plots(self) -> dict[str, pg.PlotWidget]:
@@ -369,17 +390,24 @@ class RunCurves:
         item.getAxis("left").setTicks(self.count_axis_ticks)
 
     def _curves(self) -> dict[str, pg.PlotDataItem]:
-        return {"batch_loss": self._batch_loss, "train_loss": self._train_loss,
-                "test_loss": self._test_loss, "train_acc": self._train_acc,
-                "test_acc": self._test_acc, "params": self._adtn_params,
-                "dense_params": self._dense_params}
+        return {
+            "batch_loss": self._batch_loss,
+            "train_loss": self._train_loss,
+            "test_loss": self._test_loss,
+            "train_acc": self._train_acc,
+            "test_acc": self._test_acc,
+            "params": self._adtn_params,
+            "dense_params": self._dense_params,
+        }
 
     def curve_data(self, name: str) -> tuple[list[float], list[float]]:
         """The x and y values a curve draws now (names as in ``point_counts``; the batch
         loss after smoothing, accuracies in percent, counts as log10)."""
         xs, ys = self._curves()[name].getData()
-        return ([] if xs is None else [float(x) for x in xs],
-                [] if ys is None else [float(y) for y in ys])
+        return (
+            [] if xs is None else [float(x) for x in xs],
+            [] if ys is None else [float(y) for y in ys],
+        )
 
     def point_counts(self) -> dict[str, int]:
         """How many points each curve holds (what tests and the status bar look at)."""

@@ -25,11 +25,11 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Union
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal, Slot
 
 # torch-free: the configuration, the events and the stop/pause control are plain Python
+from engine.choices import RunStatus
 from engine.config import RunConfig
 from engine.events import (
     BatchEnded,
@@ -60,8 +60,9 @@ CHILD_NICENESS = 10
 
 
 # Whatever the trainer reports, as queued here.
-TrainerEvent = Union[RunStarted, BatchEnded, EpochEnded, CheckpointSaved, DownloadProgress,
-                     RunFailed, RunEnded]
+TrainerEvent = (
+    RunStarted | BatchEnded | EpochEnded | CheckpointSaved | DownloadProgress | RunFailed | RunEnded
+)
 EventQueue = collections.deque[TrainerEvent]  # deque.append is atomic across threads
 
 
@@ -121,7 +122,7 @@ class _DrainedEvents(TrainerCallback):
 
     def on_error(self, event: RunFailed) -> None:
         session = self.session
-        session._final_status = "failed"
+        session._final_status = RunStatus.FAILED
         text = describe_failure(event.kind, event.message)
         session.log.emit("error", text)
         session.run_failed.emit(text)
@@ -133,8 +134,9 @@ class _TrainingWorker(QObject):
     crashed = Signal(object)
     ended = Signal()  # after the trainer returned or raised
 
-    def __init__(self, config: RunConfig, run_dir: Path, control: RunControl, resume: bool,
-                 queue: EventQueue) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path, control: RunControl, resume: bool, queue: EventQueue
+    ) -> None:
         super().__init__()
         self._config = config
         self._run_dir = run_dir
@@ -147,8 +149,13 @@ class _TrainingWorker(QObject):
         try:
             from engine.trainer import train  # torch loads here, off the UI thread
 
-            train(self._config, self._run_dir, callbacks=[_QueueingCallback(self._queue)],
-                  control=self._control, resume=self._resume)
+            train(
+                self._config,
+                self._run_dir,
+                callbacks=[_QueueingCallback(self._queue)],
+                control=self._control,
+                resume=self._resume,
+            )
         except Exception as exc:  # the trainer reports most failures as RunFailed first
             log.exception("the training thread failed")  # escaped the trainer: a bug
             self.crashed.emit(exc)
@@ -164,8 +171,15 @@ def self_command() -> list[str]:
     return [sys.executable, "-m", "adtn_studio"]
 
 
-def child_command(config: RunConfig, run_dir: Path, resume: bool, config_file: Path,
-                  event_log: Path, control_file: Path, processes: int = 0) -> list[str]:
+def child_command(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    config_file: Path,
+    event_log: Path,
+    control_file: Path,
+    processes: int = 0,
+) -> list[str]:
     """The command line of the child that trains ``config`` into ``run_dir``; with
     ``processes`` it launches that many data-parallel workers (device "cuda:all" does so by
     itself, one per GPU)."""
@@ -175,8 +189,16 @@ def child_command(config: RunConfig, run_dir: Path, resume: bool, config_file: P
         args = ["train", "--config", str(config_file), "--out", str(run_dir)]
     if processes:
         args += ["--nproc-per-node", str(processes)]
-    return [*self_command(), *args, "--event-log", str(event_log),
-            "--control-file", str(control_file), "--nice", str(CHILD_NICENESS)]
+    return [
+        *self_command(),
+        *args,
+        "--event-log",
+        str(event_log),
+        "--control-file",
+        str(control_file),
+        "--nice",
+        str(CHILD_NICENESS),
+    ]
 
 
 class _ChildRun(QObject):
@@ -184,8 +206,15 @@ class _ChildRun(QObject):
 
     ended = Signal(int, str)  # exit code (-1: crashed or never started), last stderr line
 
-    def __init__(self, config: RunConfig, run_dir: Path, resume: bool, queue: EventQueue,
-                 processes: int = 0, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        resume: bool,
+        queue: EventQueue,
+        processes: int = 0,
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         from engine.event_log import EventLogReader, write_control
 
@@ -206,8 +235,9 @@ class _ChildRun(QObject):
         self._ended = False
         self.exit_info: tuple[int, str] = (-1, "")
 
-        program, *args = child_command(config, run_dir, resume, self.config_file, event_log,
-                                       self.control_file, processes)
+        program, *args = child_command(
+            config, run_dir, resume, self.config_file, event_log, self.control_file, processes
+        )
         self.process = QProcess(self)
         self.process.setProcessEnvironment(_child_environment())
         self.process.readyReadStandardError.connect(self._read_stderr)
@@ -264,8 +294,9 @@ class _ChildRun(QObject):
     @Slot(QProcess.ProcessError)
     def _on_error(self, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart:
-            self.stderr_tail.append(f"could not start the training process "
-                                    f"({self.process.errorString()})")
+            self.stderr_tail.append(
+                f"could not start the training process ({self.process.errorString()})"
+            )
             self._end(-1)
 
     def _end(self, code: int) -> None:
@@ -323,7 +354,7 @@ class TrainingSession(QObject):
         self._worker: _TrainingWorker | None = None
         self._thread: QThread | None = None
         self._child: _ChildRun | None = None
-        self._final_status = "stopped"
+        self._final_status = RunStatus.STOPPED
         self._run_ended_seen = False
         self._pending_batch: BatchEnded | None = None
         self._drained = _DrainedEvents(self)
@@ -352,8 +383,9 @@ class TrainingSession(QObject):
         """Emit what the engine has reported so far now, not at the drain timer's next tick."""
         self._drain()
 
-    def start(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
-              processes: int = 0) -> None:
+    def start(
+        self, config: RunConfig, run_dir: str | Path, resume: bool = False, processes: int = 0
+    ) -> None:
         """Train ``config`` into ``run_dir`` (continuing its last checkpoint if ``resume``);
         ``processes`` > 1 trains data-parallel in that many processes (child mode only)."""
         if processes > 1 and self.mode != "process":
@@ -364,7 +396,7 @@ class TrainingSession(QObject):
         self.run_dir = Path(run_dir)
         self.config = config
         self._queue.clear()
-        self._final_status = "stopped"
+        self._final_status = RunStatus.STOPPED
         self._run_ended_seen = False
         verb = "Resuming" if resume else "Starting"
         if self.mode == "process":
@@ -373,18 +405,22 @@ class TrainingSession(QObject):
             self._set_state("running")
             self.log.emit("info", f"{verb} run in {self.run_dir}")
             if self._child.has_ended:  # it could not even start: say so once we return
-                QTimer.singleShot(0, lambda: self._on_child_ended(*self._child.exit_info)
-                                  if self._child is not None else None)
+                QTimer.singleShot(
+                    0,
+                    lambda: (
+                        self._on_child_ended(*self._child.exit_info)
+                        if self._child is not None
+                        else None
+                    ),
+                )
         else:
             self._control = RunControl()
-            self._worker = _TrainingWorker(config, self.run_dir, self._control, resume,
-                                           self._queue)
+            self._worker = _TrainingWorker(config, self.run_dir, self._control, resume, self._queue)
             self._worker.crashed.connect(self._on_crashed)
             self._worker.ended.connect(self._on_worker_ended)
             self._set_state("running")
             self.log.emit("info", f"{verb} run in {self.run_dir}")
-            self._thread = start_in_thread(self._worker, self._worker.run,
-                                           self._worker.ended)
+            self._thread = start_in_thread(self._worker, self._worker.run, self._worker.ended)
         self._drain_timer.start()
 
     def _send(self, command: str) -> bool:
@@ -441,7 +477,7 @@ class TrainingSession(QObject):
 
     @Slot(object)
     def _on_crashed(self, exc: Exception) -> None:
-        self._final_status = "failed"
+        self._final_status = RunStatus.FAILED
         text = describe_exception(exc)
         self.log.emit("error", text)
         self.run_failed.emit(text)
@@ -468,7 +504,7 @@ class TrainingSession(QObject):
         child.ended.disconnect(self._on_child_ended)
         self._drain()
         if not self._run_ended_seen:  # the child ended without saying how: it died
-            self._final_status = "failed"
+            self._final_status = RunStatus.FAILED
             if last_line.startswith("could not start"):
                 text = f"Training did not begin: {last_line}."
             else:

@@ -22,13 +22,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "output differs by more than 1e-4. Prints sizes, compression and dense CPU latency.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holds config.toml)")
-    parser.add_argument("--checkpoint", choices=CHECKPOINT_KINDS, default="best",
-                        help="which checkpoint to export (default: best)")
-    parser.add_argument("--format", choices=FORMAT_CHOICES, default="all",
-                        help="file format to write (default: all three)")
-    parser.add_argument("--out", required=True, metavar="PATH",
-                        help="output folder (files named after the run), or a file path for "
-                        "one format (for several, its stem is used with each suffix)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINT_KINDS,
+        default="best",
+        help="which checkpoint to export (default: best)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMAT_CHOICES,
+        default="all",
+        help="file format to write (default: all three)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="output folder (files named after the run), or a file path for "
+        "one format (for several, its stem is used with each suffix)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -41,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
     formats = FORMATS if args.format == "all" else (args.format,)
     with _ProgressBar() as bar:
         try:
-            report = export_run(args.run_dir, args.out, formats=formats,
-                                checkpoint=args.checkpoint, progress=bar.update)
+            report = export_run(
+                args.run_dir,
+                args.out,
+                formats=formats,
+                checkpoint=args.checkpoint,
+                progress=bar.update,
+            )
         except (ExportError, BundleError, CheckpointError, ConfigError, ValueError, OSError) as exc:
             raise CommandError(str(exc)) from exc
     if args.json:
@@ -59,8 +76,13 @@ class _ProgressBar:
         from tqdm import tqdm
 
         # disable=None: no bar when stderr is not a terminal (logs, pipes)
-        self._bar = tqdm(total=100, file=sys.stderr, leave=False, disable=None,
-                         bar_format="{desc:<40} {bar} {percentage:3.0f}%")
+        self._bar = tqdm(
+            total=100,
+            file=sys.stderr,
+            leave=False,
+            disable=None,
+            bar_format="{desc:<40} {bar} {percentage:3.0f}%",
+        )
         return self
 
     def update(self, fraction: float, message: str) -> None:
@@ -81,9 +103,11 @@ def format_report(report) -> str:
     ]
     for exported in report.files:
         share = exported.size_bytes / report.dense_float32_bytes
-        lines.append(f"  {exported.format:<7} {exported.path:<{width}} "
-                     f"{format_bytes(exported.size_bytes):>11} {share:>11.1%} "
-                     f"{exported.max_abs_diff:>11.2e}")
+        lines.append(
+            f"  {exported.format:<7} {exported.path:<{width}} "
+            f"{format_bytes(exported.size_bytes):>11} {share:>11.1%} "
+            f"{exported.max_abs_diff:>11.2e}"
+        )
     lines += [
         f"Dense float32 size {format_bytes(report.dense_float32_bytes)}; parameters "
         f"{report.params_dense:,} dense, {report.params_compressed:,} compressed "

@@ -47,27 +47,38 @@ def run(args: argparse.Namespace) -> int:
 def format_summary(summary) -> str:
     lines = [f"{summary.path}: {KIND_TITLES[summary.kind]}, {format_bytes(summary.size_bytes)}"]
     dtypes = ", ".join(f"{dtype} {count}" for dtype, count in sorted(summary.dtypes.items()))
-    lines.append(f"tensors: {summary.tensor_count}{f' ({dtypes})' if dtypes else ''}, "
-                 f"{summary.stored_numbers:,} numbers stored")
+    lines.append(
+        f"tensors: {summary.tensor_count}{f' ({dtypes})' if dtypes else ''}, "
+        f"{summary.stored_numbers:,} numbers stored"
+    )
     if summary.kind == "onnx":
         info = summary.onnx
-        lines += [f"opset: {info['opset']}; producer: {info['producer']}",
-                  f"inputs: {', '.join(info['inputs'])}",
-                  f"outputs: {', '.join(info['outputs'])}"]
+        lines += [
+            f"opset: {info['opset']}; producer: {info['producer']}",
+            f"inputs: {', '.join(info['inputs'])}",
+            f"outputs: {', '.join(info['outputs'])}",
+        ]
         return "\n".join(lines)
 
     meta = summary.metadata
     lines.append(f"format: {meta.format} version {meta.format_version}, written by {meta.producer}")
-    lines.append("tensor data: checksum verified" if summary.checksum == "verified" else
-                 "tensor data: no checksum (written before ADTN Studio stored one; not verified)")
+    lines.append(
+        "tensor data: checksum verified"
+        if summary.checksum == "verified"
+        else "tensor data: no checksum (written before ADTN Studio stored one; not verified)"
+    )
     if meta.model is not None:
         model = meta.model
-        lines.append(f"model: {model.name} for {model.in_channels}×{model.image_size}×"
-                     f"{model.image_size} inputs, {model.num_classes} classes; "
-                     f"data set: {meta.dataset}")
+        lines.append(
+            f"model: {model.name} for {model.in_channels}×{model.image_size}×"
+            f"{model.image_size} inputs, {model.num_classes} classes; "
+            f"data set: {meta.dataset}"
+        )
     if meta.layers:
-        lines.append("encoded layers" + (" (materialised in this file):"
-                                         if meta.format == "adtn-dense" else ":"))
+        lines.append(
+            "encoded layers"
+            + (" (materialised in this file):" if meta.format == "adtn-dense" else ":")
+        )
         lines += layer_table(meta.layers)
     else:
         lines.append("encoded layers: none")
@@ -83,12 +94,26 @@ def layer_table(layers) -> list[str]:
     for layer in layers:
         params = layer.params
         dense = math.prod(layer.weight_shape)
-        rows.append((layer.name, layer.encoding, "×".join(map(str, layer.weight_shape)),
-                     f"{params:,}", f"{dense:,}", f"{dense / params:,.1f}x", layer.detail))
+        rows.append(
+            (
+                layer.name,
+                layer.encoding,
+                "×".join(map(str, layer.weight_shape)),
+                f"{params:,}",
+                f"{dense:,}",
+                f"{dense / params:,.1f}x",
+                layer.detail,
+            )
+        )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return ["  " + "  ".join(cell.ljust(w) if i in (0, 1, 2, 6) else cell.rjust(w)
-                             for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-            for row in (header, *rows)]
+    return [
+        "  "
+        + "  ".join(
+            cell.ljust(w) if i in (0, 1, 2, 6) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (header, *rows)
+    ]
 
 
 def _short(value: object) -> str:

@@ -10,21 +10,44 @@ from adtn_studio.cli import CommandError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "layers", help="list a model's layers, their shapes and ADTN parameter counts",
+        "layers",
+        help="list a model's layers, their shapes and ADTN parameter counts",
         description="List every Linear and Conv2d layer of MODEL built for DATASET, by the "
-                    "dotted name that --encode patterns and configs use.")
-    parser.add_argument("--model", metavar="MODEL",
-                        help="lenet5, ...; torchvision:NAME; or path/to/file.py:factory")
-    parser.add_argument("--dataset", metavar="DATASET", default="mnist",
-                        help="mnist, cifar10, ..., or imagefolder:DIR (default: mnist)")
-    parser.add_argument("--image-size", type=int, metavar="PX", default=0,
-                        help="image folders: input size in pixels (default: the images' own)")
-    parser.add_argument("--depth", type=int, metavar="N", default=1,
-                        help="ADTN depth the counts are given for (default 1)")
-    parser.add_argument("--encode", metavar="PATTERNS",
-                        help="mark the layers these patterns select (e.g. 'fc,layer4.*')")
-    parser.add_argument("--list-models", action="store_true",
-                        help="list the model names instead (zoo and torchvision)")
+        "dotted name that --encode patterns and configs use.",
+    )
+    parser.add_argument(
+        "--model", metavar="MODEL", help="lenet5, ...; torchvision:NAME; or path/to/file.py:factory"
+    )
+    parser.add_argument(
+        "--dataset",
+        metavar="DATASET",
+        default="mnist",
+        help="mnist, cifar10, ..., or imagefolder:DIR (default: mnist)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        default=0,
+        help="image folders: input size in pixels (default: the images' own)",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        metavar="N",
+        default=1,
+        help="ADTN depth the counts are given for (default 1)",
+    )
+    parser.add_argument(
+        "--encode",
+        metavar="PATTERNS",
+        help="mark the layers these patterns select (e.g. 'fc,layer4.*')",
+    )
+    parser.add_argument(
+        "--list-models",
+        action="store_true",
+        help="list the model names instead (zoo and torchvision)",
+    )
     parser.set_defaults(func=run_layers)
 
 
@@ -42,9 +65,12 @@ def run_layers(args: argparse.Namespace) -> int:
     if not 1 <= args.depth <= MAX_DEPTH:
         raise CommandError(f"--depth must be between 1 and {MAX_DEPTH} (got {args.depth})")
     try:
-        config = RunConfig(model=absolute_model(args.model),
-                           dataset=absolute_dataset(args.dataset), image_size=args.image_size,
-                           dense_baseline=True)
+        config = RunConfig(
+            model=absolute_model(args.model),
+            dataset=absolute_dataset(args.dataset),
+            image_size=args.image_size,
+            dense_baseline=True,
+        )
         config.validate()
     except (ConfigError, TypeError) as exc:
         raise CommandError(str(exc)) from None
@@ -70,10 +96,15 @@ def format_layers(model, infos, depth: int, selected: list[str], config) -> str:
     encodable = [LayerSpec(name=info.name, depth=depth) for info in infos if info.encodable]
     rows = {row.name: row for row in plan_compression(model, encodable).rows}
     name_width = max([len("layer")] + [len(info.name) for info in infos]) + 2
-    header = (f" {'layer':<{name_width}}{'kind':<8}{'weight shape':<22}{'Q':>3}"
-              f"{'dense':>13}{f'ADTN d={depth}':>12}{'ratio':>10}")
-    lines = [f"{config.model} on {config.dataset}: {len(infos)} linear/convolutional layers",
-             header, "-" * len(header)]
+    header = (
+        f" {'layer':<{name_width}}{'kind':<8}{'weight shape':<22}{'Q':>3}"
+        f"{'dense':>13}{f'ADTN d={depth}':>12}{'ratio':>10}"
+    )
+    lines = [
+        f"{config.model} on {config.dataset}: {len(infos)} linear/convolutional layers",
+        header,
+        "-" * len(header),
+    ]
     for parent, members in group_by_parent(infos):
         if parent and len(members) > 1:
             lines.append(f" [{parent}]")
@@ -86,15 +117,19 @@ def format_layers(model, infos, depth: int, selected: list[str], config) -> str:
                 count, ratio = f"{encoded:,}", f"{row.ratio:,.0f}×"
             else:
                 count, ratio = "-", (info.reason or "not encodable")[:24]
-            lines.append(f"{mark}{info.name:<{name_width}}{info.kind:<8}{shape:<22}"
-                         f"{info.Q:>3}{info.dense_params:>13,}{count:>12}{ratio:>10}")
+            lines.append(
+                f"{mark}{info.name:<{name_width}}{info.kind:<8}{shape:<22}"
+                f"{info.Q:>3}{info.dense_params:>13,}{count:>12}{ratio:>10}"
+            )
     total = sum(info.dense_params for info in infos)
     lines.append(f"total in these layers: {total:,} parameters (weights and biases)")
     if selected:
         report = plan_compression(model, [LayerSpec(name=n, depth=depth) for n in selected])
-        lines.append(f"* selected: {len(selected)} layer(s); the model would hold "
-                     f"{report.model_params_after:,} parameters instead of "
-                     f"{report.model_params_before:,} ({report.ratio:.1f}× smaller)")
+        lines.append(
+            f"* selected: {len(selected)} layer(s); the model would hold "
+            f"{report.model_params_after:,} parameters instead of "
+            f"{report.model_params_before:,} ({report.ratio:.1f}× smaller)"
+        )
     return "\n".join(lines)
 
 
@@ -104,7 +139,14 @@ def format_model_list() -> str:
 
     zoo = ", ".join(f"{name} ({model_title(name)})" for name in MODEL_NAMES)
     names = torchvision_names()
-    rows = [", ".join(f"torchvision:{n}" for n in names[i:i + 4]) for i in range(0, len(names), 4)]
-    return ("built in: " + zoo + "\n\ntorchvision (image classifiers):\n  " + "\n  ".join(rows)
-            + "\n\nyour own: path/to/file.py:factory (called with in_channels, image_size, "
-              "num_classes when it takes them)")
+    rows = [
+        ", ".join(f"torchvision:{n}" for n in names[i : i + 4]) for i in range(0, len(names), 4)
+    ]
+    return (
+        "built in: "
+        + zoo
+        + "\n\ntorchvision (image classifiers):\n  "
+        + "\n  ".join(rows)
+        + "\n\nyour own: path/to/file.py:factory (called with in_channels, image_size, "
+        "num_classes when it takes them)"
+    )

@@ -14,15 +14,20 @@ from engine.paths import CONFIG_FILE, RunPaths  # torch-free
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "resume", help="continue a run from its last checkpoint",
+        "resume",
+        help="continue a run from its last checkpoint",
         description="Continue the run in RUN_DIR from its last checkpoint (the end of its "
-                    "last finished epoch), with the configuration saved in the folder. A run "
-                    "whose last checkpoint is missing is refused unless --restart is given.")
+        "last finished epoch), with the configuration saved in the folder. A run "
+        "whose last checkpoint is missing is refused unless --restart is given.",
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)
-    parser.add_argument("--restart", action="store_true",
-                        help="when checkpoints/last.safetensors is missing, start the run "
-                             "again at epoch 1 in the same folder (its old best checkpoint "
-                             "is kept as best-before-restart)")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="when checkpoints/last.safetensors is missing, start the run "
+        "again at epoch 1 in the same folder (its old best checkpoint "
+        "is kept as best-before-restart)",
+    )
     add_override_arguments(parser)
     parser.set_defaults(func=run_resume)
 
@@ -42,8 +47,10 @@ def run_resume(args: argparse.Namespace) -> int:
     if not args.restart:
         return run_and_report(config, args.run_dir, resume=True, options=args)
     if paths.checkpoint("last").exists():
-        raise CommandError(f"{paths.checkpoint('last')} exists: resume without --restart "
-                           "(or train into a new folder to start over)")
+        raise CommandError(
+            f"{paths.checkpoint('last')} exists: resume without --restart "
+            "(or train into a new folder to start over)"
+        )
     _keep_old_best(paths)
     print(f"starting {args.run_dir} again at epoch 1", file=sys.stderr)
     return run_and_report(config, args.run_dir, resume=False, options=args)

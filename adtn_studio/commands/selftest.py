@@ -15,11 +15,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for a few steps on generated data, export it (.adtn, dense, ONNX) and reload it. "
         "Prints one PASS/FAIL line a step; exits 0 only if every step passed.",
     )
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--no-window", dest="window", action="store_false",
-                        help="skip building the main window")
-    parser.add_argument("--traceback", action="store_true",
-                        help="print the full traceback of a step that fails")
-    parser.set_defaults(func=lambda args: run_selftest(
-        device=args.device, window=args.window, show_tracebacks=args.traceback))
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)",
+    )
+    parser.add_argument(
+        "--no-window", dest="window", action="store_false", help="skip building the main window"
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="print the full traceback of a step that fails"
+    )
+    parser.set_defaults(
+        func=lambda args: run_selftest(
+            device=args.device, window=args.window, show_tracebacks=args.traceback
+        )
+    )

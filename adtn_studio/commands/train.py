@@ -16,12 +16,24 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from adtn_studio.cli import CommandError
-from adtn_studio.launch import (add_launch_arguments, every_gpu, launch, launch_requested,
-                                lower_priority)
-from engine.choices import IMAGEFOLDER_PREFIX, PHASE_PRETRAIN, TORCHVISION_PREFIX
+from adtn_studio.launch import (
+    add_launch_arguments,
+    every_gpu,
+    launch,
+    launch_requested,
+    lower_priority,
+)
+from engine.choices import IMAGEFOLDER_PREFIX, PHASE_PRETRAIN, TORCHVISION_PREFIX, RunStatus
+
 # plain Python: no torch at start-up
-from engine.events import (BatchEnded, DownloadProgress, EpochEnded, RunControl, RunStarted,
-                           TrainerCallback)
+from engine.events import (
+    BatchEnded,
+    DownloadProgress,
+    EpochEnded,
+    RunControl,
+    RunStarted,
+    TrainerCallback,
+)
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -29,31 +41,47 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a model with chosen layers compressed as ADTNs",
+        "train",
+        help="train a model with chosen layers compressed as ADTNs",
         description="Train a preset or a configuration file. Progress goes to stderr, the "
-                    "final summary to stdout. Ctrl-C stops after the current batch; "
-                    "'adtn-studio resume RUN_DIR' continues from the last finished epoch.")
+        "final summary to stdout. Ctrl-C stops after the current batch; "
+        "'adtn-studio resume RUN_DIR' continues from the last finished epoch.",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="a built-in preset (see 'presets')")
     source.add_argument("--config", metavar="FILE", type=Path, help="a run configuration (TOML)")
     add_source_arguments(parser)
-    parser.add_argument("--out", metavar="RUN_DIR", type=Path,
-                        help="run folder (default: a new folder under the runs folder)")
+    parser.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        type=Path,
+        help="run folder (default: a new folder under the runs folder)",
+    )
     add_override_arguments(parser)
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs of the compressed model")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed")
-    parser.add_argument("--limit-train", type=int, metavar="N",
-                        help="use only the first N training examples (quick runs)")
-    parser.add_argument("--limit-test", type=int, metavar="N",
-                        help="use only the first N test examples (quick runs)")
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        metavar="N",
+        help="use only the first N training examples (quick runs)",
+    )
+    parser.add_argument(
+        "--limit-test",
+        type=int,
+        metavar="N",
+        help="use only the first N test examples (quick runs)",
+    )
     parser.set_defaults(func=run_train)
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that ``train`` and ``resume`` share: where the data is, which device."""
-    parser.add_argument("--data-root", metavar="DIR",
-                        help="folder holding the data sets (default: $ADTN_DATA_DIR or a "
-                             "per-user folder)")
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="folder holding the data sets (default: $ADTN_DATA_DIR or a per-user folder)",
+    )
     parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N or mps")
     add_launch_arguments(parser)  # --nproc-per-node and the rest of torchrun's options
 
@@ -62,10 +90,19 @@ def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     """``config`` with the command-line options that were given, validated."""
     from engine.config import ConfigError
 
-    names = {"data_root": "data_root", "device": "device", "epochs": "epochs", "seed": "seed",
-             "limit_train": "limit_train", "limit_test": "limit_test"}
-    changes = {field: getattr(args, arg) for arg, field in names.items()
-               if getattr(args, arg, None) is not None}
+    names = {
+        "data_root": "data_root",
+        "device": "device",
+        "epochs": "epochs",
+        "seed": "seed",
+        "limit_train": "limit_train",
+        "limit_test": "limit_test",
+    }
+    changes = {
+        field: getattr(args, arg)
+        for arg, field in names.items()
+        if getattr(args, arg, None) is not None
+    }
     try:
         return config.replace(**changes).validate()
     except ConfigError as exc:
@@ -78,8 +115,10 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.runs import new_run_dir
 
     if not (args.preset or args.config or (args.model and args.dataset)):
-        raise CommandError("say what to train: --preset NAME, --config FILE, or --model MODEL "
-                           "--dataset DATASET --encode PATTERNS")
+        raise CommandError(
+            "say what to train: --preset NAME, --config FILE, or --model MODEL "
+            "--dataset DATASET --encode PATTERNS"
+        )
     try:
         if args.preset:
             config = load_preset(args.preset)
@@ -96,8 +135,9 @@ def run_train(args: argparse.Namespace) -> int:
     return run_and_report(config, run_dir, resume=False, options=args)
 
 
-def run_and_report(config: RunConfig, run_dir: Path, resume: bool,
-                   options: argparse.Namespace | None = None) -> int:
+def run_and_report(
+    config: RunConfig, run_dir: Path, resume: bool, options: argparse.Namespace | None = None
+) -> int:
     """Train with a console progress display; print the summary; raise on failure or stop.
 
     ``options`` (the parsed command line) may ask for a data-parallel launch, an event log
@@ -127,17 +167,19 @@ def run_and_report(config: RunConfig, run_dir: Path, resume: bool,
         summary = train(config, run_dir, callbacks=callbacks, control=control, resume=resume)
     callbacks[0].close()
     if env is not None and env.rank != 0:  # rank 0 speaks for the job
-        if summary.status == "failed":
+        if summary.status == RunStatus.FAILED:
             raise CommandError(f"rank {env.rank}: {summary.error_message}")
         return 0
-    if summary.status == "failed":
+    if summary.status == RunStatus.FAILED:
         raise CommandError(summary.error_message)
     print(format_summary(summary))
-    if summary.status == "stopped" and env is not None:
+    if summary.status == RunStatus.STOPPED and env is not None:
         return 0  # a requested stop is no failure of the worker; the launcher reports it
-    if summary.status == "stopped":
-        raise CommandError(f"stopped after epoch {summary.epochs_completed} of "
-                           f"{summary.epochs}; continue with: adtn-studio resume {run_dir}")
+    if summary.status == RunStatus.STOPPED:
+        raise CommandError(
+            f"stopped after epoch {summary.epochs_completed} of "
+            f"{summary.epochs}; continue with: adtn-studio resume {run_dir}"
+        )
     return 0
 
 
@@ -154,17 +196,24 @@ def format_summary(summary) -> str:
     ]
     dense_acc = getattr(summary, "dense_test_acc", None)
     if dense_acc is not None:  # pretrained weights: before and after, side by side
-        lines.insert(3, f"before:      {dense_acc:.2%} test accuracy of the dense model with "
-                        "its pretrained weights, before compression")
+        lines.insert(
+            3,
+            f"before:      {dense_acc:.2%} test accuracy of the dense model with "
+            "its pretrained weights, before compression",
+        )
     if report.get("layers"):
-        names = ", ".join(f"{row['name']} ({row.get('encoding', 'adtn')}: {row.get('detail', '')})"
-                          for row in report["layers"])
+        names = ", ".join(
+            f"{row['name']} ({row.get('encoding', 'adtn')}: {row.get('detail', '')})"
+            for row in report["layers"]
+        )
         lines.append(
             f"encoded layers: {names}: {report['compressed_layers_encoded_params']:,} parameters "
             f"instead of {report['compressed_layers_dense_params']:,} "
-            f"({report['compressed_layers_ratio']:.1f}x)")
-    lines.append(f"time:        {summary.seconds_total:.1f} s "
-                 f"({summary.seconds_per_epoch:.2f} s/epoch)")
+            f"({report['compressed_layers_ratio']:.1f}x)"
+        )
+    lines.append(
+        f"time:        {summary.seconds_total:.1f} s ({summary.seconds_per_epoch:.2f} s/epoch)"
+    )
     return "\n".join(lines)
 
 
@@ -185,12 +234,17 @@ class ConsoleProgress(TrainerCallback):
         self.epochs = event.epochs
         resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
         if not self.config.layers:  # say so: nothing is compressed in this run
-            tqdm.write(f"{self.config.run_name}: dense baseline run (dense_baseline = true), "
-                       "no layer is compressed", file=sys.stderr)
-        tqdm.write(f"{self.config.run_name}: {self.config.model} on {self.config.dataset}, "
-                   f"{event.params_total:,} parameters (dense {event.dense_params_total:,}), "
-                   f"{event.device}, {event.epochs} epochs{resumed} -> {event.run_dir}",
-                   file=sys.stderr)
+            tqdm.write(
+                f"{self.config.run_name}: dense baseline run (dense_baseline = true), "
+                "no layer is compressed",
+                file=sys.stderr,
+            )
+        tqdm.write(
+            f"{self.config.run_name}: {self.config.model} on {self.config.dataset}, "
+            f"{event.params_total:,} parameters (dense {event.dense_params_total:,}), "
+            f"{event.device}, {event.epochs} epochs{resumed} -> {event.run_dir}",
+            file=sys.stderr,
+        )
         if event.parallel:
             tqdm.write(event.parallel, file=sys.stderr)
         for note in event.notes:  # adapted layers, weights, skipped files
@@ -199,9 +253,13 @@ class ConsoleProgress(TrainerCallback):
     def on_download(self, event: DownloadProgress) -> None:
         if self.bar is None:
             loading = event.what == "load"  # images being decoded
-            self.bar = tqdm(total=event.total_bytes or None, unit="img" if loading else "B",
-                            unit_scale=not loading, file=sys.stderr,
-                            desc=f"{'loading' if loading else 'downloading'} {event.dataset}")
+            self.bar = tqdm(
+                total=event.total_bytes or None,
+                unit="img" if loading else "B",
+                unit_scale=not loading,
+                file=sys.stderr,
+                desc=f"{'loading' if loading else 'downloading'} {event.dataset}",
+            )
         self.bar.update(event.done_bytes - self.bar.n)
         if event.total_bytes and event.done_bytes >= event.total_bytes:
             self._close_bar()
@@ -209,17 +267,25 @@ class ConsoleProgress(TrainerCallback):
     def on_batch_end(self, event: BatchEnded) -> None:
         if self.bar is None:
             label = " (dense)" if event.phase == PHASE_PRETRAIN else ""
-            self.bar = tqdm(total=event.batches, desc=f"epoch {event.epoch}/{self.epochs}{label}",
-                            unit="batch", file=sys.stderr, leave=False)
+            self.bar = tqdm(
+                total=event.batches,
+                desc=f"epoch {event.epoch}/{self.epochs}{label}",
+                unit="batch",
+                file=sys.stderr,
+                leave=False,
+            )
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{event.loss:.4f}", acc=f"{event.acc:.3f}", refresh=False)
 
     def on_epoch_end(self, event: EpochEnded) -> None:
         self._close_bar()
-        tqdm.write(f"epoch {event.epoch}/{self.epochs}: train loss {event.train_loss:.4f} "
-                   f"acc {event.train_acc:.2%} | test loss {event.test_loss:.4f} "
-                   f"acc {event.test_acc:.2%} | {event.params_total:,} params | "
-                   f"{event.seconds:.1f} s", file=sys.stderr)
+        tqdm.write(
+            f"epoch {event.epoch}/{self.epochs}: train loss {event.train_loss:.4f} "
+            f"acc {event.train_acc:.2%} | test loss {event.test_loss:.4f} "
+            f"acc {event.test_acc:.2%} | {event.params_total:,} params | "
+            f"{event.seconds:.1f} s",
+            file=sys.stderr,
+        )
 
     def close(self) -> None:
         self._close_bar()
@@ -252,27 +318,48 @@ class _stop_on_ctrl_c:
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --dataset, --weights, --encode and their companions (``train`` only)."""
     group = parser.add_argument_group(
-        "model, data and layers (instead of, or on top of, --preset / --config)")
-    group.add_argument("--model", metavar="MODEL",
-                       help="lenet5, fc2, ...; torchvision:NAME (e.g. torchvision:resnet18); "
-                            "or path/to/file.py:factory")
-    group.add_argument("--dataset", metavar="DATASET",
-                       help="mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic, or "
-                            "imagefolder:DIR (one folder per class)")
-    group.add_argument("--weights", metavar="FILE",
-                       help="pretrained weights: a .safetensors file or a PyTorch state dict "
-                            "(read with weights_only), or torchvision:DEFAULT for a "
-                            "torchvision model; ADTNs are then fitted to these weights")
-    group.add_argument("--encode", metavar="PATTERNS",
-                       help="layers to compress, comma-separated name patterns such as "
-                            "'fc,layer4.*' (see 'adtn-studio layers')")
+        "model, data and layers (instead of, or on top of, --preset / --config)"
+    )
+    group.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="lenet5, fc2, ...; torchvision:NAME (e.g. torchvision:resnet18); "
+        "or path/to/file.py:factory",
+    )
+    group.add_argument(
+        "--dataset",
+        metavar="DATASET",
+        help="mnist, fashionmnist, kmnist, cifar10, cifar100, synthetic, or "
+        "imagefolder:DIR (one folder per class)",
+    )
+    group.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="pretrained weights: a .safetensors file or a PyTorch state dict "
+        "(read with weights_only), or torchvision:DEFAULT for a "
+        "torchvision model; ADTNs are then fitted to these weights",
+    )
+    group.add_argument(
+        "--encode",
+        metavar="PATTERNS",
+        help="layers to compress, comma-separated name patterns such as "
+        "'fc,layer4.*' (see 'adtn-studio layers')",
+    )
     group.add_argument("--depth", type=int, metavar="N", help="ADTN depth of encoded layers")
-    group.add_argument("--image-size", type=int, metavar="PX",
-                       help="image folders: input size in pixels (default: the images' own)")
+    group.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="image folders: input size in pixels (default: the images' own)",
+    )
     group.add_argument("--batch-size", type=int, metavar="N", help="examples per batch")
-    group.add_argument("--workers", type=int, metavar="N",
-                       help="image folders too large for memory: processes that decode the "
-                            "files (default 0: one per core, at most 4)")
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="image folders too large for memory: processes that decode the "
+        "files (default 0: one per core, at most 4)",
+    )
     group.add_argument("--lr", type=float, metavar="X", help="learning rate")
     group.add_argument("--name", metavar="NAME", help="run name")
 
@@ -291,8 +378,13 @@ def apply_source_arguments(config: RunConfig, args: argparse.Namespace) -> RunCo
         changes["weights"] = absolute_weights(args.weights)
         if args.weights and not args.preset and not args.config:
             changes.update(init="pretrained", pretrain_epochs=0)  # fit ADTNs to the weights
-    for arg, field in (("image_size", "image_size"), ("batch_size", "batch_size"),
-                       ("workers", "workers"), ("lr", "lr"), ("name", "name")):
+    for arg, field in (
+        ("image_size", "image_size"),
+        ("batch_size", "batch_size"),
+        ("workers", "workers"),
+        ("lr", "lr"),
+        ("name", "name"),
+    ):
         if getattr(args, arg, None) is not None:
             changes[field] = getattr(args, arg)
     try:
@@ -306,9 +398,11 @@ def apply_source_arguments(config: RunConfig, args: argparse.Namespace) -> RunCo
             raise CommandError("--depth needs layers to encode: add --encode PATTERNS")
         config = config.replace(layers=[_with_depth(spec, args.depth) for spec in config.layers])
     elif not config.layers and args.model and not args.preset and not args.config:
-        raise CommandError("say which layers to compress with --encode PATTERNS (e.g. "
-                           f"--encode 'fc*'); 'adtn-studio layers --model {args.model} "
-                           f"--dataset {args.dataset}' lists them")
+        raise CommandError(
+            "say which layers to compress with --encode PATTERNS (e.g. "
+            f"--encode 'fc*'); 'adtn-studio layers --model {args.model} "
+            f"--dataset {args.dataset}' lists them"
+        )
     return config
 
 
@@ -325,8 +419,8 @@ def absolute_model(model: str) -> str:
 
 
 def absolute_dataset(dataset: str) -> str:
-    if dataset.startswith(IMAGEFOLDER_PREFIX) and dataset[len(IMAGEFOLDER_PREFIX):].strip():
-        folder = Path(dataset[len(IMAGEFOLDER_PREFIX):]).expanduser().resolve()
+    if dataset.startswith(IMAGEFOLDER_PREFIX) and dataset[len(IMAGEFOLDER_PREFIX) :].strip():
+        folder = Path(dataset[len(IMAGEFOLDER_PREFIX) :]).expanduser().resolve()
         return IMAGEFOLDER_PREFIX + str(folder)
     return dataset
 
@@ -368,8 +462,7 @@ def config_skeleton(config: RunConfig):
     try:
         info = config_dataset_info(config)
         with torch.device("meta"):
-            return build_model(config.model, info.in_channels, info.image_size,
-                               info.num_classes)
+            return build_model(config.model, info.in_channels, info.image_size, info.num_classes)
     except (DataUnavailableError, ValueError) as exc:
         raise CommandError(str(exc)) from None
 

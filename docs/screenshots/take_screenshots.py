@@ -11,8 +11,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORK = Path(tempfile.mkdtemp(prefix="adtn-shots-"))
-for variable, folder in (("ADTN_RUNS_DIR", "runs"), ("ADTN_CONFIG_DIR", "config"),
-                         ("ADTN_DATA_DIR", "data")):
+for variable, folder in (
+    ("ADTN_RUNS_DIR", "runs"),
+    ("ADTN_CONFIG_DIR", "config"),
+    ("ADTN_DATA_DIR", "data"),
+):
     os.environ[variable] = str(WORK / folder)
 
 from PySide6.QtCore import QEvent  # noqa: E402
@@ -68,10 +71,19 @@ def main() -> None:
 
     from engine.config import LayerSpec, RunConfig
 
-    config = RunConfig(name="fc2-synthetic-depth2", model="fc2", dataset="synthetic",
-                       layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)], epochs=6,
-                       batch_size=64, lr=0.002, adtn_lr=0.01, limit_train=2000, limit_test=500,
-                       device="cpu")
+    config = RunConfig(
+        name="fc2-synthetic-depth2",
+        model="fc2",
+        dataset="synthetic",
+        layers=[LayerSpec("fc1", depth=2), LayerSpec("fc2", depth=2)],
+        epochs=6,
+        batch_size=64,
+        lr=0.002,
+        adtn_lr=0.01,
+        limit_train=2000,
+        limit_test=500,
+        device="cpu",
+    )
     window.start_run(config)
     wait(lambda: len(window.session.history) >= 3)
     settle(0.6)
@@ -89,11 +101,17 @@ def main() -> None:
     dialog.close()
 
     for depth, epochs in ((1, 4), (3, 4)):
-        finish_run(window, config.replace(name=f"fc2-synthetic-depth{depth}", epochs=epochs,
-                                  layers=[LayerSpec("fc1", depth=depth),
-                                          LayerSpec("fc2", depth=depth)]))
-    finish_run(window, config.replace(name="fc2-synthetic-dense", epochs=3, layers=[],
-                                      dense_baseline=True))
+        finish_run(
+            window,
+            config.replace(
+                name=f"fc2-synthetic-depth{depth}",
+                epochs=epochs,
+                layers=[LayerSpec("fc1", depth=depth), LayerSpec("fc2", depth=depth)],
+            ),
+        )
+    finish_run(
+        window, config.replace(name="fc2-synthetic-dense", epochs=3, layers=[], dense_baseline=True)
+    )
     window.show_page(2)
     runs = window.runs_view
     wait(lambda: runs.model.rowCount() == 4)

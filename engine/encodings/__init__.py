@@ -14,20 +14,36 @@ import torch
 
 from engine.choices import ENCODINGS, MATCH_ADTN
 from engine.encodings.adtn import ADTNEncoding, adtn_count
-from engine.encodings.base import (BUDGET_TOLERANCE, Encoding, EncodingError, EncodingPlan,
-                                   FactorGenerator, WeightGenerator)
+from engine.encodings.base import (
+    BUDGET_TOLERANCE,
+    Encoding,
+    EncodingError,
+    EncodingPlan,
+    FactorGenerator,
+    WeightGenerator,
+)
 from engine.encodings.lowrank import LowRankEncoding
 from engine.encodings.tt import TTEncoding
 from engine.encodings.tucker_cp import CPEncoding, TuckerEncoding
 from engine.layer_spec import LayerSpec, budget_value
 
-__all__ = ["BUDGET_TOLERANCE", "ENCODINGS", "Encoding", "EncodingError", "EncodingPlan",
-           "FactorGenerator", "WeightGenerator", "build_generator", "get_encoding", "plan_layer",
-           "resolve_budget"]
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "ENCODINGS",
+    "Encoding",
+    "EncodingError",
+    "EncodingPlan",
+    "FactorGenerator",
+    "WeightGenerator",
+    "build_generator",
+    "get_encoding",
+    "plan_layer",
+    "resolve_budget",
+]
 
 _REGISTRY: dict[str, Encoding] = {
-    e.name: e for e in (ADTNEncoding(), TTEncoding(), LowRankEncoding(), TuckerEncoding(),
-                        CPEncoding())
+    e.name: e
+    for e in (ADTNEncoding(), TTEncoding(), LowRankEncoding(), TuckerEncoding(), CPEncoding())
 }
 assert tuple(_REGISTRY) == ENCODINGS
 
@@ -36,7 +52,9 @@ def get_encoding(name: str) -> Encoding:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise EncodingError(f"encoding must be one of {', '.join(ENCODINGS)} (got {name!r})") from None
+        raise EncodingError(
+            f"encoding must be one of {', '.join(ENCODINGS)} (got {name!r})"
+        ) from None
 
 
 def _has_explicit_size(spec: LayerSpec) -> bool:
@@ -48,16 +66,18 @@ def resolve_budget(spec: LayerSpec, weight_shape: tuple[int, ...]) -> int:
     the ADTN of the spec's depth and layout; for encodings other than the ADTN with no explicit
     ranks, that ADTN's count too (so switching encodings keeps the size). 0: none."""
     budget = budget_value(spec.budget)
-    if budget == MATCH_ADTN or (not budget and spec.encoding != "adtn"
-                                and not _has_explicit_size(spec)):
+    if budget == MATCH_ADTN or (
+        not budget and spec.encoding != "adtn" and not _has_explicit_size(spec)
+    ):
         return adtn_count(tuple(weight_shape), int(spec.depth), spec.layout)
     return int(budget)
 
 
 def plan_layer(spec: LayerSpec, weight_shape: tuple[int, ...]) -> EncodingPlan:
     """The resolved encoding of one layer; ``EncodingError`` says why it cannot be."""
-    return get_encoding(spec.encoding).plan(spec, tuple(weight_shape),
-                                            resolve_budget(spec, weight_shape))
+    return get_encoding(spec.encoding).plan(
+        spec, tuple(weight_shape), resolve_budget(spec, weight_shape)
+    )
 
 
 def build_generator(plan: EncodingPlan, init_std: float):

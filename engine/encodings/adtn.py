@@ -24,7 +24,9 @@ class ADTNEncoding(Encoding):
     def plan(self, spec: LayerSpec, weight_shape: tuple[int, ...], budget: int) -> EncodingPlan:
         depth = int(spec.depth)
         if budget:
-            counts = ((adtn_count(weight_shape, d, spec.layout), d) for d in range(1, MAX_DEPTH + 1))
+            counts = (
+                (adtn_count(weight_shape, d, spec.layout), d) for d in range(1, MAX_DEPTH + 1)
+            )
             best = closest_within_budget(counts, budget)
             if best is None:
                 smallest = adtn_count(weight_shape, 1, spec.layout)
@@ -34,8 +36,13 @@ class ADTNEncoding(Encoding):
                 )
             depth = best[1]
         params = adtn_count(weight_shape, depth, spec.layout)
-        options = {"depth": depth, "activation": spec.activation, "layout": spec.layout,
-                   "index_order": spec.index_order, "gate_init": spec.gate_init}
+        options = {
+            "depth": depth,
+            "activation": spec.activation,
+            "layout": spec.layout,
+            "index_order": spec.index_order,
+            "gate_init": spec.gate_init,
+        }
         detail = f"depth {depth}, {spec.layout}, {spec.activation}"
         if spec.index_order != "rows_first":
             detail += f", {spec.index_order}"
@@ -52,5 +59,12 @@ class ADTNEncoding(Encoding):
             extra["index_order"] = o["index_order"]
         if o.get("gate_init", "orthogonal") != "orthogonal":
             extra["init"] = o["gate_init"]
-        return ADTN(plan.weight_shape, o["depth"], o["activation"], o["layout"], init_std=init_std,
-                    block_bits=o.get("block_bits"), **extra)
+        return ADTN(
+            plan.weight_shape,
+            o["depth"],
+            o["activation"],
+            o["layout"],
+            init_std=init_std,
+            block_bits=o.get("block_bits"),
+            **extra,
+        )

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -147,8 +148,9 @@ def rank_by_count(spec: LayerSpec, budget: int, per_rank: int, most: int, descri
         raise EncodingError(f"{described} needs a rank or a budget")
     best = closest_within_budget(((r * per_rank, r) for r in range(1, most + 1)), budget)
     if best is None:
-        raise EncodingError(f"{described} needs at least {per_rank:,} parameters (rank 1); "
-                            f"the budget is {budget:,}")
+        raise EncodingError(
+            f"{described} needs at least {per_rank:,} parameters (rank 1); the budget is {budget:,}"
+        )
     return best[1]
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.encodings.base import (Encoding, EncodingPlan, gaussian_std, matrix_shape,
-                                   rank_by_count, refine_by_adam, relative_error)
+from engine.encodings.base import (
+    Encoding,
+    EncodingPlan,
+    gaussian_std,
+    matrix_shape,
+    rank_by_count,
+    refine_by_adam,
+    relative_error,
+)
 from engine.layer_spec import LayerSpec
 
 
@@ -52,8 +59,9 @@ class LowRankEncoding(Encoding):
 
     def plan(self, spec: LayerSpec, weight_shape: tuple[int, ...], budget: int) -> EncodingPlan:
         out, inputs = matrix_shape(weight_shape)
-        rank = rank_by_count(spec, budget, out + inputs, min(out, inputs),
-                             f"a low-rank {out}×{inputs} weight")
+        rank = rank_by_count(
+            spec, budget, out + inputs, min(out, inputs), f"a low-rank {out}×{inputs} weight"
+        )
         params = rank * (out + inputs)
         detail = f"rank {rank}: {out}×{rank} · {rank}×{inputs}"
         return EncodingPlan(self.name, tuple(weight_shape), {"rank": rank}, params, detail, budget)

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import math
 
-import torch
 import tltorch
+import torch
 from torch import nn
 
-from engine.encodings.base import (Encoding, EncodingError, EncodingPlan, closest_within_budget,
-                                   gaussian_std, matrix_shape, no_budget, refine_by_adam,
-                                   relative_error)
+from engine.encodings.base import (
+    Encoding,
+    EncodingError,
+    EncodingPlan,
+    closest_within_budget,
+    gaussian_std,
+    matrix_shape,
+    no_budget,
+    refine_by_adam,
+    relative_error,
+)
 from engine.layer_spec import MAX_TT_CORES, LayerSpec
 
 AUTO_CORES = (2, 3, 4)
@@ -24,8 +32,9 @@ AUTO_CORES = (2, 3, 4)
 
 def tt_count(out_factors, in_factors, ranks) -> int:
     bonds = [1, *ranks, 1]
-    return sum(bonds[k] * m * n * bonds[k + 1]
-               for k, (m, n) in enumerate(zip(out_factors, in_factors)))
+    return sum(
+        bonds[k] * m * n * bonds[k + 1] for k, (m, n) in enumerate(zip(out_factors, in_factors))
+    )
 
 
 def balanced_factors(size: int, count: int) -> list[int]:
@@ -48,7 +57,9 @@ def balanced_factors(size: int, count: int) -> list[int]:
 def max_ranks(out_factors, in_factors) -> list[int]:
     """The largest useful rank of each inner bond (the smaller side's dimension)."""
     sizes = [m * n for m, n in zip(out_factors, in_factors)]
-    return [min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1:])) for k in range(len(sizes) - 1)]
+    return [
+        min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(sizes) - 1)
+    ]
 
 
 def ranks_for_budget(out_factors, in_factors, budget: int):
@@ -63,7 +74,7 @@ def ranks_for_budget(out_factors, in_factors, budget: int):
         for k in order:
             if ranks[k] >= caps[k]:
                 continue
-            trial = ranks[:k] + [ranks[k] + 1] + ranks[k + 1:]
+            trial = ranks[:k] + [ranks[k] + 1] + ranks[k + 1 :]
             count = tt_count(out_factors, in_factors, trial)
             if count <= limit:
                 ranks = trial
@@ -134,14 +145,19 @@ class TTEncoding(Encoding):
                 orders: tuple[int, ...] = (len(spec.ranks) + 1,)
             else:
                 orders = (spec.cores,) if spec.cores else AUTO_CORES
-            shapes = [(balanced_factors(out, d), balanced_factors(inputs, d)) for d in orders
-                      if d <= MAX_TT_CORES]
+            shapes = [
+                (balanced_factors(out, d), balanced_factors(inputs, d))
+                for d in orders
+                if d <= MAX_TT_CORES
+            ]
         if spec.ranks:
             no_budget(spec, "ranks", "tt")
             out_f, in_f = shapes[0]
             if len(spec.ranks) != len(out_f) - 1:
-                raise EncodingError(f"ranks: {len(out_f)} cores have {len(out_f) - 1} inner ranks "
-                                    f"(got {len(spec.ranks)})")
+                raise EncodingError(
+                    f"ranks: {len(out_f)} cores have {len(out_f) - 1} inner ranks "
+                    f"(got {len(spec.ranks)})"
+                )
             ranks = list(spec.ranks)
         else:
             if not budget:
@@ -155,24 +171,31 @@ class TTEncoding(Encoding):
                 )
             # Closest to the budget; among equals the one whose smallest rank is largest.
             count, ranks, (out_f, in_f) = min(
-                found, key=lambda f: (abs(f[0] - budget), -min(f[1] or [1])))
+                found, key=lambda f: (abs(f[0] - budget), -min(f[1] or [1]))
+            )
         params = tt_count(out_f, in_f, ranks)
         options = {"out_factors": list(out_f), "in_factors": list(in_f), "ranks": list(ranks)}
-        detail = (f"TT {len(out_f)} cores: {'×'.join(map(str, out_f))} ← "
-                  f"{'×'.join(map(str, in_f))}, ranks {'-'.join(map(str, [1, *ranks, 1]))}")
+        detail = (
+            f"TT {len(out_f)} cores: {'×'.join(map(str, out_f))} ← "
+            f"{'×'.join(map(str, in_f))}, ranks {'-'.join(map(str, [1, *ranks, 1]))}"
+        )
         return EncodingPlan(self.name, tuple(weight_shape), options, params, detail, budget)
 
     def factor_shapes(self, weight_shape, options) -> dict[str, tuple]:
         out_f, in_f, ranks = options["out_factors"], options["in_factors"], options["ranks"]
         bonds = [1, *ranks, 1]
-        return {f"core_{k}": (bonds[k], m, n, bonds[k + 1])
-                for k, (m, n) in enumerate(zip(out_f, in_f))}
+        return {
+            f"core_{k}": (bonds[k], m, n, bonds[k + 1]) for k, (m, n) in enumerate(zip(out_f, in_f))
+        }
 
     def spec_fields(self, options) -> dict:
-        return {"factors": [list(options["out_factors"]), list(options["in_factors"])],
-                "ranks": list(options["ranks"])}
+        return {
+            "factors": [list(options["out_factors"]), list(options["in_factors"])],
+            "ranks": list(options["ranks"]),
+        }
 
     def build(self, plan: EncodingPlan, init_std: float) -> nn.Module:
         o = plan.options
-        return TTMatrixWeight(plan.weight_shape, o["out_factors"], o["in_factors"], o["ranks"],
-                              init_std)
+        return TTMatrixWeight(
+            plan.weight_shape, o["out_factors"], o["in_factors"], o["ranks"], init_std
+        )

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import math
 
-import torch
 import tltorch
+import torch
 from torch import nn
 
-from engine.encodings.base import (Encoding, EncodingError, EncodingPlan, closest_within_budget,
-                                   gaussian_std, no_budget, rank_by_count, refine_by_adam,
-                                   relative_error)
+from engine.encodings.base import (
+    Encoding,
+    EncodingError,
+    EncodingPlan,
+    closest_within_budget,
+    gaussian_std,
+    no_budget,
+    rank_by_count,
+    refine_by_adam,
+    relative_error,
+)
 from engine.layer_spec import LayerSpec
 
 
@@ -34,7 +42,9 @@ class FactorizedWeight(nn.Module):
         super().__init__()
         self.shape = tuple(int(d) for d in weight_shape)
         self.factorization = factorization
-        self.tensor = tltorch.FactorizedTensor.new(self.shape, rank=rank, factorization=factorization)
+        self.tensor = tltorch.FactorizedTensor.new(
+            self.shape, rank=rank, factorization=factorization
+        )
         with torch.no_grad():
             if factorization == "cp":
                 self.tensor.weights.fill_(1.0)
@@ -80,8 +90,10 @@ class TuckerEncoding(Encoding):
         if spec.ranks:
             no_budget(spec, "ranks", "tucker")
             if len(spec.ranks) != len(shape):
-                raise EncodingError(f"ranks: a Tucker decomposition of a {len(shape)}-mode weight "
-                                    f"needs {len(shape)} ranks (got {len(spec.ranks)})")
+                raise EncodingError(
+                    f"ranks: a Tucker decomposition of a {len(shape)}-mode weight "
+                    f"needs {len(shape)} ranks (got {len(spec.ranks)})"
+                )
             ranks = [min(int(r), d) for r, d in zip(spec.ranks, shape)]
         else:
             if not budget:
@@ -122,8 +134,13 @@ class CPEncoding(Encoding):
     def plan(self, spec: LayerSpec, weight_shape: tuple[int, ...], budget: int) -> EncodingPlan:
         shape = tuple(int(d) for d in weight_shape)
         per_rank = 1 + sum(shape)
-        rank = rank_by_count(spec, budget, per_rank, max(1, budget // per_rank + 1),
-                             f"a CP decomposition of a {'×'.join(map(str, shape))} weight")
+        rank = rank_by_count(
+            spec,
+            budget,
+            per_rank,
+            max(1, budget // per_rank + 1),
+            f"a CP decomposition of a {'×'.join(map(str, shape))} weight",
+        )
         params = cp_count(shape, rank)
         return EncodingPlan(self.name, shape, {"rank": rank}, params, f"CP rank {rank}", budget)
 

@@ -77,7 +77,11 @@ def write_failure(exc: BaseException, destination: Path) -> ExportError | None:
     else:
         return None
     lowered = reason.lower()
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or any(w in lowered for w in _DISK_FULL_WORDS):
-        return ExportError(f"cannot write {destination}: the disk is full; free some space or "
-                           "choose another folder (nothing was written)")
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or any(
+        w in lowered for w in _DISK_FULL_WORDS
+    ):
+        return ExportError(
+            f"cannot write {destination}: the disk is full; free some space or "
+            "choose another folder (nothing was written)"
+        )
     return ExportError(f"cannot write {destination}: {reason} (nothing was written)")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -26,8 +27,8 @@ from engine.export.atomic import StagedFiles
 from engine.export.errors import BundleError
 from engine.export.metadata import (
     ADTN_ENCODING,
-    FACTOR_ENCODINGS,
     BUNDLE_FORMAT,
+    FACTOR_ENCODINGS,
     METADATA_KEY,
     ExportMetadata,
     LayerRecord,
@@ -55,8 +56,7 @@ STATE_VECTORS_AT_PEAK = 9
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors that own their memory (what safetensors needs)."""
     return {
-        key: value.detach().cpu().contiguous().clone()
-        for key, value in model.state_dict().items()
+        key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()
     }
 
 
@@ -111,11 +111,16 @@ def read_checked(path: str | Path, expected_format: str | None = None) -> Checke
     document = parse_metadata(header, expected_format=expected_format)
     data = read_data(header)
     if document.data_sha256 is None:
-        log.warning("%s has no checksum (written before ADTN Studio stored one); its tensor "
-                    "data cannot be verified", header.path.name)
+        log.warning(
+            "%s has no checksum (written before ADTN Studio stored one); its tensor "
+            "data cannot be verified",
+            header.path.name,
+        )
     elif data_sha256(header, data) != document.data_sha256:
-        raise BundleError(f"{header.path.name}: the tensor data does not match its checksum; "
-                          "the file is corrupted (or was edited)")
+        raise BundleError(
+            f"{header.path.name}: the tensor data does not match its checksum; "
+            "the file is corrupted (or was edited)"
+        )
     return CheckedFile(header, document, data, document.data_sha256 is not None)
 
 
@@ -134,8 +139,11 @@ def check_bundle(checked: CheckedFile, model: nn.Module | None = None) -> nn.Mod
     return skeleton
 
 
-def load_bundle(path: str | Path, model: nn.Module | None = None,
-                model_factory: Callable[..., nn.Module] | None = None) -> nn.Module:
+def load_bundle(
+    path: str | Path,
+    model: nn.Module | None = None,
+    model_factory: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
     """Load an ``.adtn`` bundle as a compressed model in eval mode, ready to evaluate or train.
 
     Args:
@@ -159,16 +167,21 @@ def load_bundle(path: str | Path, model: nn.Module | None = None,
     if check_bundle(checked, model) is None:
         user_model = _user_model_spec(document)
         if user_model:
-            raise BundleError(f"{name}: the bundle holds a model built by {user_model}; load it "
-                              "with load_bundle(path, model_factory=<that function>)")
-        raise BundleError(f"{name}: the bundle names no zoo model; "
-                          "load it with load_bundle(path, model=<the dense architecture>)")
+            raise BundleError(
+                f"{name}: the bundle holds a model built by {user_model}; load it "
+                "with load_bundle(path, model_factory=<that function>)"
+            )
+        raise BundleError(
+            f"{name}: the bundle names no zoo model; "
+            "load it with load_bundle(path, model=<the dense architecture>)"
+        )
     try:
         if model is None:
             model = _build_zoo_model(document)
         _compress_as_described(header, document, model)
-        model.load_state_dict(_state_by_name(document, tensors_from_data(header, checked.data)),
-                              strict=True)
+        model.load_state_dict(
+            _state_by_name(document, tensors_from_data(header, checked.data)), strict=True
+        )
     except (RuntimeError, MemoryError) as exc:  # PyTorch's messages span lines; a user gets one
         reason = " ".join(str(exc).split())[:300]
         raise BundleError(f"{name}: the model could not be built or filled: {reason}") from exc
@@ -205,13 +218,16 @@ def _user_model_spec(document: ExportMetadata) -> str:
     return source.spec if source.kind == "file" else ""
 
 
-def _model_from_factory(file_name: str, document: ExportMetadata,
-                        factory: Callable[..., nn.Module]) -> nn.Module:
+def _model_from_factory(
+    file_name: str, document: ExportMetadata, factory: Callable[..., nn.Module]
+) -> nn.Module:
     from engine.model_sources import ModelSourceError, call_factory
 
     if document.model is None:
-        raise BundleError(f"{file_name}: the bundle does not record the input shape a "
-                          "model_factory needs; pass model=<the dense architecture>")
+        raise BundleError(
+            f"{file_name}: the bundle does not record the input shape a "
+            "model_factory needs; pass model=<the dense architecture>"
+        )
     spec = document.model
     try:
         return call_factory(factory, spec.in_channels, spec.image_size, spec.num_classes)
@@ -227,8 +243,9 @@ def _build_zoo_model(document: ExportMetadata) -> nn.Module:
     return build_model(spec.name, spec.in_channels, spec.image_size, spec.num_classes)
 
 
-def estimated_load_bytes(header: SafetensorsHeader, document: ExportMetadata,
-                         skeleton: nn.Module | None) -> int:
+def estimated_load_bytes(
+    header: SafetensorsHeader, document: ExportMetadata, skeleton: nn.Module | None
+) -> int:
     """Memory that loading and evaluating the bundle needs, estimated from its description:
     the dense model as first built (or, without one, the file's tensors and each compressed
     layer's weight), plus the peak of every ADTN contraction (docs/FORMAT.md, "Limits")."""
@@ -236,19 +253,23 @@ def estimated_load_bytes(header: SafetensorsHeader, document: ExportMetadata,
         dense = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
     else:
         dense = sum(entry.end - entry.begin for entry in header.tensors.values()) + sum(
-            4 * math.prod(layer.weight_shape) for layer in document.layers)
+            4 * math.prod(layer.weight_shape) for layer in document.layers
+        )
     contraction = sum(layer.peak_bytes for layer in document.layers)
     return dense + contraction
 
 
-def _check_memory(header: SafetensorsHeader, document: ExportMetadata,
-                  skeleton: nn.Module | None) -> None:
+def _check_memory(
+    header: SafetensorsHeader, document: ExportMetadata, skeleton: nn.Module | None
+) -> None:
     need = estimated_load_bytes(header, document, skeleton)
     if need > MAX_LOAD_BYTES:
         largest = max((getattr(layer, "Q", 0) for layer in document.layers), default=0)
-        raise BundleError(f"{header.path.name}: the model it describes would need about "
-                          f"{need / 2**30:.1f} GiB to load (largest ADTN: Q = {largest}); "
-                          f"the limit is {MAX_LOAD_BYTES / 2**30:.0f} GiB")
+        raise BundleError(
+            f"{header.path.name}: the model it describes would need about "
+            f"{need / 2**30:.1f} GiB to load (largest ADTN: Q = {largest}); "
+            f"the limit is {MAX_LOAD_BYTES / 2**30:.0f} GiB"
+        )
 
 
 def _check_architecture(
@@ -258,44 +279,58 @@ def _check_architecture(
     layers' tensors; floating-point tensors are stored as floating point, others not."""
     name = header.path.name
     model_state = dense.state_dict()
-    expected = {key: (tuple(value.shape), value.is_floating_point())
-                for key, value in model_state.items()}
+    expected = {
+        key: (tuple(value.shape), value.is_floating_point()) for key, value in model_state.items()
+    }
     for layer in document.layers:
         shape, _ = expected.pop(layer.weight_key, (None, True))
         if shape != layer.weight_shape:
-            raise BundleError(f"{name}: layer {layer.name!r} has weight shape "
-                              f"{list(layer.weight_shape)} in the metadata but "
-                              f"{'no weight' if shape is None else list(shape)} in the model")
+            raise BundleError(
+                f"{name}: layer {layer.name!r} has weight shape "
+                f"{list(layer.weight_shape)} in the metadata but "
+                f"{'no weight' if shape is None else list(shape)} in the model"
+            )
         expected.update({key: (shape, True) for key, shape in layer.tensor_shapes().items()})
     stored = header.tensors
     missing = sorted(expected.keys() - stored.keys())
     unexpected = sorted(stored.keys() - expected.keys())
     if missing or unexpected:
-        problems = [f"{label} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        problems = [
+            f"{label} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
         raise BundleError(f"{name}: tensors do not match the model: {'; '.join(problems)}")
     for key, (shape, floating) in expected.items():
         entry = stored[key]
         if entry.shape != shape:
-            raise BundleError(f"{name}: tensor {key!r} has shape {list(entry.shape)}, "
-                              f"the model needs {list(shape)}")
+            raise BundleError(
+                f"{name}: tensor {key!r} has shape {list(entry.shape)}, "
+                f"the model needs {list(shape)}"
+            )
         if (entry.dtype in FLOAT_DTYPES) != floating:
             kind = "floating-point" if floating else "integer or boolean"
-            raise BundleError(f"{name}: tensor {key!r} has dtype {entry.dtype}; the model "
-                              f"needs a {kind} tensor there")
+            raise BundleError(
+                f"{name}: tensor {key!r} has dtype {entry.dtype}; the model "
+                f"needs a {kind} tensor there"
+            )
 
 
 def _check_adtn_network(file_name: str, layer: LayerRecord) -> None:
     """The network the record describes is the one this version builds for its Q, depth and
     layout: the same gate pairs, stored columns and activation slope, in the same order."""
     described = [(g.layer, g.pair, g.columns) for g in layer.gates]
-    built = [(s.layer, tuple(s.pair), tuple(s.columns))
-             for s in build_gate_specs(layer.Q, layer.depth, layer.layout)]
+    built = [
+        (s.layer, tuple(s.pair), tuple(s.columns))
+        for s in build_gate_specs(layer.Q, layer.depth, layer.layout)
+    ]
     slope = LEAKY_RELU_SLOPE if layer.activation == "leaky_relu" else 0.0
     if described != built or layer.negative_slope != slope:
-        raise BundleError(f"{file_name}: layer {layer.name!r} describes a network this version "
-                          "of ADTN Studio does not build (gate pairs, columns or activation "
-                          "slope differ)")
+        raise BundleError(
+            f"{file_name}: layer {layer.name!r} describes a network this version "
+            "of ADTN Studio does not build (gate pairs, columns or activation "
+            "slope differ)"
+        )
 
 
 def _check_factors(file_name: str, layer) -> None:
@@ -305,7 +340,8 @@ def _check_factors(file_name: str, layer) -> None:
 # One check, rebuild and tensor mapping per encoding (metadata.ENCODINGS); adding an encoding
 # adds an entry to each.
 _LAYER_CHECKS = {ADTN_ENCODING: _check_adtn_network} | {
-    name: _check_factors for name in FACTOR_ENCODINGS}
+    name: _check_factors for name in FACTOR_ENCODINGS
+}
 
 
 # ------------------------------------------------------------------------------- building
@@ -315,17 +351,25 @@ def _compress_as_described(
     from engine.compression import LayerSpec, compress
     from engine.encodings import get_encoding
 
-    specs = [LayerSpec(layer.name, layer.depth, layer.activation, layer.layout,
-                       index_order=layer.index_order)
-             if isinstance(layer, LayerRecord) else  # the "adtn" encoding
-             LayerSpec(layer.name, encoding=layer.encoding,
-                       **get_encoding(layer.encoding).spec_fields(layer.options))
-             for layer in document.layers]
+    specs = [
+        LayerSpec(
+            layer.name, layer.depth, layer.activation, layer.layout, index_order=layer.index_order
+        )
+        if isinstance(layer, LayerRecord)
+        # the "adtn" encoding
+        else LayerSpec(
+            layer.name,
+            encoding=layer.encoding,
+            **get_encoding(layer.encoding).spec_fields(layer.options),
+        )
+        for layer in document.layers
+    ]
     try:
         compress(model, specs)
     except (ValueError, KeyError) as exc:
-        raise BundleError(f"{header.path.name}: cannot compress the model as described: "
-                          f"{exc}") from exc
+        raise BundleError(
+            f"{header.path.name}: cannot compress the model as described: {exc}"
+        ) from exc
 
 
 def _adtn_state(layer: LayerRecord, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -345,8 +389,10 @@ def _factor_state(layer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     from engine.encodings import FactorGenerator, get_encoding, plan_layer
 
     coder = get_encoding(layer.encoding)
-    plan = plan_layer(LayerSpec(layer.name, encoding=layer.encoding,
-                                **coder.spec_fields(layer.options)), layer.weight_shape)
+    plan = plan_layer(
+        LayerSpec(layer.name, encoding=layer.encoding, **coder.spec_fields(layer.options)),
+        layer.weight_shape,
+    )
     with torch.device("meta"):  # only the parameter names are needed: nothing allocated
         generator = coder.build(plan, 1.0)
     assert isinstance(generator, FactorGenerator)  # as every factor encoding's is
@@ -359,8 +405,9 @@ def _factor_state(layer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
 _LAYER_STATES = {ADTN_ENCODING: _adtn_state} | {name: _factor_state for name in FACTOR_ENCODINGS}
 
 
-def _state_by_name(document: ExportMetadata, tensors: dict[str, torch.Tensor]
-                   ) -> dict[str, torch.Tensor]:
+def _state_by_name(
+    document: ExportMetadata, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The model's state dict: each compressed layer's tensors by the names its metadata
     lists, every other tensor under its own name."""
     tensors = dict(tensors)

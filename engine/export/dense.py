@@ -40,13 +40,18 @@ def load_dense_into(model: nn.Module, path: str | Path) -> nn.Module:
     if expected.keys() != stored.keys():
         missing = sorted(expected.keys() - stored.keys())[:5]
         unexpected = sorted(stored.keys() - expected.keys())[:5]
-        raise BundleError(f"{name}: tensors do not match the model (missing {missing}, "
-                          f"unexpected {unexpected})")
+        raise BundleError(
+            f"{name}: tensors do not match the model (missing {missing}, unexpected {unexpected})"
+        )
     for key, tensor in expected.items():
         entry = stored[key]
-        if entry.shape != tuple(tensor.shape) or (
-                entry.dtype in FLOAT_DTYPES) != tensor.is_floating_point():
-            raise BundleError(f"{name}: tensor {key!r} is {entry.dtype} {list(entry.shape)}; "
-                              f"the model needs {list(tensor.shape)} of its kind of dtype")
+        if (
+            entry.shape != tuple(tensor.shape)
+            or (entry.dtype in FLOAT_DTYPES) != tensor.is_floating_point()
+        ):
+            raise BundleError(
+                f"{name}: tensor {key!r} is {entry.dtype} {list(entry.shape)}; "
+                f"the model needs {list(tensor.shape)} of its kind of dtype"
+            )
     model.load_state_dict(tensors_from_data(checked.header, checked.data), strict=True)
     return model.eval()

@@ -83,8 +83,9 @@ def _inspect_onnx(path: Path) -> FileSummary:
         tensor_count=len(initializers),
         stored_numbers=sum(math.prod(t.dims) for t in initializers),
         onnx={
-            "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                         default=0),
+            "opset": max(
+                (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
+            ),
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
             "inputs": describe(model.graph.input),
             "outputs": describe(model.graph.output),

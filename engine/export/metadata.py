@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from importlib import metadata as package_metadata
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -138,7 +138,7 @@ class FactorLayerRecord:
 
 
 # A compressed layer's record, whatever its encoding.
-AnyLayerRecord = Union[LayerRecord, FactorLayerRecord]
+AnyLayerRecord = LayerRecord | FactorLayerRecord
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,11 @@ def compressed_layers(model: nn.Module) -> list[tuple[str, EncodedLayer]]:
     """``(layer name, the layer)`` for every encoded layer of ``model``, in module order."""
     from engine.layers import ENCODED_LAYER_TYPES
 
-    return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, ENCODED_LAYER_TYPES)]
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, ENCODED_LAYER_TYPES)
+    ]
 
 
 def encoded_layer_record(name: str, layer: EncodedLayer) -> AnyLayerRecord:
@@ -195,17 +198,25 @@ def encoded_layer_record(name: str, layer: EncodedLayer) -> AnyLayerRecord:
     if not isinstance(generator, FactorGenerator):
         raise TypeError(f"layer {name!r}: a {layer.encoding} generator names no factors")
     keys = {id(p): key for key, p in layer.named_parameters(prefix=name)}
-    factors = tuple(FactorRecord(role, keys[id(tensor)], tuple(tensor.shape))
-                    for role, tensor in generator.named_factors().items())
-    return FactorLayerRecord(name=name, weight_key=f"{name}.weight",
-                             weight_shape=tuple(layer.plan.weight_shape),
-                             encoding=layer.encoding, options=_plain(layer.plan.options),
-                             factors=factors)
+    factors = tuple(
+        FactorRecord(role, keys[id(tensor)], tuple(tensor.shape))
+        for role, tensor in generator.named_factors().items()
+    )
+    return FactorLayerRecord(
+        name=name,
+        weight_key=f"{name}.weight",
+        weight_shape=tuple(layer.plan.weight_shape),
+        encoding=layer.encoding,
+        options=_plain(layer.plan.options),
+        factors=factors,
+    )
 
 
 def _plain(options: dict) -> dict[str, Any]:
-    return {key: (list(value) if isinstance(value, (list, tuple)) else value)
-            for key, value in options.items()}
+    return {
+        key: (list(value) if isinstance(value, (list, tuple)) else value)
+        for key, value in options.items()
+    }
 
 
 def layer_record(name: str, adtn: ADTN) -> LayerRecord:
@@ -240,8 +251,9 @@ def model_record(config: Any) -> ModelRecord | None:
     return ModelRecord(config.model, info.in_channels, info.image_size, info.num_classes)
 
 
-def build_metadata(model: nn.Module, config: Any, format: str,
-                   data_sha256: str | None = None) -> ExportMetadata:
+def build_metadata(
+    model: nn.Module, config: Any, format: str, data_sha256: str | None = None
+) -> ExportMetadata:
     """The document for ``model`` (compressed or materialised) trained with ``config``;
     ``data_sha256`` is the checksum of the tensors the file will hold."""
     return ExportMetadata(
@@ -284,8 +296,9 @@ class _Reader:
         return value
 
     # ``int`` in this class is the method above, so the builtin is named in full
-    def ints(self, key: str, low: builtins.int, high: builtins.int,
-             max_len: builtins.int = MAX_DIMS) -> tuple[builtins.int, ...]:
+    def ints(
+        self, key: str, low: builtins.int, high: builtins.int, max_len: builtins.int = MAX_DIMS
+    ) -> tuple[builtins.int, ...]:
         values = self.get(key, list)
         if not 0 < len(values) <= max_len or not all(
             isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
@@ -320,8 +333,11 @@ def _parse_layer(file_name: str, index: int, raw: object) -> AnyLayerRecord:
     encoding = reader.data.get("encoding", ADTN_ENCODING)
     parser = _LAYER_PARSERS.get(encoding) if isinstance(encoding, str) else None
     if parser is None:
-        raise reader.fail("encoding", f"is {encoding!r}; this version of ADTN Studio reads "
-                          f"{', '.join(ENCODINGS)} (update ADTN Studio)")
+        raise reader.fail(
+            "encoding",
+            f"is {encoding!r}; this version of ADTN Studio reads "
+            f"{', '.join(ENCODINGS)} (update ADTN Studio)",
+        )
     return parser(file_name, index, reader)
 
 
@@ -341,8 +357,11 @@ def _parse_adtn_layer(file_name: str, index: int, reader: _Reader) -> LayerRecor
     depth = reader.int("depth", 1, MAX_DEPTH)
     raw_gates = reader.get("gates", list)
     if not 0 < len(raw_gates) <= depth * (q - 1):
-        raise reader.fail("gates", f"lists {len(raw_gates)} gates; a depth-{depth} network "
-                          f"on {q} indices has at most {depth * (q - 1)}")
+        raise reader.fail(
+            "gates",
+            f"lists {len(raw_gates)} gates; a depth-{depth} network "
+            f"on {q} indices has at most {depth * (q - 1)}",
+        )
     where = f"layers[{index}].gates"
     gates = tuple(_parse_gate(file_name, f"{where}[{i}]", g) for i, g in enumerate(raw_gates))
     for i, gate in enumerate(gates):
@@ -351,10 +370,15 @@ def _parse_adtn_layer(file_name: str, index: int, reader: _Reader) -> LayerRecor
     gate_layers = [g.layer for g in gates]
     # Layers 0, 1, ..., depth - 1 in order, none skipped: then "an activation before the first
     # gate of every layer but the first" is one rule for the spec, its code and the engine.
-    if gate_layers[0] != 0 or gate_layers[-1] != depth - 1 or any(
-            b - a not in (0, 1) for a, b in zip(gate_layers, gate_layers[1:])):
-        raise reader.fail("gates", f"must run through gate layers 0 to {depth - 1} in "
-                          "contraction order, none skipped")
+    if (
+        gate_layers[0] != 0
+        or gate_layers[-1] != depth - 1
+        or any(b - a not in (0, 1) for a, b in zip(gate_layers, gate_layers[1:]))
+    ):
+        raise reader.fail(
+            "gates",
+            f"must run through gate layers 0 to {depth - 1} in contraction order, none skipped",
+        )
     slope = reader.get("negative_slope", (int, float))
     if not math.isfinite(slope) or not 0 <= slope < 1:
         raise reader.fail("negative_slope", f"is {slope}; expected a number in [0, 1)")
@@ -367,8 +391,11 @@ def _parse_adtn_layer(file_name: str, index: int, reader: _Reader) -> LayerRecor
         Q=q,
         depth=depth,
         layout=reader.choice("layout", LAYOUTS),
-        index_order=(reader.choice("index_order", INDEX_ORDERS)
-                     if "index_order" in reader.data else "rows_first"),
+        index_order=(
+            reader.choice("index_order", INDEX_ORDERS)
+            if "index_order" in reader.data
+            else "rows_first"
+        ),
         activation=reader.choice("activation", ACTIVATIONS),
         negative_slope=float(slope),
         scale=reader.get("scale", str),
@@ -388,17 +415,25 @@ def _parse_factor_layer(file_name: str, index: int, reader: _Reader) -> FactorLa
     options = reader.get("options", dict)
     for key, value in options.items():
         flat = value if isinstance(value, list) else [value]
-        if not flat or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**MAX_Q
-                               for v in flat) or len(flat) > 64:
-            raise reader.fail(f"options.{key}", "must be a positive integer or a short list of them")
+        if (
+            not flat
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**MAX_Q for v in flat
+            )
+            or len(flat) > 64
+        ):
+            raise reader.fail(
+                f"options.{key}", "must be a positive integer or a short list of them"
+            )
     coder = get_encoding(encoding)
     try:
         spec = LayerSpec("layer", encoding=encoding, **coder.spec_fields(options))
         spec.validate()
         plan = coder.plan(spec, shape, 0)
     except (KeyError, TypeError, ValueError) as exc:
-        raise reader.fail("options", f"do not describe a {encoding} encoding of a "
-                          f"{list(shape)} weight ({exc})") from None
+        raise reader.fail(
+            "options", f"do not describe a {encoding} encoding of a {list(shape)} weight ({exc})"
+        ) from None
     if plan.params > MAX_FACTOR_NUMBERS or math.prod(shape) > 2**MAX_Q:
         raise reader.fail("options", "describe a layer larger than this version loads")
     expected = coder.factor_shapes(shape, plan.options)
@@ -412,17 +447,25 @@ def _parse_factor_layer(file_name: str, index: int, reader: _Reader) -> FactorLa
             raise item.fail("tensor", "is empty")
         declared = item.ints("shape", 1, 2**MAX_Q) if raw.get("shape") != [] else ()
         if declared != tuple(expected[role]):
-            raise item.fail("shape", f"is {list(declared)}; the options give {list(expected[role])}")
+            raise item.fail(
+                "shape", f"is {list(declared)}; the options give {list(expected[role])}"
+            )
         factors.append(FactorRecord(role, tensor, declared))
     if sorted(f.role for f in factors) != sorted(expected):
         raise reader.fail("factors", f"must list each of {', '.join(expected)} once")
-    return FactorLayerRecord(name=reader.get("name", str), weight_key=reader.get("weight_key", str),
-                             weight_shape=shape, encoding=encoding, options=_plain(plan.options),
-                             factors=tuple(factors))
+    return FactorLayerRecord(
+        name=reader.get("name", str),
+        weight_key=reader.get("weight_key", str),
+        weight_shape=shape,
+        encoding=encoding,
+        options=_plain(plan.options),
+        factors=tuple(factors),
+    )
 
 
 _LAYER_PARSERS = {ADTN_ENCODING: _parse_adtn_layer} | {
-    name: _parse_factor_layer for name in FACTOR_ENCODINGS}
+    name: _parse_factor_layer for name in FACTOR_ENCODINGS
+}
 
 
 def _parse_checksum(reader: _Reader) -> str | None:
@@ -450,8 +493,10 @@ def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None
     """The document of a validated header; raise ``BundleError`` for anything wrong."""
     name = header.path.name
     if METADATA_KEY not in header.metadata:
-        raise BundleError(f"{name}: no ADTN metadata; this safetensors file was not written by "
-                          "ADTN Studio's export")
+        raise BundleError(
+            f"{name}: no ADTN metadata; this safetensors file was not written by "
+            "ADTN Studio's export"
+        )
     try:
         raw = json.loads(header.metadata[METADATA_KEY])
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
@@ -460,8 +505,10 @@ def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None
     fmt = reader.choice("format", (BUNDLE_FORMAT, DENSE_FORMAT))
     version = reader.get("format_version", int)
     if version != FORMAT_VERSION:
-        raise BundleError(f"{name}: format version {version} is not supported (this version of "
-                          f"ADTN Studio reads version {FORMAT_VERSION}); update ADTN Studio")
+        raise BundleError(
+            f"{name}: format version {version} is not supported (this version of "
+            f"ADTN Studio reads version {FORMAT_VERSION}); update ADTN Studio"
+        )
     if expected_format is not None and fmt != expected_format:
         raise BundleError(f"{name}: this is an {fmt!r} file, expected {expected_format!r}")
     dataset = raw.get("dataset")
@@ -486,8 +533,9 @@ def parse_metadata(header: SafetensorsHeader, expected_format: str | None = None
     return document
 
 
-def check_layers_against_tensors(header: SafetensorsHeader,
-                                 layers: tuple[AnyLayerRecord, ...]) -> None:
+def check_layers_against_tensors(
+    header: SafetensorsHeader, layers: tuple[AnyLayerRecord, ...]
+) -> None:
     """Every tensor a layer names exists once, is floating point and has the shape it needs."""
     name = header.path.name
     claimed: set[str] = set()
@@ -496,19 +544,27 @@ def check_layers_against_tensors(header: SafetensorsHeader,
         if len(expected) != len(layer.tensor_names()):
             raise BundleError(f"{name}: layer {layer.name!r} names one tensor for two roles")
         if layer.weight_key in header.tensors:
-            raise BundleError(f"{name}: layer {layer.name!r} is compressed but the file also "
-                              f"holds its dense weight {layer.weight_key!r}")
+            raise BundleError(
+                f"{name}: layer {layer.name!r} is compressed but the file also "
+                f"holds its dense weight {layer.weight_key!r}"
+            )
         for tensor, shape in expected.items():
             entry = header.tensors.get(tensor)
             if entry is None:
-                raise BundleError(f"{name}: layer {layer.name!r} needs tensor {tensor!r}, "
-                                  "which the file does not contain")
+                raise BundleError(
+                    f"{name}: layer {layer.name!r} needs tensor {tensor!r}, "
+                    "which the file does not contain"
+                )
             if tensor in claimed:
                 raise BundleError(f"{name}: tensor {tensor!r} is claimed twice by the metadata")
             if entry.dtype not in FLOAT_DTYPES:
-                raise BundleError(f"{name}: tensor {tensor!r} has dtype {entry.dtype}; "
-                                  "encoding tensors must be floating point")
+                raise BundleError(
+                    f"{name}: tensor {tensor!r} has dtype {entry.dtype}; "
+                    "encoding tensors must be floating point"
+                )
             if entry.shape != shape:
-                raise BundleError(f"{name}: tensor {tensor!r} has shape {list(entry.shape)} but "
-                                  f"the metadata describes {list(shape)}")
+                raise BundleError(
+                    f"{name}: tensor {tensor!r} has shape {list(entry.shape)} but "
+                    f"the metadata describes {list(shape)}"
+                )
             claimed.add(tensor)

@@ -26,8 +26,10 @@ def write_onnx(dense_model: nn.Module, example: torch.Tensor, path: str | Path) 
     """Export ``dense_model`` (eval mode), traced on ``example`` (a batch of at least 2), to
     ``path``."""
     if example.shape[0] < 2:
-        raise ValueError("the example batch needs at least 2 samples: a batch of 1 would be "
-                         "specialised and the batch axis would not stay dynamic")
+        raise ValueError(
+            "the example batch needs at least 2 samples: a batch of 1 would be "
+            "specialised and the batch axis would not stay dynamic"
+        )
     batch = torch.export.Dim("batch")
     # The exporter prints progress and warnings of its own; the export report says what matters.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

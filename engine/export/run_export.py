@@ -138,9 +138,16 @@ def export_model(
     return report
 
 
-def _write_verified(model: nn.Module, dense_model: nn.Module, batch: torch.Tensor,
-                    reference: np.ndarray, config: Any, paths: dict[str, Path],
-                    report: ExportReport, step: Callable[[str], None]) -> None:
+def _write_verified(
+    model: nn.Module,
+    dense_model: nn.Module,
+    batch: torch.Tensor,
+    reference: np.ndarray,
+    config: Any,
+    paths: dict[str, Path],
+    report: ExportReport,
+    step: Callable[[str], None],
+) -> None:
     """Stage, write and verify every file, then publish them all; on any failure none."""
     with StagedFiles() as staged:
         staged_paths = {fmt: staged.path_for(path) for fmt, path in paths.items()}
@@ -157,10 +164,15 @@ def _write_verified(model: nn.Module, dense_model: nn.Module, batch: torch.Tenso
             for fmt, path in staged_paths.items()
         ]
         if not report.passed:
-            failures = ", ".join(f"{f.format} {f.max_abs_diff:.3g}" for f in report.files
-                                 if f.max_abs_diff > TOLERANCE)
-            raise ExportError(f"verification failed: outputs differ from the trained model by "
-                              f"more than {TOLERANCE:g} ({failures}); nothing was written")
+            failures = ", ".join(
+                f"{f.format} {f.max_abs_diff:.3g}"
+                for f in report.files
+                if f.max_abs_diff > TOLERANCE
+            )
+            raise ExportError(
+                f"verification failed: outputs differ from the trained model by "
+                f"more than {TOLERANCE:g} ({failures}); nothing was written"
+            )
         staged.commit()
 
 
@@ -171,10 +183,10 @@ def verification_batch(config: Any) -> tuple[torch.Tensor, str]:
     info = config_dataset_info(config)
     try:
         # Never download during an export: a missing data set just means random input.
-        loaded = load_data(config.replace(download=False, limit_train=1,
-                                          limit_test=VERIFY_BATCH))
-        images, _ = next(BatchIterator(loaded.test, loaded.info, VERIFY_BATCH,
-                                       torch.device("cpu")).epoch(0))
+        loaded = load_data(config.replace(download=False, limit_train=1, limit_test=VERIFY_BATCH))
+        images, _ = next(
+            BatchIterator(loaded.test, loaded.info, VERIFY_BATCH, torch.device("cpu")).epoch(0)
+        )
     except (DataUnavailableError, OSError, ValueError):  # ValueError: a damaged image folder
         images = None
     if images is not None and len(images) >= 2:  # ONNX needs two samples for a dynamic batch
@@ -184,8 +196,9 @@ def verification_batch(config: Any) -> tuple[torch.Tensor, str]:
     return torch.randn(shape, generator=generator), "random"
 
 
-def _write(fmt: str, model: nn.Module, dense_model: nn.Module, batch: torch.Tensor,
-           path: Path, config: Any) -> None:
+def _write(
+    fmt: str, model: nn.Module, dense_model: nn.Module, batch: torch.Tensor, path: Path, config: Any
+) -> None:
     if fmt == "adtn":
         write_bundle(model, path, config)
     elif fmt == "dense":
@@ -194,19 +207,23 @@ def _write(fmt: str, model: nn.Module, dense_model: nn.Module, batch: torch.Tens
         write_onnx(dense_model, batch, path)
 
 
-def _difference(fmt: str, path: Path, batch: torch.Tensor, reference: np.ndarray,
-                config: Any) -> float:
+def _difference(
+    fmt: str, path: Path, batch: torch.Tensor, reference: np.ndarray, config: Any
+) -> float:
     """Largest output difference between the written file, read back, and the trained model."""
     if fmt == "adtn":
         # a user's model is rebuilt from its factory, never from the bundle's word
         own = plain_model(config) if config is not None and _user_model(config) else None
         return max_abs_diff(reference, model_outputs(load_bundle(path, model=own), batch))
     if fmt == "dense":
-        return max_abs_diff(reference, model_outputs(load_dense_into(plain_model(config), path),
-                                                     batch))
+        return max_abs_diff(
+            reference, model_outputs(load_dense_into(plain_model(config), path), batch)
+        )
     # A second, smaller batch proves the batch axis is dynamic.
-    return max(max_abs_diff(reference, onnx_outputs(path, batch)),
-               max_abs_diff(reference[:3], onnx_outputs(path, batch[:3])))
+    return max(
+        max_abs_diff(reference, onnx_outputs(path, batch)),
+        max_abs_diff(reference[:3], onnx_outputs(path, batch[:3])),
+    )
 
 
 def plain_model(config: Any) -> nn.Module:

@@ -136,8 +136,11 @@ def _check_layout(path: Path, tensors: dict[str, TensorEntry], data_size: int) -
     position = 0
     for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.end > data_size:
-            raise _fail(path, f"file is truncated: tensor {name!r} ends at data byte "
-                        f"{entry.end}, the file holds {data_size}")
+            raise _fail(
+                path,
+                f"file is truncated: tensor {name!r} ends at data byte "
+                f"{entry.end}, the file holds {data_size}",
+            )
         if entry.begin != position:
             raise _fail(path, f"tensor {name!r} starts at byte {entry.begin}, expected {position}")
         position = entry.end
@@ -252,7 +255,7 @@ def tensors_from_data(header: SafetensorsHeader, data: bytes) -> dict[str, torch
             tensors[name] = torch.empty(entry.shape, dtype=dtype)
             continue
         # A copy per tensor: its own aligned, writable memory, whatever the file's offsets.
-        buffer = bytearray(data[entry.begin:entry.end])
+        buffer = bytearray(data[entry.begin : entry.end])
         tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
     return tensors
 
@@ -263,7 +266,7 @@ def data_sha256(header: SafetensorsHeader, data: bytes) -> str:
     digest = hashlib.sha256()
     for name in sorted(header.tensors):
         entry = header.tensors[name]
-        digest.update(data[entry.begin:entry.end])
+        digest.update(data[entry.begin : entry.end])
     return digest.hexdigest()
 
 

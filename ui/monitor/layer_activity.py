@@ -36,8 +36,14 @@ class LayerActivityTable(QTableWidget):
         for index, row in enumerate(rows):
             self._rows[row["name"]] = index
             encoding = f"{row.get('encoding', 'adtn')}: {row.get('detail', '')}".rstrip(": ")
-            values = (row["name"], encoding, format_count(row["encoded_params"]),
-                      format_count(row["dense_params"]), format_ratio(row["ratio"]), "–")
+            values = (
+                row["name"],
+                encoding,
+                format_count(row["encoded_params"]),
+                format_count(row["dense_params"]),
+                format_ratio(row["ratio"]),
+                "–",
+            )
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 if column:

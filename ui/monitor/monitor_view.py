@@ -13,9 +13,9 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QFont, QTextCursor
 from PySide6.QtWidgets import (
     QFileDialog,
-    QMessageBox,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.choices import CHECKPOINT_KINDS, PHASE_PRETRAIN
+from engine.choices import CHECKPOINT_KINDS, PHASE_PRETRAIN, RunStatus
 from engine.events import (  # torch-free
     BatchEnded,
     CheckpointSaved,
@@ -171,39 +171,51 @@ class MonitorView(QWidget):
         self.pause_button.setEnabled(state == "running")
         self.resume_button.setEnabled(state == "paused" or (not active and self.can_resume()))
         self.resume_button.setToolTip(
-            "Continue the paused run" if active else
-            "Continue this run from its last checkpoint" if self.can_resume() else "")
+            "Continue the paused run"
+            if active
+            else "Continue this run from its last checkpoint"
+            if self.can_resume()
+            else ""
+        )
         self.stop_button.setEnabled(state in ("running", "paused"))
         has_run = self.session.run_dir is not None
         self.save_plots_button.setEnabled(has_run)
         self.save_csv_button.setEnabled(has_run)
         self.export_button.setEnabled(has_run and not active and self.has_checkpoint())
-        self.export_button.setToolTip("" if self.export_button.isEnabled() or active else
-                                      "This run saved no checkpoint, so there is nothing to "
-                                      "export.")
+        self.export_button.setToolTip(
+            ""
+            if self.export_button.isEnabled() or active
+            else "This run saved no checkpoint, so there is nothing to export."
+        )
         if state == "paused":
             # The ETA would freeze while nothing trains: say so instead.
-            self.progress_label.setText(f"{self._progress_text} · paused"
-                                        if self._progress_text else "paused")
+            self.progress_label.setText(
+                f"{self._progress_text} · paused" if self._progress_text else "paused"
+            )
         if active:
             self._redraw_timer.start()
             if state == "running" and self.progress.maximum() == 1 and self.progress.value() == 0:
                 self.progress.setRange(0, 0)  # busy until the first batch says how many
-            self.progress.setFormat({"running": "%p %", "paused": "paused · %p %",
-                                     "stopping": "stopping…"}[state])
+            self.progress.setFormat(
+                {"running": "%p %", "paused": "paused · %p %", "stopping": "stopping…"}[state]
+            )
 
     def can_resume(self) -> bool:
         """Whether the run that ended can continue from its last checkpoint."""
         summary = self._run_summary
-        return (self.session.run_dir is not None and not self.session.is_active()
-                and summary.get("status") in ("stopped", "failed")
-                and 0 < int(summary.get("epochs_completed", 0)) < int(summary.get("epochs", 0))
-                and self.has_checkpoint(("last",)))
+        return (
+            self.session.run_dir is not None
+            and not self.session.is_active()
+            and summary.get("status") in (RunStatus.STOPPED, RunStatus.FAILED)
+            and 0 < int(summary.get("epochs_completed", 0)) < int(summary.get("epochs", 0))
+            and self.has_checkpoint(("last",))
+        )
 
     def has_checkpoint(self, kinds: tuple[str, ...] = CHECKPOINT_KINDS) -> bool:
         run_dir = self.session.run_dir
         return run_dir is not None and any(
-            RunPaths(Path(run_dir)).checkpoint(kind).is_file() for kind in kinds)
+            RunPaths(Path(run_dir)).checkpoint(kind).is_file() for kind in kinds
+        )
 
     @Slot()
     def _resume(self) -> None:
@@ -220,10 +232,12 @@ class MonitorView(QWidget):
         from ui.runs.runs_view import read_history
 
         date = run.started_at.replace("T", " ")[:16]
-        self.title.setText(f"No run in this session yet. The latest run is <b>{run.name}</b> "
-                           f"({run.model} on {run.dataset}, {date}, {run.status}); its curves "
-                           "are below. Resume or export it from the <b>Runs</b> page, or start "
-                           "a new one from <b>New compression</b>.")
+        self.title.setText(
+            f"No run in this session yet. The latest run is <b>{run.name}</b> "
+            f"({run.model} on {run.dataset}, {date}, {run.status}); its curves "
+            "are below. Resume or export it from the <b>Runs</b> page, or start "
+            "a new one from <b>New compression</b>."
+        )
         self.curves.clear()
         self._epoch_steps.clear()
         history = read_history(run.path)
@@ -263,7 +277,8 @@ class MonitorView(QWidget):
             text = f"loading images: {done:,} of {total:,}"
         else:
             text = f"downloading {event.dataset}: {done / 1e6:.1f}" + (
-                f" of {total / 1e6:.1f} MB" if total else " MB")
+                f" of {total / 1e6:.1f} MB" if total else " MB"
+            )
         self.progress_label.setText(text)
 
     @Slot(object)
@@ -272,20 +287,25 @@ class MonitorView(QWidget):
         self.layers.set_layers(event.compression.get("layers", []))
         params, dense = event.params_total, event.dense_params_total
         config = event.config or {}
-        pretraining = (config.get("init") == "pretrained"
-                       and event.start_epoch <= int(config.get("pretrain_epochs", 0)))
+        pretraining = config.get("init") == "pretrained" and event.start_epoch <= int(
+            config.get("pretrain_epochs", 0)
+        )
         self.curves.plan(dense if pretraining else params, dense, event.epochs)
         resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
         self.append_log(
             "info",
             f"Run started on {event.device}{resumed}: {event.train_examples:,} training and "
             f"{event.test_examples:,} test examples; {format_count(params)} parameters "
-            f"instead of {format_count(dense)} ({format_ratio(dense / max(params, 1))} smaller).")
+            f"instead of {format_count(dense)} ({format_ratio(dense / max(params, 1))} smaller).",
+        )
         for note in getattr(event, "notes", ()):  # adapted layers, weights, skipped images
             self.append_log("info", note)
         if getattr(event, "dense_test_acc", None) is not None:
-            self.append_log("info", "Before compression, the dense model with its pretrained "
-                            f"weights: {format_percent(event.dense_test_acc)} test accuracy.")
+            self.append_log(
+                "info",
+                "Before compression, the dense model with its pretrained "
+                f"weights: {format_percent(event.dense_test_acc)} test accuracy.",
+            )
 
     @Slot(object)
     def _on_batch(self, event: BatchEnded) -> None:
@@ -299,12 +319,14 @@ class MonitorView(QWidget):
         self._saw_batch = True
         self._progress_text = (
             f"epoch {event.epoch}/{epochs}{phase} · batch {event.batch}/{event.batches}"
-            f" · loss {event.loss:.4f} · acc {format_percent(event.acc)}")
+            f" · loss {event.loss:.4f} · acc {format_percent(event.acc)}"
+        )
         if self.session.state == "paused":
             self.progress_label.setText(f"{self._progress_text} · paused")
         else:
             self.progress_label.setText(
-                f"{self._progress_text} · ETA {format_duration(event.eta_seconds)}")
+                f"{self._progress_text} · ETA {format_duration(event.eta_seconds)}"
+            )
         if event.grad_norms:
             self.layers.set_grad_norms(event.grad_norms)
         self._batches_dirty = True
@@ -323,7 +345,8 @@ class MonitorView(QWidget):
             "info",
             f"Epoch {event.epoch}: train loss {event.train_loss:.4f}, acc "
             f"{format_percent(event.train_acc)}; test loss {event.test_loss:.4f}, acc "
-            f"{format_percent(event.test_acc)} ({event.seconds:.1f} s)")
+            f"{format_percent(event.test_acc)} ({event.seconds:.1f} s)",
+        )
 
     @Slot(object)
     def _on_checkpoint(self, event: CheckpointSaved) -> None:
@@ -340,12 +363,12 @@ class MonitorView(QWidget):
         self.curves.show(self.session.history)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
-        if status == "finished":
+        if status == RunStatus.FINISHED:
             self.progress.setValue(self.progress.maximum())
         self.progress.setFormat(f"{status} · %p %")
         if not self._saw_batch:  # "starting…" must not outlive a run that never started
             self.progress_label.setText(f"{status} before the first batch")
-        elif status != "finished":
+        elif status != RunStatus.FINISHED:
             self.progress_label.setText(f"{self._progress_text} · {status}")
         else:
             self.progress_label.setText(self._progress_text)
@@ -353,17 +376,24 @@ class MonitorView(QWidget):
         best = self.session.history.best_test_acc()
         chance = self._chance_level()
         self.outcome = f"Run {status}."
-        if status == "finished" and chance and not best > 1.5 * chance:
-            self.outcome = (f"Run finished, but the test accuracy stayed at chance level "
-                            f"({format_percent(best)}; guessing gives {format_percent(chance)})"
-                            ": the network learned nothing. Try a lower learning rate, a "
-                            "larger depth or more epochs.")
+        if status == RunStatus.FINISHED and chance and not best > 1.5 * chance:
+            self.outcome = (
+                f"Run finished, but the test accuracy stayed at chance level "
+                f"({format_percent(best)}; guessing gives {format_percent(chance)})"
+                ": the network learned nothing. Try a lower learning rate, a "
+                "larger depth or more epochs."
+            )
             self.append_log("warning", self.outcome)
         before = self._run_summary.get("dense_test_acc")
-        before_text = (f" (dense with pretrained weights, before compression: "
-                       f"{format_percent(before)})" if before is not None else "")
-        self.summary.setText(f"{self.outcome} Best test accuracy {format_percent(best)}"
-                             f"{before_text}.  Folder: {self.session.run_dir}")
+        before_text = (
+            f" (dense with pretrained weights, before compression: {format_percent(before)})"
+            if before is not None
+            else ""
+        )
+        self.summary.setText(
+            f"{self.outcome} Best test accuracy {format_percent(best)}"
+            f"{before_text}.  Folder: {self.session.run_dir}"
+        )
         self._on_state(self.session.state)
         self.outcome_shown.emit(self.outcome)
 
@@ -406,8 +436,9 @@ class MonitorView(QWidget):
         """Write every plot into ``folder``; raises OSError when a file cannot be written."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        return [save_plot(plot, folder / f"{name}.{fmt}")
-                for name, plot in self.curves.plots().items()]
+        return [
+            save_plot(plot, folder / f"{name}.{fmt}") for name, plot in self.curves.plots().items()
+        ]
 
     def save_metrics_csv(self, path: str | Path) -> Path:
         self.session.history.to_csv(path)
@@ -418,8 +449,7 @@ class MonitorView(QWidget):
         try:
             saved = self.save_plots(folder, "png") + self.save_plots(folder, "svg")
         except OSError as exc:
-            self._save_failed("Save plots", f"The plots were not saved in {folder}: "
-                              f"{_reason(exc)}")
+            self._save_failed("Save plots", f"The plots were not saved in {folder}: {_reason(exc)}")
             return False
         self.append_log("info", f"Saved {len(saved)} plot files (PNG and SVG) in {folder}")
         return True
@@ -428,8 +458,9 @@ class MonitorView(QWidget):
         try:
             self.save_metrics_csv(path)
         except OSError as exc:
-            self._save_failed("Save metrics", f"The metrics were not saved to {path}: "
-                              f"{_reason(exc)}")
+            self._save_failed(
+                "Save metrics", f"The metrics were not saved to {path}: {_reason(exc)}"
+            )
             return False
         self.append_log("info", f"Saved metrics to {path}")
         return True
@@ -440,7 +471,8 @@ class MonitorView(QWidget):
 
     def _ask_save_plots(self) -> None:
         folder = QFileDialog.getExistingDirectory(
-            self, "Save plots into folder", last_folder("plots", self.session.run_dir or ""))
+            self, "Save plots into folder", last_folder("plots", self.session.run_dir or "")
+        )
         if not folder:
             return
         if self.save_plots_into(folder):
@@ -448,8 +480,7 @@ class MonitorView(QWidget):
 
     def _ask_save_csv(self) -> None:
         start = Path(last_folder("plots", self.session.run_dir or "")) / METRICS_FILE
-        path, _ = QFileDialog.getSaveFileName(self, "Save metrics", str(start),
-                                              "CSV files (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self, "Save metrics", str(start), "CSV files (*.csv)")
         if path and self.save_csv_to(path):
             remember_folder("plots", Path(path).parent)
 

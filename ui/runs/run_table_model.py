@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 
+from engine.choices import RunStatus
 from ui.formatting import format_count, format_percent, format_ratio
 
 if TYPE_CHECKING:  # engine.runs loads PyTorch; the table only shows what it listed
@@ -17,7 +18,7 @@ Index = QModelIndex | QPersistentModelIndex
 
 def resumable(run: RunRecord) -> bool:
     """Whether a run (an engine RunRecord) can continue from its last checkpoint."""
-    return run.status in ("stopped", "failed", "interrupted") and run.epochs_completed < run.epochs
+    return run.status in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.INTERRUPTED) and run.epochs_completed < run.epochs
 
 
 def _date(iso: str) -> str:

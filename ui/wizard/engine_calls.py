@@ -4,9 +4,10 @@ where it can take a while). The UI computes nothing itself: counts come from the
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from engine.choices import IMAGEFOLDER_PREFIX
 from engine.config import ConfigError, RunConfig  # torch-free
@@ -28,11 +29,11 @@ class NetworkPlan:
 
 def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
     """Build the (untrained) network for the data set's input shape and list its layers."""
+    import torch
+
     from engine.compression import describe_layers, plan_compression
     from engine.data import dataset_info
     from engine.models import build_model
-
-    import torch
 
     info = dataset_info(dataset_name)
     arguments = (model_name, info.in_channels, info.image_size, info.num_classes)
@@ -41,8 +42,12 @@ def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
             model = build_model(*arguments)
     except (RuntimeError, NotImplementedError):  # a user's model doing arithmetic when built
         model = build_model(*arguments)
-    return NetworkPlan(model_name, dataset_name, tuple(describe_layers(model)),
-                       functools.partial(plan_compression, model))
+    return NetworkPlan(
+        model_name,
+        dataset_name,
+        tuple(describe_layers(model)),
+        functools.partial(plan_compression, model),
+    )
 
 
 def measured_recommendations(model: str, dataset: str) -> list[str]:
@@ -92,10 +97,12 @@ def dataset_status(config: RunConfig) -> tuple[bool, str]:
             info = config_dataset_info(config)
         except ValueError as exc:  # the folder's problem, in one line naming it
             return False, str(exc)
-        return True, (f"✓ {info.title}: {info.num_classes} classes, {info.train_size} training "
-                      f"and {info.test_size} test images, "
-                      f"{'grayscale' if info.in_channels == 1 else 'colour'}, "
-                      f"{info.image_size}×{info.image_size} pixels")
+        return True, (
+            f"✓ {info.title}: {info.num_classes} classes, {info.train_size} training "
+            f"and {info.test_size} test images, "
+            f"{'grayscale' if info.in_channels == 1 else 'colour'}, "
+            f"{info.image_size}×{info.image_size} pixels"
+        )
     info = dataset_info(config.dataset)
     if config.dataset not in data_files.FILES:
         return True, f"✓ {info.title} is generated on the fly; nothing to download."
@@ -103,8 +110,9 @@ def dataset_status(config: RunConfig) -> tuple[bool, str]:
     files = data_files.FILES[config.dataset]
     if not files.missing(root):
         return True, f"✓ {info.title} found in {files.location(root)}"
-    return False, (f"{info.title} is not in {root} yet. Download it, or choose the folder "
-                   "that holds a copy.")
+    return False, (
+        f"{info.title} is not in {root} yet. Download it, or choose the folder that holds a copy."
+    )
 
 
 def download(config: RunConfig, report: Callable[[float, str], None]) -> Path:
@@ -112,8 +120,7 @@ def download(config: RunConfig, report: Callable[[float, str], None]) -> Path:
     from engine.data import download_dataset
 
     def progress(done: int, total: int) -> None:
-        megabytes = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else \
-            f"{done / 1e6:.1f} MB"
+        megabytes = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
         report(done / total if total else -1.0, megabytes)
 
     return download_dataset(config.dataset, config.data_root or None, progress=progress)

@@ -21,8 +21,19 @@ if TYPE_CHECKING:  # engine.compression loads PyTorch; the table only reads its 
     from engine.compression import CompressionReport, LayerInfo, LayerReport
 
 ENCODE, NAME, KIND, SHAPE, DENSE, ENCODING, DEPTH, ACTIVATION, PARAMS, RATIO, OPTIONS = range(11)
-HEADERS = ("encode", "layer", "kind", "weight shape", "dense weight", "encoding", "depth",
-           "activation", "parameters", "ratio", "options")
+HEADERS = (
+    "encode",
+    "layer",
+    "kind",
+    "weight shape",
+    "dense weight",
+    "encoding",
+    "depth",
+    "activation",
+    "parameters",
+    "ratio",
+    "options",
+)
 # Other encodings than the ADTN take the ADTN's count at this depth as their budget, so the
 # depth column sets every layer's size whatever its encoding.
 
@@ -60,8 +71,13 @@ class LayerPlanModel(QAbstractTableModel):
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def set_layers(self, layers: list[LayerInfo], planner: Planner,
-                   spec_factory: SpecFactory, specs: list[LayerSpec] | tuple = ()) -> None:
+    def set_layers(
+        self,
+        layers: list[LayerInfo],
+        planner: Planner,
+        spec_factory: SpecFactory,
+        specs: list[LayerSpec] | tuple = (),
+    ) -> None:
         """``layers``: engine LayerInfo rows; ``planner(specs)`` returns a CompressionReport;
         ``spec_factory(name=, depth=, activation=, layout=)`` builds an engine LayerSpec;
         ``specs`` are the layers a configuration already encodes."""
@@ -73,8 +89,14 @@ class LayerPlanModel(QAbstractTableModel):
         for spec in specs:
             if spec.name in self._choices:
                 self._choices[spec.name] = LayerChoice(
-                    True, spec.depth, spec.activation, spec.layout, spec.encoding,
-                    spec.index_order, spec.gate_init)
+                    True,
+                    spec.depth,
+                    spec.activation,
+                    spec.layout,
+                    spec.encoding,
+                    spec.index_order,
+                    spec.gate_init,
+                )
         self._replan()
         self.endResetModel()
         self.totals_changed.emit()
@@ -91,18 +113,29 @@ class LayerPlanModel(QAbstractTableModel):
         """The engine LayerSpecs of the layers to encode, in model order."""
         if self._spec_factory is None:
             return []
-        return [self._spec_factory(name=info.name, depth=c.depth, activation=c.activation,
-                                   layout=c.layout, encoding=c.encoding,
-                                   index_order=c.index_order, gate_init=c.gate_init)
-                for info in self._layers if (c := self._choices[info.name]).encode]
+        return [
+            self._spec_factory(
+                name=info.name,
+                depth=c.depth,
+                activation=c.activation,
+                layout=c.layout,
+                encoding=c.encoding,
+                index_order=c.index_order,
+                gate_init=c.gate_init,
+            )
+            for info in self._layers
+            if (c := self._choices[info.name]).encode
+        ]
 
     def layer_names(self) -> list[str]:
         return [info.name for info in self._layers]
 
     def set_encoded(self, name: str, encode: bool) -> None:
-        self.setData(self.index(self.layer_names().index(name), ENCODE),
-                     Qt.CheckState.Checked if encode else Qt.CheckState.Unchecked,
-                     Qt.ItemDataRole.CheckStateRole)
+        self.setData(
+            self.index(self.layer_names().index(name), ENCODE),
+            Qt.CheckState.Checked if encode else Qt.CheckState.Unchecked,
+            Qt.ItemDataRole.CheckStateRole,
+        )
 
     def set_depth(self, name: str, depth: int) -> None:
         self.setData(self.index(self.layer_names().index(name), DEPTH), depth)
@@ -126,8 +159,9 @@ class LayerPlanModel(QAbstractTableModel):
                 changed += 1
         if changed:
             self._replan()
-            self.dataChanged.emit(self.index(0, 0),
-                                  self.index(len(self._layers) - 1, len(HEADERS) - 1))
+            self.dataChanged.emit(
+                self.index(0, 0), self.index(len(self._layers) - 1, len(HEADERS) - 1)
+            )
             self.totals_changed.emit()
         return changed
 
@@ -139,8 +173,9 @@ class LayerPlanModel(QAbstractTableModel):
     def columnCount(self, parent: Index = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(HEADERS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return HEADERS[section]
         return None
@@ -178,8 +213,11 @@ class LayerPlanModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (DENSE, DEPTH, PARAMS, RATIO):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.EditRole:
-            return {DEPTH: choice.depth, ACTIVATION: choice.activation,
-                    ENCODING: choice.encoding}.get(column)
+            return {
+                DEPTH: choice.depth,
+                ACTIVATION: choice.activation,
+                ENCODING: choice.encoding,
+            }.get(column)
         if role != Qt.ItemDataRole.DisplayRole:
             return None
         row = self._report_row(info.name) if choice.encode else None
@@ -227,8 +265,7 @@ class LayerPlanModel(QAbstractTableModel):
         else:
             return False
         self._replan()
-        self.dataChanged.emit(self.index(index.row(), 0),
-                              self.index(index.row(), len(HEADERS) - 1))
+        self.dataChanged.emit(self.index(index.row(), 0), self.index(index.row(), len(HEADERS) - 1))
         self.totals_changed.emit()
         return True
 
@@ -254,7 +291,9 @@ class LayerPlanModel(QAbstractTableModel):
                 usable.append(spec)
             except ValueError as exc:
                 reason = str(exc).removeprefix("cannot compress: ")
-                self.problems[spec.name] = reason.removeprefix(f"'{spec.name}' cannot be encoded as {spec.encoding}: ")
+                self.problems[spec.name] = reason.removeprefix(
+                    f"'{spec.name}' cannot be encoded as {spec.encoding}: "
+                )
         self.report = self._planner(usable)
 
     def _report_row(self, name: str) -> LayerReport | None:

@@ -33,7 +33,6 @@ from ui.wizard.layer_plan_model import (
     LayerPlanModel,
 )
 
-
 DEPTH_EDITOR_MIN_WIDTH = 84  # room for three digits beside the arrows
 
 
@@ -122,10 +121,12 @@ class LayersPage(QWidget):
     """Choose the layers to encode; the totals follow every edit."""
 
     title = "Layers"
-    subtitle = ("Tick the layers to encode and choose how: the ADTN of a depth, or a tensor "
-                "train, low-rank, Tucker or CP layer with that ADTN's parameter count. "
-                "Double-click encoding, depth or activation to change them. For large "
-                "networks, filter by name (e.g. layer4.*) and tick what is shown.")
+    subtitle = (
+        "Tick the layers to encode and choose how: the ADTN of a depth, or a tensor "
+        "train, low-rank, Tucker or CP layer with that ADTN's parameter count. "
+        "Double-click encoding, depth or activation to change them. For large "
+        "networks, filter by name (e.g. layer4.*) and tick what is shown."
+    )
 
     def __init__(self, model: LayerPlanModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -137,9 +138,11 @@ class LayersPage(QWidget):
         self.table.setItemDelegateForColumn(DEPTH, self.depth_delegate)
         self.table.setItemDelegateForColumn(ACTIVATION, _ChoiceDelegate(ACTIVATIONS, self.table))
         self.table.setItemDelegateForColumn(ENCODING, _ChoiceDelegate(ENCODINGS, self.table))
-        self.table.setEditTriggers(QTableView.EditTrigger.DoubleClicked
-                                   | QTableView.EditTrigger.SelectedClicked
-                                   | QTableView.EditTrigger.EditKeyPressed)
+        self.table.setEditTriggers(
+            QTableView.EditTrigger.DoubleClicked
+            | QTableView.EditTrigger.SelectedClicked
+            | QTableView.EditTrigger.EditKeyPressed
+        )
         self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().hide()
@@ -234,8 +237,11 @@ class LayersPage(QWidget):
     # -- finding and ticking layers in large networks -----------------------------------
 
     def shown_layer_names(self) -> list[str]:
-        return [name for row, name in enumerate(self.model.layer_names())
-                if not self.table.isRowHidden(row)]
+        return [
+            name
+            for row, name in enumerate(self.model.layer_names())
+            if not self.table.isRowHidden(row)
+        ]
 
     def tick_shown(self, encode: bool) -> int:
         return self.model.set_encoded_many(self.shown_layer_names(), encode)
@@ -257,12 +263,13 @@ class LayersPage(QWidget):
         names = self.model.layer_names()
         for row, name in enumerate(names):
             shown = not patterns or any(
-                fnmatchcase(name, p) if any(c in p for c in "*?[") else p in name
-                for p in patterns)
+                fnmatchcase(name, p) if any(c in p for c in "*?[") else p in name for p in patterns
+            )
             self.table.setRowHidden(row, not shown)
         shown_count = len(self.shown_layer_names())
-        self.shown_label.setText(f"{shown_count} of {len(names)} shown" if patterns else
-                                 f"{len(names)} layers")
+        self.shown_label.setText(
+            f"{shown_count} of {len(names)} shown" if patterns else f"{len(names)} layers"
+        )
 
     @Slot(int)
     def _on_group_chosen(self, index: int) -> None:
@@ -288,13 +295,21 @@ class LayersPage(QWidget):
 
     @Slot(int)
     def _depth_capped(self, typed: int) -> None:
-        self.set_status(f"Depth {typed:,} is above the engine's limit of {MAX_DEPTH}; it was "
-                        f"set to {MAX_DEPTH}.")
+        self.set_status(
+            f"Depth {typed:,} is above the engine's limit of {MAX_DEPTH}; it was "
+            f"set to {MAX_DEPTH}."
+        )
 
     def set_recommendation(self, sentences: list[str]) -> None:
         text = " ".join(sentences)
-        self.recommendation.setText(text + (" Compare encodings on the review page measures it "
-                                            "for your settings." if text else ""))
+        self.recommendation.setText(
+            text
+            + (
+                " Compare encodings on the review page measures it for your settings."
+                if text
+                else ""
+            )
+        )
         self.recommendation.setVisible(bool(text))
 
     def set_status(self, text: str) -> None:
@@ -315,6 +330,8 @@ class LayersPage(QWidget):
         for row in range(self.model.rowCount()):
             index = self.model.index(row, ENCODE)
             if self.model.flags(index) & Qt.ItemFlag.ItemIsUserCheckable:
-                self.model.setData(index, (Qt.CheckState.Checked if encode
-                                           else Qt.CheckState.Unchecked),
-                                   Qt.ItemDataRole.CheckStateRole)
+                self.model.setData(
+                    index,
+                    (Qt.CheckState.Checked if encode else Qt.CheckState.Unchecked),
+                    Qt.ItemDataRole.CheckStateRole,
+                )

@@ -20,8 +20,10 @@ from engine.paths import CONFIG_FILE
 
 class ReviewPage(QWidget):
     title = "Review"
-    subtitle = ("The settings of the run as TOML: what the pages before offer, and any other "
-                f"that this configuration changes. The run folder keeps them in {CONFIG_FILE}.")
+    subtitle = (
+        "The settings of the run as TOML: what the pages before offer, and any other "
+        f"that this configuration changes. The run folder keeps them in {CONFIG_FILE}."
+    )
 
     name_edited = Signal()
     save_requested = Signal()
@@ -39,8 +41,10 @@ class ReviewPage(QWidget):
         self.problem.setWordWrap(True)
         self.save_button = QPushButton("Save config…")
         self.compare_button = QPushButton("Compare encodings…")
-        self.compare_button.setToolTip("Train these layers as an ADTN, a tensor train, low "
-                                       "rank and more at equal parameter budgets, side by side")
+        self.compare_button.setToolTip(
+            "Train these layers as an ADTN, a tensor train, low "
+            "rank and more at equal parameter budgets, side by side"
+        )
 
         form = QFormLayout()
         form.addRow("Run name", self.name_edit)

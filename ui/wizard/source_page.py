@@ -33,6 +33,8 @@ DEFAULT_FACTORY = "build_model"
 def data_root_key(dataset: str) -> str:
     """Settings key of the data folder remembered for ``dataset`` (one per data set)."""
     return f"data_root/{dataset}"
+
+
 FORM_WIDTH = 860  # wizard forms stop growing here
 
 
@@ -80,10 +82,12 @@ class SourcePage(QWidget):
         root_row.addWidget(self.browse_button)
         self.weights_edit = QLineEdit()
         self.weights_edit.setPlaceholderText(
-            "none: train from scratch (or a .safetensors / .pt file, or torchvision:DEFAULT)")
+            "none: train from scratch (or a .safetensors / .pt file, or torchvision:DEFAULT)"
+        )
         self.weights_edit.setToolTip(
             "Pretrained weights for the network. The dense model's test accuracy is measured "
-            "with them before compression, and shown beside the compressed one.")
+            "with them before compression, and shown beside the compressed one."
+        )
         self.weights_button = QPushButton("Browse…")
         weights_row = QHBoxLayout()
         weights_row.addWidget(self.weights_edit, 1)
@@ -127,7 +131,7 @@ class SourcePage(QWidget):
         self.model_combo.clear()
         for name in catalog.models:
             if name.startswith(TORCHVISION_PREFIX):
-                title = f"{name[len(TORCHVISION_PREFIX):]} (torchvision)"
+                title = f"{name[len(TORCHVISION_PREFIX) :]} (torchvision)"
             else:
                 title = model_titles.get(name, name)
             self.model_combo.addItem(title, name)
@@ -153,8 +157,9 @@ class SourcePage(QWidget):
         self._select(self.model_combo, config.model, self._model_title(config.model))
         self._model_index = self.model_combo.currentIndex()
         self.dataset_combo.blockSignals(True)
-        self._select(self.dataset_combo, config.dataset,
-                     DATASET_TITLES.get(config.dataset, config.dataset))
+        self._select(
+            self.dataset_combo, config.dataset, DATASET_TITLES.get(config.dataset, config.dataset)
+        )
         self.dataset_combo.blockSignals(False)
         self._dataset_index = self.dataset_combo.currentIndex()
         # a preset names no folder: the one remembered for its data set (across launches)
@@ -164,10 +169,12 @@ class SourcePage(QWidget):
         self._show_folder_row(config.dataset)
 
     def apply(self, config: RunConfig) -> RunConfig:
-        return config.replace(model=self.model_combo.currentData(),
-                              dataset=self.dataset_combo.currentData(),
-                              data_root=self.data_root_edit.text().strip(),
-                              weights=self.weights_edit.text().strip())
+        return config.replace(
+            model=self.model_combo.currentData(),
+            dataset=self.dataset_combo.currentData(),
+            data_root=self.data_root_edit.text().strip(),
+            weights=self.weights_edit.text().strip(),
+        )
 
     # -- the user's own model and images ------------------------------------------------
 
@@ -175,22 +182,32 @@ class SourcePage(QWidget):
         """(Python file, factory name) from dialogs, or None when cancelled (tests replace
         this method)."""
         path, _ = QFileDialog.getOpenFileName(
-            self, "Your own model: a Python file", last_folder("model_file", str(Path.home())),
-            "Python files (*.py)")
+            self,
+            "Your own model: a Python file",
+            last_folder("model_file", str(Path.home())),
+            "Python files (*.py)",
+        )
         if not path:
             return None
         remember_folder("model_file", str(Path(path).parent))
         factory, ok = QInputDialog.getText(
-            self, "Your own model", "Function or class that builds the model (called with "
-            "in_channels, image_size, num_classes when it takes them):", text=DEFAULT_FACTORY)
+            self,
+            "Your own model",
+            "Function or class that builds the model (called with "
+            "in_channels, image_size, num_classes when it takes them):",
+            text=DEFAULT_FACTORY,
+        )
         factory = factory.strip()
         return (path, factory) if ok and factory.isidentifier() else None
 
     def ask_weights_file(self) -> str | None:
         """A weights file, or None when cancelled (tests replace this method)."""
         path, _ = QFileDialog.getOpenFileName(
-            self, "Pretrained weights", last_folder("weights_file", str(Path.home())),
-            "Weights (*.safetensors *.pt *.pth);;All files (*)")
+            self,
+            "Pretrained weights",
+            last_folder("weights_file", str(Path.home())),
+            "Weights (*.safetensors *.pt *.pth);;All files (*)",
+        )
         if path:
             remember_folder("weights_file", str(Path(path).parent))
         return path or None
@@ -203,8 +220,10 @@ class SourcePage(QWidget):
     def ask_image_folder(self) -> str | None:
         """A folder of class folders (or with train/ and test/), or None when cancelled."""
         folder = QFileDialog.getExistingDirectory(
-            self, "Image folder: one folder per class, or train/ and test/ folders",
-            last_folder("image_folder", str(Path.home())))
+            self,
+            "Image folder: one folder per class, or train/ and test/ folders",
+            last_folder("image_folder", str(Path.home())),
+        )
         if folder:
             remember_folder("image_folder", folder)
         return folder or None
@@ -267,7 +286,7 @@ class SourcePage(QWidget):
     @staticmethod
     def _model_title(spec: str) -> str:
         if spec.startswith(TORCHVISION_PREFIX):
-            return f"{spec[len(TORCHVISION_PREFIX):]} (torchvision)"
+            return f"{spec[len(TORCHVISION_PREFIX) :]} (torchvision)"
         path, sep, factory = spec.rpartition(":")
         return f"{factory} ({Path(path).name})" if sep and path.endswith(".py") else spec
 

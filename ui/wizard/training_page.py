@@ -59,21 +59,27 @@ class ScientificSpinBox(QDoubleSpinBox):
         except ValueError:
             # Half-typed numbers ("1e", "1e-", "-", ".") may still become valid.
             allowed = set("0123456789.eE+-")
-            state = (QValidator.State.Intermediate if stripped == "" or set(stripped) <= allowed
-                     else QValidator.State.Invalid)
+            state = (
+                QValidator.State.Intermediate
+                if stripped == "" or set(stripped) <= allowed
+                else QValidator.State.Invalid
+            )
             return state, text, position
         if not math.isfinite(value):
             return QValidator.State.Invalid, text, position
         inside = self.minimum() <= value <= self.maximum()
-        return (QValidator.State.Acceptable if inside else QValidator.State.Intermediate,
-                text, position)
+        return (
+            QValidator.State.Acceptable if inside else QValidator.State.Intermediate,
+            text,
+            position,
+        )
 
     def stepBy(self, steps: int) -> None:  # noqa: N802
         value = self.value()
         if value <= 0:
             value = max(self.minimum(), 1e-4) if steps > 0 else value
         else:
-            value *= 2.0 ** steps
+            value *= 2.0**steps
         self.setValue(min(max(value, self.minimum()), self.maximum()))
 
 
@@ -140,11 +146,14 @@ class TrainingPage(QWidget):
         self.fit_steps.setToolTip("Optimisation steps fitting each ADTN to its pretrained weight")
         self.augment = QCheckBox("random crops and flips (CIFAR data sets)")
         self.amp = QCheckBox("mixed precision on CUDA GPUs")
-        self.advanced_rows = (("ADTN learning rate", self.adtn_lr),
-                              ("Weight decay", self.weight_decay),
-                              ("Momentum (SGD)", self.momentum),
-                              ("ADTN fitting steps", self.fit_steps),
-                              ("Augmentation", self.augment), ("Precision", self.amp))
+        self.advanced_rows = (
+            ("ADTN learning rate", self.adtn_lr),
+            ("Weight decay", self.weight_decay),
+            ("Momentum (SGD)", self.momentum),
+            ("ADTN fitting steps", self.fit_steps),
+            ("Augmentation", self.augment),
+            ("Precision", self.amp),
+        )
         # Folded at first (the preset's values serve most runs); the arrow unfolds it.
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced settings")
@@ -180,10 +189,12 @@ class TrainingPage(QWidget):
         self.device.clear()
         for choice in catalog.devices:
             self.device.addItem(choice.label, choice.id)
-        gpus = [c for c in catalog.devices
-                if c.id.startswith(("cuda", "mps")) and c.id != "cuda:all"]  # not a GPU
-        self.device_hint.setText(f"{len(gpus)} GPU(s) found" if gpus
-                                 else "No GPU found: training runs on the CPU.")
+        gpus = [
+            c for c in catalog.devices if c.id.startswith(("cuda", "mps")) and c.id != "cuda:all"
+        ]  # not a GPU
+        self.device_hint.setText(
+            f"{len(gpus)} GPU(s) found" if gpus else "No GPU found: training runs on the CPU."
+        )
 
     def load(self, config: RunConfig) -> None:
         self.epochs.setValue(config.epochs)
@@ -208,15 +219,24 @@ class TrainingPage(QWidget):
     def apply(self, config: RunConfig) -> RunConfig:
         init = self.init.currentData()
         return config.replace(
-            epochs=self.epochs.value(), batch_size=self.batch_size.value(),
-            optimizer=self.optimizer.currentData(), lr=self.lr.value(),
-            schedule=self.schedule.currentData(), init=init,
+            epochs=self.epochs.value(),
+            batch_size=self.batch_size.value(),
+            optimizer=self.optimizer.currentData(),
+            lr=self.lr.value(),
+            schedule=self.schedule.currentData(),
+            init=init,
             pretrain_epochs=self.pretrain_epochs.value() if init == "pretrained" else 0,
-            seed=self.seed.value(), device=self.device.currentData() or "auto",
-            limit_train=self.limit_train.value(), limit_test=self.limit_test.value(),
-            adtn_lr=self.adtn_lr.value(), weight_decay=self.weight_decay.value(),
-            momentum=self.momentum.value(), fit_steps=self.fit_steps.value(),
-            augment=self.augment.isChecked(), amp=self.amp.isChecked())
+            seed=self.seed.value(),
+            device=self.device.currentData() or "auto",
+            limit_train=self.limit_train.value(),
+            limit_test=self.limit_test.value(),
+            adtn_lr=self.adtn_lr.value(),
+            weight_decay=self.weight_decay.value(),
+            momentum=self.momentum.value(),
+            fit_steps=self.fit_steps.value(),
+            augment=self.augment.isChecked(),
+            amp=self.amp.isChecked(),
+        )
 
     def _follow_init(self) -> None:
         pretrained = self.init.currentData() == "pretrained"
@@ -227,5 +247,6 @@ class TrainingPage(QWidget):
     def _fold_advanced(self, unfolded: bool) -> None:
         for _label, field in self.advanced_rows:
             self.form.setRowVisible(field, unfolded)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if unfolded
-                                          else Qt.ArrowType.RightArrow)
+        self.advanced_toggle.setArrowType(
+            Qt.ArrowType.DownArrow if unfolded else Qt.ArrowType.RightArrow
+        )

@@ -42,10 +42,30 @@ DEFAULT_PRESET = "lenet5-mnist"
 # show only when the configuration (a loaded file, a past run) sets them to something other
 # than their default, so the review neither lists settings nobody can change here nor hides
 # one that changes the run. The step schedule's keys belong to that schedule.
-OFFERED_KEYS = ("name", "model", "dataset", "data_root", "layers", "init", "pretrain_epochs",
-                "fit_steps", "epochs", "batch_size", "optimizer", "lr", "adtn_lr", "momentum",
-                "schedule", "weight_decay", "seed", "device", "amp", "augment", "limit_train",
-                "limit_test")
+OFFERED_KEYS = (
+    "name",
+    "model",
+    "dataset",
+    "data_root",
+    "layers",
+    "init",
+    "pretrain_epochs",
+    "fit_steps",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "adtn_lr",
+    "momentum",
+    "schedule",
+    "weight_decay",
+    "seed",
+    "device",
+    "amp",
+    "augment",
+    "limit_train",
+    "limit_test",
+)
 STEP_SCHEDULE_KEYS = ("lr_milestones", "lr_gamma")
 NEVER_REVIEWED = ("description", "download")  # a preset's blurb; Start never downloads
 
@@ -60,9 +80,11 @@ def rate_warning(config: RunConfig) -> str:
         return ""
     for label, rate in (("learning rate", config.lr), ("ADTN learning rate", config.adtn_lr)):
         if rate >= limit:
-            return (f"The {label} is {rate:g}. With {OPTIMIZER_TITLES[config.optimizer]}, rates "
-                    f"of {limit:g} or more make the loss explode or leave the accuracy at chance "
-                    f"level (usual rates: 1e-4 to 1e-2). Start anyway?")
+            return (
+                f"The {label} is {rate:g}. With {OPTIMIZER_TITLES[config.optimizer]}, rates "
+                f"of {limit:g} or more make the loss explode or leave the accuracy at chance "
+                f"level (usual rates: 1e-4 to 1e-2). Start anyway?"
+            )
     return ""
 
 
@@ -72,9 +94,11 @@ def reviewed_settings(values: dict, defaults: dict) -> dict:
     offered = set(OFFERED_KEYS)
     if values.get("schedule") == "step":
         offered.update(STEP_SCHEDULE_KEYS)
-    return {key: value for key, value in values.items()
-            if key not in NEVER_REVIEWED
-            and (key in offered or value != defaults.get(key, value))}
+    return {
+        key: value
+        for key, value in values.items()
+        if key not in NEVER_REVIEWED and (key in offered or value != defaults.get(key, value))
+    }
 
 
 class StepLabel(QLabel):
@@ -88,7 +112,8 @@ class StepLabel(QLabel):
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
         if event.button() == Qt.MouseButton.LeftButton and self.rect().contains(
-                event.position().toPoint()):
+            event.position().toPoint()
+        ):
             self.clicked.emit()
         super().mouseReleaseEvent(event)
 
@@ -110,9 +135,16 @@ class CompressionWizard(QWidget):
         self.show_message = self._open_notice
         self.compare_dialog = None  # the "Compare encodings" window, once opened
         self.notice: QMessageBox | None = None
-        self.confirm_start = lambda title, text: QMessageBox.question(
-            self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No) == QMessageBox.StandardButton.Yes
+        self.confirm_start = lambda title, text: (
+            QMessageBox.question(
+                self,
+                title,
+                text,
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            == QMessageBox.StandardButton.Yes
+        )
 
         self.layer_model = LayerPlanModel(self)
         self.source_page = SourcePage()
@@ -178,8 +210,9 @@ class CompressionWizard(QWidget):
 
     def _open_notice(self, title: str, text: str) -> None:
         """A window-modal notice that does not block (the event loop keeps running)."""
-        box = QMessageBox(QMessageBox.Icon.Information, title, text,
-                          QMessageBox.StandardButton.Ok, self)
+        box = QMessageBox(
+            QMessageBox.Icon.Information, title, text, QMessageBox.StandardButton.Ok, self
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.open()
         self.notice = box
@@ -221,7 +254,9 @@ class CompressionWizard(QWidget):
             if page is not self.layers_page:
                 page.load(config)
         if self._plan is not None and (self._plan.model, self._plan.dataset) == (
-                config.model, config.dataset):
+            config.model,
+            config.dataset,
+        ):
             self._show_plan()
         self._check_data()
 
@@ -293,9 +328,12 @@ class CompressionWizard(QWidget):
             # Start never downloads: the Download button does, when the user asks.
             self.show_page(SOURCE)
             where = text.split(". ")[0].rstrip(".") + "."  # what is missing, not how to fix
-            self.show_message("Data set missing", f"{where}\n\nNothing was downloaded. Click "
-                              "Download on this page to fetch it, or Browse… to the folder "
-                              "that holds a copy; then start again.")
+            self.show_message(
+                "Data set missing",
+                f"{where}\n\nNothing was downloaded. Click "
+                "Download on this page to fetch it, or Browse… to the folder "
+                "that holds a copy; then start again.",
+            )
             return
         warning = rate_warning(config)
         if warning and not self.confirm_start("Learning rate", warning):
@@ -305,20 +343,25 @@ class CompressionWizard(QWidget):
 
     @Slot()
     def open_compare(self) -> None:
-        """"Compare encodings": the layers chosen here, every encoding, equal budgets."""
+        """ "Compare encodings": the layers chosen here, every encoding, equal budgets."""
         if self.config is None:
             return
         config = self.current_config()
         _, problem = engine_calls.config_toml(config)
         if problem or not config.layers:
-            self.show_message("Compare encodings", problem or "Tick at least one layer to "
-                              "encode on the Layers page; the comparison encodes those layers.")
+            self.show_message(
+                "Compare encodings",
+                problem
+                or "Tick at least one layer to "
+                "encode on the Layers page; the comparison encodes those layers.",
+            )
             return
         from engine.paths import default_runs_root
         from ui.compare_dialog import CompareDialog
 
-        self.compare_dialog = CompareDialog(config.replace(download=False), default_runs_root(),
-                                            self)
+        self.compare_dialog = CompareDialog(
+            config.replace(download=False), default_runs_root(), self
+        )
         self.compare_dialog.show()
 
     def _update_nav(self) -> None:
@@ -336,7 +379,9 @@ class CompressionWizard(QWidget):
 
     def _plan_matches(self, config) -> bool:
         return self._plan is not None and (self._plan.model, self._plan.dataset) == (
-            config.model, config.dataset)
+            config.model,
+            config.dataset,
+        )
 
     def _ensure_network(self) -> None:
         """Build the chosen network in the background unless the table already shows it."""
@@ -348,7 +393,8 @@ class CompressionWizard(QWidget):
         self.layers_page.set_status(f"Building {self.config.model} for {self.config.dataset}…")
         model, dataset = self.config.model, self.config.dataset
         self._inspection = BackgroundTask(
-            lambda _report: engine_calls.inspect_network(model, dataset), self)
+            lambda _report: engine_calls.inspect_network(model, dataset), self
+        )
         self._inspection.succeeded.connect(self._on_network_inspected)
         self._inspection.failed.connect(self._on_inspection_failed)
         self._inspection.ended.connect(self._on_inspection_ended)
@@ -374,10 +420,12 @@ class CompressionWizard(QWidget):
 
     def _show_plan(self) -> None:
         self.layers_page.set_status("")
-        self.layer_model.set_layers(list(self._plan.layers), self._plan.planner,
-                                    engine_calls.layer_spec, self.config.layers)
+        self.layer_model.set_layers(
+            list(self._plan.layers), self._plan.planner, engine_calls.layer_spec, self.config.layers
+        )
         self.layers_page.set_recommendation(
-            engine_calls.measured_recommendations(self._plan.model, self._plan.dataset))
+            engine_calls.measured_recommendations(self._plan.model, self._plan.dataset)
+        )
         self.network_ready.emit()
 
     @Slot()
@@ -406,8 +454,7 @@ class CompressionWizard(QWidget):
         config = self.source_page.apply(self.config)
         self.source_page.set_downloading(True)
         self.source_page.show_download_progress(-1.0, "connecting…")
-        self._download = BackgroundTask(lambda report: engine_calls.download(config, report),
-                                        self)
+        self._download = BackgroundTask(lambda report: engine_calls.download(config, report), self)
         self._download.progressed.connect(self.source_page.show_download_progress)
         self._download.failed.connect(self._on_download_failed)
         self._download.ended.connect(self._on_download_ended)
@@ -449,8 +496,9 @@ class CompressionWizard(QWidget):
             return  # the engine has not loaded yet: there is nothing to save
         config = self.current_config()
         start = Path(last_folder("configs", Path.home())) / f"{config.run_name}.toml"
-        path, _ = QFileDialog.getSaveFileName(self, "Save run configuration", str(start),
-                                              "TOML files (*.toml)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save run configuration", str(start), "TOML files (*.toml)"
+        )
         if path:
             remember_folder("configs", Path(path).parent)
             self.save_config(path)
