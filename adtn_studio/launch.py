@@ -253,6 +253,9 @@ def launch(args: argparse.Namespace, config: RunConfig, run_dir: Path, resume: b
         program, *prefix = self_command()
         elastic_launch(launch_config, program)(*prefix, *worker_args)
     except ChildFailedError as exc:
+        # A worker stopped mid-epoch leaves its progress bar without a line end on the shared
+        # terminal: end that line so that the reason reads on a line of its own.
+        print(file=sys.stderr, flush=True)
         raise CommandError(_failure_line(exc.failures, run_dir, args)) from None
     except SignalException as exc:  # the launcher was told to end (SIGTERM, SIGHUP)
         how = f"stopped by {signal.Signals(exc.sigval).name}"
