@@ -49,6 +49,9 @@ LAYOUTS = ("brick", "stair")  # how a gate layer pairs neighbouring indices
 # ADTN options: the order of the binary indices (the rows' bits before the columns', or a row
 # bit and a column bit side by side as a TT-matrix pairs them) and the gates' initialisation.
 INDEX_ORDERS = ("rows_first", "interleaved")
+DEFAULT_INDEX_ORDER = "interleaved"  # measured the better of the two (docs/RESEARCH.md)
+# What an ADTN layer without the key meant in files written before configuration version 2.
+LEGACY_INDEX_ORDER = "rows_first"
 GATE_INITS = ("orthogonal", "near_identity", "normal")
 MATCH_ADTN = "match:adtn"  # a budget: the parameter count of the ADTN of the same depth
 

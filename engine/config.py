@@ -15,7 +15,14 @@ from typing import Any
 
 import tomli_w
 
-from engine.choices import DATASET_NAMES, IMAGEFOLDER_PREFIX, INITS, OPTIMIZERS, SCHEDULES
+from engine.choices import (
+    DATASET_NAMES,
+    IMAGEFOLDER_PREFIX,
+    INITS,
+    LEGACY_INDEX_ORDER,
+    OPTIMIZERS,
+    SCHEDULES,
+)
 from engine.errors import ConfigError
 from engine.layer_spec import LayerSpec, LayerSpecError
 from engine.limits import (
@@ -30,6 +37,10 @@ from engine.limits import (
 )
 from engine.model_spec import ModelSourceError, parse_model_spec
 from engine.paths import atomic_write_text
+
+# Version 2: an ADTN layer without ``index_order`` is interleaved (it was rows first in
+# version 1); files without ``config_version`` are version 1 and are read as they were meant.
+CONFIG_VERSION = 2
 
 __all__ = ["ConfigError", "LayerSpec", "RunConfig"]
 
@@ -86,6 +97,8 @@ class RunConfig:
     # Hold out this many training examples and evaluate on them instead of the test set
     # (0 = evaluate on the test set): learning-rate searches must never see the test set.
     holdout: int = 0
+    # The version of this file's meaning (CONFIG_VERSION); a file without it is version 1.
+    config_version: int = CONFIG_VERSION
 
     # -- naming -------------------------------------------------------------------------
 
@@ -121,8 +134,20 @@ class RunConfig:
                 f"unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}"
             )
         values = dict(data)
+        version = values.get("config_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigError(f"config_version must be a whole number from 1 (got {version!r})")
+        if version > CONFIG_VERSION:
+            raise ConfigError(
+                f"config_version {version} was written by a newer ADTN Studio (this one reads "
+                f"up to {CONFIG_VERSION}); update ADTN Studio to use this file"
+            )
         if "layers" in values:
-            values["layers"] = _layers_from_data(values["layers"])
+            layers = values["layers"]
+            if version == 1 and isinstance(layers, list):
+                layers = [_layer_from_version_1(item) for item in layers]
+            values["layers"] = _layers_from_data(layers)
+        values["config_version"] = CONFIG_VERSION  # read as this version's meaning from here
         for key in ("data_mean", "data_std"):
             if isinstance(values.get(key), tuple):
                 values[key] = list(values[key])
@@ -197,6 +222,7 @@ class RunConfig:
         _check_int("warmup_epochs", self.warmup_epochs, minimum=0)
         _check_number("weight_decay", self.weight_decay)
         _check_int("seed", self.seed, minimum=0)
+        _check_int("config_version", self.config_version, minimum=1)
         _check_type("device", self.device, str)
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(
@@ -283,6 +309,14 @@ def _layers_from_data(items: Any) -> list[LayerSpec]:
             values["ranks"] = list(values["ranks"])
         specs.append(LayerSpec(**values))
     return specs
+
+
+def _layer_from_version_1(item: Any) -> Any:
+    """A version-1 layer entry in this version's terms: without ``index_order`` an ADTN layer
+    was rows first then (the default became interleaved in version 2)."""
+    if isinstance(item, dict) and item.get("encoding", "adtn") == "adtn":
+        return {**item, "index_order": item.get("index_order", LEGACY_INDEX_ORDER)}
+    return item
 
 
 def _check_layers(specs: Any) -> None:

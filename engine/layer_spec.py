@@ -14,6 +14,7 @@ from typing import Any
 # The shared names (engine.choices), also importable from here as before.
 from engine.choices import (  # noqa: F401
     ACTIVATIONS,
+    DEFAULT_INDEX_ORDER,
     ENCODING_LABELS,
     ENCODINGS,
     GATE_INITS,
@@ -51,7 +52,7 @@ class LayerSpec:
     cores: int = 0
     rank: int = 0
     budget: int | str = 0
-    index_order: str = "rows_first"
+    index_order: str = DEFAULT_INDEX_ORDER
     gate_init: str = "orthogonal"
 
     def validate(self, where: str = "layer") -> LayerSpec:
@@ -102,7 +103,7 @@ class LayerSpec:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values, leaving out options that are at their defaults (short TOML)."""
+        """Plain values, leaving out most options that are at their defaults (short TOML)."""
         data: dict[str, Any] = {"name": self.name}
         defaults = LayerSpec("")
         for key in (
@@ -119,7 +120,12 @@ class LayerSpec:
             "gate_init",
         ):
             value = getattr(self, key)
-            if key in ("depth", "activation", "layout") or value != getattr(defaults, key):
+            # The index order is always written for an ADTN: its default changed once, and a
+            # file that says it reads the same whatever the default.
+            always = key in ("depth", "activation", "layout") or (
+                key == "index_order" and self.encoding == "adtn"
+            )
+            if always or value != getattr(defaults, key):
                 data[key] = (
                     [list(v) for v in value]
                     if key == "factors"

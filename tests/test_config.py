@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
-from engine.config import ConfigError, LayerSpec, RunConfig
+from engine.config import CONFIG_VERSION, ConfigError, LayerSpec, RunConfig
 from engine.presets import list_presets, load_preset
 
 
@@ -181,3 +183,54 @@ def test_vgg_presets_compress_the_two_4096_wide_layers():
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(ConfigError, match="unknown preset 'nope'; available: .*fc2-mnist"):
         load_preset("nope")
+
+
+# -- configuration versions: the ADTN's default index order changed in version 2 ------------
+
+
+def test_a_version_1_file_keeps_its_rows_first_adtn_layers(tmp_path):
+    path = tmp_path / "config.toml"  # as a run folder of an older release wrote it
+    path.write_text(
+        'model = "fc2"\ndataset = "mnist"\n\n'
+        '[[layers]]\nname = "fc1"\ndepth = 3\n\n'
+        '[[layers]]\nname = "fc2"\ndepth = 3\nindex_order = "interleaved"\n'
+    )
+    config = RunConfig.load(path)
+    assert [spec.index_order for spec in config.layers] == ["rows_first", "interleaved"]
+    assert config.config_version == CONFIG_VERSION
+    config.save(tmp_path / "again.toml")  # saved in today's terms, it means the same
+    again = RunConfig.load(tmp_path / "again.toml")
+    assert [spec.index_order for spec in again.layers] == ["rows_first", "interleaved"]
+
+
+def test_a_new_configuration_is_interleaved_and_says_so(tmp_path):
+    config = RunConfig(model="fc2", layers=[LayerSpec("fc1", depth=3)])
+    assert config.layers[0].index_order == "interleaved"
+    config.save(tmp_path / "config.toml")
+    text = (tmp_path / "config.toml").read_text()
+    assert f"config_version = {CONFIG_VERSION}" in text
+    assert 'index_order = "interleaved"' in text  # explicit: the file reads alike anywhere
+    data = tomllib.loads(text)
+    for layer in data["layers"]:
+        del layer["index_order"]  # a version-2 file that leaves it out means the default
+    assert RunConfig.from_dict(data).layers[0].index_order == "interleaved"
+
+
+def test_version_1_rule_leaves_other_encodings_alone():
+    config = RunConfig.from_dict({"layers": [{"name": "fc1", "encoding": "tt", "depth": 2}]})
+    assert config.layers[0].index_order == LayerSpec("x").index_order  # unused by a TT layer
+
+
+def test_a_configuration_from_a_newer_release_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"config_version 3 was written by a newer"):
+        RunConfig.from_dict({"config_version": CONFIG_VERSION + 1})
+
+
+def test_every_preset_file_is_of_the_current_version():
+    from importlib import resources
+
+    files = list((resources.files("resources") / "presets").iterdir())
+    presets = [f for f in files if f.name.endswith(".toml")]
+    assert len(presets) == len(list_presets())
+    for preset in presets:  # the raw file: loading would read an old one as today's anyway
+        assert tomllib.loads(preset.read_text()).get("config_version") == CONFIG_VERSION, preset

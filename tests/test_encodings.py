@@ -215,7 +215,9 @@ def test_adtn_index_order_and_gate_init_are_validated_stored_and_planned():
         LayerSpec("fc", index_order="zigzag").validate("layers[0]")
     with pytest.raises(LayerSpecError, match=r"layers\[1\]\.gate_init"):
         LayerSpec("fc", gate_init="zeros").validate("layers[1]")
-    assert "index_order" not in LayerSpec("fc").to_dict()
+    assert LayerSpec("fc").to_dict()["index_order"] == "interleaved"  # the default, written
+    assert "index_order" not in LayerSpec("fc", encoding="tt").to_dict()  # no meaning there
+    assert LayerSpec("fc", index_order="rows_first").to_dict()["index_order"] == "rows_first"
     spec = LayerSpec("fc", depth=3, index_order="interleaved", gate_init="normal")
     assert spec.to_dict()["index_order"] == "interleaved"
     assert spec.to_dict()["gate_init"] == "normal"
@@ -251,4 +253,4 @@ def test_adtn_index_order_and_gate_init_reach_the_built_network():
         assert torch.allclose(built(), reference())
         assert not torch.allclose(built(), rows_first(), atol=1e-4)
     default = build_generator(plan_layer(LayerSpec("fc", depth=2), shape), 0.1)
-    assert default.index_order == "rows_first" and default.init == "orthogonal"
+    assert default.index_order == "interleaved" and default.init == "orthogonal"

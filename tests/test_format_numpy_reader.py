@@ -243,10 +243,15 @@ def write_bundle_and_expected(bundle, expected, layers=None):
     torch.manual_seed(1)
     specs = (
         [
-            LayerSpec("conv2", depth=3, activation="relu", layout="brick"),
-            LayerSpec("fc1", depth=2, activation="leaky_relu", layout="stair"),
+            # both index orders: rows first (files of configuration version 1) and interleaved
+            LayerSpec(
+                "conv2", depth=3, activation="relu", layout="brick", index_order="rows_first"
+            ),
+            LayerSpec(
+                "fc1", depth=2, activation="leaky_relu", layout="stair", index_order="rows_first"
+            ),
             LayerSpec("fc2", depth=2, activation="none", layout="brick", index_order="interleaved"),
-            LayerSpec("fc3", depth=1),
+            LayerSpec("fc3", depth=1, index_order="rows_first"),
         ]
         if layers is None
         else [LayerSpec(name, encoding=encoding, **options) for name, encoding, options in layers]

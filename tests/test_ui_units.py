@@ -175,7 +175,7 @@ def test_background_task_failures_are_logged_by_type(qtbot, caplog, error, level
     failures = []
     task = BackgroundTask(fail)
     task.failed.connect(failures.append)
-    with qtbot.waitSignal(task.finished, timeout=10_000):
+    with qtbot.waitSignal(task.ended, timeout=10_000):
         task.start()
     assert failures == [error]
     [record] = [r for r in caplog.records if r.name == "ui.workers"]
