@@ -97,6 +97,11 @@ class RunConfig:
     # Hold out this many training examples and evaluate on them instead of the test set
     # (0 = evaluate on the test set): learning-rate searches must never see the test set.
     holdout: int = 0
+    # Knowledge distillation (engine.distill): a run folder or a weights file of a trained
+    # model whose outputs the compressed model also learns from; "" for none.
+    teacher: str = ""
+    distill_weight: float = 0.5  # share of the loss taken from the teacher's outputs
+    distill_temperature: float = 4.0  # how much both models' outputs are softened
     # The version of this file's meaning (CONFIG_VERSION); a file without it is version 1.
     config_version: int = CONFIG_VERSION
 
@@ -223,6 +228,15 @@ class RunConfig:
         _check_number("weight_decay", self.weight_decay)
         _check_int("seed", self.seed, minimum=0)
         _check_int("config_version", self.config_version, minimum=1)
+        _check_type("teacher", self.teacher, str)
+        _check_number("distill_weight", self.distill_weight)
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"distill_weight must be between 0 and 1 (got {self.distill_weight})")
+        _check_number("distill_temperature", self.distill_temperature, positive=True)
+        if self.distill_temperature > 100:
+            raise ConfigError(
+                f"distill_temperature must be at most 100 (got {self.distill_temperature})"
+            )
         _check_type("device", self.device, str)
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(

@@ -30,6 +30,7 @@ from engine.choices import PHASE_PRETRAIN, PHASE_TRAIN, FailureKind, RunStatus
 from engine.compression import compress, encoded_layers
 from engine.config import RunConfig
 from engine.data import BatchIterator, epoch_seed, load_data
+from engine.distill import distillation_loss, load_teacher
 from engine.distributed import (
     DistributedContext,
     DistributedEnv,
@@ -392,6 +393,10 @@ class _Run:
             )
             if compressed and config.layers:
                 report = compress(model, config.layers)
+        teacher = None
+        if config.teacher:
+            teacher, teacher_note = load_teacher(config, info, progress=self._download_progress)
+            notes.append(teacher_note)
         for note in notes:
             log.info("%s", note)
         self.summary.notes = notes
@@ -431,6 +436,7 @@ class _Run:
         )
 
         steps = _Steps(config, device, len(train_batches), start_epoch, self.dist)
+        steps.teacher = teacher.to(device) if teacher is not None else None
         optimizer = None
         for epoch in range(start_epoch, config.total_epochs + 1):
             phase = self._phase(epoch)
@@ -621,6 +627,9 @@ class _Steps:
         self.session_start = time.perf_counter()
         self.session_batches = 0
         self.warmup: tuple[float, float] | None = None  # this epoch's warm-up (start, end)
+        self.teacher: nn.Module | None = None  # knowledge distillation (engine.distill)
+        self.distill_weight = config.distill_weight
+        self.distill_temperature = config.distill_temperature
 
     def _autocast(self):
         if not self.use_amp:
@@ -663,7 +672,18 @@ class _Steps:
                 return None
             with self._autocast():
                 logits = net(images)
-                loss = F.cross_entropy(logits.float(), labels)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        taught = self.teacher(images)
+                    loss = distillation_loss(
+                        logits.float(),
+                        taught.float(),
+                        labels,
+                        self.distill_weight,
+                        self.distill_temperature,
+                    )
+                else:
+                    loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             # a rank's share weighted so that DDP's average is the global batch's gradient
             weight = getattr(batches, "loss_weight", 1.0)

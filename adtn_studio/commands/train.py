@@ -72,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="use only the first N test examples (quick runs)",
     )
+    parser.add_argument(
+        "--teacher",
+        metavar="RUN_DIR|FILE",
+        help="distil from a trained model: a run folder (its best checkpoint) or a weights "
+        "file of the dense model",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        metavar="W",
+        help="share of the loss taken from the teacher's outputs (0 to 1, default 0.5)",
+    )
+    parser.add_argument(
+        "--distill-temperature",
+        type=float,
+        metavar="T",
+        help="softening of both models' outputs (default 4)",
+    )
     parser.set_defaults(func=run_train)
 
 
@@ -97,6 +115,9 @@ def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         "seed": "seed",
         "limit_train": "limit_train",
         "limit_test": "limit_test",
+        "teacher": "teacher",
+        "distill_weight": "distill_weight",
+        "distill_temperature": "distill_temperature",
     }
     changes = {
         field: getattr(args, arg)
