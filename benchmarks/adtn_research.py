@@ -105,6 +105,9 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # -- the LeNet-5 target (its three linear layers at least 30x smaller: depth 3)
     "target-lenet-interleaved": ({"lr": 1e-2, "adtn_lr": 0.0}, {"index_order": "interleaved"}),
+    "target-lenet-tt": ({"lr": 1e-2, "adtn_lr": 0.0}, {"encoding": "tt", "budget": "match:adtn"}),
+    # -- a dense model, e.g. the teacher of knowledge distillation (--teacher RUN_DIR)
+    "dense": ({"lr": 1e-3, "adtn_lr": 0.0, "dense_baseline": True}, {}),
     # -- from a trained dense layer
     "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
 }
@@ -210,7 +213,14 @@ def build_config(name: str, args: argparse.Namespace) -> RunConfig:
     layer = dict(BASE_LAYER, **layer_changes)
     if args.depth and "depth" not in layer_changes:
         layer["depth"] = args.depth
-    values["layers"] = [LayerSpec(n, **layer) for n in LAYERS[args.model]]
+    dense = values.get("dense_baseline", False)
+    values["layers"] = [] if dense else [LayerSpec(n, **layer) for n in LAYERS[args.model]]
+    if args.teacher and not dense:  # every compressed probe learns from the same teacher
+        values.update(
+            teacher=args.teacher,
+            distill_weight=args.distill_weight,
+            distill_temperature=args.distill_temperature,
+        )
     return RunConfig(**values).validate()
 
 
@@ -226,7 +236,8 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
         setattr(PROTOTYPE, key, value)
     started = time.time()
     if args.runs:  # kept: metrics.csv shows each epoch while a long probe runs
-        summary = train(config, Path(args.runs) / f"{args.model}-{name}-seed{args.seed}")
+        taught = f"-kd{args.distill_weight:g}T{args.distill_temperature:g}" if args.teacher else ""
+        summary = train(config, Path(args.runs) / f"{args.model}-{name}{taught}-seed{args.seed}")
     else:
         with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
             summary = train(config, Path(folder) / name)
@@ -248,7 +259,14 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "final_acc": summary.test_acc,
         "seconds_per_epoch": summary.seconds_per_epoch,
         "wall_seconds": time.time() - started,
-        "changes": PROBES[name][0],
+        "changes": {
+            **PROBES[name][0],
+            **(
+                {"teacher": Path(args.teacher).name, "distill": args.distill_weight}
+                if args.teacher and not config.dense_baseline
+                else {}
+            ),
+        },
         "layer_changes": PROBES[name][1],
     }
 
@@ -296,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default="/work/shared/datasets")
     parser.add_argument("--out", default="benchmarks/results/adtn-research.md")
     parser.add_argument("--runs", default="", help="keep the run folders here (default: none)")
+    parser.add_argument("--teacher", default="", help="distil from this run folder or weights")
+    parser.add_argument("--distill-weight", type=float, default=0.5)
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
     args = parser.parse_args(argv)
     if args.list:
         for name, (changes, layer) in PROBES.items():
