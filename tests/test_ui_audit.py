@@ -506,3 +506,26 @@ def test_the_window_shows_what_is_loading(qtbot):
     window.show_loading(0.1, "Loading PyTorch…")
     assert window.statusBar().currentMessage() == "Loading PyTorch…"
     assert window.wizard.loading.text() == "Loading PyTorch…"
+
+
+def test_the_training_page_sets_a_distillation_teacher(qtbot, window, tmp_path):
+    wizard = window.wizard
+    page = wizard.training_page
+    page.advanced_toggle.setChecked(True)
+    assert not page.teacher.isHidden()
+    assert not page.distill_weight.isEnabled()  # no teacher: nothing to weigh
+    teacher_run = tmp_path / "dense-run"
+    teacher_run.mkdir()
+    page.ask_teacher_folder = lambda: str(teacher_run)  # the folder dialog, answered
+    page.teacher_button.click()
+    assert page.teacher.text() == str(teacher_run) and page.distill_weight.isEnabled()
+    page.distill_weight.setValue(0.7)
+    page.distill_temperature.setValue(2.0)
+    config = page.apply(wizard.config)
+    assert (config.teacher, config.distill_weight, config.distill_temperature) == (
+        str(teacher_run),
+        0.7,
+        2.0,
+    )
+    page.load(config.replace(teacher=""))  # and back: a run without a teacher
+    assert page.teacher.text() == "" and not page.distill_temperature.isEnabled()

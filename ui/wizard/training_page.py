@@ -10,8 +10,12 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
+    QLineEdit,
+    QPushButton,
     QSpinBox,
     QToolButton,
     QWidget,
@@ -20,6 +24,7 @@ from PySide6.QtWidgets import (
 from engine import choices  # torch-free: the engine's own names and titles
 from engine.config import RunConfig
 from ui.engine_catalog import EngineCatalog
+from ui.settings import last_folder, remember_folder
 from ui.wizard.source_page import place_form
 
 # (title, value) for each combo box, in the engine's order: the engine's values, no copies.
@@ -146,6 +151,30 @@ class TrainingPage(QWidget):
         self.fit_steps.setToolTip("Optimisation steps fitting each ADTN to its pretrained weight")
         self.augment = QCheckBox("random crops and flips (CIFAR data sets)")
         self.amp = QCheckBox("mixed precision on CUDA GPUs")
+        # Knowledge distillation: a trained run whose outputs the compressed model learns from.
+        self.teacher = QLineEdit()
+        self.teacher.setPlaceholderText("none (or a run folder, or a weights file of the network)")
+        self.teacher.setToolTip(
+            "Distil from a trained model: the compressed model also learns from its outputs, "
+            "softened by the temperature. A run folder gives its best checkpoint."
+        )
+        self.teacher_button = QPushButton("Browse…")
+        self.teacher_button.clicked.connect(self._browse_teacher)
+        self.teacher_row = QWidget()
+        teacher_layout = QHBoxLayout(self.teacher_row)
+        teacher_layout.setContentsMargins(0, 0, 0, 0)
+        teacher_layout.addWidget(self.teacher, 1)
+        teacher_layout.addWidget(self.teacher_button)
+        self.distill_weight = QDoubleSpinBox()
+        self.distill_weight.setRange(0.0, 1.0)
+        self.distill_weight.setDecimals(2)
+        self.distill_weight.setSingleStep(0.1)
+        self.distill_weight.setToolTip("Share of the loss taken from the teacher's outputs")
+        self.distill_temperature = QDoubleSpinBox()
+        self.distill_temperature.setRange(0.1, 100.0)
+        self.distill_temperature.setDecimals(1)
+        self.distill_temperature.setToolTip("How much both models' outputs are softened")
+        self.teacher.textChanged.connect(self._follow_init)
         self.advanced_rows = (
             ("ADTN learning rate", self.adtn_lr),
             ("Weight decay", self.weight_decay),
@@ -153,6 +182,9 @@ class TrainingPage(QWidget):
             ("ADTN fitting steps", self.fit_steps),
             ("Augmentation", self.augment),
             ("Precision", self.amp),
+            ("Teacher (distillation)", self.teacher_row),
+            ("Distillation weight", self.distill_weight),
+            ("Distillation temperature", self.distill_temperature),
         )
         # Folded at first (the preset's values serve most runs); the arrow unfolds it.
         self.advanced_toggle = QToolButton()
@@ -214,6 +246,9 @@ class TrainingPage(QWidget):
         self.fit_steps.setValue(config.fit_steps)
         self.augment.setChecked(config.augment)
         self.amp.setChecked(config.amp)
+        self.teacher.setText(config.teacher)
+        self.distill_weight.setValue(config.distill_weight)
+        self.distill_temperature.setValue(config.distill_temperature)
         self._follow_init()
 
     def apply(self, config: RunConfig) -> RunConfig:
@@ -236,6 +271,9 @@ class TrainingPage(QWidget):
             fit_steps=self.fit_steps.value(),
             augment=self.augment.isChecked(),
             amp=self.amp.isChecked(),
+            teacher=self.teacher.text().strip(),
+            distill_weight=self.distill_weight.value(),
+            distill_temperature=self.distill_temperature.value(),
         )
 
     def _follow_init(self) -> None:
@@ -243,6 +281,23 @@ class TrainingPage(QWidget):
         self.pretrain_epochs.setEnabled(pretrained)
         self.fit_steps.setEnabled(pretrained)
         self.momentum.setEnabled(self.optimizer.currentData() == "sgd")
+        taught = bool(self.teacher.text().strip())
+        self.distill_weight.setEnabled(taught)
+        self.distill_temperature.setEnabled(taught)
+
+    def ask_teacher_folder(self) -> str | None:
+        """A run folder to distil from, or None when cancelled (tests replace this method)."""
+        folder = QFileDialog.getExistingDirectory(
+            self, "Teacher: a trained run folder", last_folder("teacher_run", "")
+        )
+        if folder:
+            remember_folder("teacher_run", folder)
+        return folder or None
+
+    def _browse_teacher(self) -> None:
+        folder = self.ask_teacher_folder()
+        if folder:
+            self.teacher.setText(folder)
 
     def _fold_advanced(self, unfolded: bool) -> None:
         for _label, field in self.advanced_rows:

@@ -65,9 +65,11 @@ OFFERED_KEYS = (
     "augment",
     "limit_train",
     "limit_test",
+    "teacher",
 )
 STEP_SCHEDULE_KEYS = ("lr_milestones", "lr_gamma")
-NEVER_REVIEWED = ("description", "download")  # a preset's blurb; Start never downloads
+# a preset's blurb; Start never downloads; how the file is read, not what the run does
+NEVER_REVIEWED = ("description", "download", "config_version")
 
 # Learning rates from which training with each optimiser practically always diverges.
 ABSURD_RATES = ABSURD_LEARNING_RATES
