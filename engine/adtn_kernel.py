@@ -371,11 +371,21 @@ def _graph_is_kept() -> bool:
 
 
 class NetworkState(torch.autograd.Function):
-    """``apply(plan, low_memory, order, pool, scale, *mats)`` → the weight (``finish`` of
-    the network's output state); ``pool``: a ``BufferPool`` or None."""
+    """``apply(plan, low_memory, order, pool, builder, scale, *inputs)`` → the weight
+    (``finish`` of the network's output state); ``pool``: a ``BufferPool`` or None.
+
+    ``builder``: None, and ``inputs`` are the applications' matrices; or an object whose
+    ``build(inputs)`` returns (the matrices, what its ``backward(inputs, that, grads of the
+    matrices)`` needs to return the inputs' gradients), so that building the matrices from
+    the gates records no autograd graph either (``engine.adtn_matrices``)."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, low_memory: bool, order, pool, scale, *mats):
+    def forward(ctx, plan: Plan, low_memory: bool, order, pool, builder, scale, *inputs):
+        if builder is None:
+            mats, built = inputs, None
+        else:
+            mats, built = builder.build(inputs)
+        ctx.builder, ctx.built, ctx.num_inputs = builder, built, len(inputs)
         saved: list = []
         inverse_rms: list = []
         pool = None if low_memory else pool
@@ -386,7 +396,9 @@ class NetworkState(torch.autograd.Function):
         # Big states are kept as attributes, not saved tensors, so that the backward pass
         # can let go of each as soon as it is used (saved tensors live until it returns).
         ctx.state, ctx.saved = state, saved
-        ctx.save_for_backward(scale, final_inverse_rms, *mats, *inverse_rms)
+        ctx.save_for_backward(
+            scale, final_inverse_rms, *mats, *inverse_rms, *(inputs if builder else ())
+        )
         return weight
 
     @staticmethod
@@ -394,12 +406,14 @@ class NetworkState(torch.autograd.Function):
     def backward(ctx, grad_weight):
         plan = ctx.plan
         scale, final_inverse_rms, *rest = ctx.saved_tensors
-        mats, inverse_rms = rest[: ctx.num_mats], rest[ctx.num_mats :]
+        mats, rest = rest[: ctx.num_mats], rest[ctx.num_mats :]
+        inputs = rest[len(rest) - ctx.num_inputs :] if ctx.builder else ()
+        inverse_rms = rest[: len(rest) - len(inputs)]
         saved, state = list(ctx.saved), ctx.state
-        pool = None
+        pool, built = None, ctx.built
         if not _graph_is_kept():
-            ctx.saved = ctx.state = None  # let each big state go as soon as it is used
-            pool = ctx.pool  # and, on the CPU, reuse its memory
+            ctx.saved = ctx.state = ctx.built = None  # let each go as soon as it is used
+            pool = ctx.pool  # and, on the CPU, reuse the big states' memory
         grad, grad_scale = _finish_backward(
             plan, state, scale, final_inverse_rms, grad_weight, ctx.order
         )
@@ -411,8 +425,11 @@ class NetworkState(torch.autograd.Function):
             _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
             _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool)
-        needs = ctx.needs_input_grad[5:]
+        if ctx.builder is not None:
+            grads = ctx.builder.backward(inputs, built, grads)
+        needs = ctx.needs_input_grad[6:]
         return (
+            None,
             None,
             None,
             None,
