@@ -29,6 +29,7 @@ from engine.adtn_kernel import (
     BufferPool,
     NetworkState,
     Plan,
+    WeightGather,
     apply_on_axis,
     finish,
     forward_state,
@@ -234,6 +235,7 @@ class ADTN(nn.Module):
         self._compiled_value = None
         self._order_cache: torch.Tensor | None = None
         self._builder_value: MatrixBuilder | None = None
+        self._gather_cache: WeightGather | None = None
         # States the CPU backward pass hands on to the next step (``free``, at most ``limit``).
         self.buffer_pool = BufferPool()
 
@@ -243,7 +245,7 @@ class ADTN(nn.Module):
         state = self.__dict__.copy()
         state["buffer_pool"] = BufferPool()
         state["_cache_key"] = state["_cache_value"] = state["_order_cache"] = None
-        state["_builder_value"] = None
+        state["_builder_value"] = state["_gather_cache"] = None
         return state
 
     # ----------------------------------------------------------------------------- counting
@@ -310,7 +312,7 @@ class ADTN(nn.Module):
         gates = self._gate_list()
         low_memory = self._low_memory_for(gates)
         scale = self.scale if scaled else None
-        order = self.state_index_order(gates[0].device)
+        order = self._weight_gather(gates[0].device)
         tracked = gates + ([self.scale] if scaled else [])
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
             pool = self.buffer_pool if gates[0].device.type == "cpu" else None
@@ -355,6 +357,19 @@ class ADTN(nn.Module):
             flat = torch.arange(1 << self.Q, device=device).view([2] * self.Q)
             self._order_cache = flat.permute(axes).reshape(-1).contiguous()
         return self._order_cache
+
+    def _weight_gather(self, device: torch.device) -> WeightGather | None:
+        """The gather of the weight's entries from the output state (cached per device);
+        None where the weight is the state itself (rows first, sizes powers of two)."""
+        if self.index_order == "rows_first" and self.padded_shape == self.shape:
+            return None
+        cached = self._gather_cache
+        if cached is None or cached.gather.device != device:
+            order = self.state_index_order(device)
+            if order is None:
+                order = torch.arange(1 << self.Q, device=device)
+            cached = self._gather_cache = WeightGather.build(order, self.padded_shape, self.shape)
+        return cached
 
     def uses_low_memory(self) -> bool:
         """Whether the backward pass recomputes states instead of keeping them: ``memory`` is

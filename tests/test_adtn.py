@@ -647,7 +647,7 @@ def test_hand_written_matrix_gradients_match_autograd(shape, layout, block_bits,
     adtn.zero_grad()
     plan, recipe = adtn._compiled()[0][True], adtn._compiled()[1]
     mats = adtn._matrices(recipe)
-    order = adtn.state_index_order(torch.device("cpu"))
+    order = adtn._weight_gather(torch.device("cpu"))
     weight = NetworkState.apply(plan, False, order, None, None, adtn.scale, *mats)
     (weight * target).sum().backward()
     for mine, reference in zip(built, [p.grad for p in adtn.parameters()]):
