@@ -82,11 +82,25 @@ class MatrixBuilder:
         self.specs = specs
         self.fallback = fallback
         self.fused = [(k, r[1], r[2]) for k, r in enumerate(recipe) if r and r[0] == "fused"]
-        self.sweeps = {}
+        # Every Kronecker block of every sweep, batched by its number of gates:
+        # size -> (the blocks' matrix slots, their gates in order); and the blocks that take
+        # identity factors for the indices outside their sweep: (slot, side, before, after).
+        self.kron: dict[int, tuple[list[int], list[int]]] = {}
+        self.embeds: list[tuple[int, int, int, int]] = []
         for k, entry in enumerate(recipe):
-            if entry and entry[0] == "sweep":
-                groups, before, after = sweep_layout(list(entry[1]))
-                self.sweeps[k] = (groups, before, after)
+            if not entry or entry[0] != "sweep":
+                continue
+            groups, before, after = sweep_layout(list(entry[1]))
+            for g, group in enumerate(groups):
+                slots, gate_ids = self.kron.setdefault(len(group), ([], []))
+                slots.append(k + g)
+                gate_ids.extend(group)
+            last = len(groups) - 1
+            ends = [(0, before, after)] if not last else [(0, before, 0), (last, 0, after)]
+            for g, outside_before, outside_after in ends:
+                if outside_before or outside_after:
+                    side = 4 ** len(groups[g])
+                    self.embeds.append((k + g, side, 1 << outside_before, 1 << outside_after))
         self._constants: dict = {}
 
     def _constant(self, key, like: torch.Tensor, make: Callable) -> torch.Tensor:
@@ -141,33 +155,17 @@ class MatrixBuilder:
                 mats[k] = self._constant(("grow", bits), ref, row)
             elif kind == "full":
                 mats[k] = self._full(entry[1], gates[entry[1]])
-            elif kind == "sweep":
-                blocks, parts = self._sweep(k, entry[1], gates)
-                mats[k : k + len(blocks)] = blocks
-                saved[k] = parts
-            else:
+            elif kind != "sweep":  # (sweeps are built below, all at once)
                 mats[k] = self.fallback(entry, gates)
+        for size, (slots, gate_ids) in self.kron.items():
+            stacked = torch.stack([gates[i] for i in gate_ids]).view(-1, size, 4, 4)
+            outs = kron_groups(stacked)
+            saved[("kron", size)] = (stacked, outs)
+            for slot, block in zip(slots, outs[-1].unbind(0)):
+                mats[slot] = block
+        for slot, _, before, after in self.embeds:
+            mats[slot] = embed(mats[slot], before, after)
         return mats, saved
-
-    def _sweep(self, k: int, run, gates):
-        groups, before, after = self.sweeps[k]
-        stacked = torch.stack([gates[i] for i in run])
-        parts = []
-        blocks: list[torch.Tensor] = []
-        start = 0
-        # Consecutive groups of one size are built together.
-        for size, count in _runs_of_sizes(groups):
-            chunk = stacked[start : start + size * count].reshape(count, size, 4, 4)
-            outs = kron_groups(chunk)
-            parts.append((chunk, outs))
-            blocks.extend(outs[-1].unbind(0))
-            start += size * count
-        if len(blocks) == 1:
-            blocks[0] = embed(blocks[0], 1 << before, 1 << after)
-        else:
-            blocks[0] = embed(blocks[0], 1 << before, 1)
-            blocks[-1] = embed(blocks[-1], 1, 1 << after)
-        return blocks, parts
 
     # --------------------------------------------------------------------------- backward
     def backward(self, gates, saved, grads: Sequence):
@@ -175,7 +173,8 @@ class MatrixBuilder:
         out: list[torch.Tensor | None] = [None] * len(gates)
 
         def add(i: int, grad: torch.Tensor) -> None:
-            grad = grad.reshape(gates[i].shape)
+            if grad.shape != gates[i].shape:
+                grad = grad.reshape(gates[i].shape)
             previous = out[i]
             out[i] = grad if previous is None else previous + grad
 
@@ -189,13 +188,22 @@ class MatrixBuilder:
             for (_, i, j), grad_g, grad_v in zip(self.fused, d_g.unbind(0), d_v.unbind(0)):
                 add(i, grad_g)
                 add(j, grad_v)
+        if self.kron:
+            block_grads = list(grads)
+            for slot, side, before, after in self.embeds:
+                block_grads[slot] = embed_backward(block_grads[slot], side, before, after)
+            for size, (slots, gate_ids) in self.kron.items():
+                stacked, outs = saved[("kron", size)]
+                d_blocks = torch.stack([block_grads[slot] for slot in slots])
+                d_gates = kron_groups_backward(stacked, outs, d_blocks).view(-1, 4, 4)
+                for i, grad in zip(gate_ids, d_gates.unbind(0)):
+                    add(i, grad)
         fallback = []
         for k, entry in enumerate(self.recipe):
             if entry is None or entry[0] in ("fused", "grow"):
                 continue
             kind = entry[0]
             if kind == "sweep":
-                self._sweep_backward(k, entry[1], saved[k], grads, add)
                 continue
             grad = grads[k]
             if grad is None:
@@ -213,27 +221,6 @@ class MatrixBuilder:
             self._fallback_backward(fallback, gates, grads, add)
         return out
 
-    def _sweep_backward(self, k, run, parts, grads, add) -> None:
-        groups, before, after = self.sweeps[k]
-        count_blocks = len(groups)
-        d_blocks = list(grads[k : k + count_blocks])
-        n_first = 4 ** len(groups[0])
-        n_last = 4 ** len(groups[-1])
-        if count_blocks == 1:
-            d_blocks[0] = embed_backward(d_blocks[0], n_first, 1 << before, 1 << after)
-        else:
-            d_blocks[0] = embed_backward(d_blocks[0], n_first, 1 << before, 1)
-            d_blocks[-1] = embed_backward(d_blocks[-1], n_last, 1, 1 << after)
-        start = 0
-        d_gates = []
-        for chunk, outs in parts:
-            count = chunk.shape[0]
-            grad = torch.stack(d_blocks[start : start + count])
-            d_gates.append(kron_groups_backward(chunk, outs, grad).reshape(-1, 4, 4))
-            start += count
-        for i, grad in zip(run, torch.cat(d_gates).unbind(0)):
-            add(i, grad)
-
     def _fallback_backward(self, entries: list[int], gates, grads, add) -> None:
         with torch.enable_grad():
             leaves = [g.detach().requires_grad_() for g in gates]
@@ -245,14 +232,3 @@ class MatrixBuilder:
         for i, grad in zip(used, d_gates):
             if grad is not None:
                 add(i, grad)
-
-
-def _runs_of_sizes(groups: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """(group size, how many in a row) for consecutive groups of equal size."""
-    runs: list[tuple[int, int]] = []
-    for group in groups:
-        if runs and runs[-1][0] == len(group):
-            runs[-1] = (len(group), runs[-1][1] + 1)
-        else:
-            runs.append((len(group), 1))
-    return runs
