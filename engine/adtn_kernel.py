@@ -383,7 +383,7 @@ def _finish_backward(plan: Plan, tensor, scale, inverse_rms, grad_weight, order,
         out = None if pool is None else pool.take(flat, size)
         if out is None:
             return flat.index_select(0, order.scatter), grad_scale
-        return torch.index_select(flat, 0, order.scatter, out=out), grad_scale
+        return torch.index_select(flat, 0, order.scatter, out=out.view(-1)), grad_scale
     if plan.padded_shape != plan.shape:
         full = grad.new_zeros(plan.padded_shape)
         full[tuple(slice(0, d) for d in plan.shape)] = grad
