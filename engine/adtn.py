@@ -29,10 +29,12 @@ from engine.adtn_kernel import (
     BufferPool,
     NetworkState,
     Plan,
+    WeightGather,
     apply_on_axis,
     finish,
     forward_state,
 )
+from engine.adtn_matrices import MatrixBuilder
 from engine.choices import ACTIVATIONS, INDEX_ORDERS, LAYOUTS
 from engine.choices import GATE_INITS as INITS
 
@@ -232,6 +234,9 @@ class ADTN(nn.Module):
         self._compiled_key: int | None = None
         self._compiled_value = None
         self._order_cache: torch.Tensor | None = None
+        self._builder_value: MatrixBuilder | None = None
+        self._builder_for = None  # the compiled plans that the builder was made for
+        self._gather_cache: WeightGather | None = None
         # States the CPU backward pass hands on to the next step (``free``, at most ``limit``).
         self.buffer_pool = BufferPool()
 
@@ -241,6 +246,7 @@ class ADTN(nn.Module):
         state = self.__dict__.copy()
         state["buffer_pool"] = BufferPool()
         state["_cache_key"] = state["_cache_value"] = state["_order_cache"] = None
+        state["_builder_value"] = state["_gather_cache"] = state["_builder_for"] = None
         return state
 
     # ----------------------------------------------------------------------------- counting
@@ -304,16 +310,37 @@ class ADTN(nn.Module):
         """
         plans, recipe = self._compiled()
         plan = plans[scaled]
-        mats = self._matrices(recipe)
-        low_memory = self._low_memory_for(mats)
+        gates = self._gate_list()
+        low_memory = self._low_memory_for(gates)
         scale = self.scale if scaled else None
-        order = self.state_index_order(mats[0].device)
-        tracked = mats + ([self.scale] if scaled else [])
+        order = self._weight_gather(gates[0].device)
+        tracked = gates + ([self.scale] if scaled else [])
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
-            pool = self.buffer_pool if mats[0].device.type == "cpu" else None
+            pool = self.buffer_pool if gates[0].device.type == "cpu" else None
             self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
-            return NetworkState.apply(plan, low_memory, order, pool, scale, *mats)
+            builder = self._builder()
+            return NetworkState.apply(plan, low_memory, order, pool, builder, scale, *gates)
+        mats = self._builder().build(gates)[0]
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
+
+    def _builder(self) -> MatrixBuilder:
+        """The hand-differentiated builder of the contraction's matrices (one per plan)."""
+        compiled = self._compiled()
+        recipe = compiled[1]
+        if self._builder_value is None or self._builder_for is not compiled:
+            self._builder_for = compiled
+            self._builder_value = MatrixBuilder(
+                recipe,
+                self.specs,
+                self._sweep_layout,
+                lambda entry, gates: self._block_matrix(entry[1], entry[2], entry[3], gates),
+            )
+        return self._builder_value
+
+    def _sweep_layout(self, run: list[int]) -> tuple[list[list[int]], int, int]:
+        """A Kronecker run's groups, and its indices before the first and after the last gate."""
+        before = self.specs[run[0]].pair[0]
+        return self._sweep_groups(run), before, self.Q - 1 - self.specs[run[-1]].pair[1]
 
     def network_bit_order(self) -> list[tuple[int, int]]:
         """(mode, bit) of the weight that each of the network's binary indices stands for;
@@ -334,16 +361,29 @@ class ADTN(nn.Module):
             self._order_cache = flat.permute(axes).reshape(-1).contiguous()
         return self._order_cache
 
+    def _weight_gather(self, device: torch.device) -> WeightGather | None:
+        """The gather of the weight's entries from the output state (cached per device);
+        None where the weight is the state itself (rows first, sizes powers of two)."""
+        if self.index_order == "rows_first" and self.padded_shape == self.shape:
+            return None
+        cached = self._gather_cache
+        if cached is None or cached.gather.device != device:
+            order = self.state_index_order(device)
+            if order is None:
+                order = torch.arange(1 << self.Q, device=device)
+            cached = self._gather_cache = WeightGather.build(order, self.padded_shape, self.shape)
+        return cached
+
     def uses_low_memory(self) -> bool:
         """Whether the backward pass recomputes states instead of keeping them: ``memory`` is
         "low", or "auto" and keeping every block's input would not fit."""
-        return self._low_memory_for(self._matrices(self._compiled()[1]))
+        return self._low_memory_for(self._gate_list())
 
-    def _low_memory_for(self, mats) -> bool:
+    def _low_memory_for(self, gates) -> bool:
         """Recompute in the backward pass when keeping every block's input would not fit."""
         if self.memory != "auto":
             return self.memory == "low"
-        ref = mats[0]
+        ref = gates[0]
         saved_states = sum(len(layer) for layer in self._compiled()[0][True].fast[1:])
         saved_bytes = saved_states * (1 << self.Q) * ref.element_size()
         budget = STORED_STATES_BUDGET_BYTES
@@ -419,7 +459,9 @@ class ADTN(nn.Module):
         return plans, recipe
 
     def _sweep_groups(self, run: list[int]) -> list[list[int]]:
-        """A Kronecker run's gates in groups of ``block_bits // 2``; the first takes the rest."""
+        """A Kronecker run's gates in groups of ``block_bits // 2``; the first takes the rest.
+        (Smaller end groups, which would keep the end blocks within ``block_bits`` indices,
+        were measured slower on the CPU: narrow products run at a lower rate.)"""
         per_block = max(1, self.block_bits // 2)
         extra = len(run) % per_block
         groups = [run[:extra]] if extra else []
@@ -440,7 +482,9 @@ class ADTN(nn.Module):
         return stored if len(stored) == len(self.specs) else list(self.gates)
 
     def _matrices(self, recipe) -> list[torch.Tensor]:
-        """The small matrices of every application, built from the gates by autograd."""
+        """The small matrices of every application, built from the gates by differentiable
+        operations: the reference that ``MatrixBuilder``'s hand-written backward is tested
+        against (the contraction itself uses the builder)."""
         gates_ = self._gate_list()
         mats: list = [None] * len(recipe)
         fused = [(k, r[1], r[2]) for k, r in enumerate(recipe) if r is not None and r[0] == "fused"]

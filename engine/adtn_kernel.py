@@ -311,18 +311,40 @@ def forward_state(
     return state
 
 
+@dataclass(frozen=True)
+class WeightGather:
+    """Where the weight's entries sit in the output state, when that is not simply a prefix
+    order (an interleaved index order, or a weight cropped from its padded shape): one gather
+    each way instead of a reorder, a crop and a scatter over the whole state.
+
+    ``gather[j]``: the state's entry that becomes the weight's flat entry ``j``;
+    ``scatter[i]``: the weight's flat entry that state entry ``i`` holds, or the weight's
+    number of entries for a padding entry (it reads a zero appended to the gradient)."""
+
+    gather: torch.Tensor
+    scatter: torch.Tensor
+
+    @staticmethod
+    def build(order: torch.Tensor, padded_shape, shape) -> WeightGather:
+        """From ``order`` (the state's entry of each padded weight entry, rows first)."""
+        gather = order.view(padded_shape)[tuple(slice(0, d) for d in shape)].reshape(-1)
+        scatter = torch.full_like(order, gather.numel())
+        scatter[gather] = torch.arange(gather.numel(), device=order.device)
+        return WeightGather(gather.contiguous(), scatter)
+
+
 def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None, order=None):
-    """The weight from the output state: reordered (``order[j]`` is the state's entry that
-    becomes the weight's flat entry ``j``; None: the same order), cropped, then
-    ``scale * W / rms(W)`` (the raw cropped tensor when ``scale`` is None).
-    Returns (weight, 1 / rms(W) or None, the reordered state)."""
+    """The weight from the output state: gathered by ``order`` (a ``WeightGather``; None:
+    the state in the weight's order, cropped), then ``scale * W / rms(W)`` (the raw tensor
+    when ``scale`` is None). Returns (weight, 1 / rms(W) or None, the raw tensor)."""
     if order is not None:
-        state = state.index_select(0, order)
-    tensor = _cropped(plan, state)
+        tensor = state.index_select(0, order.gather).view(plan.shape)
+    else:
+        tensor = _cropped(plan, state)
     if scale is None:
-        return tensor, None, state
+        return tensor, None, tensor
     inverse_rms = _inverse_rms(tensor)
-    return tensor * (scale * inverse_rms), inverse_rms, state
+    return tensor * (scale * inverse_rms), inverse_rms, tensor
 
 
 def _cropped(plan: Plan, state: torch.Tensor) -> torch.Tensor:
@@ -332,32 +354,41 @@ def _cropped(plan: Plan, state: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _finish_backward(plan: Plan, ordered, scale, inverse_rms, grad_weight, order):
+def _finish_backward(plan: Plan, tensor, scale, inverse_rms, grad_weight, order, pool=None):
     """(gradient of the output state as a fresh flat tensor, gradient of the scale);
-    ``ordered`` is the reordered state that ``finish`` returned."""
-    cropped = plan.padded_shape != plan.shape
-    tensor = _cropped(plan, ordered)
+    ``tensor`` is the raw tensor that ``finish`` returned."""
+    size = 1 << plan.num_bits
+    numel = tensor.numel()
+    if order is not None:
+        # The weight's gradient goes into a flat buffer with one zero after it, which the
+        # scatter reads for the padding entries.
+        flat = grad_weight.new_empty(numel + 1)
+        flat[numel:].zero_()
+        grad = flat[:numel].view(plan.shape)
+    else:
+        grad = grad_weight.new_empty(plan.shape)
     grad_scale = None
     if scale is None:
-        grad = grad_weight.clone(memory_format=torch.contiguous_format)
+        grad.copy_(grad_weight)
     else:
-        grad_weight = grad_weight.contiguous()
-        if cropped:
-            dot = (tensor * grad_weight).sum()
+        if tensor.is_contiguous():
+            dot = torch.dot(tensor.view(-1), grad_weight.reshape(-1))
         else:
-            dot = torch.dot(ordered, grad_weight.view(-1))
+            dot = (tensor * grad_weight).sum()
         grad_scale = dot * inverse_rms
         # d/dW of scale * W / rms(W): scale/rms * (g - W <W, g> / (N rms**2)).
-        grad = grad_weight * (scale * inverse_rms)
-        grad.addcmul_(tensor, scale * inverse_rms**3 * dot / tensor.numel(), value=-1.0)
-    if cropped:
+        torch.mul(grad_weight, scale * inverse_rms, out=grad)
+        grad.addcmul_(tensor, scale * inverse_rms**3 * dot / numel, value=-1.0)
+    if order is not None:
+        out = None if pool is None else pool.take(flat, size)
+        if out is None:
+            return flat.index_select(0, order.scatter), grad_scale
+        return torch.index_select(flat, 0, order.scatter, out=out.view(-1)), grad_scale
+    if plan.padded_shape != plan.shape:
         full = grad.new_zeros(plan.padded_shape)
         full[tuple(slice(0, d) for d in plan.shape)] = grad
         grad = full
-    grad = grad.view(-1)
-    if order is not None:
-        grad = torch.empty_like(grad).index_copy_(0, order, grad)
-    return grad, grad_scale
+    return grad.view(-1), grad_scale
 
 
 def _graph_is_kept() -> bool:
@@ -371,22 +402,37 @@ def _graph_is_kept() -> bool:
 
 
 class NetworkState(torch.autograd.Function):
-    """``apply(plan, low_memory, order, pool, scale, *mats)`` → the weight (``finish`` of
-    the network's output state); ``pool``: a ``BufferPool`` or None."""
+    """``apply(plan, low_memory, order, pool, builder, scale, *inputs)`` → the weight
+    (``finish`` of the network's output state); ``pool``: a ``BufferPool`` or None.
+
+    ``builder``: None, and ``inputs`` are the applications' matrices; or an object whose
+    ``build(inputs)`` returns (the matrices, what its ``backward(inputs, that, grads of the
+    matrices)`` needs to return the inputs' gradients), so that building the matrices from
+    the gates records no autograd graph either (``engine.adtn_matrices``)."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, low_memory: bool, order, pool, scale, *mats):
+    def forward(ctx, plan: Plan, low_memory: bool, order, pool, builder, scale, *inputs):
+        if builder is None:
+            mats, built = inputs, None
+        else:
+            mats, built = builder.build(inputs)
+        ctx.builder, ctx.built, ctx.num_inputs = builder, built, len(inputs)
         saved: list = []
         inverse_rms: list = []
         pool = None if low_memory else pool
         state = forward_state(plan, mats, low_memory, saved, inverse_rms, pool=pool)
-        weight, final_inverse_rms, state = finish(plan, state, scale, order)
+        weight, final_inverse_rms, raw = finish(plan, state, scale, order)
+        if pool is not None and order is not None:
+            pool.give(state)  # gathered: nothing refers to the output state any more
+        state = raw
         ctx.plan, ctx.low_memory, ctx.num_mats, ctx.order = plan, low_memory, len(mats), order
         ctx.pool = pool
         # Big states are kept as attributes, not saved tensors, so that the backward pass
         # can let go of each as soon as it is used (saved tensors live until it returns).
         ctx.state, ctx.saved = state, saved
-        ctx.save_for_backward(scale, final_inverse_rms, *mats, *inverse_rms)
+        ctx.save_for_backward(
+            scale, final_inverse_rms, *mats, *inverse_rms, *(inputs if builder else ())
+        )
         return weight
 
     @staticmethod
@@ -394,25 +440,30 @@ class NetworkState(torch.autograd.Function):
     def backward(ctx, grad_weight):
         plan = ctx.plan
         scale, final_inverse_rms, *rest = ctx.saved_tensors
-        mats, inverse_rms = rest[: ctx.num_mats], rest[ctx.num_mats :]
+        mats, rest = rest[: ctx.num_mats], rest[ctx.num_mats :]
+        inputs = rest[len(rest) - ctx.num_inputs :] if ctx.builder else ()
+        inverse_rms = rest[: len(rest) - len(inputs)]
         saved, state = list(ctx.saved), ctx.state
-        pool = None
+        pool, built = None, ctx.built
         if not _graph_is_kept():
-            ctx.saved = ctx.state = None  # let each big state go as soon as it is used
-            pool = ctx.pool  # and, on the CPU, reuse its memory
+            ctx.saved = ctx.state = ctx.built = None  # let each go as soon as it is used
+            pool = ctx.pool  # and, on the CPU, reuse the big states' memory
         grad, grad_scale = _finish_backward(
-            plan, state, scale, final_inverse_rms, grad_weight, ctx.order
+            plan, state, scale, final_inverse_rms, grad_weight, ctx.order, pool
         )
-        if pool is not None and scale is not None:  # (unscaled, the caller holds a view of it)
-            pool.give(state)
+        if pool is not None and scale is not None and state.numel() == 1 << plan.num_bits:
+            pool.give(state)  # (the state itself; unscaled, the caller holds a view of it)
         del state
         grads: list = [None] * len(mats)
         if ctx.low_memory:
             _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
             _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool)
-        needs = ctx.needs_input_grad[5:]
+        if ctx.builder is not None:
+            grads = ctx.builder.backward(inputs, built, grads)
+        needs = ctx.needs_input_grad[6:]
         return (
+            None,
             None,
             None,
             None,

@@ -327,7 +327,10 @@ def test_with_max_restarts_torchrun_restarts_the_workers_and_the_run_continues(
     assert summary["status"] == "finished" and summary["epochs_completed"] == 40
     assert "resuming at epoch" in err  # the restarted rank 0 continued the saved run
     train(RunConfig.load(config_path), tmp_path / "whole")
-    assert_same_weights(run, tmp_path / "whole", atol=2e-5)
+    # 40 epochs on two processes against one: the last-bit differences of the two summation
+    # orders grow with every step, here to about 3e-5 (the size depends on the ADTN kernel's
+    # rounding, not on the resume); a lost epoch or optimiser state would differ by far more.
+    assert_same_weights(run, tmp_path / "whole", atol=1e-4)
 
 
 # -- the device list ---------------------------------------------------------------------
