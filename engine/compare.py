@@ -231,6 +231,31 @@ def _plan(config: RunConfig):
         return None, str(exc).removeprefix("cannot compress: ")
 
 
+# Settings that say where and how fast a run trains, not what it computes: a run found in the
+# output folder is reused (or resumed) when everything else agrees.
+_NOT_COMPARED = ("data_root", "device", "download", "workers", "amp", "description")
+
+
+def _check_same_run(paths: RunPaths, wanted: RunConfig) -> None:
+    """Refuse to reuse or resume a run folder made with other settings (an older comparison in
+    the same output folder, or a release whose defaults differed): its results would be
+    reported as this request's."""
+    if not paths.config.is_file():
+        return
+    saved = RunConfig.load(paths.config).to_dict()
+    asked = wanted.to_dict()
+    differing = sorted(
+        key
+        for key in set(saved) | set(asked)
+        if key not in _NOT_COMPARED and saved.get(key) != asked.get(key)
+    )
+    if differing:
+        raise CompareError(
+            f"{paths.root} holds a run made with other settings ({', '.join(differing)}); "
+            f"choose another output folder, or delete that one to train it again"
+        )
+
+
 def run_compare(
     request: CompareRequest,
     progress: Callable[[CompareProgress], None] | None = None,
@@ -263,6 +288,7 @@ def run_compare(
 
     def run_one(config: RunConfig, folder: Path) -> dict:
         paths = RunPaths(folder)
+        _check_same_run(paths, config)
         previous = read_summary(paths.summary) if folder.is_dir() else None
         if previous and previous.get("status") == RunStatus.FINISHED:
             return previous

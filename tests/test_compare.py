@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -152,3 +153,24 @@ def test_compare_command_line_end_to_end(tmp_path):
     )
     assert bad.returncode == 1 and "encodings: choose" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_made_with_other_settings_is_not_reused(tmp_path):
+    request = CompareRequest(
+        base_config(), out=tmp_path / "cmp", encodings=["adtn"], depths=[2], seeds=[0]
+    )
+    first = run_compare(request)
+    assert first[0].status == ["finished"]
+    # the same folder asked for a different training: refused, nothing overwritten
+    summary = tmp_path / "cmp" / "runs" / "adtn-d2-seed0" / "summary.json"
+    before = summary.read_bytes()
+    changed = dataclasses.replace(request, base=base_config(batch_size=32))
+    with pytest.raises(CompareError, match=r"other settings \(batch_size\)"):
+        run_compare(changed)
+    assert summary.read_bytes() == before
+    # a layer written rows first by an older release is another run than today's default
+    rows_first = base_config(
+        layers=[LayerSpec("fc1", depth=2, index_order="rows_first"), LayerSpec("fc2", depth=2)]
+    )
+    with pytest.raises(CompareError, match="layers"):
+        run_compare(dataclasses.replace(request, base=rows_first))
