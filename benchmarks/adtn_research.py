@@ -110,6 +110,35 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dense": ({"lr": 1e-3, "adtn_lr": 0.0, "dense_baseline": True}, {}),
     # -- from a trained dense layer
     "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
+    # The plain-autograd GateNetwork (benchmarks/adtn_prototypes.py) in place of the engine's
+    # ADTN: gates on three or four indices, smooth activations. "network" names its settings;
+    # a TT-matrix probe with them matches the budget of that network ("match:adtn").
+    "proto-interleaved": ({"network": {}}, {"index_order": "interleaved"}),
+    "proto-tanh": ({"network": {"activation": "tanh"}}, {"index_order": "interleaved"}),
+    "proto-gelu": ({"network": {"activation": "gelu"}}, {"index_order": "interleaved"}),
+    "interleaved-d2": ({}, {"index_order": "interleaved", "depth": 2}),
+    "interleaved-d4": ({}, {"index_order": "interleaved", "depth": 4}),
+    "interleaved-d5": ({}, {"index_order": "interleaved", "depth": 5}),
+    "g3-d1": ({"network": {"gate_bits": 3}}, {"index_order": "interleaved", "depth": 1}),
+    "g3-d2": ({"network": {"gate_bits": 3}}, {"index_order": "interleaved", "depth": 2}),
+    "g3-d2-tanh": (
+        {"network": {"gate_bits": 3, "activation": "tanh"}},
+        {"index_order": "interleaved", "depth": 2},
+    ),
+    "g4-d1": ({"network": {"gate_bits": 4}}, {"index_order": "interleaved", "depth": 1}),
+    "g4-d2": ({"network": {"gate_bits": 4}}, {"index_order": "interleaved", "depth": 2}),
+    "tt-g3-d1": (
+        {"network": {"gate_bits": 3}},
+        {"encoding": "tt", "budget": "match:adtn", "depth": 1},
+    ),
+    "tt-g3-d2": (
+        {"network": {"gate_bits": 3}},
+        {"encoding": "tt", "budget": "match:adtn", "depth": 2},
+    ),
+    "tt-g4-d1": (
+        {"network": {"gate_bits": 4}},
+        {"encoding": "tt", "budget": "match:adtn", "depth": 1},
+    ),
 }
 
 
@@ -207,7 +236,7 @@ def build_config(name: str, args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         name=f"research-{name}",
     )
-    values.update({k: v for k, v in changes.items() if k != "prototype"})
+    values.update({k: v for k, v in changes.items() if k not in ("prototype", "network")})
     if "pretrain_epochs" in changes:  # dense epochs count on top: keep the total the same
         values["epochs"] = max(1, args.epochs - int(changes["pretrain_epochs"]))
     layer = dict(BASE_LAYER, **layer_changes)
@@ -224,9 +253,38 @@ def build_config(name: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(**values).validate()
 
 
-def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def install_network(settings: dict[str, Any]):
+    """Put a ``GateNetwork`` with ``settings`` (gate_bits, activation) in place of the
+    engine's ADTN for the encodings (building and budget counting); returns the undo."""
+    import engine.encodings.adtn as encoding_module
+    from benchmarks.adtn_prototypes import GateNetwork
+
+    attributes = {
+        "gate_bits": int(settings.get("gate_bits", 2)),
+        "activation_override": settings.get("activation", ""),
+    }
+    network = type("ScreenedNetwork", (GateNetwork,), attributes)
+    engine_adtn = encoding_module.ADTN
+    encoding_module.ADTN = network
+
+    def restore() -> None:
+        encoding_module.ADTN = engine_adtn
+
+    return restore
+
+
+def train_probe(name: str, config: RunConfig, args: argparse.Namespace):
     from engine.trainer import train
 
+    if args.runs:  # kept: metrics.csv shows each epoch while a long probe runs
+        taught = f"-kd{args.distill_weight:g}T{args.distill_temperature:g}" if args.teacher else ""
+        return train(config, Path(args.runs) / f"{args.model}-{name}{taught}-seed{args.seed}")
+    with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
+        return train(config, Path(folder) / name)
+
+
+def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    changes = PROBES[name][0]
     config = build_config(name, args)
     prototype = PROBES[name][0].get("prototype", {})
     if prototype and PROTOTYPE is None:
@@ -234,15 +292,15 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
     saved = {key: getattr(PROTOTYPE, key) for key in prototype}
     for key, value in prototype.items():
         setattr(PROTOTYPE, key, value)
+    restore = install_network(changes["network"]) if "network" in changes else None
     started = time.time()
-    if args.runs:  # kept: metrics.csv shows each epoch while a long probe runs
-        taught = f"-kd{args.distill_weight:g}T{args.distill_temperature:g}" if args.teacher else ""
-        summary = train(config, Path(args.runs) / f"{args.model}-{name}{taught}-seed{args.seed}")
-    else:
-        with tempfile.TemporaryDirectory(prefix="adtn-research-") as folder:
-            summary = train(config, Path(folder) / name)
-    for key, value in saved.items():
-        setattr(PROTOTYPE, key, value)
+    try:
+        summary = train_probe(name, config, args)
+    finally:
+        for key, value in saved.items():
+            setattr(PROTOTYPE, key, value)
+        if restore:
+            restore()
     return {
         "probe": name,
         "model": args.model,
