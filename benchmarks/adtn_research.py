@@ -107,6 +107,16 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "target-lenet-interleaved": ({"lr": 1e-2, "adtn_lr": 0.0}, {"index_order": "interleaved"}),
     "target-lenet-tt": ({"lr": 1e-2, "adtn_lr": 0.0}, {"encoding": "tt", "budget": "match:adtn"}),
     # -- a dense model, e.g. the teacher of knowledge distillation (--teacher RUN_DIR)
+    # LeNet-5 within the size target's allowance (≥ 30× fewer than the layers' 59,134, so at
+    # most 1,971): depth 3 for fc1, 4 for fc2 and fc3 (1,947), and the TT-matrix layer by layer.
+    "target-lenet-344": (
+        {"lr": 1e-2, "adtn_lr": 0.0},
+        {"index_order": "interleaved", "depths": [3, 4, 4]},
+    ),
+    "target-lenet-344-tt": (
+        {"lr": 1e-2, "adtn_lr": 0.0},
+        {"encoding": "tt", "budget": "match:adtn", "depths": [3, 4, 4]},
+    ),
     "dense": ({"lr": 1e-3, "adtn_lr": 0.0, "dense_baseline": True}, {}),
     # -- from a trained dense layer
     "pretrained": ({"init": "pretrained", "pretrain_epochs": 1, "fit_steps": 500}, {}),
@@ -239,11 +249,20 @@ def build_config(name: str, args: argparse.Namespace) -> RunConfig:
     values.update({k: v for k, v in changes.items() if k not in ("prototype", "network")})
     if "pretrain_epochs" in changes:  # dense epochs count on top: keep the total the same
         values["epochs"] = max(1, args.epochs - int(changes["pretrain_epochs"]))
-    layer = dict(BASE_LAYER, **layer_changes)
+    layer = dict(BASE_LAYER, **{k: v for k, v in layer_changes.items() if k != "depths"})
     if args.depth and "depth" not in layer_changes:
         layer["depth"] = args.depth
     dense = values.get("dense_baseline", False)
-    values["layers"] = [] if dense else [LayerSpec(n, **layer) for n in LAYERS[args.model]]
+    # "depths": one depth per encoded layer (a budget spent unevenly), else the same for all
+    depths = layer_changes.get("depths") or [layer["depth"]] * len(LAYERS[args.model])
+    values["layers"] = (
+        []
+        if dense
+        else [
+            LayerSpec(n, **dict(layer, depth=d))
+            for n, d in zip(LAYERS[args.model], depths, strict=True)
+        ]
+    )
     if args.teacher and not dense:  # every compressed probe learns from the same teacher
         values.update(
             teacher=args.teacher,
