@@ -37,6 +37,9 @@ from torch.autograd.function import once_differentiable
 # on a GPU the chunk only bounds the temporary's size.
 CPU_CHUNK = 1 << 18
 GPU_CHUNK = 1 << 22
+# States smaller than this (in entries) skip the ``BufferPool``: the allocator hands such
+# tensors out from its own cache, and the pool's bookkeeping would cost more than it saves.
+POOL_MIN_NUMEL = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -281,10 +284,14 @@ def forward_state(
     inverse_rms: list | None = None,
     stop_layer: int | None = None,
     pool: BufferPool | None = None,
+    scaled: list | None = None,
 ) -> torch.Tensor:
     """The network's output state (or, with ``stop_layer``, the activated input of that
     layer). ``saved`` collects what the backward pass needs (every application's input,
-    or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors."""
+    or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors and
+    ``scaled`` (stored mode) each later layer's first matrix times its factor."""
+    if not low_memory and stop_layer is None:
+        return _forward_stored(plan, mats, saved, inverse_rms, pool, scaled)
     stop = len(plan.fast) if stop_layer is None else stop_layer
     state = _first_layer(plan, mats, saved if (saved is not None and not low_memory) else None)
     chunk = _chunk_for(state)
@@ -309,6 +316,51 @@ def forward_state(
                 matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
                 state = _apply(app, matrix, state, pool)
     return state
+
+
+def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch.Tensor:
+    """``forward_state`` without recomputation: one loop over every application, each a
+    single matrix product on a view of the previous output (kept 2-D between products; a
+    small layer's step is mostly this loop's own overhead)."""
+    ref = mats[plan.fast[0][0].m]
+    state = torch.ones(1, 1, dtype=ref.dtype, device=ref.device)
+    if pool is not None and (1 << plan.num_bits) < POOL_MIN_NUMEL:
+        pool = None
+    slope, normalise = plan.slope, plan.normalise
+    for layer, apps in enumerate(plan.fast):
+        first = None
+        if layer:
+            if slope is not None:
+                state = state.relu_() if slope == 0.0 else _activate_(state, slope)
+            if normalise:
+                factor = _inverse_rms(state)
+                if inverse_rms is not None:
+                    inverse_rms.append(factor)
+                first = mats[apps[0].m] * factor
+                if scaled is not None:
+                    scaled.append(first)
+        for app in apps:
+            matrix = mats[app.m] if first is None else first
+            first = None
+            if saved is not None:
+                saved.append(state)
+            kind = app.kind
+            if kind == "rot":
+                k = matrix.shape[1]
+                inputs = state.view(-1, k).t()
+                out = None if pool is None else _out(pool, state, k, inputs.shape[1])
+                state = (
+                    torch.mm(matrix, inputs) if out is None else torch.mm(matrix, inputs, out=out)
+                )
+            elif kind == "tail":
+                inputs = state.view(-1, app.a)
+                out = None if pool is None else _out(pool, state, inputs.shape[0], app.b)
+                state = (
+                    torch.mm(inputs, matrix) if out is None else torch.mm(inputs, matrix, out=out)
+                )
+            else:
+                state = apply_on_axis(_mid_view(state, app), matrix)
+    return state.view(-1)
 
 
 @dataclass(frozen=True)
@@ -419,35 +471,39 @@ class NetworkState(torch.autograd.Function):
         ctx.builder, ctx.built, ctx.num_inputs = builder, built, len(inputs)
         saved: list = []
         inverse_rms: list = []
+        scaled: list = []
         pool = None if low_memory else pool
-        state = forward_state(plan, mats, low_memory, saved, inverse_rms, pool=pool)
+        state = forward_state(plan, mats, low_memory, saved, inverse_rms, pool=pool, scaled=scaled)
         weight, final_inverse_rms, raw = finish(plan, state, scale, order)
-        if pool is not None and order is not None:
+        if pool is not None and order is not None and state.numel() >= POOL_MIN_NUMEL:
             pool.give(state)  # gathered: nothing refers to the output state any more
         state = raw
-        ctx.plan, ctx.low_memory, ctx.num_mats, ctx.order = plan, low_memory, len(mats), order
+        ctx.plan, ctx.low_memory, ctx.order = plan, low_memory, order
         ctx.pool = pool
         # Big states are kept as attributes, not saved tensors, so that the backward pass
         # can let go of each as soon as it is used (saved tensors live until it returns).
-        ctx.state, ctx.saved = state, saved
-        ctx.save_for_backward(
-            scale, final_inverse_rms, *mats, *inverse_rms, *(inputs if builder else ())
-        )
+        # So are the matrices built here and the layers' factors: nothing outside can edit
+        # them (the gates they come from are saved, which checks that they did not change).
+        ctx.state, ctx.saved, ctx.scaled = state, saved, scaled
+        ctx.inverse_rms = inverse_rms
+        ctx.mats = None if builder is None else mats
+        ctx.save_for_backward(scale, final_inverse_rms, *inputs)
         return weight
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_weight):
         plan = ctx.plan
-        scale, final_inverse_rms, *rest = ctx.saved_tensors
-        mats, rest = rest[: ctx.num_mats], rest[ctx.num_mats :]
-        inputs = rest[len(rest) - ctx.num_inputs :] if ctx.builder else ()
-        inverse_rms = rest[: len(rest) - len(inputs)]
+        scale, final_inverse_rms, *inputs = ctx.saved_tensors
+        mats = inputs if ctx.mats is None else ctx.mats
+        inverse_rms, scaled = ctx.inverse_rms, ctx.scaled
         saved, state = list(ctx.saved), ctx.state
         pool, built = None, ctx.built
         if not _graph_is_kept():
             ctx.saved = ctx.state = ctx.built = None  # let each go as soon as it is used
             pool = ctx.pool  # and, on the CPU, reuse the big states' memory
+        if pool is not None and (1 << plan.num_bits) < POOL_MIN_NUMEL:
+            pool = None
         grad, grad_scale = _finish_backward(
             plan, state, scale, final_inverse_rms, grad_weight, ctx.order, pool
         )
@@ -455,13 +511,15 @@ class NetworkState(torch.autograd.Function):
             pool.give(state)  # (the state itself; unscaled, the caller holds a view of it)
         del state
         grads: list = [None] * len(mats)
+        # Where the builder wants the matrices' gradients (views of one buffer), if anywhere.
+        outs = ctx.builder.grad_outputs(grad) if ctx.builder is not None else None
         if ctx.low_memory:
             _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
-            _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool)
+            _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool, list(scaled), outs)
         if ctx.builder is not None:
-            grads = ctx.builder.backward(inputs, built, grads)
-        needs = ctx.needs_input_grad[6:]
+            grads = ctx.builder.backward(inputs, built, grads, outs)
+        needs = ctx.needs_input_grad
         return (
             None,
             None,
@@ -469,26 +527,69 @@ class NetworkState(torch.autograd.Function):
             None,
             None,
             grad_scale,
-            *(g if need else None for g, need in zip(grads, needs)),
+            *(g if need else None for g, need in zip(grads, needs[6:])),
         )
 
 
-def _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool=None):
+def _backward_stored(
+    plan, mats, saved, inverse_rms, grad, grads, pool=None, scaled=None, outs=None
+):
     """``grad`` (the output state's) and the saved states are owned here: each goes to
-    ``pool`` once used."""
+    ``pool`` once used. ``scaled``: the forward pass's scaled first matrices (consumed);
+    ``outs``: per matrix, None or where to write its gradient."""
     size = 1 << plan.num_bits
+    normalise = plan.normalise
     for layer in range(len(plan.fast) - 1, -1, -1):
         apps = plan.fast[layer]
-        factor = inverse_rms[layer - 1] if (layer and plan.normalise) else None
+        factor = inverse_rms[layer - 1] if (layer and normalise) else None
         for j in range(len(apps) - 1, -1, -1):
             app, state = apps[j], saved.pop()
-            matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
-            need_input = layer > 0 or j > 0
-            grad_in, grad_matrix = _backward(app, matrix, state, grad, need_input, pool)
-            grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
+            grad_in = None
+            if j or factor is None:
+                matrix = mats[app.m]
+            else:
+                matrix = scaled.pop() if scaled else mats[app.m] * factor
+            kind = app.kind
+            if kind == "rot":
+                k = matrix.shape[0]
+                grads2 = grad.view(k, -1)
+                target = None if outs is None else outs[app.m]
+                grad_matrix = (
+                    torch.mm(grads2, state.view(-1, k))
+                    if target is None
+                    else torch.mm(grads2, state.view(-1, k), out=target)
+                )
+                if layer or j:
+                    out = None if pool is None else _out(pool, grad, grads2.shape[1], k)
+                    grad_in = (
+                        torch.mm(grads2.t(), matrix)
+                        if out is None
+                        else torch.mm(grads2.t(), matrix, out=out)
+                    )
+            elif kind == "tail":
+                grads2 = grad.view(-1, app.b)
+                target = None if outs is None else outs[app.m]
+                grad_matrix = (
+                    torch.mm(state.view(-1, app.a).t(), grads2)
+                    if target is None
+                    else torch.mm(state.view(-1, app.a).t(), grads2, out=target)
+                )
+                if layer or j:
+                    out = None if pool is None else _out(pool, grad, grads2.shape[0], app.a)
+                    grad_in = (
+                        torch.mm(grads2, matrix.t())
+                        if out is None
+                        else torch.mm(grads2, matrix.t(), out=out)
+                    )
+            else:
+                grad_in, grad_matrix = _backward(app, matrix, state, grad, layer > 0 or j > 0)
+            if not j and factor is not None:
+                grad_matrix = grad_matrix.mul_(factor)
+            grads[app.m] = grad_matrix
             # grad_in is a fresh tensor (never the incoming gradient): safe to edit in place.
             if layer and not j:
-                grad_in = _transition_backward_(grad_in, state, factor, plan)
+                assert grad_in is not None  # (only the very first application has none)
+                grad_in = _transition_backward_(grad_in.view(-1), state.view(-1), factor, plan)
             if pool is not None:
                 pool.give(*(t for t in (state, grad) if t.numel() == size))
             grad = grad_in
