@@ -23,6 +23,34 @@ from dataclasses import dataclass
 
 import torch
 
+# Kronecker blocks of at most this many gates come out of the gather (an entry is a product
+# of this many factors); larger ones (block_bits above 5) are built by broadcast products,
+# whose work grows with the block's entries only, not with its entries times its gates.
+GATHER_MAX_GATES = 2
+
+
+def kron_groups(gates: torch.Tensor) -> list[torch.Tensor]:
+    """``(m, g, 4, 4)`` gates → the partial Kronecker products of each group, the last being
+    the ``(m, 4**g, 4**g)`` blocks (the others are kept for the backward pass)."""
+    outs = [gates[:, 0]]
+    for j in range(1, gates.shape[1]):
+        m, rows, cols = outs[-1].shape
+        product = outs[-1][:, :, None, :, None] * gates[:, j, None, :, None, :]
+        outs.append(product.reshape(m, rows * 4, cols * 4))
+    return outs
+
+
+def kron_groups_backward(gates: torch.Tensor, outs: list[torch.Tensor], grad: torch.Tensor):
+    """Gradient of the ``(m, g, 4, 4)`` gates from that of the blocks ``kron_groups`` built."""
+    d_gates: list[torch.Tensor] = [grad] * gates.shape[1]
+    for j in range(gates.shape[1] - 1, 0, -1):
+        m, rows, cols = outs[j - 1].shape
+        grad5 = grad.reshape(m, rows, 4, cols, 4)
+        d_gates[j] = (grad5 * outs[j - 1][:, :, None, :, None]).sum((1, 3))
+        grad = (grad5 * gates[:, j, None, :, None, :]).sum((2, 4))
+    d_gates[0] = grad
+    return torch.stack(d_gates, 1)
+
 
 @dataclass
 class Built:
@@ -30,6 +58,7 @@ class Built:
 
     factors: torch.Tensor  # (terms, P): the gathered factor of every product term
     gates: Sequence[torch.Tensor]
+    krons: list  # per size of the larger Kronecker blocks: (stacked gates, partial products)
 
 
 class MatrixBuilder:
@@ -41,8 +70,9 @@ class MatrixBuilder:
 
     The gates are laid end to end in a flat vector grouped by their number of stored columns
     (one ``stack`` per group), followed by the constants 0 and 1. ``index[t, p]`` is the flat
-    position of factor ``p`` of product term ``t``; the first ``num_values`` terms are the
-    distinct values, the others second terms added to the values ``extra_value``; ``place``
+    position of factor ``p`` of product term ``t``; the first ``num_gathered`` terms are
+    distinct values, the others second terms added to the values ``extra_value``; the values
+    of Kronecker blocks of more than ``GATHER_MAX_GATES`` gates follow them; ``place``
     gives, for every entry of every matrix (in the order of the matrices, row by row), its
     value.
     """
@@ -81,6 +111,7 @@ class MatrixBuilder:
         second: list[tuple[torch.Tensor, torch.Tensor]] = []  # (value ids, factors)
         places: dict[int, torch.Tensor] = {}
         unique = 1
+        deferred: list[tuple[int, list[int], int, int]] = []  # (slot, gates, before, after)
 
         def add(k: int, table: torch.Tensor, place: torch.Tensor | None = None) -> None:
             """Slot ``k``'s values (``table``: (rows, cols, P) or, with ``place``, (n, P)
@@ -102,10 +133,18 @@ class MatrixBuilder:
                 continue  # filled by the sweep that precedes it
             kind = entry[0]
             if kind == "sweep":
-                for g, (table, place) in enumerate(
-                    self._sweep_tables(list(entry[1]), sweep_layout)
+                for g, (group, left, right) in enumerate(
+                    self._sweep_blocks(entry[1], sweep_layout)
                 ):
-                    add(k + g, table, place)
+                    if len(group) > GATHER_MAX_GATES:
+                        deferred.append((k + g, group, left, right))
+                        continue
+                    table = self._kron_table(group)
+                    n = table.shape[0]
+                    if left == right == 1:
+                        add(k + g, table)
+                    else:
+                        add(k + g, table.reshape(n * n, -1), self._embed_place(n, left, right))
             elif kind == "block":
                 self.fallback_slots.append(k)
             elif kind == "fused":
@@ -114,6 +153,23 @@ class MatrixBuilder:
                 add(k, table)
             else:
                 add(k, self._simple_table(entry))
+        self.num_gathered = unique
+        # The larger Kronecker blocks' values follow, grouped by their number of gates:
+        # (gates per block, flat positions of their full matrices (m * g * 16)).
+        self.big: list[tuple[int, torch.Tensor]] = []
+        for size in sorted({len(group) for _, group, _, _ in deferred}):
+            positions: list[torch.Tensor] = []
+            for k, group, left, right in deferred:
+                if len(group) != size:
+                    continue
+                n = 4**size
+                positions.extend(self._full(i).view(-1) for i in group)
+                offsets = torch.arange(n * n) if left == right == 1 else None
+                place = self._embed_place(n, left, right) if offsets is None else offsets
+                places[k] = torch.where(place >= 0, place + unique, 0).reshape(-1)
+                self.shapes[k] = (n * left * right, n * left * right)
+                unique += n * n
+            self.big.append((size, torch.cat(positions)))
         self.num_values = unique
         # The matrices' entries, grouped by the matrices' shapes: the matrices of one shape
         # are one (count, rows, cols) view, split by one ``unbind``.
@@ -216,21 +272,15 @@ class MatrixBuilder:
         side = before * n * after
         return out.view(side, side)
 
-    def _sweep_tables(self, run: list[int], sweep_layout):
-        """Per block of a Kronecker run: its values' factor positions (n * n, g) and where
-        they go in the block's matrix (None: the block itself, no identity factor)."""
-        groups, before, after = sweep_layout(run)
-        ends = [(1 << before, 1 << after)] if len(groups) == 1 else [(1 << before, 1)]
-        ends += [(1, 1)] * max(0, len(groups) - 2) + ([(1, 1 << after)] if len(groups) > 1 else [])
-        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        for group, (left, right) in zip(groups, ends):
-            table = self._kron_table(group)
-            n = table.shape[0]
-            if left == right == 1:
-                out.append((table, None))
-            else:
-                out.append((table.reshape(n * n, -1), self._embed_place(n, left, right)))
-        return out
+    @staticmethod
+    def _sweep_blocks(run, sweep_layout) -> list[tuple[list[int], int, int]]:
+        """Per block of a Kronecker run: its gates and the sizes of the identity factors
+        before and after it (the indices outside the run join the end blocks)."""
+        groups, before, after = sweep_layout(list(run))
+        if len(groups) == 1:
+            return [(groups[0], 1 << before, 1 << after)]
+        ends = [(1 << before, 1)] + [(1, 1)] * (len(groups) - 2) + [(1, 1 << after)]
+        return [(group, left, right) for group, (left, right) in zip(groups, ends)]
 
     def _constant(self, key, like: torch.Tensor, make: Callable) -> torch.Tensor:
         full_key = (key, like.dtype, like.device)
@@ -245,6 +295,13 @@ class MatrixBuilder:
         value = self._constants.get(key)
         if value is None:
             value = self._constants[key] = getattr(self, name).to(like.device)
+        return value
+
+    def _on_big(self, b: int, like: torch.Tensor) -> torch.Tensor:
+        key = ("big", b, like.device)
+        value = self._constants.get(key)
+        if value is None:
+            value = self._constants[key] = self.big[b][1].to(like.device)
         return value
 
     # ---------------------------------------------------------------------------- forward
@@ -266,13 +323,23 @@ class MatrixBuilder:
         factors = flat.index_select(0, index.view(-1)).view(index.shape)
         values = factors.prod(1) if factors.shape[1] > 1 else factors.view(-1)
         if self.extra_value is not None:
-            extra = values[self.num_values :]
-            values = values[: self.num_values]
+            extra = values[self.num_gathered :]
+            values = values[: self.num_gathered]
             values.index_add_(0, self._on("extra_value", flat), extra)
+        krons = []
+        if self.big:
+            parts = [values]
+            for b, (size, _) in enumerate(self.big):
+                positions = self._on_big(b, flat)
+                stacked = flat.index_select(0, positions).view(-1, size, 4, 4)
+                outs = kron_groups(stacked)
+                krons.append((stacked, outs))
+                parts.append(outs[-1].reshape(-1))
+            values = torch.cat(parts)
         self._spread(values.index_select(0, self._on("place", flat)), mats)
         for k in self.fallback_slots:
             mats[k] = self.fallback(self.recipe[k], gates)
-        return mats, Built(factors, gates)
+        return mats, Built(factors, gates, krons)
 
     # --------------------------------------------------------------------------- backward
     def grad_outputs(self, like: torch.Tensor) -> list[torch.Tensor | None]:
@@ -310,7 +377,8 @@ class MatrixBuilder:
         result: list[torch.Tensor | None] = [None] * len(gates)
         if buffer is not None:
             factors = built.factors
-            terms = ref.new_zeros(self.num_values).index_add_(0, self._on("place", ref), buffer)
+            values = ref.new_zeros(self.num_values).index_add_(0, self._on("place", ref), buffer)
+            terms = values[: self.num_gathered]
             if self.extra_value is not None:
                 extra = terms.index_select(0, self._on("extra_value", ref))
                 terms = torch.cat([terms, extra])
@@ -328,6 +396,13 @@ class MatrixBuilder:
                 contributions = partners.mul_(terms.view(-1, 1))
             flat = ref.new_zeros(self.num_gate_entries + 2)
             flat.index_add_(0, self._on("index", ref).view(-1), contributions.view(-1))
+            start = self.num_gathered
+            for b, (stacked, outs) in enumerate(built.krons):
+                m, n = stacked.shape[0], outs[-1].shape[1]
+                d_blocks = values[start : start + m * n * n].view(m, n, n)
+                d_gates = kron_groups_backward(stacked, outs, d_blocks)
+                flat.index_add_(0, self._on_big(b, ref), d_gates.reshape(-1))
+                start += m * n * n
             start = 0
             for columns, ids in self.groups:
                 size = 4 * columns * len(ids)
