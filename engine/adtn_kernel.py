@@ -482,12 +482,18 @@ class NetworkState(torch.autograd.Function):
         ctx.pool = pool
         # Big states are kept as attributes, not saved tensors, so that the backward pass
         # can let go of each as soon as it is used (saved tensors live until it returns).
-        # So are the matrices built here and the layers' factors: nothing outside can edit
-        # them (the gates they come from are saved, which checks that they did not change).
+        # So are the matrices built here, what the builder needs (the gates' gathered values)
+        # and the layers' factors: the gradients are those of the values this pass used.
+        # The inputs themselves are saved only where the backward pass reads them again
+        # (no builder: they are the matrices; a builder that rebuilds some under autograd).
         ctx.state, ctx.saved, ctx.scaled = state, saved, scaled
         ctx.inverse_rms = inverse_rms
         ctx.mats = None if builder is None else mats
-        ctx.save_for_backward(scale, final_inverse_rms, *inputs)
+        ctx.saves_inputs = builder is None or bool(getattr(builder, "fallback_slots", True))
+        if ctx.saves_inputs:
+            ctx.save_for_backward(scale, final_inverse_rms, *inputs)
+        else:
+            ctx.save_for_backward(scale, final_inverse_rms)
         return weight
 
     @staticmethod
@@ -495,10 +501,12 @@ class NetworkState(torch.autograd.Function):
     def backward(ctx, grad_weight):
         plan = ctx.plan
         scale, final_inverse_rms, *inputs = ctx.saved_tensors
-        mats = inputs if ctx.mats is None else ctx.mats
+        pool, built = None, ctx.built
+        if not ctx.saves_inputs:
+            inputs = built.gates
+        mats = inputs if ctx.mats is None else ctx.builder.matrices(built, ctx.mats)
         inverse_rms, scaled = ctx.inverse_rms, ctx.scaled
         saved, state = list(ctx.saved), ctx.state
-        pool, built = None, ctx.built
         if not _graph_is_kept():
             ctx.saved = ctx.state = ctx.built = None  # let each go as soon as it is used
             pool = ctx.pool  # and, on the CPU, reuse the big states' memory

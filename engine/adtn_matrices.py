@@ -59,6 +59,8 @@ class Built:
     factors: torch.Tensor  # (terms, P): the gathered factor of every product term
     gates: Sequence[torch.Tensor]
     krons: list  # per size of the larger Kronecker blocks: (stacked gates, partial products)
+    values: torch.Tensor  # the distinct values that ``place`` spreads over the matrices
+    generation: int  # which build last wrote the builder's shared matrices
 
 
 class MatrixBuilder:
@@ -197,6 +199,8 @@ class MatrixBuilder:
         )
         self.built_slots = [k for k, shape in enumerate(self.shapes) if shape is not None]
         self._constants: dict = {}
+        self.generation = 0
+        self._grad_busy = False
 
     # ----------------------------------------------------------------------- index tables
     def _pad(self, table: torch.Tensor, width: int) -> torch.Tensor:
@@ -336,15 +340,43 @@ class MatrixBuilder:
                 krons.append((stacked, outs))
                 parts.append(outs[-1].reshape(-1))
             values = torch.cat(parts)
-        self._spread(values.index_select(0, self._on("place", flat)), mats)
+        # The matrices live in one buffer that every build rewrites (their views are made
+        # once): a build's backward pass that finds a later build there rebuilds its own.
+        buffer, views = self._shared("mats", flat)
+        torch.index_select(values, 0, self._on("place", flat), out=buffer)
+        mats[:] = views
+        self.generation += 1
         for k in self.fallback_slots:
             mats[k] = self.fallback(self.recipe[k], gates)
-        return mats, Built(factors, gates, krons)
+        return mats, Built(factors, gates, krons, values, self.generation)
+
+    def matrices(self, built: Built, mats: list) -> list:
+        """``mats`` as ``build`` returned them with ``built``, rebuilt if a later build has
+        since rewritten the shared buffer."""
+        if built.generation == self.generation:
+            return mats
+        fresh = list(mats)
+        self._spread(built.values.index_select(0, self._on("place", built.values)), fresh)
+        return fresh
+
+    def _shared(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """A buffer of the matrices' entries and its per-slot views, kept per dtype and device."""
+        key = (name, like.dtype, like.device)
+        value = self._constants.get(key)
+        if value is None:
+            views: list = [None] * len(self.recipe)
+            buffer = like.new_empty(self.num_entries)
+            self._spread(buffer, views)
+            value = self._constants[key] = (buffer, views)
+        return value
 
     # --------------------------------------------------------------------------- backward
     def grad_outputs(self, like: torch.Tensor) -> list[torch.Tensor | None]:
         """Per matrix slot, where the contraction may write that matrix's gradient (views of
         one flat buffer that ``backward`` reads at once; None for fallback slots)."""
+        if not self._grad_busy:  # (one backward pass at a time uses the shared buffer)
+            self._grad_busy = True
+            return list(self._shared("grads", like)[1])
         outs: list[torch.Tensor | None] = [None] * len(self.recipe)
         self._spread(like.new_empty(self.num_entries), outs)
         return outs
@@ -412,6 +444,11 @@ class MatrixBuilder:
                 start += size
         if self.fallback_slots:
             self._fallback_backward(self.fallback_slots, gates, grads, result)
+        if (
+            buffer is not None
+            and buffer is self._constants.get(("grads", ref.dtype, ref.device), (None,))[0]
+        ):
+            self._grad_busy = False
         return result
 
     def _fallback_backward(self, entries: list[int], gates, grads, result) -> None:
