@@ -99,6 +99,7 @@ class BufferPool:
     def __init__(self, limit: int = 64) -> None:
         self.free: list[torch.Tensor] = []
         self.limit = limit
+        self.scratches: dict = {}
 
     def take(self, like: torch.Tensor, numel: int) -> torch.Tensor | None:
         if self.free:
@@ -110,6 +111,15 @@ class BufferPool:
             ):
                 return self.free.pop()
         return None
+
+    def scratch(self, like: torch.Tensor, numel: int) -> torch.Tensor:
+        """A flat tensor of ``numel`` entries kept for temporary use inside one call (the
+        same one every step, so that its pages stay mapped)."""
+        key = (numel, like.dtype, like.device)
+        buffer = self.scratches.get(key)
+        if buffer is None:
+            buffer = self.scratches[key] = like.new_empty(numel)
+        return buffer
 
     def give(self, *tensors) -> None:
         for tensor in tensors:
@@ -223,8 +233,11 @@ def _activate_(state: torch.Tensor, slope: float | None) -> torch.Tensor:
 
 
 def _inverse_rms(state: torch.Tensor) -> torch.Tensor:
-    rms = torch.linalg.vector_norm(state) / (state.numel() ** 0.5)
-    return 1.0 / rms.clamp_min(torch.finfo(state.dtype).tiny)
+    """``1 / max(rms, tiny)``, as ``sqrt(N) / max(norm, tiny * sqrt(N))`` in place on the
+    norm (a few operations on a number; each costs microseconds)."""
+    root = state.numel() ** 0.5
+    norm = torch.linalg.vector_norm(state)
+    return norm.clamp_min_(torch.finfo(state.dtype).tiny * root).reciprocal_().mul_(root)
 
 
 def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int | None = None):
@@ -250,7 +263,15 @@ def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int
         return torch.ops.aten.leaky_relu_backward(g, a, plan.slope, True)
 
     if chunk is None:
-        return backward(grad, layer_input)
+        # In place (the kernels' out= forms accept their own input): a fresh state-sized
+        # output would cost the system's page faults on a CPU.
+        if plan.slope == 0.0:
+            return torch.ops.aten.threshold_backward.grad_input(
+                grad, layer_input, 0.0, grad_input=grad
+            )
+        return torch.ops.aten.leaky_relu_backward.grad_input(
+            grad, layer_input, plan.slope, True, grad_input=grad
+        )
     for lo in range(0, grad.numel(), chunk):
         part = grad[lo : lo + chunk]
         part.copy_(backward(part, layer_input[lo : lo + chunk]))
@@ -414,7 +435,10 @@ def _finish_backward(plan: Plan, tensor, scale, inverse_rms, grad_weight, order,
     if order is not None:
         # The weight's gradient goes into a flat buffer with one zero after it, which the
         # scatter reads for the padding entries.
-        flat = grad_weight.new_empty(numel + 1)
+        if pool is None:
+            flat = grad_weight.new_empty(numel + 1)
+        else:  # (read only by the scatter below, so one buffer serves every step)
+            flat = pool.scratch(grad_weight, numel + 1)
         flat[numel:].zero_()
         grad = flat[:numel].view(plan.shape)
     else:
