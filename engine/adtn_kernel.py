@@ -363,23 +363,29 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
         for app in apps:
             matrix = mats[app.m] if first is None else first
             first = None
-            if saved is not None:
-                saved.append(state)
             kind = app.kind
+            # The input is kept as the 2-D view the backward pass multiplies by.
             if kind == "rot":
                 k = matrix.shape[1]
-                inputs = state.view(-1, k).t()
-                out = None if pool is None else _out(pool, state, k, inputs.shape[1])
+                inputs = state.view(-1, k)
+                if saved is not None:
+                    saved.append(inputs)
+                out = None if pool is None else _out(pool, state, k, inputs.shape[0])
+                inputs = inputs.t()
                 state = (
                     torch.mm(matrix, inputs) if out is None else torch.mm(matrix, inputs, out=out)
                 )
             elif kind == "tail":
                 inputs = state.view(-1, app.a)
+                if saved is not None:
+                    saved.append(inputs)
                 out = None if pool is None else _out(pool, state, inputs.shape[0], app.b)
                 state = (
                     torch.mm(inputs, matrix) if out is None else torch.mm(inputs, matrix, out=out)
                 )
             else:
+                if saved is not None:
+                    saved.append(state)
                 state = apply_on_axis(_mid_view(state, app), matrix)
     return state.view(-1)
 
@@ -587,9 +593,9 @@ def _backward_stored(
                 grads2 = grad.view(k, -1)
                 target = None if outs is None else outs[app.m]
                 grad_matrix = (
-                    torch.mm(grads2, state.view(-1, k))
+                    torch.mm(grads2, state)
                     if target is None
-                    else torch.mm(grads2, state.view(-1, k), out=target)
+                    else torch.mm(grads2, state, out=target)
                 )
                 if layer or j:
                     out = None if pool is None else _out(pool, grad, grads2.shape[1], k)
@@ -602,9 +608,9 @@ def _backward_stored(
                 grads2 = grad.view(-1, app.b)
                 target = None if outs is None else outs[app.m]
                 grad_matrix = (
-                    torch.mm(state.view(-1, app.a).t(), grads2)
+                    torch.mm(state.t(), grads2)
                     if target is None
-                    else torch.mm(state.view(-1, app.a).t(), grads2, out=target)
+                    else torch.mm(state.t(), grads2, out=target)
                 )
                 if layer or j:
                     out = None if pool is None else _out(pool, grad, grads2.shape[0], app.a)
