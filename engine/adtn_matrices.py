@@ -75,8 +75,8 @@ class MatrixBuilder:
     position of factor ``p`` of product term ``t``; the first ``num_gathered`` terms are
     distinct values, the others second terms added to the values ``extra_value``; the values
     of Kronecker blocks of more than ``GATHER_MAX_GATES`` gates follow them; ``place``
-    gives, for every entry of every matrix (in the order of the matrices, row by row), its
-    value.
+    gives, for every entry of every matrix (the matrices grouped by shape, each row by row),
+    its value.
     """
 
     def __init__(
