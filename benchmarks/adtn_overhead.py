@@ -1,9 +1,10 @@
 """How much an ADTN costs over the dense layer it replaces, next to the floor of its work.
 
 Per model (LeNet-5 with its three linear layers as ADTNs, FC-2 with both), the median time of
-one training step (forward, backward, fused Adam; dense and ADTN steps interleaved in one run)
-and their ratio; the floor of the ADTN layers' extra work (every gate touches the 2**Q state
-once each way with 4 multiply-adds per entry: FLOP, and bytes read and written in float32);
+one training step (forward, backward, fused Adam) of each, and the median of their ratios
+over pairs of one dense and one ADTN step timed back to back (3 × ``--repeats`` pairs); the
+floor of the ADTN layers' extra work (every gate touches the 2**Q state once each way with 4
+multiply-adds per entry: FLOP, and bytes read and written in float32);
 how long that floor takes at the arithmetic rate the dense step reaches in the same run, and
 which fraction of the measured extra time that is (100 %: the ADTN costs no more than its
 arithmetic). Then the time to materialise a 4096×4096 weight with and without its backward
@@ -60,18 +61,33 @@ def make_step(model: nn.Module, inputs, targets):
     return step
 
 
-def median_seconds(step, repeats: int, device: str) -> float:
-    for _ in range(3):  # warm-up: allocator, kernels, first-call costs
-        step()
-    synchronise(device)
-    times = []
+def timed(step, device: str) -> float:
     now = CLOCK["now"]
-    for _ in range(repeats):
-        start = now()
-        step()
-        synchronise(device)
-        times.append(now() - start)
-    return statistics.median(times)
+    synchronise(device)
+    start = now()
+    step()
+    synchronise(device)
+    return now() - start
+
+
+def paired_medians(dense_step, adtn_step, pairs: int, device: str) -> tuple[float, float, float]:
+    """(median dense step, median ADTN step, median of the per-pair ratios): single dense and
+    ADTN steps alternate (which goes first alternates too), so that a drift of the machine's
+    speed, from other processes' load or its clock, hits both of a pair alike."""
+    for _ in range(3):  # warm-up: allocator, kernels, first-call costs
+        dense_step(), adtn_step()
+    dense_times, adtn_times, ratios = [], [], []
+    for k in range(pairs):
+        if k % 2:
+            t_adtn = timed(adtn_step, device)
+            t_dense = timed(dense_step, device)
+        else:
+            t_dense = timed(dense_step, device)
+            t_adtn = timed(adtn_step, device)
+        dense_times.append(t_dense)
+        adtn_times.append(t_adtn)
+        ratios.append(t_adtn / max(t_dense, 1e-12))
+    return statistics.median(dense_times), statistics.median(adtn_times), statistics.median(ratios)
 
 
 def step_flop(model: nn.Module, inputs, targets) -> int:
@@ -120,12 +136,9 @@ def compare(
             f"(torch.compile of {name}: first steps took {time.perf_counter() - started:.0f} s)",
             file=sys.stderr,
         )
-    # Interleave the two measurements so that load from other processes hits both alike.
-    dense_times, adtn_times = [], []
-    for _ in range(3):
-        dense_times.append(median_seconds(dense_step, repeats, device))
-        adtn_times.append(median_seconds(adtn_step, repeats, device))
-    t_dense, t_adtn = min(dense_times), min(adtn_times)
+    # Three times as many pairs as --repeats: the median of the ratios needs more samples
+    # than a median of one model's times (each ratio carries the noise of two steps).
+    t_dense, t_adtn, ratio = paired_medians(dense_step, adtn_step, 3 * repeats, device)
     rate = step_flop(dense, inputs, targets) / t_dense  # the dense step's FLOP per second
     flop, moved = floor_of(adtns)
     floor_seconds = flop / rate
@@ -133,7 +146,7 @@ def compare(
     print(
         f"| {name} | {block_bits or 'default'} | {report.model_params_before:,} → "
         f"{report.model_params_after:,} | {t_dense * 1e3:.2f} | {t_adtn * 1e3:.2f} "
-        f"| {t_adtn / t_dense:.2f}× | {flop / 1e9:.3f} GFLOP, {moved / 1e6:.0f} MB "
+        f"| {ratio:.2f}× | {flop / 1e9:.3f} GFLOP, {moved / 1e6:.0f} MB "
         f"| {rate / 1e9:.0f} GFLOP/s | {floor_seconds * 1e3:.2f} | {floor_seconds / extra:.0%} |"
     )
 

@@ -37,6 +37,9 @@ from torch.autograd.function import once_differentiable
 # on a GPU the chunk only bounds the temporary's size.
 CPU_CHUNK = 1 << 18
 GPU_CHUNK = 1 << 22
+# States smaller than this (in entries) skip the ``BufferPool``: the allocator hands such
+# tensors out from its own cache, and the pool's bookkeeping would cost more than it saves.
+POOL_MIN_NUMEL = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class BufferPool:
     def __init__(self, limit: int = 64) -> None:
         self.free: list[torch.Tensor] = []
         self.limit = limit
+        self.scratches: dict = {}
 
     def take(self, like: torch.Tensor, numel: int) -> torch.Tensor | None:
         if self.free:
@@ -107,6 +111,15 @@ class BufferPool:
             ):
                 return self.free.pop()
         return None
+
+    def scratch(self, like: torch.Tensor, numel: int) -> torch.Tensor:
+        """A flat tensor of ``numel`` entries kept for temporary use inside one call (the
+        same one every step, so that its pages stay mapped)."""
+        key = (numel, like.dtype, like.device)
+        buffer = self.scratches.get(key)
+        if buffer is None:
+            buffer = self.scratches[key] = like.new_empty(numel)
+        return buffer
 
     def give(self, *tensors) -> None:
         for tensor in tensors:
@@ -220,8 +233,11 @@ def _activate_(state: torch.Tensor, slope: float | None) -> torch.Tensor:
 
 
 def _inverse_rms(state: torch.Tensor) -> torch.Tensor:
-    rms = torch.linalg.vector_norm(state) / (state.numel() ** 0.5)
-    return 1.0 / rms.clamp_min(torch.finfo(state.dtype).tiny)
+    """``1 / max(rms, tiny)``, as ``sqrt(N) / max(norm, tiny * sqrt(N))`` in place on the
+    norm (a few operations on a number; each costs microseconds)."""
+    root = state.numel() ** 0.5
+    norm = torch.linalg.vector_norm(state)
+    return norm.clamp_min_(torch.finfo(state.dtype).tiny * root).reciprocal_().mul_(root)
 
 
 def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int | None = None):
@@ -247,7 +263,15 @@ def _transition_backward_(grad, layer_input, inverse_rms, plan: Plan, chunk: int
         return torch.ops.aten.leaky_relu_backward(g, a, plan.slope, True)
 
     if chunk is None:
-        return backward(grad, layer_input)
+        # In place (the kernels' out= forms accept their own input): a fresh state-sized
+        # output would cost the system's page faults on a CPU.
+        if plan.slope == 0.0:
+            return torch.ops.aten.threshold_backward.grad_input(
+                grad, layer_input, 0.0, grad_input=grad
+            )
+        return torch.ops.aten.leaky_relu_backward.grad_input(
+            grad, layer_input, plan.slope, True, grad_input=grad
+        )
     for lo in range(0, grad.numel(), chunk):
         part = grad[lo : lo + chunk]
         part.copy_(backward(part, layer_input[lo : lo + chunk]))
@@ -281,10 +305,14 @@ def forward_state(
     inverse_rms: list | None = None,
     stop_layer: int | None = None,
     pool: BufferPool | None = None,
+    scaled: list | None = None,
 ) -> torch.Tensor:
     """The network's output state (or, with ``stop_layer``, the activated input of that
     layer). ``saved`` collects what the backward pass needs (every application's input,
-    or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors."""
+    or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors and
+    ``scaled`` (stored mode) each later layer's first matrix times its factor."""
+    if not low_memory and stop_layer is None:
+        return _forward_stored(plan, mats, saved, inverse_rms, pool, scaled)
     stop = len(plan.fast) if stop_layer is None else stop_layer
     state = _first_layer(plan, mats, saved if (saved is not None and not low_memory) else None)
     chunk = _chunk_for(state)
@@ -309,6 +337,57 @@ def forward_state(
                 matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
                 state = _apply(app, matrix, state, pool)
     return state
+
+
+def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch.Tensor:
+    """``forward_state`` without recomputation: one loop over every application, each a
+    single matrix product on a view of the previous output (kept 2-D between products; a
+    small layer's step is mostly this loop's own overhead)."""
+    ref = mats[plan.fast[0][0].m]
+    state = torch.ones(1, 1, dtype=ref.dtype, device=ref.device)
+    if pool is not None and (1 << plan.num_bits) < POOL_MIN_NUMEL:
+        pool = None
+    slope, normalise = plan.slope, plan.normalise
+    for layer, apps in enumerate(plan.fast):
+        first = None
+        if layer:
+            if slope is not None:
+                state = state.relu_() if slope == 0.0 else _activate_(state, slope)
+            if normalise:
+                factor = _inverse_rms(state)
+                if inverse_rms is not None:
+                    inverse_rms.append(factor)
+                first = mats[apps[0].m] * factor
+                if scaled is not None:
+                    scaled.append(first)
+        for app in apps:
+            matrix = mats[app.m] if first is None else first
+            first = None
+            kind = app.kind
+            # The input is kept as the 2-D view the backward pass multiplies by.
+            if kind == "rot":
+                k = matrix.shape[1]
+                inputs = state.view(-1, k)
+                if saved is not None:
+                    saved.append(inputs)
+                out = None if pool is None else _out(pool, state, k, inputs.shape[0])
+                inputs = inputs.t()
+                state = (
+                    torch.mm(matrix, inputs) if out is None else torch.mm(matrix, inputs, out=out)
+                )
+            elif kind == "tail":
+                inputs = state.view(-1, app.a)
+                if saved is not None:
+                    saved.append(inputs)
+                out = None if pool is None else _out(pool, state, inputs.shape[0], app.b)
+                state = (
+                    torch.mm(inputs, matrix) if out is None else torch.mm(inputs, matrix, out=out)
+                )
+            else:
+                if saved is not None:
+                    saved.append(state)
+                state = apply_on_axis(_mid_view(state, app), matrix)
+    return state.view(-1)
 
 
 @dataclass(frozen=True)
@@ -362,7 +441,10 @@ def _finish_backward(plan: Plan, tensor, scale, inverse_rms, grad_weight, order,
     if order is not None:
         # The weight's gradient goes into a flat buffer with one zero after it, which the
         # scatter reads for the padding entries.
-        flat = grad_weight.new_empty(numel + 1)
+        if pool is None:
+            flat = grad_weight.new_empty(numel + 1)
+        else:  # (read only by the scatter below, so one buffer serves every step)
+            flat = pool.scratch(grad_weight, numel + 1)
         flat[numel:].zero_()
         grad = flat[:numel].view(plan.shape)
     else:
@@ -419,35 +501,47 @@ class NetworkState(torch.autograd.Function):
         ctx.builder, ctx.built, ctx.num_inputs = builder, built, len(inputs)
         saved: list = []
         inverse_rms: list = []
+        scaled: list = []
         pool = None if low_memory else pool
-        state = forward_state(plan, mats, low_memory, saved, inverse_rms, pool=pool)
+        state = forward_state(plan, mats, low_memory, saved, inverse_rms, pool=pool, scaled=scaled)
         weight, final_inverse_rms, raw = finish(plan, state, scale, order)
-        if pool is not None and order is not None:
+        if pool is not None and order is not None and state.numel() >= POOL_MIN_NUMEL:
             pool.give(state)  # gathered: nothing refers to the output state any more
         state = raw
-        ctx.plan, ctx.low_memory, ctx.num_mats, ctx.order = plan, low_memory, len(mats), order
+        ctx.plan, ctx.low_memory, ctx.order = plan, low_memory, order
         ctx.pool = pool
         # Big states are kept as attributes, not saved tensors, so that the backward pass
         # can let go of each as soon as it is used (saved tensors live until it returns).
-        ctx.state, ctx.saved = state, saved
-        ctx.save_for_backward(
-            scale, final_inverse_rms, *mats, *inverse_rms, *(inputs if builder else ())
-        )
+        # So are the matrices built here, what the builder needs (the gates' gathered values)
+        # and the layers' factors: the gradients are those of the values this pass used.
+        # The inputs themselves are saved only where the backward pass reads them again
+        # (no builder: they are the matrices; a builder that rebuilds some under autograd).
+        ctx.state, ctx.saved, ctx.scaled = state, saved, scaled
+        ctx.inverse_rms = inverse_rms
+        ctx.mats = None if builder is None else mats
+        ctx.saves_inputs = builder is None or bool(getattr(builder, "fallback_slots", True))
+        if ctx.saves_inputs:
+            ctx.save_for_backward(scale, final_inverse_rms, *inputs)
+        else:
+            ctx.save_for_backward(scale, final_inverse_rms)
         return weight
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_weight):
         plan = ctx.plan
-        scale, final_inverse_rms, *rest = ctx.saved_tensors
-        mats, rest = rest[: ctx.num_mats], rest[ctx.num_mats :]
-        inputs = rest[len(rest) - ctx.num_inputs :] if ctx.builder else ()
-        inverse_rms = rest[: len(rest) - len(inputs)]
-        saved, state = list(ctx.saved), ctx.state
+        scale, final_inverse_rms, *inputs = ctx.saved_tensors
         pool, built = None, ctx.built
+        if not ctx.saves_inputs:
+            inputs = built.gates
+        mats = inputs if ctx.mats is None else ctx.builder.matrices(built, ctx.mats)
+        inverse_rms, scaled = ctx.inverse_rms, ctx.scaled
+        saved, state = list(ctx.saved), ctx.state
         if not _graph_is_kept():
             ctx.saved = ctx.state = ctx.built = None  # let each go as soon as it is used
             pool = ctx.pool  # and, on the CPU, reuse the big states' memory
+        if pool is not None and (1 << plan.num_bits) < POOL_MIN_NUMEL:
+            pool = None
         grad, grad_scale = _finish_backward(
             plan, state, scale, final_inverse_rms, grad_weight, ctx.order, pool
         )
@@ -455,13 +549,15 @@ class NetworkState(torch.autograd.Function):
             pool.give(state)  # (the state itself; unscaled, the caller holds a view of it)
         del state
         grads: list = [None] * len(mats)
+        # Where the builder wants the matrices' gradients (views of one buffer), if anywhere.
+        outs = ctx.builder.grad_outputs(grad) if ctx.builder is not None else None
         if ctx.low_memory:
             _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
-            _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool)
+            _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool, list(scaled), outs)
         if ctx.builder is not None:
-            grads = ctx.builder.backward(inputs, built, grads)
-        needs = ctx.needs_input_grad[6:]
+            grads = ctx.builder.backward(inputs, built, grads, outs)
+        needs = ctx.needs_input_grad
         return (
             None,
             None,
@@ -469,26 +565,69 @@ class NetworkState(torch.autograd.Function):
             None,
             None,
             grad_scale,
-            *(g if need else None for g, need in zip(grads, needs)),
+            *(g if need else None for g, need in zip(grads, needs[6:])),
         )
 
 
-def _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool=None):
+def _backward_stored(
+    plan, mats, saved, inverse_rms, grad, grads, pool=None, scaled=None, outs=None
+):
     """``grad`` (the output state's) and the saved states are owned here: each goes to
-    ``pool`` once used."""
+    ``pool`` once used. ``scaled``: the forward pass's scaled first matrices (consumed);
+    ``outs``: per matrix, None or where to write its gradient."""
     size = 1 << plan.num_bits
+    normalise = plan.normalise
     for layer in range(len(plan.fast) - 1, -1, -1):
         apps = plan.fast[layer]
-        factor = inverse_rms[layer - 1] if (layer and plan.normalise) else None
+        factor = inverse_rms[layer - 1] if (layer and normalise) else None
         for j in range(len(apps) - 1, -1, -1):
             app, state = apps[j], saved.pop()
-            matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
-            need_input = layer > 0 or j > 0
-            grad_in, grad_matrix = _backward(app, matrix, state, grad, need_input, pool)
-            grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
+            grad_in = None
+            if j or factor is None:
+                matrix = mats[app.m]
+            else:
+                matrix = scaled.pop() if scaled else mats[app.m] * factor
+            kind = app.kind
+            if kind == "rot":
+                k = matrix.shape[0]
+                grads2 = grad.view(k, -1)
+                target = None if outs is None else outs[app.m]
+                grad_matrix = (
+                    torch.mm(grads2, state)
+                    if target is None
+                    else torch.mm(grads2, state, out=target)
+                )
+                if layer or j:
+                    out = None if pool is None else _out(pool, grad, grads2.shape[1], k)
+                    grad_in = (
+                        torch.mm(grads2.t(), matrix)
+                        if out is None
+                        else torch.mm(grads2.t(), matrix, out=out)
+                    )
+            elif kind == "tail":
+                grads2 = grad.view(-1, app.b)
+                target = None if outs is None else outs[app.m]
+                grad_matrix = (
+                    torch.mm(state.t(), grads2)
+                    if target is None
+                    else torch.mm(state.t(), grads2, out=target)
+                )
+                if layer or j:
+                    out = None if pool is None else _out(pool, grad, grads2.shape[0], app.a)
+                    grad_in = (
+                        torch.mm(grads2, matrix.t())
+                        if out is None
+                        else torch.mm(grads2, matrix.t(), out=out)
+                    )
+            else:
+                grad_in, grad_matrix = _backward(app, matrix, state, grad, layer > 0 or j > 0)
+            if not j and factor is not None:
+                grad_matrix = grad_matrix.mul_(factor)
+            grads[app.m] = grad_matrix
             # grad_in is a fresh tensor (never the incoming gradient): safe to edit in place.
             if layer and not j:
-                grad_in = _transition_backward_(grad_in, state, factor, plan)
+                assert grad_in is not None  # (only the very first application has none)
+                grad_in = _transition_backward_(grad_in.view(-1), state.view(-1), factor, plan)
             if pool is not None:
                 pool.give(*(t for t in (state, grad) if t.numel() == size))
             grad = grad_in

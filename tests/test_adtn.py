@@ -576,9 +576,10 @@ def test_fit_with_restarts_reaches_generated_weights(shape, depth, seed):
         assert ((student() - target).norm() / target.norm()).item() == pytest.approx(after)
 
 
-def test_repeated_steps_reusing_buffers_give_the_same_gradients_as_fresh_modules():
+def test_repeated_steps_reusing_buffers_give_the_same_gradients_as_fresh_modules(monkeypatch):
     """The CPU backward pass hands its states on to the next step (BufferPool): steps with
     updates in between must match a module that has never run."""
+    monkeypatch.setattr("engine.adtn_kernel.POOL_MIN_NUMEL", 0)  # pool even these small states
     torch.manual_seed(13)
     used = randomised(ADTN((20, 24), depth=3, memory="fast").double())
     upstream = torch.randn(20, 24, dtype=torch.float64)
@@ -610,8 +611,10 @@ def test_contract_keeps_its_result_when_the_network_runs_again():
     torch.testing.assert_close(first.detach(), kept, rtol=0, atol=0)
 
 
-def test_copies_leave_the_reused_buffers_behind():
+def test_copies_leave_the_reused_buffers_behind(monkeypatch):
     import copy
+
+    monkeypatch.setattr("engine.adtn_kernel.POOL_MIN_NUMEL", 0)  # pool even these small states
 
     torch.manual_seed(15)
     adtn = ADTN((32, 32), depth=3)
@@ -652,3 +655,29 @@ def test_hand_written_matrix_gradients_match_autograd(shape, layout, block_bits,
     (weight * target).sum().backward()
     for mine, reference in zip(built, [p.grad for p in adtn.parameters()]):
         torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_a_backward_pass_uses_its_own_forward_pass_matrices_after_a_later_forward_pass():
+    """The builder's matrices live in one buffer that each forward pass rewrites: a backward
+    pass whose forward pass was followed by another (here with other gates) must still give
+    the gradients of its own forward pass, and a kept graph the same gradients twice."""
+    import copy
+
+    torch.manual_seed(17)
+    adtn = randomised(ADTN((12, 20), depth=3, index_order="interleaved").double())
+    reference = copy.deepcopy(adtn)
+    upstream = torch.randn(12, 20, dtype=torch.float64)
+    (reference() * upstream).sum().backward()
+    weight = adtn()
+    with torch.no_grad():
+        for gate in adtn.gates:
+            gate.mul_(1.5)
+        adtn()  # rewrites the shared matrices with the changed gates
+    (weight * upstream).sum().backward(retain_graph=True)
+    for got, ref in zip(adtn.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, ref.grad, rtol=1e-12, atol=1e-12)
+    first = [p.grad.clone() for p in adtn.parameters()]
+    adtn.zero_grad(set_to_none=True)
+    (weight * upstream).sum().backward()
+    for got, ref in zip(adtn.parameters(), first):
+        torch.testing.assert_close(got.grad, ref, rtol=0, atol=0)
