@@ -9,6 +9,12 @@ that the research of issue 15 screens:
   pairs. A layer is two sub-layers: gates starting at indices ``0, k, 2k, …`` and at
   ``k // 2, k // 2 + k, …``; a gate that would run past the last index is shortened to the
   indices left (at least two), so every cut between neighbours is crossed in every layer.
+* ``anneal_steps``: a continuation from a linear network to the ReLU one. The activation is
+  a leaky ReLU whose negative slope falls linearly from 1 (no activation) to 0 (ReLU) over the
+  first ``anneal_steps`` training passes (forward passes with gradients), then stays ReLU.
+* ``residual``: every layer after the first adds its input to its output (``x + G x``, with
+  ``G`` the layer's gates), as residual networks do to ease the descent of deep stacks; the
+  same parameters, a sum of two tensor networks per layer.
 * ``activation``: also ``tanh`` and ``gelu``. Those are not positively homogeneous, so the
   place of the normalisation matters: the state is divided by its rms *before* the activation
   (the activation sees numbers of size one whatever the gates' size) and again after it. For
@@ -99,6 +105,8 @@ class GateNetwork(nn.Module):
 
     gate_bits = 2
     activation_override = ""
+    anneal_steps = 0
+    residual = False
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class GateNetwork(nn.Module):
             fan_in = math.prod(self.shape[1:]) if len(self.shape) > 1 else self.shape[0]
             init_std = 1.0 / math.sqrt(3.0 * fan_in)
         self.scale = nn.Parameter(torch.tensor(float(init_std)))
+        self.training_passes = 0
         network = network_bit_order(self.mode_bits, index_order)
         rows_first = [(mode, bit) for mode, q in enumerate(self.mode_bits) for bit in range(q)]
         self._axes = [network.index(key) for key in rows_first]
@@ -153,7 +162,16 @@ class GateNetwork(nn.Module):
         count = sum(g.numel() for g in self.gates)
         return count if tensors_only else count + 1
 
+    def annealed_slope(self) -> float | None:
+        """The leaky slope of this training pass while annealing, else None."""
+        if not self.anneal_steps or self.training_passes >= self.anneal_steps:
+            return None
+        return 1.0 - self.training_passes / self.anneal_steps
+
     def _activate(self, state: torch.Tensor) -> torch.Tensor:
+        slope = self.annealed_slope()
+        if slope is not None:
+            return F.leaky_relu(state, slope)
         if self.activation == "relu":
             return torch.relu(state)
         if self.activation == "leaky_relu":
@@ -169,18 +187,22 @@ class GateNetwork(nn.Module):
         scale_free = self.activation in HOMOGENEOUS
         state = self.scale.new_zeros(1 << self.Q)
         state[0] = 1.0
+        layer_input = None
         for k, (spec, gate) in enumerate(zip(self.specs, self.gates)):
             if k and spec.layer != self.specs[k - 1].layer:
+                if layer_input is not None:
+                    state = state + layer_input
                 if not scale_free:
                     state = state / _rms(state)
                 state = self._activate(state)
                 state = state / _rms(state)
+                layer_input = state if self.residual else None
             size = 1 << spec.bits
             columns = self._buffers[f"columns_{k}"]
             local = gate.new_zeros(size, size).index_copy(1, columns, gate)
             view = state.view(1 << spec.start, size, -1)
             state = torch.einsum("ij,ajb->aib", local, view).reshape(-1)
-        return state
+        return state if layer_input is None else state + layer_input
 
     def contract(self) -> torch.Tensor:
         """The raw network tensor in the weight's index order, cropped to ``shape``."""
@@ -190,6 +212,8 @@ class GateNetwork(nn.Module):
 
     def forward(self) -> torch.Tensor:
         tensor = self.contract()
+        if torch.is_grad_enabled():
+            self.training_passes += 1
         return self.scale * tensor / _rms(tensor)
 
 

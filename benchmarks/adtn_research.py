@@ -129,6 +129,15 @@ PROBES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "interleaved-d2": ({}, {"index_order": "interleaved", "depth": 2}),
     "interleaved-d4": ({}, {"index_order": "interleaved", "depth": 4}),
     "interleaved-d5": ({}, {"index_order": "interleaved", "depth": 5}),
+    # continuation: leaky slope 1 → 0 (linear → ReLU) over this fraction of the training steps
+    "anneal-50": ({"network": {"anneal_fraction": 0.5}}, {"index_order": "interleaved"}),
+    "anneal-90": ({"network": {"anneal_fraction": 0.9}}, {"index_order": "interleaved"}),
+    "anneal-50-d4": (
+        {"network": {"anneal_fraction": 0.5}},
+        {"index_order": "interleaved", "depth": 4},
+    ),
+    "residual": ({"network": {"residual": True}}, {"index_order": "interleaved"}),
+    "residual-d4": ({"network": {"residual": True}}, {"index_order": "interleaved", "depth": 4}),
     "g3-d1": ({"network": {"gate_bits": 3}}, {"index_order": "interleaved", "depth": 1}),
     "g3-d2": ({"network": {"gate_bits": 3}}, {"index_order": "interleaved", "depth": 2}),
     "g3-d2-tanh": (
@@ -272,15 +281,18 @@ def build_config(name: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(**values).validate()
 
 
-def install_network(settings: dict[str, Any]):
-    """Put a ``GateNetwork`` with ``settings`` (gate_bits, activation) in place of the
-    engine's ADTN for the encodings (building and budget counting); returns the undo."""
+def install_network(settings: dict[str, Any], training_steps: int = 0):
+    """Put a ``GateNetwork`` with ``settings`` (gate_bits, activation, anneal_fraction of the
+    run's ``training_steps``) in place of the engine's ADTN for the encodings (building and
+    budget counting); returns the undo."""
     import engine.encodings.adtn as encoding_module
     from benchmarks.adtn_prototypes import GateNetwork
 
     attributes = {
         "gate_bits": int(settings.get("gate_bits", 2)),
         "activation_override": settings.get("activation", ""),
+        "anneal_steps": int(settings.get("anneal_fraction", 0.0) * training_steps),
+        "residual": bool(settings.get("residual", False)),
     }
     network = type("ScreenedNetwork", (GateNetwork,), attributes)
     engine_adtn = encoding_module.ADTN
@@ -311,7 +323,11 @@ def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
     saved = {key: getattr(PROTOTYPE, key) for key in prototype}
     for key, value in prototype.items():
         setattr(PROTOTYPE, key, value)
-    restore = install_network(changes["network"]) if "network" in changes else None
+    restore = None
+    if "network" in changes:
+        images = (args.limit_train or 60000) - args.holdout
+        steps = -(-images // config.batch_size) * config.epochs
+        restore = install_network(changes["network"], steps)
     started = time.time()
     try:
         summary = train_probe(name, config, args)

@@ -93,3 +93,54 @@ def test_gradients_reach_every_gate(prototypes):
     net = network_class(prototypes, 3, "gelu")((10, 30), 2, "relu", index_order="interleaved")
     net().square().sum().backward()
     assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in net.gates)
+
+
+def test_annealing_goes_from_the_linear_network_to_the_relu_one(prototypes):
+    torch.manual_seed(2)
+    annealed = type("Annealed", (prototypes.GateNetwork,), {"anneal_steps": 4})((6, 10), 3)
+    linear = network_class(prototypes, 2, "none")((6, 10), 3)
+    relu = network_class(prototypes, 2, "relu")((6, 10), 3)
+    with torch.no_grad():
+        for gates in zip(annealed.gates, linear.gates, relu.gates):
+            gates[0].add_(0.3 * torch.randn_like(gates[0]))
+            for other in gates[1:]:
+                other.copy_(gates[0])
+    with torch.no_grad():  # passes without gradients (evaluation) do not advance the schedule
+        torch.testing.assert_close(annealed(), linear())
+    assert annealed.annealed_slope() == 1.0
+    slopes = []
+    for _ in range(5):
+        slopes.append(annealed.annealed_slope())
+        weight = annealed()
+    assert slopes == [1.0, 0.75, 0.5, 0.25, None]
+    torch.testing.assert_close(weight, relu())
+    assert not torch.allclose(weight, linear())
+
+
+def test_residual_layers_add_their_input(prototypes):
+    torch.manual_seed(3)
+    net = type("Residual", (prototypes.GateNetwork,), {"residual": True})((5, 6), 3)
+    with torch.no_grad():
+        for gate in net.gates:
+            gate.add_(0.3 * torch.randn_like(gate))
+    q = net.Q
+    state = torch.zeros(2**q, dtype=torch.float64)
+    state[0] = 1.0
+    for layer in range(net.depth):
+        matrix = torch.eye(2**q, dtype=torch.float64)
+        for spec, gate in zip(net.specs, net.gates):
+            if spec.layer == layer:
+                local = torch.zeros(4, 4, dtype=torch.float64)
+                local[:, list(spec.columns)] = gate.detach().double()
+                left = torch.eye(2**spec.start, dtype=torch.float64)
+                right = torch.eye(2 ** (q - spec.start - 2), dtype=torch.float64)
+                matrix = torch.kron(torch.kron(left, local), right) @ matrix
+        if layer:
+            state = torch.relu(state)
+            state = state / state.square().mean().sqrt()
+            state = state + matrix @ state
+        else:
+            state = matrix @ state
+    tensor = state.reshape(net.padded_shape)[tuple(slice(0, d) for d in net.shape)]
+    expected = float(net.scale.detach()) * tensor / tensor.square().mean().sqrt()
+    torch.testing.assert_close(net().double(), expected, rtol=1e-5, atol=1e-6)
