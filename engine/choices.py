@@ -44,6 +44,15 @@ ENCODING_LABELS = {
     "tucker": "Tucker",
     "cp": "CP (canonical polyadic)",
 }
+# The same, short, for sentences and table cells ("dense": the uncompressed baseline).
+ENCODING_SHORT_TITLES = {
+    "adtn": "ADTN",
+    "tt": "TT-matrix",
+    "lowrank": "low rank",
+    "tucker": "Tucker",
+    "cp": "CP",
+    "dense": "dense",
+}
 ACTIVATIONS = ("relu", "leaky_relu", "none")  # between the ADTN's gate layers
 LAYOUTS = ("brick", "stair")  # how a gate layer pairs neighbouring indices
 # ADTN options: the order of the binary indices (the rows' bits before the columns', or a row

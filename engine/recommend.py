@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from engine.choices import DATASET_TITLES, ENCODING_SHORT_TITLES, MODEL_TITLES
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -27,20 +29,26 @@ class Recommendation:
     source: str  # the comparison folder, or "shipped measurement"
 
     def sentence(self) -> str:
-        others = ", ".join(f"{name} {100 * acc:.2f} %" for name, acc in self.others)
+        others = ", ".join(f"{_title(name)} {100 * acc:.2f} %" for name, acc in self.others)
         where = (
             "in your comparison " + Path(self.source).name
             if self.source != SHIPPED
             else "in this project's measurement"
         )
+        model = MODEL_TITLES.get(self.model, self.model)
+        dataset = DATASET_TITLES.get(self.dataset, self.dataset)
         return (
-            f"Measured best for {self.model} on {self.dataset} at the ADTN depth-"
-            f"{self.depth} budget ({where}): {self.best} {100 * self.best_accuracy:.2f} %"
+            f"Measured best for {model} on {dataset} at the ADTN depth-{self.depth} budget "
+            f"({where}): {_title(self.best)} {100 * self.best_accuracy:.2f} %"
             + (f", against {others}." if others else ".")
         )
 
 
 SHIPPED = "shipped measurement"
+
+
+def _title(encoding: str) -> str:
+    return ENCODING_SHORT_TITLES.get(encoding, encoding)
 
 
 def _from_document(document: dict, source: str) -> list[Recommendation]:

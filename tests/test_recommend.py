@@ -36,7 +36,11 @@ def test_the_users_own_comparison_wins_over_the_shipped_one(tmp_path):
     )
     found = recommendations("lenet5", "mnist", tmp_path)
     assert [(r.depth, r.best, r.others) for r in found] == [(3, "adtn", (("tt", 0.985),))]
-    assert "compare-a" in found[0].sentence() and "99.00 %" in found[0].sentence()
+    sentence = found[0].sentence()
+    assert "compare-a" in sentence
+    # people read titles, not the configuration's names
+    assert "LeNet-5 on MNIST" in sentence
+    assert "ADTN 99.00 %, against TT-matrix 98.50 %." in sentence
 
 
 def test_without_a_comparison_the_shipped_measurement_is_used(tmp_path):
@@ -61,4 +65,4 @@ def test_the_layers_page_shows_the_recommendation(qtbot, window):
     wizard.show_page(LAYERS)
     qtbot.waitUntil(lambda: wizard.layer_model.rowCount() > 0, timeout=60_000)
     text = wizard.layers_page.recommendation.text()
-    assert text.startswith("Measured best for lenet5 on mnist") and "Compare encodings" in text
+    assert text.startswith("Measured best for LeNet-5 on MNIST") and "Compare encodings" in text

@@ -16,6 +16,7 @@ from engine.metrics import best_test_accuracy, improves_best
 
 TITLED = (
     (choices.ENCODINGS, choices.ENCODING_LABELS),
+    ((*choices.ENCODINGS, "dense"), choices.ENCODING_SHORT_TITLES),
     (choices.INITS, choices.INIT_TITLES),
     (choices.OPTIMIZERS, choices.OPTIMIZER_TITLES),
     (choices.OPTIMIZERS, choices.ABSURD_LEARNING_RATES),
