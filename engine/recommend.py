@@ -114,3 +114,14 @@ def recommendations(model: str, dataset: str, runs_root: str | Path) -> list[Rec
         if (document.get("model"), document.get("dataset")) == (model, dataset):
             return _from_document(document, SHIPPED)
     return []
+
+
+def measured_best(found: list[Recommendation]) -> str | None:
+    """The encoding measured best at the most budgets (the smallest budget breaks a tie),
+    or None without measurements."""
+    if not found:
+        return None
+    wins: dict[str, int] = {}
+    for recommendation in found:  # sorted by budget, smallest first
+        wins[recommendation.best] = wins.get(recommendation.best, 0) + 1
+    return max(wins, key=lambda name: (wins[name], -list(wins).index(name)))

@@ -50,13 +50,15 @@ def inspect_network(model_name: str, dataset_name: str) -> NetworkPlan:
     )
 
 
-def measured_recommendations(model: str, dataset: str) -> list[str]:
-    """Which encoding measured best for this network and data set, in sentences (the
-    user's own comparisons first, else this project's shipped measurement)."""
+def measured_recommendations(model: str, dataset: str) -> tuple[list[str], str | None]:
+    """Which encoding measured best for this network and data set: the sentences (the
+    user's own comparisons first, else this project's shipped measurement), and the encoding
+    that won at the most budgets (None without measurements)."""
     from engine.paths import default_runs_root
-    from engine.recommend import recommendations
+    from engine.recommend import measured_best, recommendations
 
-    return [r.sentence() for r in recommendations(model, dataset, default_runs_root())]
+    found = recommendations(model, dataset, default_runs_root())
+    return [r.sentence() for r in found], measured_best(found)
 
 
 def layer_spec(**fields: Any) -> LayerSpec:  # keyword arguments: LayerSpec's own fields

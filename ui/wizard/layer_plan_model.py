@@ -143,6 +143,24 @@ class LayerPlanModel(QAbstractTableModel):
     def set_encoding(self, name: str, encoding: str) -> None:
         self.setData(self.index(self.layer_names().index(name), ENCODING), encoding)
 
+    def set_encoding_of_encoded(self, encoding: str) -> int:
+        """Give every ticked layer ``encoding`` with one re-plan; return how many changed."""
+        if encoding not in ENCODINGS:
+            return 0
+        changed = 0
+        for info in self._layers:
+            choice = self._choices[info.name]
+            if choice.encode and choice.encoding != encoding:
+                choice.encoding = encoding
+                changed += 1
+        if changed:
+            self._replan()
+            self.dataChanged.emit(
+                self.index(0, 0), self.index(len(self._layers) - 1, len(HEADERS) - 1)
+            )
+            self.totals_changed.emit()
+        return changed
+
     def layer_infos(self) -> list[LayerInfo]:
         """The engine's LayerInfo rows, in model order."""
         return list(self._layers)

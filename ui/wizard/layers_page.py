@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.choices import ENCODING_SHORT_TITLES  # torch-free: the engine's own titles
 from ui.formatting import format_count, format_ratio
 from ui.wizard.layer_plan_model import (
     ACTIVATION,
@@ -201,6 +202,11 @@ class LayersPage(QWidget):
         self.recommendation.setWordWrap(True)
         self.recommendation.setObjectName("hintLabel")
         self.recommendation.setVisible(False)
+        # One click to follow it: the measured best encoding for every ticked layer.
+        self.use_recommended_button = QPushButton("")
+        self.use_recommended_button.setVisible(False)
+        self.use_recommended_button.clicked.connect(self.use_recommended_encoding)
+        self.recommended_encoding: str | None = None
         self.before_label = QLabel()
         self.after_label = QLabel()
         self.ratio_label = QLabel()
@@ -225,7 +231,10 @@ class LayersPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.status)
-        layout.addWidget(self.recommendation)
+        recommendation_row = QHBoxLayout()
+        recommendation_row.addWidget(self.recommendation, 1)
+        recommendation_row.addWidget(self.use_recommended_button)
+        layout.addLayout(recommendation_row)
         layout.addLayout(filter_row)
         layout.addLayout(select_row)
         layout.addWidget(self.table, 1)
@@ -300,8 +309,16 @@ class LayersPage(QWidget):
             f"set to {MAX_DEPTH}."
         )
 
-    def set_recommendation(self, sentences: list[str]) -> None:
+    def set_recommendation(self, sentences: list[str], best: str | None = None) -> None:
         text = " ".join(sentences)
+        self.recommended_encoding = best if text else None
+        title = ENCODING_SHORT_TITLES.get(best or "", best or "")
+        self.use_recommended_button.setText(f"Use {title} for the ticked layers")
+        self.use_recommended_button.setToolTip(
+            f"Encode every ticked layer as {title}, at the parameter count of the ADTN of its "
+            "depth (the budget the measurement compared at)"
+        )
+        self.use_recommended_button.setVisible(self.recommended_encoding is not None)
         self.recommendation.setText(
             text
             + (
@@ -311,6 +328,20 @@ class LayersPage(QWidget):
             )
         )
         self.recommendation.setVisible(bool(text))
+
+    @Slot()
+    def use_recommended_encoding(self) -> int:
+        """Follow the recommendation: the measured best encoding for every ticked layer."""
+        if self.recommended_encoding is None:
+            return 0
+        changed = self.model.set_encoding_of_encoded(self.recommended_encoding)
+        title = ENCODING_SHORT_TITLES.get(self.recommended_encoding, self.recommended_encoding)
+        self.set_status(
+            f"{changed} layer{'s' if changed != 1 else ''} now encoded as {title}."
+            if changed
+            else f"Every ticked layer is already encoded as {title}."
+        )
+        return changed
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)

@@ -426,7 +426,7 @@ class CompressionWizard(QWidget):
             list(self._plan.layers), self._plan.planner, engine_calls.layer_spec, self.config.layers
         )
         self.layers_page.set_recommendation(
-            engine_calls.measured_recommendations(self._plan.model, self._plan.dataset)
+            *engine_calls.measured_recommendations(self._plan.model, self._plan.dataset)
         )
         self.network_ready.emit()
 
