@@ -57,17 +57,22 @@ def fit_error(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dense", required=True, help="run folder of the dense model")
-    parser.add_argument("--adtn", required=True, help="run folder of the ADTN model")
-    parser.add_argument("--tt", required=True, help="run folder of the TT-matrix model")
+    parser.add_argument("--dense", default="", help="run folder of the dense model")
+    parser.add_argument("--adtn", default="", help="run folder of the ADTN model")
+    parser.add_argument("--tt", default="", help="run folder of the TT-matrix model")
     parser.add_argument("--layer", default="fc1")
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2000, help="Adam steps of each fit")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sources", default="dense,adtn,tt", help="which trained weights")
+    parser.add_argument(
+        "--activation", default="relu", help="the fitting ADTN's activation (as --adtn's run)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    adtn = LayerSpec(args.layer, depth=args.depth, index_order="interleaved")
+    adtn = LayerSpec(
+        args.layer, depth=args.depth, index_order="interleaved", activation=args.activation
+    )
     tt = LayerSpec(args.layer, encoding="tt", depth=args.depth, budget="match:adtn")
     fitters = {
         "ADTN": (adtn, False),
@@ -81,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| weight trained as | fitted by | parameters | relative error | seconds |")
     print("| --- | --- | ---: | ---: | ---: |")
     for source in args.sources.split(","):
-        weight = trained_weight(getattr(args, source), args.layer)
+        folder = getattr(args, source)
+        if not folder:
+            continue
+        weight = trained_weight(folder, args.layer)
         for name, (spec, adam_only) in fitters.items():
             started = time.process_time()
             error, params = fit_error(weight, spec, args.steps, adam_only)
