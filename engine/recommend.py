@@ -124,4 +124,4 @@ def measured_best(found: list[Recommendation]) -> str | None:
     wins: dict[str, int] = {}
     for recommendation in found:  # sorted by budget, smallest first
         wins[recommendation.best] = wins.get(recommendation.best, 0) + 1
-    return max(wins, key=lambda name: (wins[name], -list(wins).index(name)))
+    return max(wins, key=wins.__getitem__)  # the first of equals: the smallest budget's

@@ -154,11 +154,7 @@ class LayerPlanModel(QAbstractTableModel):
                 choice.encoding = encoding
                 changed += 1
         if changed:
-            self._replan()
-            self.dataChanged.emit(
-                self.index(0, 0), self.index(len(self._layers) - 1, len(HEADERS) - 1)
-            )
-            self.totals_changed.emit()
+            self._replan_every_row()
         return changed
 
     def layer_infos(self) -> list[LayerInfo]:
@@ -176,12 +172,14 @@ class LayerPlanModel(QAbstractTableModel):
                 choice.encode = encode
                 changed += 1
         if changed:
-            self._replan()
-            self.dataChanged.emit(
-                self.index(0, 0), self.index(len(self._layers) - 1, len(HEADERS) - 1)
-            )
-            self.totals_changed.emit()
+            self._replan_every_row()
         return changed
+
+    def _replan_every_row(self) -> None:
+        """One re-plan after changes to many rows, and one signal for all of them."""
+        self._replan()
+        self.dataChanged.emit(self.index(0, 0), self.index(len(self._layers) - 1, len(HEADERS) - 1))
+        self.totals_changed.emit()
 
     # -- Qt model interface -------------------------------------------------------------
 

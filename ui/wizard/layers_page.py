@@ -207,6 +207,7 @@ class LayersPage(QWidget):
         self.use_recommended_button.setVisible(False)
         self.use_recommended_button.clicked.connect(self.use_recommended_encoding)
         self.recommended_encoding: str | None = None
+        self.recommended_title = ""
         self.before_label = QLabel()
         self.after_label = QLabel()
         self.ratio_label = QLabel()
@@ -312,7 +313,7 @@ class LayersPage(QWidget):
     def set_recommendation(self, sentences: list[str], best: str | None = None) -> None:
         text = " ".join(sentences)
         self.recommended_encoding = best if text else None
-        title = ENCODING_SHORT_TITLES.get(best or "", best or "")
+        title = self.recommended_title = ENCODING_SHORT_TITLES.get(best or "", best or "")
         self.use_recommended_button.setText(f"Use {title} for the ticked layers")
         self.use_recommended_button.setToolTip(
             f"Encode every ticked layer as {title}, at the parameter count of the ADTN of its "
@@ -335,7 +336,7 @@ class LayersPage(QWidget):
         if self.recommended_encoding is None:
             return 0
         changed = self.model.set_encoding_of_encoded(self.recommended_encoding)
-        title = ENCODING_SHORT_TITLES.get(self.recommended_encoding, self.recommended_encoding)
+        title = self.recommended_title
         self.set_status(
             f"{changed} layer{'s' if changed != 1 else ''} now encoded as {title}."
             if changed
