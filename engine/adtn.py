@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from engine import adtn_native
 from engine.adtn_kernel import (
     App,
     BufferPool,
@@ -33,8 +34,9 @@ from engine.adtn_kernel import (
     apply_on_axis,
     finish,
     forward_state,
+    with_flat_gates,
 )
-from engine.adtn_matrices import MatrixBuilder
+from engine.adtn_matrices import MatrixBuilder, flat_layout
 from engine.choices import ACTIVATIONS, INDEX_ORDERS, LAYOUTS
 from engine.choices import GATE_INITS as INITS
 
@@ -231,12 +233,14 @@ class ADTN(nn.Module):
         self.scale = nn.Parameter(torch.tensor(float(init_std)))
         self._cache_key: tuple | None = None
         self._cache_value: torch.Tensor | None = None
-        self._compiled_key: int | None = None
-        self._compiled_value = None
+        # Per (block size, native passes or not): the compiled plans and recipe, its builder.
+        self._compiled_cache: dict = {}
+        self._builders: dict = {}
         self._order_cache: torch.Tensor | None = None
-        self._builder_value: MatrixBuilder | None = None
-        self._builder_for = None  # the compiled plans that the builder was made for
         self._gather_cache: WeightGather | None = None
+        # "auto": native gate passes where ``_native_for`` allows; "matmul": matrix products
+        # only (the reference the native passes are tested against).
+        self.kernel = "auto"
         # States the CPU backward pass hands on to the next step (``free``, at most ``limit``).
         self.buffer_pool = BufferPool()
 
@@ -246,7 +250,9 @@ class ADTN(nn.Module):
         state = self.__dict__.copy()
         state["buffer_pool"] = BufferPool()
         state["_cache_key"] = state["_cache_value"] = state["_order_cache"] = None
-        state["_builder_value"] = state["_gather_cache"] = state["_builder_for"] = None
+        state["_gather_cache"] = None
+        # (native passes hold ctypes arrays, which do not copy; the plans are cheap to redo)
+        state["_compiled_cache"], state["_builders"] = {}, {}
         return state
 
     # ----------------------------------------------------------------------------- counting
@@ -308,34 +314,48 @@ class ADTN(nn.Module):
         Between layers the state is divided by its rms when ``scaled``; that commutes with
         the (positively homogeneous) activations, so it changes nothing but the numbers' range.
         """
-        plans, recipe = self._compiled()
-        plan = plans[scaled]
         gates = self._gate_list()
         low_memory = self._low_memory_for(gates)
+        plans, recipe = self._compiled(self._native_for(gates, low_memory))
+        plan = plans[scaled]
         scale = self.scale if scaled else None
         order = self._weight_gather(gates[0].device)
         tracked = gates + ([self.scale] if scaled else [])
         if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
             pool = self.buffer_pool if gates[0].device.type == "cpu" else None
             self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
-            builder = self._builder()
+            builder = self._builder(plan.flat_gates)
             return NetworkState.apply(plan, low_memory, order, pool, builder, scale, *gates)
-        mats = self._builder().build(gates)[0]
+        mats, built = self._builder(plan.flat_gates).build(gates)
+        mats = with_flat_gates(plan, mats, built)
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
 
-    def _builder(self) -> MatrixBuilder:
+    def _native_for(self, gates, low_memory: bool) -> bool:
+        """Whether this contraction runs its Kronecker sweeps as native gate passes
+        (``engine.adtn_native``): float32 on the CPU, every block's input kept, the kernel
+        built, and ``kernel`` not "matmul"."""
+        ref = gates[0]
+        return (
+            self.kernel != "matmul"
+            and not low_memory
+            and ref.device.type == "cpu"
+            and ref.dtype == torch.float32
+            and self.Q >= adtn_native.MIN_BITS
+            and adtn_native.enabled()
+        )
+
+    def _builder(self, native: bool = False) -> MatrixBuilder:
         """The hand-differentiated builder of the contraction's matrices (one per plan)."""
-        compiled = self._compiled()
-        recipe = compiled[1]
-        if self._builder_value is None or self._builder_for is not compiled:
-            self._builder_for = compiled
-            self._builder_value = MatrixBuilder(
-                recipe,
+        key = (self.block_bits, native)
+        builder = self._builders.get(key)
+        if builder is None:
+            builder = self._builders[key] = MatrixBuilder(
+                self._compiled(native)[1],
                 self.specs,
                 self._sweep_layout,
                 lambda entry, gates: self._block_matrix(entry[1], entry[2], entry[3], gates),
             )
-        return self._builder_value
+        return builder
 
     def _sweep_layout(self, run: list[int]) -> tuple[list[list[int]], int, int]:
         """A Kronecker run's groups, and its indices before the first and after the last gate."""
@@ -391,16 +411,17 @@ class ADTN(nn.Module):
             budget = max(budget, torch.cuda.get_device_properties(ref.device).total_memory // 8)
         return saved_bytes > budget
 
-    def _compiled(self):
+    def _compiled(self, native: bool = False):
         """The contraction's plans (with and without normalisation) and matrix recipe, built
-        once per block size (``block_bits`` may be changed after construction)."""
-        key = self.block_bits
-        if self._compiled_key != key:
-            self._compiled_value = self._compile()
-            self._compiled_key = key
-        return self._compiled_value
+        once per block size (``block_bits`` may be changed after construction) and kind of
+        sweep (native gate passes or matrix products)."""
+        key = (self.block_bits, native)
+        cached = self._compiled_cache.get(key)
+        if cached is None:
+            cached = self._compiled_cache[key] = self._compile(native)
+        return cached
 
-    def _compile(self):
+    def _compile(self, native: bool = False):
         """Applications per layer for ``adtn_kernel`` and the recipe of their matrices.
 
         Recipe entries, in matrix order: ("vector", i) gate i's stored column as a 1×4 row;
@@ -429,10 +450,15 @@ class ADTN(nn.Module):
                 recipe.append(("full", i))
                 first.append(App("mid", m, self.specs[i].pair[0], 2, j))
         fast, low = [tuple(first)], [tuple(first)]
+        offsets = flat_layout(self.specs)[1]
         for layer in range(1, self.depth):
             fast_layer, low_layer = [], []
             for run, disjoint in self._layer_plan[layer]:
-                if disjoint:
+                passes = self._native_passes(run, offsets) if (native and disjoint) else None
+                if passes:
+                    fast_layer.extend(passes)
+                    low_layer.extend(passes)  # (never used: native plans keep every input)
+                elif disjoint:
                     widths = self._sweep_widths(run)
                     m0 = len(recipe)
                     recipe.append(("sweep", tuple(run)))
@@ -450,13 +476,39 @@ class ADTN(nn.Module):
             fast.append(tuple(fast_layer))
             low.append(tuple(low_layer))
         slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(self.activation)
+        flat_gates = any(app.kind == "gates" for layer in fast for app in layer)
         plans = {
             normalise: Plan(
-                self.Q, self.shape, self.padded_shape, tuple(fast), tuple(low), slope, normalise
+                self.Q,
+                self.shape,
+                self.padded_shape,
+                tuple(fast),
+                tuple(low),
+                slope,
+                normalise,
+                flat_gates,
             )
             for normalise in (False, True)
         }
         return plans, recipe
+
+    def _native_passes(self, run: list[int], offsets: list[int]) -> list | None:
+        """A Kronecker run as native gate passes (``adtn_native.plan_passes``), reading the
+        flat gates (the last of ``mats``); None where the run does not suit them."""
+        specs = [self.specs[i] for i in run]
+        if any(len(spec.columns) != 4 for spec in specs):
+            return None
+        planned = adtn_native.plan_passes([spec.pair for spec in specs], self.Q)
+        if planned is None:
+            return None
+        passes = []
+        for members, *shape in planned:
+            ids = [run[k] for k in members]
+            start = offsets[ids[0]]
+            if [offsets[i] for i in ids] != [start + 16 * k for k in range(len(ids))]:
+                return None  # (the pass reads its gates as one contiguous slice)
+            passes.append(adtn_native.make_pass(-1, start, (members, *shape)))
+        return passes
 
     def _sweep_groups(self, run: list[int]) -> list[list[int]]:
         """A Kronecker run's gates in groups of ``block_bits // 2``; the first takes the rest.

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from engine import adtn_native
+
 # Entries processed per in-place chunk: a quarter of a 4 MiB L2 cache in float32 on the CPU;
 # on a GPU the chunk only bounds the temporary's size.
 CPU_CHUNK = 1 << 18
@@ -64,6 +66,9 @@ class Plan:
     low: tuple[tuple[App, ...], ...]  # the same products as in-place ``mid`` applications
     slope: float | None  # activation between layers: None identity, 0.0 ReLU, else leaky
     normalise: bool
+    # Some applications are native gate passes (``adtn_native.GatePass``), which read the
+    # gates laid end to end: ``mats`` then ends with that flat vector (``with_flat_gates``).
+    flat_gates: bool = False
 
 
 # ------------------------------------------------------------------------------- kernels
@@ -223,6 +228,31 @@ def _apply_inplace(app: App, matrix: torch.Tensor, state: torch.Tensor, chunk: i
                 part.copy_(matrix @ part)
 
 
+def with_flat_gates(plan: Plan, mats: Sequence[torch.Tensor], built) -> list:
+    """The matrices a plan's applications read: ``mats``, then the flat gates where the plan
+    has native passes (``built``: what ``MatrixBuilder.build`` returned with them)."""
+    return [*mats, built.flat] if plan.flat_gates else list(mats)
+
+
+def _pass_gates(app, mats, factor=None) -> torch.Tensor:
+    """A native pass's gates (16 numbers each, contiguous): a view of the flat gates, or a
+    copy whose first gate is multiplied by ``factor``."""
+    gates = mats[app.m][app.offset : app.offset + 16 * app.count]
+    if factor is None:
+        return gates
+    gates = gates.clone()
+    gates[:16].mul_(factor)
+    return gates
+
+
+def _pass_forward(app, gates: torch.Tensor, state: torch.Tensor, pool) -> torch.Tensor:
+    state = state.reshape(-1)
+    out = _out(pool, state, 1, state.numel())
+    out = torch.empty_like(state) if out is None else out.view(-1)
+    adtn_native.pass_forward(state, out, app, gates)
+    return out
+
+
 # --------------------------------------------------------------------------- the network
 def _activate_(state: torch.Tensor, slope: float | None) -> torch.Tensor:
     if slope is None:
@@ -357,13 +387,23 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
                 factor = _inverse_rms(state)
                 if inverse_rms is not None:
                     inverse_rms.append(factor)
-                first = mats[apps[0].m] * factor
+                if apps[0].kind == "gates":
+                    first = _pass_gates(apps[0], mats, factor)
+                else:
+                    first = mats[apps[0].m] * factor
                 if scaled is not None:
                     scaled.append(first)
         for app in apps:
+            kind = app.kind
+            if kind == "gates":
+                gates = _pass_gates(app, mats) if first is None else first
+                first = None
+                if saved is not None:
+                    saved.append(state.reshape(-1))
+                state = _pass_forward(app, gates, state, pool)
+                continue
             matrix = mats[app.m] if first is None else first
             first = None
-            kind = app.kind
             # The input is kept as the 2-D view the backward pass multiplies by.
             if kind == "rot":
                 k = matrix.shape[1]
@@ -494,10 +534,12 @@ class NetworkState(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: Plan, low_memory: bool, order, pool, builder, scale, *inputs):
+        mats: Sequence[torch.Tensor]
         if builder is None:
             mats, built = inputs, None
         else:
             mats, built = builder.build(inputs)
+            mats = with_flat_gates(plan, mats, built)
         ctx.builder, ctx.built, ctx.num_inputs = builder, built, len(inputs)
         saved: list = []
         inverse_rms: list = []
@@ -551,12 +593,16 @@ class NetworkState(torch.autograd.Function):
         grads: list = [None] * len(mats)
         # Where the builder wants the matrices' gradients (views of one buffer), if anywhere.
         outs = ctx.builder.grad_outputs(grad) if ctx.builder is not None else None
+        # The native passes' gate gradients, laid out as the flat gates.
+        flat_grads = grad.new_zeros(built.flat.numel()) if plan.flat_gates else None
         if ctx.low_memory:
             _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
         else:
-            _backward_stored(plan, mats, saved, inverse_rms, grad, grads, pool, list(scaled), outs)
+            _backward_stored(
+                plan, mats, saved, inverse_rms, grad, grads, pool, list(scaled), outs, flat_grads
+            )
         if ctx.builder is not None:
-            grads = ctx.builder.backward(inputs, built, grads, outs)
+            grads = ctx.builder.backward(inputs, built, grads, outs, flat_grads)
         needs = ctx.needs_input_grad
         return (
             None,
@@ -570,11 +616,12 @@ class NetworkState(torch.autograd.Function):
 
 
 def _backward_stored(
-    plan, mats, saved, inverse_rms, grad, grads, pool=None, scaled=None, outs=None
+    plan, mats, saved, inverse_rms, grad, grads, pool=None, scaled=None, outs=None, flat_grads=None
 ):
     """``grad`` (the output state's) and the saved states are owned here: each goes to
     ``pool`` once used. ``scaled``: the forward pass's scaled first matrices (consumed);
-    ``outs``: per matrix, None or where to write its gradient."""
+    ``outs``: per matrix, None or where to write its gradient; ``flat_grads``: where native
+    passes write their gates' gradients (laid out as the flat gates)."""
     size = 1 << plan.num_bits
     normalise = plan.normalise
     for layer in range(len(plan.fast) - 1, -1, -1):
@@ -583,11 +630,32 @@ def _backward_stored(
         for j in range(len(apps) - 1, -1, -1):
             app, state = apps[j], saved.pop()
             grad_in = None
-            if j or factor is None:
+            kind = app.kind
+            scaled_here = bool(j == 0 and factor is not None)
+            if kind == "gates":
+                if not scaled_here:
+                    gates = _pass_gates(app, mats)
+                else:
+                    gates = scaled.pop() if scaled else _pass_gates(app, mats, factor)
+                d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
+                if layer or j:
+                    out = None if pool is None else _out(pool, grad, 1, size)
+                    grad_in = torch.empty_like(state) if out is None else out.view(-1)
+                adtn_native.pass_backward(state, grad.reshape(-1), grad_in, app, gates, d_gates)
+                if scaled_here:
+                    d_gates[:16].mul_(factor)
+                if layer and not j:
+                    assert grad_in is not None
+                    grad_in = _transition_backward_(grad_in, state, factor, plan)
+                if pool is not None:
+                    pool.give(*(t for t in (state, grad) if t.numel() == size))
+                grad = grad_in
+                del state
+                continue
+            if not scaled_here:
                 matrix = mats[app.m]
             else:
                 matrix = scaled.pop() if scaled else mats[app.m] * factor
-            kind = app.kind
             if kind == "rot":
                 k = matrix.shape[0]
                 grads2 = grad.view(k, -1)

@@ -52,6 +52,21 @@ def kron_groups_backward(gates: torch.Tensor, outs: list[torch.Tensor], grad: to
     return torch.stack(d_gates, 1)
 
 
+def flat_layout(specs: Sequence) -> tuple[list[tuple[int, list[int]]], list[int], int]:
+    """Where each gate sits when the gates are laid end to end: groups of equal column counts
+    ``(columns, gate ids)``, each gate's offset, and the number of entries."""
+    groups: list[tuple[int, list[int]]] = []
+    offsets = [0] * len(specs)
+    offset = 0
+    for columns in sorted({len(s.columns) for s in specs}):
+        ids = [i for i, s in enumerate(specs) if len(s.columns) == columns]
+        groups.append((columns, ids))
+        for i in ids:
+            offsets[i] = offset
+            offset += 4 * columns
+    return groups, offsets, offset
+
+
 @dataclass
 class Built:
     """What ``MatrixBuilder.build`` hands to its ``backward``."""
@@ -61,6 +76,7 @@ class Built:
     krons: list  # per size of the larger Kronecker blocks: (stacked gates, partial products)
     values: torch.Tensor  # the distinct values that ``place`` spreads over the matrices
     generation: int  # which build last wrote the builder's shared matrices
+    flat: torch.Tensor  # the gates laid end to end (``flat_gates``), which native passes read
 
 
 class MatrixBuilder:
@@ -89,16 +105,7 @@ class MatrixBuilder:
         self.recipe: list = list(recipe)
         self.specs = specs
         self.fallback = fallback
-        # The flat layout of the gates: groups of equal column counts.
-        self.groups: list[tuple[int, list[int]]] = []  # (columns, gate ids)
-        offset = 0
-        self.gate_offset = [0] * len(specs)
-        for columns in sorted({len(s.columns) for s in specs}):
-            ids = [i for i, s in enumerate(specs) if len(s.columns) == columns]
-            self.groups.append((columns, ids))
-            for i in ids:
-                self.gate_offset[i] = offset
-                offset += 4 * columns
+        self.groups, self.gate_offset, offset = flat_layout(specs)
         self.num_gate_entries = offset
         self.zero, self.one = offset, offset + 1
 
@@ -348,7 +355,7 @@ class MatrixBuilder:
         self.generation += 1
         for k in self.fallback_slots:
             mats[k] = self.fallback(self.recipe[k], gates)
-        return mats, Built(factors, gates, krons, values, self.generation)
+        return mats, Built(factors, gates, krons, values, self.generation, flat)
 
     def matrices(self, built: Built, mats: list) -> list:
         """``mats`` as ``build`` returned them with ``built``, rebuilt if a later build has
@@ -391,9 +398,11 @@ class MatrixBuilder:
                 mats[k] = view
             start += size
 
-    def backward(self, gates, built: Built, grads: Sequence, outs=None):
+    def backward(self, gates, built: Built, grads: Sequence, outs=None, extra=None):
         """The gates' gradients (None where no matrix depends on a gate). ``outs``: the
-        ``grad_outputs`` the contraction was given (its gradients are read from there)."""
+        ``grad_outputs`` the contraction was given (its gradients are read from there);
+        ``extra``: gradients of the flat gates (laid out as ``flat_gates``, zero where none)
+        from elsewhere (the native passes), added in."""
         ref = gates[0]
         if outs is None:
             outs = self.grad_outputs(ref)
@@ -407,13 +416,14 @@ class MatrixBuilder:
             elif grad is not out:
                 out.copy_(grad)
         result: list[torch.Tensor | None] = [None] * len(gates)
+        flat = extra
         if buffer is not None:
             factors = built.factors
             values = ref.new_zeros(self.num_values).index_add_(0, self._on("place", ref), buffer)
             terms = values[: self.num_gathered]
             if self.extra_value is not None:
-                extra = terms.index_select(0, self._on("extra_value", ref))
-                terms = torch.cat([terms, extra])
+                seconds = terms.index_select(0, self._on("extra_value", ref))
+                terms = torch.cat([terms, seconds])
             width = factors.shape[1]
             if width == 1:
                 contributions = terms.view(-1, 1)
@@ -426,7 +436,8 @@ class MatrixBuilder:
                     partners = factors.index_select(1, others.view(-1))
                     partners = partners.view(-1, width, width - 1).prod(2)
                 contributions = partners.mul_(terms.view(-1, 1))
-            flat = ref.new_zeros(self.num_gate_entries + 2)
+            if flat is None:
+                flat = ref.new_zeros(self.num_gate_entries + 2)
             flat.index_add_(0, self._on("index", ref).view(-1), contributions.view(-1))
             start = self.num_gathered
             for b, (stacked, outs) in enumerate(built.krons):
@@ -435,6 +446,7 @@ class MatrixBuilder:
                 d_gates = kron_groups_backward(stacked, outs, d_blocks)
                 flat.index_add_(0, self._on_big(b, ref), d_gates.reshape(-1))
                 start += m * n * n
+        if flat is not None:
             start = 0
             for columns, ids in self.groups:
                 size = 4 * columns * len(ids)

@@ -16,6 +16,7 @@ APP_NAME = "adtn-studio"
 DATA_DIR_ENV = "ADTN_DATA_DIR"
 RUNS_DIR_ENV = "ADTN_RUNS_DIR"
 LOG_DIR_ENV = "ADTN_LOG_DIR"
+CACHE_DIR_ENV = "ADTN_CACHE_DIR"
 
 # The files of a run folder (RunPaths spells their paths; nothing else does).
 CONFIG_FILE = "config.toml"  # the resolved run configuration
@@ -98,6 +99,15 @@ def default_log_dir() -> Path:
     if override:
         return Path(override).expanduser()
     return platformdirs.user_log_path(APP_NAME)
+
+
+def default_cache_dir() -> Path:
+    """Folder of things the engine builds for this machine (its compiled contraction kernel):
+    ``$ADTN_CACHE_DIR`` if set, else the per-user cache folder."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_cache_path(APP_NAME)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -54,6 +54,7 @@ ISOLATED_DIRS = {
 # (torchrun, srun) description of a distributed job the test would otherwise think it is in.
 IGNORED_VARIABLES = (
     "ADTN_TRAINING_MODE",
+    "ADTN_NATIVE_KERNEL",
     "WORLD_SIZE",
     "RANK",
     "LOCAL_RANK",
@@ -61,6 +62,20 @@ IGNORED_VARIABLES = (
     "SLURM_STEP_NUM_TASKS",
     "TORCHELASTIC_RESTART_COUNT",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """The engine's build cache (its compiled native kernel) in one temporary folder for the
+    whole session: built once per session, never read from or written to the user's."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("ADTN_CACHE_DIR")
+    os.environ["ADTN_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("ADTN_CACHE_DIR", None)
+    else:
+        os.environ["ADTN_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)

@@ -311,8 +311,10 @@ def test_a_killed_worker_ends_the_job_naming_its_rank_and_the_run_resumes(
     assert resumed == 0
     whole = train(RunConfig.load(config_path), tmp_path / "whole")
     assert whole.status == "finished"
-    # 40 epochs of Adam let the last-bit differences of the summation order grow to ~1e-6
-    assert_same_weights(run, tmp_path / "whole", atol=2e-5)
+    # 40 epochs of Adam let the last-bit differences of the two summation orders (two
+    # processes against one) grow, up to about 3e-5 with the native gate passes' rounding; a
+    # lost epoch or optimiser state would differ by orders of magnitude more.
+    assert_same_weights(run, tmp_path / "whole", atol=1e-4)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")

@@ -1,0 +1,399 @@
+/* Passes of 4x4 gates over an ADTN state, forward and backward, in float32.
+ *
+ * Built on first use by engine/adtn_native.py with the system's C compiler and loaded with
+ * ctypes; without a compiler the engine keeps its matrix-product kernel (engine/adtn_kernel.py).
+ *
+ * A *pass* views the state as (L, 2^w, R) and applies gates on bit pairs of the middle w bits
+ * (bit 0 the most significant), plus, when R == T == 2^b, gates on the last b bits (the "low"
+ * gates, applied to each row of T numbers as one 2^b x 2^b Kronecker block). The state is
+ * processed in tiles of 2^w rows by T columns: a tile is copied into a small contiguous buffer,
+ * every gate of the pass is applied to it while it sits in the L1/L2 cache, and it is copied
+ * out, so a pass costs one trip through memory whatever its number of gates (a matrix product
+ * per block of gates costs one trip per block, and a 16x16 block four times a gate's
+ * arithmetic). Loops run over the T columns so that the compiler vectorises them.
+ *
+ * The backward pass gets the pass's input and the gradient of its output; per tile it
+ * recomputes the inputs of the pass's gates, then walks back through them, accumulating each
+ * gate's gradient (per tile in float32, across tiles in double) and turning the output's
+ * gradient into the input's.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_thread_num(void) { return 0; }
+#endif
+
+#if defined(_MSC_VER)
+#define RESTRICT __restrict
+#define EXPORT __declspec(dllexport)
+#else
+#define RESTRICT __restrict__
+#define EXPORT __attribute__((visibility("default")))
+#endif
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static __forceinline
+#endif
+
+#define MAX_T 128 /* columns of a tile */
+#define MAX_BLOCK 32 /* columns of a low block */
+#define MAX_GATES 32
+
+/* The 2^b x 2^b Kronecker block of the low gates (gate k on bits low_pos[k], low_pos[k]+1 of
+ * the b bits; identity on bits no gate covers), row-major, and transposed. */
+static void low_block(const float *gates, const int *low_pos, int n_low, int b, float *block,
+                      float *block_t)
+{
+    const int size = 1 << b;
+    for (int r = 0; r < size; r++) {
+        for (int c = 0; c < size; c++) {
+            float value = 1.0f;
+            int covered = 0;
+            for (int k = 0; k < n_low; k++) {
+                const int shift = b - low_pos[k] - 2;
+                const int i = (r >> shift) & 3, j = (c >> shift) & 3;
+                value *= gates[16 * k + 4 * i + j];
+                covered |= 3 << shift;
+            }
+            if ((r & ~covered) != (c & ~covered)) value = 0.0f;
+            block[r * size + c] = value;
+            block_t[c * size + r] = value;
+        }
+    }
+}
+
+/* Gradient of each low gate from that of the block (the block's other factors held fixed). */
+static void low_block_backward(const float *gates, const int *low_pos, int n_low, int b,
+                               const double *d_block, float *d_gates)
+{
+    const int size = 1 << b;
+    for (int k = 0; k < n_low; k++) {
+        double acc[16] = {0};
+        for (int r = 0; r < size; r++) {
+            for (int c = 0; c < size; c++) {
+                double partner = d_block[r * size + c];
+                int covered = 0, own = 0;
+                for (int m = 0; m < n_low; m++) {
+                    const int shift = b - low_pos[m] - 2;
+                    const int i = (r >> shift) & 3, j = (c >> shift) & 3;
+                    covered |= 3 << shift;
+                    if (m == k)
+                        own = 4 * i + j;
+                    else
+                        partner *= gates[16 * m + 4 * i + j];
+                }
+                if ((r & ~covered) != (c & ~covered)) continue;
+                acc[own] += partner;
+            }
+        }
+        for (int e = 0; e < 16; e++) d_gates[16 * k + e] = (float)acc[e];
+    }
+}
+
+/* Gate kernels on a tile of 2^w rows by T columns, V columns (one vector) at a time; written
+ * with GCC/Clang vector types, so that the sixteen gradient sums of a gate stay in registers
+ * across the tile instead of going through memory at every step. */
+#define GATE_KERNELS(V)                                                                       \
+    typedef float vec##V __attribute__((vector_size(4 * V)));                                 \
+    /* dst <- gate g on bits (p, p+1) of src (dst may be src) */                              \
+    static void gate_apply_##V(float *dst, const float *src, const float *g, int w, int p,    \
+                               int T)                                                         \
+    {                                                                                         \
+        const size_t s = (size_t)1 << (w - p - 2), outer = (size_t)1 << p, step = s * T;      \
+        for (size_t o = 0; o < outer; o++)                                                    \
+            for (size_t i = 0; i < s; i++)                                                    \
+                for (int c = 0; c < T; c += V) {                                              \
+                    const size_t at = (4 * o * s + i) * T + c;                                \
+                    vec##V a0, a1, a2, a3;                                                    \
+                    memcpy(&a0, src + at, sizeof a0);                                         \
+                    memcpy(&a1, src + at + step, sizeof a1);                                  \
+                    memcpy(&a2, src + at + 2 * step, sizeof a2);                              \
+                    memcpy(&a3, src + at + 3 * step, sizeof a3);                              \
+                    const vec##V r0 = g[0] * a0 + g[1] * a1 + g[2] * a2 + g[3] * a3;          \
+                    const vec##V r1 = g[4] * a0 + g[5] * a1 + g[6] * a2 + g[7] * a3;          \
+                    const vec##V r2 = g[8] * a0 + g[9] * a1 + g[10] * a2 + g[11] * a3;        \
+                    const vec##V r3 = g[12] * a0 + g[13] * a1 + g[14] * a2 + g[15] * a3;      \
+                    memcpy(dst + at, &r0, sizeof r0);                                         \
+                    memcpy(dst + at + step, &r1, sizeof r1);                                  \
+                    memcpy(dst + at + 2 * step, &r2, sizeof r2);                              \
+                    memcpy(dst + at + 3 * step, &r3, sizeof r3);                              \
+                }                                                                             \
+    }                                                                                         \
+    /* total[4a+b] += sum of grad_a * input_b over the tile; grad <- g^T grad */              \
+    static void gate_backward_##V(float *grad, const float *input, const float *g,            \
+                                  double *total, int w, int p, int T)                         \
+    {                                                                                         \
+        const size_t s = (size_t)1 << (w - p - 2), outer = (size_t)1 << p, step = s * T;      \
+        for (int c = 0; c < T; c += V) {                                                      \
+            vec##V acc[16];                                                                   \
+            memset(acc, 0, sizeof acc);                                                       \
+            for (size_t o = 0; o < outer; o++)                                                \
+                for (size_t i = 0; i < s; i++) {                                              \
+                    const size_t at = (4 * o * s + i) * T + c;                                \
+                    vec##V y[4], x[4];                                                        \
+                    for (int k = 0; k < 4; k++) {                                             \
+                        memcpy(&y[k], grad + at + k * step, sizeof y[k]);                     \
+                        memcpy(&x[k], input + at + k * step, sizeof x[k]);                    \
+                    }                                                                         \
+                    for (int a = 0; a < 4; a++)                                               \
+                        for (int b = 0; b < 4; b++) acc[4 * a + b] += y[a] * x[b];            \
+                    for (int k = 0; k < 4; k++) {                                             \
+                        const vec##V r = g[k] * y[0] + g[4 + k] * y[1] + g[8 + k] * y[2] +    \
+                                         g[12 + k] * y[3];                                    \
+                        memcpy(grad + at + k * step, &r, sizeof r);                           \
+                    }                                                                         \
+                }                                                                             \
+            for (int e = 0; e < 16; e++) {                                                    \
+                float sum = 0.0f;                                                             \
+                for (int k = 0; k < V; k++) sum += acc[e][k];                                 \
+                total[e] += sum;                                                              \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+GATE_KERNELS(8)
+GATE_KERNELS(16)
+
+INLINE void gate_apply(float *dst, const float *src, const float *g, int w, int p, int T)
+{
+    if (T % 16 == 0) gate_apply_16(dst, src, g, w, p, T);
+    else gate_apply_8(dst, src, g, w, p, T);
+}
+
+INLINE void gate_backward(float *grad, const float *input, const float *g, double *total, int w,
+                          int p, int T)
+{
+    if (T % 16 == 0) gate_backward_16(grad, input, g, total, w, p, T);
+    else gate_backward_8(grad, input, g, total, w, p, T);
+}
+
+/* Rows of T numbers as one vector (GCC/Clang vector extensions; the compiler splits wider
+ * vectors into its registers). Written out by hand: with plain loops the compiler vectorised
+ * across rows and spent its time shuffling. */
+#define ROW_KERNELS(N)                                                                        \
+    typedef float row##N __attribute__((vector_size(4 * N)));                                 \
+    /* each row <- matrix times the row, with matrix_t the transposed N x N matrix; four   \
+     * rows at a time, so that four chains of multiply-adds overlap */                        \
+    static void rows_apply_##N(float *rows, int count, const float *matrix_t)                 \
+    {                                                                                         \
+        row##N columns[N];                                                                    \
+        memcpy(columns, matrix_t, sizeof columns);                                            \
+        int r = 0;                                                                            \
+        for (; r + 4 <= count; r += 4) {                                                      \
+            float *row = rows + (size_t)r * N;                                                \
+            row##N a0 = columns[0] * row[0], a1 = columns[0] * row[N];                        \
+            row##N a2 = columns[0] * row[2 * N], a3 = columns[0] * row[3 * N];                \
+            for (int j = 1; j < N; j++) {                                                     \
+                a0 += columns[j] * row[j];                                                    \
+                a1 += columns[j] * row[N + j];                                                \
+                a2 += columns[j] * row[2 * N + j];                                            \
+                a3 += columns[j] * row[3 * N + j];                                            \
+            }                                                                                 \
+            memcpy(row, &a0, sizeof a0);                                                      \
+            memcpy(row + N, &a1, sizeof a1);                                                  \
+            memcpy(row + 2 * N, &a2, sizeof a2);                                              \
+            memcpy(row + 3 * N, &a3, sizeof a3);                                              \
+        }                                                                                     \
+        for (; r < count; r++) {                                                              \
+            float *row = rows + (size_t)r * N;                                                \
+            row##N acc = columns[0] * row[0];                                                 \
+            for (int j = 1; j < N; j++) acc += columns[j] * row[j];                           \
+            memcpy(row, &acc, sizeof acc);                                                    \
+        }                                                                                     \
+    }                                                                                         \
+    /* d_block[i][j] += sum over rows of grad[i] * input[j] */                                \
+    static void rows_outer_##N(float *d_block, const float *grad, const float *input,        \
+                               int count)                                                     \
+    {                                                                                         \
+        row##N acc[N];                                                                        \
+        memcpy(acc, d_block, sizeof acc);                                                     \
+        for (int r = 0; r < count; r++) {                                                     \
+            row##N x;                                                                         \
+            memcpy(&x, input + (size_t)r * N, sizeof x);                                      \
+            const float *g = grad + (size_t)r * N;                                            \
+            for (int i = 0; i < N; i++) acc[i] += x * g[i];                                   \
+        }                                                                                     \
+        memcpy(d_block, acc, sizeof acc);                                                     \
+    }
+
+ROW_KERNELS(8)
+ROW_KERNELS(16)
+ROW_KERNELS(32)
+
+INLINE void rows_apply(float *rows, int count, const float *matrix_t, int T)
+{
+    if (T == 8) rows_apply_8(rows, count, matrix_t);
+    else if (T == 16) rows_apply_16(rows, count, matrix_t);
+    else if (T == 32) rows_apply_32(rows, count, matrix_t);
+}
+
+INLINE void rows_outer(float *d_block, const float *grad, const float *input, int count, int T)
+{
+    if (T == 8) rows_outer_8(d_block, grad, input, count);
+    else if (T == 16) rows_outer_16(d_block, grad, input, count);
+    else if (T == 32) rows_outer_32(d_block, grad, input, count);
+}
+
+INLINE void copy_in(float *RESTRICT tile, const float *RESTRICT state, int rows, int64_t R,
+                    int T)
+{
+    if (R == T) {
+        memcpy(tile, state, sizeof(float) * (size_t)rows * (size_t)T);
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        memcpy(tile + (size_t)r * T, state + (size_t)r * R, sizeof(float) * (size_t)T);
+}
+
+INLINE void copy_out(float *RESTRICT state, const float *RESTRICT tile, int rows, int64_t R,
+                     int T)
+{
+    if (R == T) {
+        memcpy(state, tile, sizeof(float) * (size_t)rows * (size_t)T);
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        memcpy(state + (size_t)r * R, tile + (size_t)r * T, sizeof(float) * (size_t)T);
+}
+
+static int bad_shape(int w, int64_t R, int T, int n_high, int n_low, int b)
+{
+    if (T < 1 || T > MAX_T || R % T != 0 || w < 0 || w > 16) return 1;
+    if (n_high < 0 || n_low < 0 || n_high + n_low > MAX_GATES) return 1;
+    if (n_low > 0 && ((1 << b) != T || R != T || T > MAX_BLOCK)) return 1;
+    return 0;
+}
+
+/* out = the pass applied to x (out may be x). gates: (n_high + n_low) x 16 floats, the high
+ * gates first; pos: their first bits within the w bits; low_pos: the low gates' within the b
+ * bits. Returns 0, or -1 for a shape it does not handle, -2 when memory runs out. */
+INLINE int pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, const int T,
+                        const float *gates, const int *pos, int n_high, const int *low_pos,
+                        int n_low, int b, int threads)
+{
+    const int rows = 1 << w;
+    const size_t tile_size = (size_t)rows * (size_t)T;
+    const int64_t per_l = R / T, tiles = L * per_l;
+    float *memory = malloc(sizeof(float) * tile_size * (size_t)threads);
+    float block[MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCK * MAX_BLOCK];
+    if (memory == NULL) return -2;
+    if (n_low) low_block(gates + 16 * n_high, low_pos, n_low, b, block, block_t);
+    /* Tiles are independent: threads share them out (with OpenMP; one thread without). */
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t i = 0; i < tiles; i++) {
+        float *tile = memory + tile_size * (size_t)omp_get_thread_num();
+        const size_t at = (size_t)(i / per_l) * rows * R + (size_t)(i % per_l) * T;
+        copy_in(tile, x + at, rows, R, T);
+        for (int k = 0; k < n_high; k++) gate_apply(tile, tile, gates + 16 * k, w, pos[k], T);
+        if (n_low) rows_apply(tile, rows, block_t, T);
+        copy_out(out + at, tile, rows, R, T);
+    }
+    free(memory);
+    return 0;
+}
+
+/* From the pass's input x and its output's gradient grad_out: the input's gradient in
+ * grad_in (skipped when NULL) and every gate's gradient in d_gates ((n_high + n_low) x 16). */
+INLINE int pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
+                         int w, int64_t R, const int T, const float *gates, const int *pos,
+                         int n_high, const int *low_pos, int n_low, int b, float *d_gates,
+                         int threads)
+{
+    const int rows = 1 << w;
+    const size_t tile_size = (size_t)rows * (size_t)T;
+    const int64_t per_l = R / T, tiles = L * per_l;
+    /* Per thread: three tiles (the pass's input, a work tile, the gradient) and the low
+     * block's gradient over one tile, small enough to stay in the L1 cache, so the input of
+     * each gate is recomputed from the pass's input rather than kept (a few more products,
+     * done in cache, are cheaper than tiles that spill to the next cache level); and its own
+     * sums of the gates' gradients, added up at the end. */
+    const size_t floats = tile_size * 3 + (size_t)T * T;
+    const size_t sums = (size_t)16 * n_high + (size_t)T * T;
+    float *memory = malloc(sizeof(float) * floats * (size_t)threads);
+    double *totals = calloc(sums * (size_t)threads, sizeof(double));
+    float block[MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCK * MAX_BLOCK];
+    if (memory == NULL || totals == NULL) {
+        free(memory);
+        free(totals);
+        return -2;
+    }
+    if (n_low) low_block(gates + 16 * n_high, low_pos, n_low, b, block, block_t);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t i = 0; i < tiles; i++) {
+        const int thread = omp_get_thread_num();
+        float *input = memory + floats * (size_t)thread;
+        float *work = input + tile_size, *grad = input + 2 * tile_size;
+        float *d_block = grad + tile_size;
+        double *total = totals + sums * (size_t)thread;
+        const size_t at = (size_t)(i / per_l) * rows * R + (size_t)(i % per_l) * T;
+        copy_in(input, x + at, rows, R, T);
+        copy_in(grad, grad_out + at, rows, R, T);
+        if (n_low) {
+            const float *block_input = input;
+            for (int k = 0; k < n_high; k++, block_input = work)
+                gate_apply(work, block_input, gates + 16 * k, w, pos[k], T);
+            memset(d_block, 0, sizeof(float) * (size_t)T * T);
+            rows_outer(d_block, grad, block_input, rows, T);
+            for (int e = 0; e < T * T; e++) total[16 * n_high + e] += d_block[e];
+            rows_apply(grad, rows, block, T); /* block^T times each row */
+        }
+        for (int k = n_high - 1; k >= 0; k--) {
+            const float *gate_input = input;
+            for (int j = 0; j < k; j++, gate_input = work)
+                gate_apply(work, gate_input, gates + 16 * j, w, pos[j], T);
+            gate_backward(grad, gate_input, gates + 16 * k, total + 16 * k, w, pos[k], T);
+        }
+        if (grad_in != NULL) copy_out(grad_in + at, grad, rows, R, T);
+    }
+    for (int t = 1; t < threads; t++)
+        for (size_t e = 0; e < sums; e++) totals[e] += totals[sums * (size_t)t + e];
+    for (int e = 0; e < 16 * n_high; e++) d_gates[e] = (float)totals[e];
+    if (n_low)
+        low_block_backward(gates + 16 * n_high, low_pos, n_low, b, totals + 16 * n_high,
+                           d_gates + 16 * n_high);
+    free(memory);
+    free(totals);
+    return 0;
+}
+
+/* The exported entry points: one copy of each pass per tile width, so that the compiler
+ * knows T and unrolls and vectorises the column loops. */
+#define FOR_EACH_WIDTH(CALL) \
+    switch (T) {             \
+    case 8: return CALL(8);  \
+    case 16: return CALL(16); \
+    case 32: return CALL(32); \
+    case 64: return CALL(64); \
+    case 128: return CALL(128); \
+    default: return -1;      \
+    }
+
+EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, int T,
+                             const float *gates, const int *pos, int n_high, const int *low_pos,
+                             int n_low, int b, int threads)
+{
+    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
+#define FORWARD(width) \
+    pass_forward(x, out, L, w, R, width, gates, pos, n_high, low_pos, n_low, b, threads)
+    FOR_EACH_WIDTH(FORWARD)
+#undef FORWARD
+}
+
+EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
+                              int w, int64_t R, int T, const float *gates, const int *pos,
+                              int n_high, const int *low_pos, int n_low, int b, float *d_gates,
+                              int threads)
+{
+    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
+#define BACKWARD(width) \
+    pass_backward(x, grad_out, grad_in, L, w, R, width, gates, pos, n_high, low_pos, n_low, b, \
+                  d_gates, threads)
+    FOR_EACH_WIDTH(BACKWARD)
+#undef BACKWARD
+}

@@ -1,0 +1,290 @@
+"""The ADTN's gate passes in native code (``adtn_native.c``), for float32 states on the CPU.
+
+A half-layer of side-by-side gates is a Kronecker product. The matrix-product kernel applies it
+as blocks of two gates (16×16 matrices), one trip through memory per block and per backward
+product, at four times a gate's arithmetic; the native kernel applies it in one or two *passes*,
+each a trip through memory that applies all its gates to cache-sized tiles
+(``adtn_native.c`` says how). ``plan_passes`` splits a run of gates into passes,
+``GatePass`` describes one, and ``pass_forward`` / ``pass_backward`` run it.
+
+The C file is compiled on first use with the machine's C compiler (``$CC``, ``cc``, ``gcc`` or
+``clang``; ``-O3 -march=native``) into the user's cache folder, once per source and machine,
+and loaded with ctypes. Where there is no compiler, or it fails, the engine keeps the matrix
+products and says so once in the log. ``ADTN_NATIVE_KERNEL=0`` turns the native kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.paths import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("adtn_native.c")
+DISABLE_ENV = "ADTN_NATIVE_KERNEL"  # "0": keep the matrix products
+# Rows of a tile are 2**w of a pass's bits: 256 rows of 16 float32 columns are 16 KiB, which
+# stays in the L1 cache while every gate of the pass is applied.
+MAX_PASS_BITS = 8
+TILE_ENTRIES = 1 << 12  # the last pass's tiles: 2**w rows of 2**b columns
+# Tiles of the passes above the last: as many columns (at least one AVX-512 register of
+# float32, at most 128) as fit this many numbers; a tile's rows lie far apart in memory, and
+# longer runs of each keep the processor's prefetching ahead.
+STRIDED_TILE_ENTRIES = 1 << 13
+# Below this many indices a state fits the cache anyway and the matrix products are as fast.
+MIN_BITS = 8
+COMPILE_TIMEOUT_S = 120
+# A thread gets at least this many tiles of a pass (fewer do not pay for starting it).
+MIN_TILES_PER_THREAD = 8
+
+_lock = threading.Lock()
+_state: dict = {"library": None, "tried": False, "enabled": None}
+
+
+@dataclass(frozen=True)
+class GatePass:
+    """One pass: the state viewed as ``(L, 2**w, R)``; ``count`` gates whose 4×4 entries
+    start at ``offset`` of the flat gate vector (``mats[m]``), the first ``n_high`` on bit
+    pairs ``positions`` of the middle ``w`` bits, the rest on pairs ``low_positions`` of the
+    last ``b`` bits (then ``R == T == 2**b``); tiles of ``T`` columns."""
+
+    m: int
+    offset: int
+    L: int
+    w: int
+    R: int
+    T: int
+    positions: tuple[int, ...]
+    low_positions: tuple[int, ...]
+    b: int
+    kind: str = "gates"
+    # ctypes arrays of the positions, made once
+    _arrays: tuple = field(default=(), compare=False, repr=False)
+
+    @property
+    def n_high(self) -> int:
+        return len(self.positions)
+
+    @property
+    def count(self) -> int:
+        return len(self.positions) + len(self.low_positions)
+
+
+def plan_passes(pairs: list[tuple[int, int]], num_bits: int) -> list[tuple] | None:
+    """Passes for a Kronecker run of gates on disjoint neighbouring pairs (in bit order):
+    per pass ``(gate numbers in the run, L, w, R, T, positions, low positions, b)``, or None
+    where the run does not suit the native kernel (too few indices)."""
+    if num_bits < MIN_BITS:
+        return None
+    starts = [a for a, _ in pairs]
+    # The last b bits (3 or 4, so that no gate straddles them) become one block per row.
+    for b in (4, 3):
+        if not any(a < num_bits - b < a + 2 for a in starts):
+            break
+    else:  # (cannot happen: pairs are two bits wide, so one of two parities fits)
+        return None
+    low = [k for k, a in enumerate(starts) if a >= num_bits - b]
+    high = [k for k, a in enumerate(starts) if a < num_bits - b]
+    # The last pass takes the low gates and the bits just above them, a tile of at most
+    # TILE_ENTRIES numbers; the bits above it are split into about equal ranges of at most
+    # MAX_PASS_BITS. No range boundary cuts a gate.
+    end = num_bits - b
+    straddles = lambda bit: any(a < bit < a + 2 for a in starts)  # noqa: E731
+    cut = max(0, end - (TILE_ENTRIES.bit_length() - 1 - b))
+    while straddles(cut):
+        cut += 1
+    bounds = [(cut, end)]
+    count = -(-cut // MAX_PASS_BITS)
+    hi = cut
+    for k in range(count - 1, -1, -1):
+        lo = (cut * k) // count
+        while straddles(lo):
+            lo -= 1
+        bounds.insert(0, (lo, hi))
+        hi = lo
+    passes = []
+    for index, (lo, hi) in enumerate(bounds):
+        last = index == len(bounds) - 1
+        members = [k for k in high if lo <= starts[k] < hi]
+        width, rest = hi - lo, num_bits - hi
+        lows = low if last else []
+        if not members and not lows:
+            continue
+        passes.append(
+            (
+                members + lows,
+                1 << lo,
+                width,
+                1 << rest,
+                (1 << b) if last else max(16, min(128, STRIDED_TILE_ENTRIES >> width)),
+                tuple(starts[k] - lo for k in members),
+                tuple(starts[k] - (num_bits - b) for k in lows),
+                b,
+            )
+        )
+    return passes
+
+
+def make_pass(m: int, offset: int, spec: tuple) -> GatePass:
+    _, L, w, R, T, positions, low_positions, b = spec
+    arrays = (
+        (ctypes.c_int * max(1, len(positions)))(*positions),
+        (ctypes.c_int * max(1, len(low_positions)))(*low_positions),
+    )
+    return GatePass(m, offset, L, w, R, T, positions, low_positions, b, _arrays=arrays)
+
+
+def set_enabled(enabled: bool | None) -> None:
+    """Force the native kernel on or off for this process (None: the environment decides)."""
+    _state["enabled"] = enabled
+
+
+def enabled() -> bool:
+    """Whether contractions may use the native kernel (and it could be built)."""
+    wanted = _state["enabled"]
+    if wanted is None:
+        wanted = os.environ.get(DISABLE_ENV, "1") != "0"
+    return bool(wanted) and library() is not None
+
+
+def library():
+    """The loaded kernel, built on first call; None where it cannot be built."""
+    if _state["tried"]:
+        return _state["library"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                _state["library"] = _load(_build(default_cache_dir() / "native"))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                logger.warning(
+                    "The native ADTN kernel is not available (%s); using matrix products.",
+                    error,
+                )
+            _state["tried"] = True
+    return _state["library"]
+
+
+def _compiler() -> list[str] | None:
+    override = os.environ.get("CC")
+    if override:
+        return override.split()
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    return None
+
+
+def _build(folder: Path) -> Path:
+    """The compiled library in ``folder``, compiling it when this source and machine have no
+    library there yet (written to a temporary name, then renamed: a reader never sees half)."""
+    source = SOURCE.read_bytes()
+    suffix = {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
+    key = hashlib.sha256(
+        source + f"{platform.machine()}|{platform.processor()}|{sys.platform}".encode()
+    ).hexdigest()[:16]
+    target = folder / f"adtn_native-{key}{suffix}"
+    if target.exists():
+        return target
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        errors = ""
+        # -march=native where the compiler knows it (not every clang on arm64 does), and
+        # OpenMP where it has it (Apple's clang has not): without, passes run on one thread.
+        for tuning in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
+            command = [*compiler, "-O3", *tuning, "-shared", "-fPIC", "-o", temporary]
+            done = subprocess.run(
+                [*command, str(SOURCE)],
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT_S,
+            )
+            if done.returncode == 0:
+                os.replace(temporary, target)
+                return target
+            errors = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {errors}")
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _load(path: Path):
+    lib = ctypes.CDLL(str(path))
+    pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    ints = ctypes.POINTER(ctypes.c_int)
+    lib.adtn_pass_forward.argtypes = [
+        pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, ints, i32, i32, i32,
+    ]  # fmt: skip
+    lib.adtn_pass_forward.restype = i32
+    lib.adtn_pass_backward.argtypes = [
+        pointer, pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, ints, i32, i32,
+        pointer, i32,
+    ]  # fmt: skip
+    lib.adtn_pass_backward.restype = i32
+    return lib
+
+
+def _threads(gate_pass: GatePass) -> int:
+    """PyTorch's intra-op thread count, for passes with enough tiles to share out."""
+    tiles = gate_pass.L * (gate_pass.R // gate_pass.T)
+    return max(1, min(torch.get_num_threads(), tiles // MIN_TILES_PER_THREAD))
+
+
+def _check(code: int) -> None:
+    if code == -2:
+        raise MemoryError("the native ADTN kernel ran out of memory")
+    if code:
+        raise RuntimeError(f"the native ADTN kernel refused a pass (code {code})")
+
+
+def pass_forward(state: torch.Tensor, out: torch.Tensor, gate_pass: GatePass, gates) -> None:
+    """``out`` = the pass applied to ``state`` (flat, contiguous float32 CPU tensors);
+    ``gates``: the pass's ``count`` gates, 16 numbers each, contiguous."""
+    p = gate_pass
+    positions, low_positions = p._arrays
+    _check(
+        library().adtn_pass_forward(
+            state.data_ptr(), out.data_ptr(), p.L, p.w, p.R, p.T, gates.data_ptr(),
+            positions, p.n_high, low_positions, len(p.low_positions), p.b, _threads(p),
+        )
+    )  # fmt: skip
+
+
+def pass_backward(
+    state: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_in: torch.Tensor | None,
+    gate_pass: GatePass,
+    gates: torch.Tensor,
+    grad_gates: torch.Tensor,
+) -> None:
+    """From the pass's input ``state`` and its output's gradient: the input's gradient into
+    ``grad_in`` (None: not wanted) and the gates' into ``grad_gates`` (``count`` × 16)."""
+    p = gate_pass
+    positions, low_positions = p._arrays
+    _check(
+        library().adtn_pass_backward(
+            state.data_ptr(), grad_out.data_ptr(),
+            None if grad_in is None else grad_in.data_ptr(),
+            p.L, p.w, p.R, p.T, gates.data_ptr(), positions, p.n_high, low_positions,
+            len(p.low_positions), p.b, grad_gates.data_ptr(), _threads(p),
+        )
+    )  # fmt: skip

@@ -1,0 +1,183 @@
+"""The native gate passes (engine/adtn_native.c): their plan, their arithmetic against a plain
+reference, the ADTN's weight and gradients through them against the matrix products, and what
+happens without a compiler."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+
+import pytest
+import torch
+
+from engine import adtn_native
+from engine.adtn import ADTN
+
+needs_kernel = pytest.mark.skipif(
+    adtn_native.library() is None, reason="no C compiler on this machine: no native kernel"
+)
+
+
+def reference_passes(state, gates, starts, num_bits):
+    """Gates on bit pairs (a, a+1) applied in order, in float64, by tensordot."""
+    tensor = state.double().view([2] * num_bits)
+    for gate, a in zip(gates, starts):
+        tensor = torch.tensordot(gate.double().view(2, 2, 2, 2), tensor, dims=([2, 3], [a, a + 1]))
+        tensor = torch.movedim(tensor, (0, 1), (a, a + 1))
+    return tensor.reshape(-1)
+
+
+def run_pairs(num_bits, parity):
+    return [(a, a + 1) for a in range(parity, num_bits - 1, 2)]
+
+
+@pytest.mark.parametrize("num_bits", range(adtn_native.MIN_BITS, 21))
+@pytest.mark.parametrize("parity", [0, 1])
+def test_plan_covers_every_gate_once_within_tile_limits(num_bits, parity):
+    pairs = run_pairs(num_bits, parity)
+    starts = [a for a, _ in pairs]
+    passes = adtn_native.plan_passes(pairs, num_bits)
+    seen = sorted(k for members, *_ in passes for k in members)
+    assert seen == list(range(len(pairs)))
+    for index, (members, L, w, R, T, positions, low_positions, b) in enumerate(passes):
+        assert L * (1 << w) * R == 1 << num_bits
+        lo = L.bit_length() - 1
+        high = members[: len(positions)]
+        assert [starts[k] - lo for k in high] == list(positions)
+        assert all(0 <= p <= w - 2 for p in positions)  # no gate leaves its pass's bits
+        if low_positions:
+            assert index == len(passes) - 1 and R == T == 1 << b
+            assert [starts[k] - (num_bits - b) for k in members[len(positions) :]] == list(
+                low_positions
+            )
+        assert R % T == 0 and 8 <= T <= 128
+        assert (1 << w) * T <= max(adtn_native.TILE_ENTRIES, adtn_native.STRIDED_TILE_ENTRIES)
+
+
+def test_plan_refuses_small_states():
+    assert adtn_native.plan_passes(run_pairs(6, 0), 6) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_bits", [8, 9, 11, 12, 15, 18])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_passes_match_reference_forward_and_backward(num_bits, parity):
+    torch.manual_seed(num_bits * 2 + parity)
+    pairs = run_pairs(num_bits, parity)
+    starts = [a for a, _ in pairs]
+    gates = torch.randn(len(pairs), 4, 4)
+    state = torch.randn(1 << num_bits)
+    grad_out = torch.randn(1 << num_bits)
+    passes = [
+        (spec, adtn_native.make_pass(-1, 0, spec))
+        for spec in adtn_native.plan_passes(pairs, num_bits)
+    ]
+    inputs, current = [], state.clone()
+    for spec, gate_pass in passes:
+        inputs.append(current)
+        out = torch.empty_like(current)
+        adtn_native.pass_forward(current, out, gate_pass, gates[spec[0]].contiguous())
+        current = out
+    expected = reference_passes(state, gates, starts, num_bits)
+    size = expected.abs().max().item()  # (float32 rounding grows with the gates' product)
+    torch.testing.assert_close(current.double(), expected, rtol=1e-5, atol=1e-5 * size)
+
+    leaf_state = state.double().requires_grad_()
+    leaf_gates = gates.double().requires_grad_()
+    exact = reference_passes(leaf_state, leaf_gates, starts, num_bits)
+    (exact * grad_out.double()).sum().backward()
+    grad = grad_out.clone()
+    grad_gates = torch.zeros_like(gates)
+    for (spec, gate_pass), pass_input in zip(reversed(passes), reversed(inputs)):
+        grad_in = torch.empty_like(grad)
+        part = torch.empty(len(spec[0]), 16)
+        gate_values = gates[spec[0]].contiguous()
+        adtn_native.pass_backward(pass_input, grad, grad_in, gate_pass, gate_values, part)
+        grad_gates[spec[0]] = part.view(-1, 4, 4)
+        grad = grad_in
+    for mine, exact in ((grad, leaf_state.grad), (grad_gates, leaf_gates.grad)):
+        size = exact.abs().max().item()
+        torch.testing.assert_close(mine.double(), exact, rtol=1e-4, atol=1e-5 * size)
+
+
+@needs_kernel
+def test_a_shape_the_kernel_does_not_handle_is_refused_not_run():
+    gate_pass = adtn_native.make_pass(-1, 0, ([0], 1, 4, 12, 16, (0,), (), 4))  # 12 % 16 != 0
+    state = torch.zeros(4 * 16 * 12)
+    with pytest.raises(RuntimeError, match="refused"):
+        adtn_native.pass_forward(state, torch.empty_like(state), gate_pass, torch.zeros(16))
+
+
+CASES = [
+    ((256, 784), 3, "relu", "interleaved"),
+    ((10, 256), 3, "relu", "rows_first"),
+    ((84, 120), 2, "leaky_relu", "interleaved"),
+    ((10, 84), 4, "none", "rows_first"),
+    ((16, 8, 3, 3), 3, "relu", "rows_first"),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape, depth, activation, index_order", CASES)
+def test_adtn_through_native_passes_matches_matrix_products(shape, depth, activation, index_order):
+    torch.manual_seed(0)
+    native = ADTN(shape, depth, activation=activation, index_order=index_order)
+    products = copy.deepcopy(native)
+    products.kernel = "matmul"
+    assert native._native_for(native._gate_list(), low_memory=False)
+    assert native._compiled(True)[0][True].flat_gates  # the plan has native passes
+    assert not products._native_for(products._gate_list(), low_memory=False)
+    weight, reference = native(), products()
+    torch.testing.assert_close(weight, reference, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(weight)
+    (weight * grad).sum().backward()
+    (reference * grad).sum().backward()
+    for mine, theirs in zip(native.parameters(), products.parameters()):
+        scale = theirs.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale)
+    with torch.no_grad():  # the inference path (no stored states) agrees too
+        torch.testing.assert_close(native(), products(), rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_native_adtn_copies_and_pickles():
+    adtn = ADTN((64, 64), 2)
+    adtn().sum().backward()  # compiles the native plan (with its ctypes arrays)
+    for clone in (copy.deepcopy(adtn), pickle.loads(pickle.dumps(adtn))):
+        torch.testing.assert_close(clone(), adtn())
+
+
+def test_disabled_kernel_leaves_the_matrix_products(monkeypatch):
+    monkeypatch.setattr(adtn_native, "_state", {**adtn_native._state, "enabled": False})
+    adtn = ADTN((64, 64), 2)
+    assert not adtn._native_for(adtn._gate_list(), low_memory=False)
+    adtn().sum().backward()
+    assert all(p.grad is not None for p in adtn.parameters())
+
+
+def test_without_a_compiler_the_engine_says_so_once_and_keeps_working(
+    monkeypatch, tmp_path, caplog
+):
+    monkeypatch.setattr(adtn_native, "_state", {"library": None, "tried": False, "enabled": None})
+    monkeypatch.setenv("ADTN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING, logger="engine.adtn_native"):
+        assert adtn_native.library() is None
+        assert adtn_native.library() is None
+        adtn = ADTN((64, 64), 2)
+        adtn().sum().backward()
+    messages = [r.getMessage() for r in caplog.records if r.name == "engine.adtn_native"]
+    assert len(messages) == 1 and "not available" in messages[0]
+    assert not adtn_native.enabled()
+
+
+@needs_kernel
+def test_build_is_cached_per_source_and_written_atomically(tmp_path, monkeypatch):
+    first = adtn_native._build(tmp_path)
+    assert first.exists() and first.parent == tmp_path
+    calls = []
+    monkeypatch.setattr(adtn_native.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert adtn_native._build(tmp_path) == first  # found, not compiled again
+    assert calls == []
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
