@@ -7,13 +7,16 @@ floor of the ADTN layers' extra work (every gate touches the 2**Q state once eac
 multiply-adds per entry: FLOP, and bytes read and written in float32);
 how long that floor takes at the arithmetic rate the dense step reaches in the same run, and
 which fraction of the measured extra time that is (100 %: the ADTN costs no more than its
-arithmetic). Then the time to materialise a 4096×4096 weight with and without its backward
+arithmetic). The ADTNs contract with native gate passes where they can (``engine.adtn_native``;
+``--kernel matmul``: matrix products only; ``both``: one after the other in the same run).
+Then the time to materialise a 4096×4096 weight with and without its backward
 pass, and the peak memory of materialise + backward at depth 4 (on the CPU the growth of the
 resident set of a fresh process whose large blocks are returned to the system when freed; on a
 GPU ``torch.cuda.max_memory_allocated``), also in states of 2**Q float32 numbers.
 
     python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--clock wall|cpu]
-        [--depth 3] [--batch 128] [--memory auto|low|fast] [--compile]
+        [--depth 3] [--batch 128] [--memory auto|low|fast] [--kernel auto|matmul|both]
+        [--compile]
         [--skip-steps|--skip-materialise|--skip-peak]
 """
 
@@ -31,6 +34,7 @@ import time
 import torch
 from torch import nn
 
+from engine import adtn_native
 from engine.adtn import ADTN
 from engine.compression import compress
 from engine.models import build_model
@@ -40,6 +44,10 @@ BYTES_PER_NUMBER = 4  # float32
 # machine does not inflate (meaningful with --threads 1 on the CPU only).
 CLOCK = {"now": time.perf_counter}
 PEAK_SHAPE, PEAK_DEPTH = (4096, 4096), 4
+MODELS = (
+    ("LeNet-5, fc1–fc3 as ADTNs", "lenet5", ["fc1", "fc2", "fc3"]),
+    ("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"]),
+)
 
 
 def synchronise(device: str) -> None:
@@ -111,7 +119,16 @@ def floor_of(adtns: list[ADTN]) -> tuple[int, int]:
 
 
 def compare(
-    name, model_name, layers, depth, batch, repeats, device, block_bits=None, compiled=False
+    name,
+    model_name,
+    layers,
+    depth,
+    batch,
+    repeats,
+    device,
+    block_bits=None,
+    compiled=False,
+    kernel="auto",
 ):
     torch.manual_seed(0)
     dense = build_model(model_name, 1, 28, 10).to(device)
@@ -122,9 +139,13 @@ def compare(
     if compiled:  # both models alike, so that the ratio compares like with like
         dense, compressed = torch.compile(dense), torch.compile(compressed)
         name = f"{name}, torch.compile"
-    if block_bits:
-        for module in adtns:
+    for module in adtns:
+        module.kernel = kernel
+        if block_bits:
             module.block_bits = block_bits
+    gates = adtns[0]._gate_list()
+    native = adtns[0]._native_for(gates, adtns[0]._low_memory_for(gates))
+    how = "native gate passes" if native else f"matrix products, {block_bits or 'default'} bits"
     inputs = torch.randn(batch, 1, 28, 28, device=device)
     targets = torch.randint(0, 10, (batch,), device=device)
     dense_step = make_step(dense, inputs, targets)
@@ -144,7 +165,7 @@ def compare(
     floor_seconds = flop / rate
     extra = max(t_adtn - t_dense, 1e-12)
     print(
-        f"| {name} | {block_bits or 'default'} | {report.model_params_before:,} → "
+        f"| {name} | {how} | {report.model_params_before:,} → "
         f"{report.model_params_after:,} | {t_dense * 1e3:.2f} | {t_adtn * 1e3:.2f} "
         f"| {ratio:.2f}× | {flop / 1e9:.3f} GFLOP, {moved / 1e6:.0f} MB "
         f"| {rate / 1e9:.0f} GFLOP/s | {floor_seconds * 1e3:.2f} | {floor_seconds / extra:.0%} |"
@@ -255,7 +276,16 @@ def main() -> None:
         choices=("auto", "low", "fast"),
         help="the ADTN's memory mode for the 4096×4096 measurements",
     )
-    parser.add_argument("--block-bits", type=int, nargs="*", help="compare block sizes")
+    parser.add_argument(
+        "--block-bits", type=int, nargs="*", help="compare block sizes (matrix products)"
+    )
+    parser.add_argument(
+        "--kernel",
+        default="auto",
+        choices=("auto", "matmul", "both"),
+        help="the ADTNs' contraction: native gate passes where they can run (auto), matrix "
+        "products only, or both one after the other",
+    )
     parser.add_argument(
         "--clock",
         default="wall",
@@ -279,38 +309,34 @@ def main() -> None:
     if args.peak_child:
         peak_child(args.device, args.memory)
         return
+    built = adtn_native.library()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device "
-        f"{args.device}, batch {args.batch}, ADTN depth {args.depth}, {args.clock} clock\n"
+        f"{args.device}, batch {args.batch}, ADTN depth {args.depth}, {args.clock} clock; "
+        f"native kernel {'built' if built is not None else 'not available'}\n"
     )
     if not args.skip_steps:
         print(
-            "| model | block bits | parameters | dense step (ms) | ADTN step (ms) | ratio "
+            "| model | contraction | parameters | dense step (ms) | ADTN step (ms) | ratio "
             "| floor of the ADTN work | dense FLOP rate | floor at that rate (ms) "
             "| fraction of the floor reached |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for block_bits in args.block_bits or [None]:
-            compare(
-                "LeNet-5, fc1–fc3 as ADTNs",
-                "lenet5",
-                ["fc1", "fc2", "fc3"],
-                args.depth,
-                args.batch,
-                args.repeats,
-                args.device,
-                block_bits,
-            )
-            compare(
-                "FC-2, fc1–fc2 as ADTNs",
-                "fc2",
-                ["fc1", "fc2"],
-                args.depth,
-                args.batch,
-                args.repeats,
-                args.device,
-                block_bits,
-            )
+        kernels = ("auto", "matmul") if args.kernel == "both" else (args.kernel,)
+        for kernel in kernels:
+            for block_bits in args.block_bits or [None]:
+                for name, model_name, layers in MODELS:
+                    compare(
+                        name,
+                        model_name,
+                        layers,
+                        args.depth,
+                        args.batch,
+                        args.repeats,
+                        args.device,
+                        block_bits,
+                        kernel=kernel,
+                    )
         if args.compile:
             compare(
                 "FC-2, fc1–fc2 as ADTNs",
