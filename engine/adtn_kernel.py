@@ -245,12 +245,20 @@ def _pass_gates(app, mats, factor=None) -> torch.Tensor:
     return gates
 
 
-def _pass_forward(app, gates: torch.Tensor, state: torch.Tensor, pool) -> torch.Tensor:
+def _pass_forward(app, gates, state, pool, slope=None, squares=False):
+    """(the native pass's output, then activated where ``slope`` is given; with ``squares``,
+    the sum of its squares, else None)."""
     state = state.reshape(-1)
     out = _out(pool, state, 1, state.numel())
     out = torch.empty_like(state) if out is None else out.view(-1)
-    adtn_native.pass_forward(state, out, app, gates)
-    return out
+    return out, adtn_native.pass_forward(state, out, app, gates, slope, squares)
+
+
+def _inverse_rms_of(squares: float, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """``_inverse_rms`` from a sum of squares that a native pass returned."""
+    root = numel**0.5
+    norm = max(squares**0.5, torch.finfo(like.dtype).tiny * root)
+    return torch.tensor(root / norm, dtype=like.dtype)
 
 
 # --------------------------------------------------------------------------- the network
@@ -378,13 +386,20 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
     if pool is not None and (1 << plan.num_bits) < POOL_MIN_NUMEL:
         pool = None
     slope, normalise = plan.slope, plan.normalise
+    last_layer = len(plan.fast) - 1
+    # Whether a native pass ended the previous layer (and so applied the activation, and
+    # summed the squares when normalising: two passes fewer over the state).
+    fused, squares = False, None
     for layer, apps in enumerate(plan.fast):
         first = None
         if layer:
-            if slope is not None:
+            if slope is not None and not fused:
                 state = state.relu_() if slope == 0.0 else _activate_(state, slope)
             if normalise:
-                factor = _inverse_rms(state)
+                if squares is None:
+                    factor = _inverse_rms(state)
+                else:
+                    factor = _inverse_rms_of(squares, state.numel(), state)
                 if inverse_rms is not None:
                     inverse_rms.append(factor)
                 if apps[0].kind == "gates":
@@ -393,15 +408,20 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
                     first = mats[apps[0].m] * factor
                 if scaled is not None:
                     scaled.append(first)
-        for app in apps:
+        fused, squares = False, None
+        for index, app in enumerate(apps):
             kind = app.kind
             if kind == "gates":
                 gates = _pass_gates(app, mats) if first is None else first
                 first = None
                 if saved is not None:
                     saved.append(state.reshape(-1))
-                state = _pass_forward(app, gates, state, pool)
+                fused = index == len(apps) - 1 and layer < last_layer
+                state, squares = _pass_forward(
+                    app, gates, state, pool, slope if fused else None, fused and normalise
+                )
                 continue
+            fused, squares = False, None
             matrix = mats[app.m] if first is None else first
             first = None
             # The input is kept as the 2-D view the backward pass multiplies by.
@@ -638,17 +658,24 @@ def _backward_stored(
                 else:
                     gates = scaled.pop() if scaled else _pass_gates(app, mats, factor)
                 d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
-                if layer or j:
-                    out = None if pool is None else _out(pool, grad, 1, size)
-                    grad_in = torch.empty_like(state) if out is None else out.view(-1)
-                adtn_native.pass_backward(state, grad.reshape(-1), grad_in, app, gates, d_gates)
+                # The input's gradient overwrites the output's, tile by tile: one state serves
+                # the whole backward pass and stays in the cache.
+                grad = grad.reshape(-1)
+                grad_in = grad if (layer or j) else None
+                ends = bool(layer and not j and plan.normalise)  # (the transition needs the dot)
+                dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, ends)
                 if scaled_here:
                     d_gates[:16].mul_(factor)
                 if layer and not j:
+                    # Back through the normalisation and the activation before this layer, in
+                    # one pass (see _transition_backward_), with <state, grad> from the pass.
                     assert grad_in is not None
-                    grad_in = _transition_backward_(grad_in, state, factor, plan)
-                if pool is not None:
-                    pool.give(*(t for t in (state, grad) if t.numel() == size))
+                    coefficient = 0.0
+                    if dot is not None:
+                        coefficient = dot * float(factor) ** 2 / state.numel()
+                    adtn_native.transition(grad_in, state, coefficient, plan.slope)
+                if pool is not None and state.numel() == size:
+                    pool.give(state)
                 grad = grad_in
                 del state
                 continue

@@ -270,87 +270,189 @@ static int bad_shape(int w, int64_t R, int T, int n_high, int n_low, int b)
     return 0;
 }
 
+/* A pass: the state viewed as (L, 2^w, R), tiles of 2^w rows by T columns (see the top). */
+typedef struct {
+    int64_t L, R, per_l, tiles;
+    int w, rows, T, n_high, n_low, b;
+    size_t tile_size;
+    const float *gates;  /* (n_high + n_low) x 16: the high gates, then the low ones */
+    const int *pos;      /* the high gates' first bits within the w bits */
+    const int *low_pos;  /* the low gates' within the last b bits */
+    int activate;        /* forward: apply the activation to the output (slope 0: ReLU) */
+    float slope;
+    int want_squares;    /* forward: sum the squares of the output */
+    int want_dot;        /* backward: sum input times the input's gradient */
+    float block[MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCK * MAX_BLOCK];
+} Pass;
+
+static void pass_setup(Pass *p, int64_t L, int w, int64_t R, int T, const float *gates,
+                       const int *pos, int n_high, const int *low_pos, int n_low, int b)
+{
+    p->L = L, p->R = R, p->w = w, p->rows = 1 << w, p->T = T;
+    p->per_l = R / T, p->tiles = L * (R / T), p->tile_size = (size_t)p->rows * (size_t)T;
+    p->gates = gates, p->pos = pos, p->n_high = n_high, p->low_pos = low_pos;
+    p->n_low = n_low, p->b = b, p->activate = 0, p->slope = 0.0f;
+    p->want_squares = p->want_dot = 0;
+    if (n_low) low_block(gates + 16 * n_high, low_pos, n_low, b, p->block, p->block_t);
+}
+
+/* sum of a[e] * b[e] over a tile, in sixteen running sums (so that it vectorises) */
+static double dot_product(const float *a, const float *b, size_t n)
+{
+    typedef float sums16 __attribute__((vector_size(64)));
+    sums16 acc = {0};
+    size_t e = 0;
+    for (; e + 16 <= n; e += 16) {
+        sums16 x, y;
+        memcpy(&x, a + e, sizeof x);
+        memcpy(&y, b + e, sizeof y);
+        acc += x * y;
+    }
+    double total = 0.0;
+    for (int k = 0; k < 16; k++) total += acc[k];
+    for (; e < n; e++) total += (double)a[e] * b[e];
+    return total;
+}
+
+static size_t tile_offset(const Pass *p, int64_t i)
+{
+    return (size_t)(i / p->per_l) * (size_t)p->rows * (size_t)p->R +
+           (size_t)(i % p->per_l) * (size_t)p->T;
+}
+
+/* Tile i of the forward pass (T a constant where this is inlined); returns the sum of the
+ * squares of its output (after the activation, where the pass applies it). */
+INLINE double forward_tile(const Pass *p, int64_t i, const float *x, float *out, float *tile,
+                           const int T)
+{
+    const size_t at = tile_offset(p, i);
+    copy_in(tile, x + at, p->rows, p->R, T);
+    for (int k = 0; k < p->n_high; k++)
+        gate_apply(tile, tile, p->gates + 16 * k, p->w, p->pos[k], T);
+    if (p->n_low) rows_apply(tile, p->rows, p->block_t, T);
+    if (p->activate) {
+        const float slope = p->slope;
+        for (size_t e = 0; e < p->tile_size; e++) tile[e] = tile[e] > 0.0f ? tile[e] : tile[e] * slope;
+    }
+    const double squares = p->want_squares ? dot_product(tile, tile, p->tile_size) : 0.0;
+    copy_out(out + at, tile, p->rows, p->R, T);
+    return squares;
+}
+
+/* Tile i of the backward pass. Its scratch: the inputs of the high gates and of the low
+ * block (n_high + 1 tiles, each computed once from the pass's input), the gradient tile and
+ * the low block's gradient over one tile; total: this thread's sums of the gates' gradients. */
+INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const float *grad_out,
+                            float *grad_in, float *scratch, double *total, const int T)
+{
+    const size_t tile_size = p->tile_size;
+    const int rows = p->rows, w = p->w, n_high = p->n_high;
+    float *inputs = scratch, *grad = scratch + tile_size * (size_t)(n_high + 1);
+    float *d_block = grad + tile_size;
+    const size_t at = tile_offset(p, i);
+    copy_in(inputs, x + at, rows, p->R, T);
+    for (int k = 0; k < n_high; k++)
+        gate_apply(inputs + tile_size * (size_t)(k + 1), inputs + tile_size * (size_t)k,
+                   p->gates + 16 * k, w, p->pos[k], T);
+    copy_in(grad, grad_out + at, rows, p->R, T);
+    if (p->n_low) {
+        memset(d_block, 0, sizeof(float) * (size_t)T * T);
+        rows_outer(d_block, grad, inputs + tile_size * (size_t)n_high, rows, T);
+        for (int e = 0; e < T * T; e++) total[16 * n_high + e] += d_block[e];
+        rows_apply(grad, rows, p->block, T); /* block^T times each row */
+    }
+    for (int k = n_high - 1; k >= 0; k--)
+        gate_backward(grad, inputs + tile_size * (size_t)k, p->gates + 16 * k, total + 16 * k, w,
+                      p->pos[k], T);
+    /* <input, gradient of the input>, which the normalisation before the pass needs */
+    const double dot = p->want_dot ? dot_product(inputs, grad, tile_size) : 0.0;
+    if (grad_in != NULL) copy_out(grad_in + at, grad, rows, p->R, T);
+    return dot;
+}
+
+/* One copy of each tile function per tile width, so that the compiler knows T and unrolls and
+ * vectorises the column loops (also inside OpenMP's outlined loop bodies). */
+#define FOR_EACH_WIDTH(CALL)     \
+    switch (p->T) {              \
+    case 8: return CALL(8);      \
+    case 16: return CALL(16);    \
+    case 32: return CALL(32);    \
+    case 64: return CALL(64);    \
+    default: return CALL(128);   \
+    }
+
+static double forward_tile_any(const Pass *p, int64_t i, const float *x, float *out, float *tile)
+{
+#define FORWARD(width) forward_tile(p, i, x, out, tile, width)
+    FOR_EACH_WIDTH(FORWARD)
+#undef FORWARD
+}
+
+static double backward_tile_any(const Pass *p, int64_t i, const float *x, const float *grad_out,
+                                float *grad_in, float *scratch, double *total)
+{
+#define BACKWARD(width) backward_tile(p, i, x, grad_out, grad_in, scratch, total, width)
+    FOR_EACH_WIDTH(BACKWARD)
+#undef BACKWARD
+}
+
 /* out = the pass applied to x (out may be x). gates: (n_high + n_low) x 16 floats, the high
  * gates first; pos: their first bits within the w bits; low_pos: the low gates' within the b
- * bits. Returns 0, or -1 for a shape it does not handle, -2 when memory runs out. */
-INLINE int pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, const int T,
-                        const float *gates, const int *pos, int n_high, const int *low_pos,
-                        int n_low, int b, int threads)
+ * bits; activate: then apply the activation (slope 0: ReLU, else leaky); squares (unless
+ * NULL): the sum of the squares of the output; threads: how many share the tiles. Returns 0,
+ * or -1 for a shape it does not handle, -2 when memory runs out. */
+EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, int T,
+                             const float *gates, const int *pos, int n_high, const int *low_pos,
+                             int n_low, int b, int activate, float slope, double *squares,
+                             int threads)
 {
-    const int rows = 1 << w;
-    const size_t tile_size = (size_t)rows * (size_t)T;
-    const int64_t per_l = R / T, tiles = L * per_l;
-    float *memory = malloc(sizeof(float) * tile_size * (size_t)threads);
-    float block[MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCK * MAX_BLOCK];
+    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
+    Pass pass;
+    const Pass *p = &pass;
+    pass_setup(&pass, L, w, R, T, gates, pos, n_high, low_pos, n_low, b);
+    pass.activate = activate, pass.slope = slope, pass.want_squares = squares != NULL;
+    float *memory = malloc(sizeof(float) * pass.tile_size * (size_t)threads);
     if (memory == NULL) return -2;
-    if (n_low) low_block(gates + 16 * n_high, low_pos, n_low, b, block, block_t);
-    /* Tiles are independent: threads share them out (with OpenMP; one thread without). */
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t i = 0; i < tiles; i++) {
-        float *tile = memory + tile_size * (size_t)omp_get_thread_num();
-        const size_t at = (size_t)(i / per_l) * rows * R + (size_t)(i % per_l) * T;
-        copy_in(tile, x + at, rows, R, T);
-        for (int k = 0; k < n_high; k++) gate_apply(tile, tile, gates + 16 * k, w, pos[k], T);
-        if (n_low) rows_apply(tile, rows, block_t, T);
-        copy_out(out + at, tile, rows, R, T);
-    }
+    double sum = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sum) if (threads > 1)
+    for (int64_t i = 0; i < p->tiles; i++)
+        sum += forward_tile_any(p, i, x, out, memory + p->tile_size * (size_t)omp_get_thread_num());
     free(memory);
+    if (squares != NULL) *squares = sum;
     return 0;
 }
 
 /* From the pass's input x and its output's gradient grad_out: the input's gradient in
- * grad_in (skipped when NULL) and every gate's gradient in d_gates ((n_high + n_low) x 16). */
-INLINE int pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
-                         int w, int64_t R, const int T, const float *gates, const int *pos,
-                         int n_high, const int *low_pos, int n_low, int b, float *d_gates,
-                         int threads)
+ * grad_in (skipped when NULL; it may be grad_out), every gate's gradient in d_gates
+ * ((n_high + n_low) x 16) and, unless NULL, <x, the input's gradient> in dot. */
+EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
+                              int w, int64_t R, int T, const float *gates, const int *pos,
+                              int n_high, const int *low_pos, int n_low, int b, float *d_gates,
+                              double *dot, int threads)
 {
-    const int rows = 1 << w;
-    const size_t tile_size = (size_t)rows * (size_t)T;
-    const int64_t per_l = R / T, tiles = L * per_l;
-    /* Per thread: three tiles (the pass's input, a work tile, the gradient) and the low
-     * block's gradient over one tile, small enough to stay in the L1 cache, so the input of
-     * each gate is recomputed from the pass's input rather than kept (a few more products,
-     * done in cache, are cheaper than tiles that spill to the next cache level); and its own
-     * sums of the gates' gradients, added up at the end. */
-    const size_t floats = tile_size * 3 + (size_t)T * T;
+    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
+    Pass pass;
+    const Pass *p = &pass;
+    pass_setup(&pass, L, w, R, T, gates, pos, n_high, low_pos, n_low, b);
+    pass.want_dot = dot != NULL;
+    const size_t floats = pass.tile_size * (size_t)(n_high + 2) + (size_t)T * T;
     const size_t sums = (size_t)16 * n_high + (size_t)T * T;
     float *memory = malloc(sizeof(float) * floats * (size_t)threads);
     double *totals = calloc(sums * (size_t)threads, sizeof(double));
-    float block[MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCK * MAX_BLOCK];
     if (memory == NULL || totals == NULL) {
         free(memory);
         free(totals);
         return -2;
     }
-    if (n_low) low_block(gates + 16 * n_high, low_pos, n_low, b, block, block_t);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t i = 0; i < tiles; i++) {
-        const int thread = omp_get_thread_num();
-        float *input = memory + floats * (size_t)thread;
-        float *work = input + tile_size, *grad = input + 2 * tile_size;
-        float *d_block = grad + tile_size;
-        double *total = totals + sums * (size_t)thread;
-        const size_t at = (size_t)(i / per_l) * rows * R + (size_t)(i % per_l) * T;
-        copy_in(input, x + at, rows, R, T);
-        copy_in(grad, grad_out + at, rows, R, T);
-        if (n_low) {
-            const float *block_input = input;
-            for (int k = 0; k < n_high; k++, block_input = work)
-                gate_apply(work, block_input, gates + 16 * k, w, pos[k], T);
-            memset(d_block, 0, sizeof(float) * (size_t)T * T);
-            rows_outer(d_block, grad, block_input, rows, T);
-            for (int e = 0; e < T * T; e++) total[16 * n_high + e] += d_block[e];
-            rows_apply(grad, rows, block, T); /* block^T times each row */
-        }
-        for (int k = n_high - 1; k >= 0; k--) {
-            const float *gate_input = input;
-            for (int j = 0; j < k; j++, gate_input = work)
-                gate_apply(work, gate_input, gates + 16 * j, w, pos[j], T);
-            gate_backward(grad, gate_input, gates + 16 * k, total + 16 * k, w, pos[k], T);
-        }
-        if (grad_in != NULL) copy_out(grad_in + at, grad, rows, R, T);
+    double products = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : products) \
+    if (threads > 1)
+    for (int64_t i = 0; i < p->tiles; i++) {
+        const size_t thread = (size_t)omp_get_thread_num();
+        products += backward_tile_any(p, i, x, grad_out, grad_in, memory + floats * thread,
+                                      totals + sums * thread);
     }
+    if (dot != NULL) *dot = products;
     for (int t = 1; t < threads; t++)
         for (size_t e = 0; e < sums; e++) totals[e] += totals[sums * (size_t)t + e];
     for (int e = 0; e < 16 * n_high; e++) d_gates[e] = (float)totals[e];
@@ -362,38 +464,15 @@ INLINE int pass_backward(const float *x, const float *grad_out, float *grad_in, 
     return 0;
 }
 
-/* The exported entry points: one copy of each pass per tile width, so that the compiler
- * knows T and unrolls and vectorises the column loops. */
-#define FOR_EACH_WIDTH(CALL) \
-    switch (T) {             \
-    case 8: return CALL(8);  \
-    case 16: return CALL(16); \
-    case 32: return CALL(32); \
-    case 64: return CALL(64); \
-    case 128: return CALL(128); \
-    default: return -1;      \
+/* Back through the activation and the normalisation between two layers, in place: grad (the
+ * gradient with respect to the activated state a, through the next layer) becomes
+ * (grad - coefficient * a), times the activation's slope where a <= 0 (when activate). */
+EXPORT void adtn_transition(float *grad, const float *a, int64_t n, float coefficient,
+                            int activate, float slope, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = grad[i] - coefficient * a[i];
+        grad[i] = (activate && !(a[i] > 0.0f)) ? g * slope : g;
     }
-
-EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, int T,
-                             const float *gates, const int *pos, int n_high, const int *low_pos,
-                             int n_low, int b, int threads)
-{
-    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
-#define FORWARD(width) \
-    pass_forward(x, out, L, w, R, width, gates, pos, n_high, low_pos, n_low, b, threads)
-    FOR_EACH_WIDTH(FORWARD)
-#undef FORWARD
-}
-
-EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
-                              int w, int64_t R, int T, const float *gates, const int *pos,
-                              int n_high, const int *low_pos, int n_low, int b, float *d_gates,
-                              int threads)
-{
-    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
-#define BACKWARD(width) \
-    pass_backward(x, grad_out, grad_in, L, w, R, width, gates, pos, n_high, low_pos, n_low, b, \
-                  d_gates, threads)
-    FOR_EACH_WIDTH(BACKWARD)
-#undef BACKWARD
 }

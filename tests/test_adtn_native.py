@@ -40,7 +40,7 @@ def test_plan_covers_every_gate_once_within_tile_limits(num_bits, parity):
     passes = adtn_native.plan_passes(pairs, num_bits)
     seen = sorted(k for members, *_ in passes for k in members)
     assert seen == list(range(len(pairs)))
-    for index, (members, L, w, R, T, positions, low_positions, b) in enumerate(passes):
+    for index, (members, L, w, R, T, T_back, positions, low_positions, b) in enumerate(passes):
         assert L * (1 << w) * R == 1 << num_bits
         lo = L.bit_length() - 1
         high = members[: len(positions)]
@@ -51,8 +51,10 @@ def test_plan_covers_every_gate_once_within_tile_limits(num_bits, parity):
             assert [starts[k] - (num_bits - b) for k in members[len(positions) :]] == list(
                 low_positions
             )
-        assert R % T == 0 and 8 <= T <= 128
+        for columns in (T, T_back):
+            assert R % columns == 0 and 8 <= columns <= 128
         assert (1 << w) * T <= max(adtn_native.TILE_ENTRIES, adtn_native.STRIDED_TILE_ENTRIES)
+        assert T_back <= T
 
 
 def test_plan_refuses_small_states():
@@ -103,7 +105,7 @@ def test_passes_match_reference_forward_and_backward(num_bits, parity):
 
 @needs_kernel
 def test_a_shape_the_kernel_does_not_handle_is_refused_not_run():
-    gate_pass = adtn_native.make_pass(-1, 0, ([0], 1, 4, 12, 16, (0,), (), 4))  # 12 % 16 != 0
+    gate_pass = adtn_native.make_pass(-1, 0, ([0], 1, 4, 12, 16, 16, (0,), (), 4))  # 12 % 16
     state = torch.zeros(4 * 16 * 12)
     with pytest.raises(RuntimeError, match="refused"):
         adtn_native.pass_forward(state, torch.empty_like(state), gate_pass, torch.zeros(16))
