@@ -671,7 +671,7 @@ def _backward_stored(
                     # one pass (see _transition_backward_), with <state, grad> from the pass.
                     assert grad_in is not None
                     coefficient = 0.0
-                    if dot is not None:
+                    if dot is not None and factor is not None:
                         coefficient = dot * float(factor) ** 2 / state.numel()
                     adtn_native.transition(grad_in, state, coefficient, plan.slope)
                 if pool is not None and state.numel() == size:
