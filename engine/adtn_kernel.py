@@ -476,13 +476,20 @@ def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None, order=No
     """The weight from the output state: gathered by ``order`` (a ``WeightGather``; None:
     the state in the weight's order, cropped), then ``scale * W / rms(W)`` (the raw tensor
     when ``scale`` is None). Returns (weight, 1 / rms(W) or None, the raw tensor)."""
-    if order is not None:
+    squares = None
+    if order is not None and plan.flat_gates:  # (native: the gather sums the squares too)
+        tensor = state.new_empty(plan.shape)
+        squares = adtn_native.gather(state, order.gather, tensor)
+    elif order is not None:
         tensor = state.index_select(0, order.gather).view(plan.shape)
     else:
         tensor = _cropped(plan, state)
     if scale is None:
         return tensor, None, tensor
-    inverse_rms = _inverse_rms(tensor)
+    if squares is None:
+        inverse_rms = _inverse_rms(tensor)
+    else:
+        inverse_rms = _inverse_rms_of(squares, tensor.numel(), tensor)
     return tensor * (scale * inverse_rms), inverse_rms, tensor
 
 
@@ -498,6 +505,8 @@ def _finish_backward(plan: Plan, tensor, scale, inverse_rms, grad_weight, order,
     ``tensor`` is the raw tensor that ``finish`` returned."""
     size = 1 << plan.num_bits
     numel = tensor.numel()
+    if order is not None and plan.flat_gates:
+        return _finish_backward_native(tensor, scale, inverse_rms, grad_weight, order, pool, size)
     if order is not None:
         # The weight's gradient goes into a flat buffer with one zero after it, which the
         # scatter reads for the padding entries.
@@ -531,6 +540,25 @@ def _finish_backward(plan: Plan, tensor, scale, inverse_rms, grad_weight, order,
         full[tuple(slice(0, d) for d in plan.shape)] = grad
         grad = full
     return grad.view(-1), grad_scale
+
+
+def _finish_backward_native(tensor, scale, inverse_rms, grad_weight, order, pool, size):
+    """``_finish_backward`` where the weight is gathered, in one pass of the native kernel
+    (the scale's correction and the scatter together) after the dot product."""
+    flat_grad = grad_weight.reshape(-1)
+    if not flat_grad.is_contiguous():
+        flat_grad = flat_grad.contiguous()
+    out = None if pool is None else pool.take(flat_grad, size)
+    out = flat_grad.new_empty(size) if out is None else out.view(-1)
+    if scale is None:
+        adtn_native.scatter_scaled(flat_grad, tensor.view(-1), order.scatter, 1.0, 0.0, out)
+        return out, None
+    dot = torch.dot(tensor.view(-1), flat_grad)
+    factor = float(scale) * float(inverse_rms)
+    # d/dW of scale * W / rms(W): scale/rms * (g - W <W, g> / (N rms**2)).
+    correction = factor * float(inverse_rms) ** 2 * float(dot) / tensor.numel()
+    adtn_native.scatter_scaled(flat_grad, tensor.view(-1), order.scatter, factor, correction, out)
+    return out, dot * inverse_rms
 
 
 def _graph_is_kept() -> bool:

@@ -476,3 +476,31 @@ EXPORT void adtn_transition(float *grad, const float *a, int64_t n, float coeffi
         grad[i] = (activate && !(a[i] > 0.0f)) ? g * slope : g;
     }
 }
+
+/* out[j] = state[index[j]] for j < n; returns the sum of the squares of out. */
+EXPORT double adtn_gather(const float *state, const int64_t *index, int64_t n, float *out,
+                          int threads)
+{
+    double squares = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : squares) \
+    if (threads > 1)
+    for (int64_t block = 0; block < n; block += 4096) {
+        const int64_t end = block + 4096 < n ? block + 4096 : n;
+        for (int64_t j = block; j < end; j++) out[j] = state[index[j]];
+        squares += dot_product(out + block, out + block, (size_t)(end - block));
+    }
+    return squares;
+}
+
+/* The state's gradient from the weight's: out[i] = a * grad[k] - b * tensor[k] with
+ * k = scatter[i], or 0 where k == n (a padding entry of the state). */
+EXPORT void adtn_scatter_scaled(const float *grad, const float *tensor, const int64_t *scatter,
+                                int64_t size, int64_t n, float a, float b, float *out,
+                                int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t i = 0; i < size; i++) {
+        const int64_t k = scatter[i];
+        out[i] = k < n ? a * grad[k] - b * tensor[k] : 0.0f;
+    }
+}

@@ -250,6 +250,10 @@ def _load(path: Path):
     lib.adtn_pass_backward.restype = i32
     lib.adtn_transition.argtypes = [pointer, pointer, i64, f32, i32, f32, i32]
     lib.adtn_transition.restype = None
+    lib.adtn_gather.argtypes = [pointer, pointer, i64, pointer, i32]
+    lib.adtn_gather.restype = ctypes.c_double
+    lib.adtn_scatter_scaled.argtypes = [pointer, pointer, pointer, i64, i64, f32, f32, pointer, i32]
+    lib.adtn_scatter_scaled.restype = None
     return lib
 
 
@@ -325,8 +329,32 @@ def transition(
     """In place, back through an activation and a normalisation between layers:
     ``grad - coefficient * activated``, times the activation's slope where ``activated <= 0``
     (``slope`` None: no activation)."""
-    threads = max(1, min(torch.get_num_threads(), grad.numel() // (1 << 16)))
+    threads = _elementwise_threads(grad.numel())
     library().adtn_transition(
         grad.data_ptr(), activated.data_ptr(), grad.numel(), coefficient,
         slope is not None, slope or 0.0, threads,
+    )  # fmt: skip
+
+
+def _elementwise_threads(numel: int) -> int:
+    return max(1, min(torch.get_num_threads(), numel // (1 << 16)))
+
+
+def gather(state: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> float:
+    """``out = state[index]`` (int64 index, contiguous float32); returns the sum of the squares
+    of ``out``."""
+    return library().adtn_gather(
+        state.data_ptr(), index.data_ptr(), index.numel(), out.data_ptr(),
+        _elementwise_threads(index.numel()),
+    )  # fmt: skip
+
+
+def scatter_scaled(
+    grad: torch.Tensor, tensor: torch.Tensor, scatter: torch.Tensor, a: float, b: float, out
+) -> None:
+    """``out[i] = a * grad[scatter[i]] - b * tensor[scatter[i]]``, 0 where ``scatter[i]`` is
+    ``grad``'s number of entries (flat, contiguous float32; int64 ``scatter``)."""
+    library().adtn_scatter_scaled(
+        grad.data_ptr(), tensor.data_ptr(), scatter.data_ptr(), scatter.numel(), grad.numel(),
+        a, b, out.data_ptr(), _elementwise_threads(scatter.numel()),
     )  # fmt: skip
