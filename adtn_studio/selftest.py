@@ -83,7 +83,12 @@ def check_device(ctx: Context) -> str:
         if torch.cuda.is_available()
         else "no CUDA device"
     )
-    return f"training on {describe_device(device)} (PyTorch {build}, {found} found)"
+    from engine import adtn_native
+
+    return (
+        f"training on {describe_device(device)} (PyTorch {build}, {found} found); "
+        f"ADTN contraction on the CPU: {adtn_native.describe()}"
+    )
 
 
 def check_window(ctx: Context) -> str:

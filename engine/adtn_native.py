@@ -54,7 +54,7 @@ COMPILE_TIMEOUT_S = 120
 MIN_TILES_PER_THREAD = 8
 
 _lock = threading.Lock()
-_state: dict = {"library": None, "tried": False, "enabled": None}
+_state: dict = {"library": None, "tried": False, "enabled": None, "error": None}
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,15 @@ def enabled() -> bool:
     return bool(wanted) and library() is not None
 
 
+def describe() -> str:
+    """How CPU contractions run here, in words (for the self-test and the log)."""
+    if enabled():
+        return "native gate passes"
+    if library() is None:
+        return f"matrix products (native kernel not available: {_state.get('error')})"
+    return f"matrix products (native kernel turned off: {DISABLE_ENV}=0)"
+
+
 def library():
     """The loaded kernel, built on first call; None where it cannot be built."""
     if _state["tried"]:
@@ -176,6 +185,7 @@ def library():
             try:
                 _state["library"] = _load(_build(default_cache_dir() / "native"))
             except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                _state["error"] = str(error)
                 logger.warning(
                     "The native ADTN kernel is not available (%s); using matrix products.",
                     error,

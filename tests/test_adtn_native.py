@@ -154,6 +154,7 @@ def test_disabled_kernel_leaves_the_matrix_products(monkeypatch):
     monkeypatch.setattr(adtn_native, "_state", {**adtn_native._state, "enabled": False})
     adtn = ADTN((64, 64), 2)
     assert not adtn._native_for(adtn._gate_list(), low_memory=False)
+    assert adtn_native.describe().startswith("matrix products")
     adtn().sum().backward()
     assert all(p.grad is not None for p in adtn.parameters())
 
@@ -161,7 +162,9 @@ def test_disabled_kernel_leaves_the_matrix_products(monkeypatch):
 def test_without_a_compiler_the_engine_says_so_once_and_keeps_working(
     monkeypatch, tmp_path, caplog
 ):
-    monkeypatch.setattr(adtn_native, "_state", {"library": None, "tried": False, "enabled": None})
+    monkeypatch.setattr(
+        adtn_native, "_state", {"library": None, "tried": False, "enabled": None, "error": None}
+    )
     monkeypatch.setenv("ADTN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with caplog.at_level(logging.WARNING, logger="engine.adtn_native"):
@@ -172,6 +175,8 @@ def test_without_a_compiler_the_engine_says_so_once_and_keeps_working(
     messages = [r.getMessage() for r in caplog.records if r.name == "engine.adtn_native"]
     assert len(messages) == 1 and "not available" in messages[0]
     assert not adtn_native.enabled()
+    assert adtn_native.describe().startswith("matrix products (native kernel not available: ")
+    assert "no-such-compiler" in adtn_native.describe() or "compiling" in adtn_native.describe()
 
 
 @needs_kernel

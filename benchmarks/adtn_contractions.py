@@ -1,0 +1,82 @@
+"""One ADTN weight, forward and backward: the native gate passes against the matrix products.
+
+For each weight shape (FC-2's and LeNet-5's linear layers, ``index_order="interleaved"``), two
+copies of one ADTN, one contracting with native gate passes (``engine.adtn_native``) and one
+with matrix products only (``kernel = "matmul"``), take turns (which goes first alternates):
+materialise the weight and back-propagate a fixed gradient. Prints each one's median time and
+the median of the per-pair ratios (native / matrix products; below 1: the native passes are
+faster), so that a drift of the machine's speed hits both alike.
+
+    python benchmarks/adtn_contractions.py [--threads 1] [--depth 3] [--pairs 40] [--clock cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from engine import adtn_native
+from engine.adtn import ADTN
+
+SHAPES = {
+    "FC-2 fc1": (256, 784),
+    "FC-2 fc2": (10, 256),
+    "LeNet-5 fc1": (120, 400),
+    "LeNet-5 fc2": (84, 120),
+    "LeNet-5 fc3": (10, 84),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), depth {args.depth}, "
+        f"{args.clock} clock; CPU contraction: {adtn_native.describe()}\n"
+    )
+    print("| weight | shape | native passes (ms) | matrix products (ms) | native / products |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, shape in SHAPES.items():
+        torch.manual_seed(0)
+        native = ADTN(shape, args.depth, index_order="interleaved")
+        products = copy.deepcopy(native)
+        products.kernel = "matmul"
+        upstream = torch.randn(shape)
+
+        def once(adtn: ADTN, upstream: torch.Tensor = upstream) -> float:
+            start = now()
+            adtn().backward(upstream)
+            return now() - start
+
+        for _ in range(3):  # warm-up: buffers, compiled plans
+            once(native), once(products)
+        times_native, times_products, ratios = [], [], []
+        for k in range(args.pairs):
+            if k % 2:
+                a = once(native)
+                b = once(products)
+            else:
+                b = once(products)
+                a = once(native)
+            times_native.append(a)
+            times_products.append(b)
+            ratios.append(a / b)
+        print(
+            f"| {name} | {shape[0]}×{shape[1]} | {statistics.median(times_native) * 1e3:.2f} "
+            f"| {statistics.median(times_products) * 1e3:.2f} "
+            f"| {statistics.median(ratios):.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
