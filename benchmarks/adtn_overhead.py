@@ -144,7 +144,7 @@ def compare(
         if block_bits:
             module.block_bits = block_bits
     gates = adtns[0]._gate_list()
-    native = adtns[0]._native_for(gates, adtns[0]._low_memory_for(gates))
+    native = adtns[0]._native_for(gates)
     how = "native gate passes" if native else f"matrix products, {block_bits or 'default'} bits"
     inputs = torch.randn(batch, 1, 28, 28, device=device)
     targets = torch.randint(0, 10, (batch,), device=device)
@@ -172,10 +172,13 @@ def compare(
     )
 
 
-def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto") -> None:
+def materialise_times(
+    depths, device: str, repeats: int = 3, memory: str = "auto", kernel: str = "auto"
+) -> None:
     now = CLOCK["now"]
     for depth in depths:
         adtn = ADTN(PEAK_SHAPE, depth=depth, memory=memory).to(device)
+        adtn.kernel = kernel
         with torch.no_grad():
             adtn._weight()  # warm-up
         times = []
@@ -194,19 +197,23 @@ def materialise_times(depths, device: str, repeats: int = 3, memory: str = "auto
             synchronise(device)
             grad_times.append(now() - start)
         low = adtn.uses_low_memory()
+        how = "native passes" if adtn._native_for(adtn._gate_list()) else "matrix products"
         print(
             f"| 4096×4096 (Q = 24) | {device} | {depth} | {adtn.num_parameters():,} "
-            f"| {'low' if low else 'fast'} | {min(times) * 1e3:.0f} | {min(grad_times) * 1e3:.0f} |"
+            f"| {'low' if low else 'fast'}, {how} | {min(times) * 1e3:.0f} "
+            f"| {min(grad_times) * 1e3:.0f} |"
         )
 
 
-def peak_child(device: str, memory: str) -> None:
+def peak_child(device: str, memory: str, kernel: str = "auto") -> None:
     """Run in a fresh process: materialise + backward once, print the peak growth (JSON)."""
     # Warm-up on a small weight: libraries map their kernels and buffers on first use, which
     # the resident set would otherwise count.
     small = ADTN((256, 256), depth=PEAK_DEPTH, memory=memory).to(device)
+    small.kernel = kernel
     small().backward(torch.randn(256, 256, device=device))
     adtn = ADTN(PEAK_SHAPE, depth=PEAK_DEPTH, memory=memory).to(device)
+    adtn.kernel = kernel
     upstream = torch.randn(PEAK_SHAPE, device=device)  # a real incoming gradient
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -231,7 +238,7 @@ def _resident_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory(device: str, memory: str, threads: int) -> None:
+def peak_memory(device: str, memory: str, threads: int, kernel: str = "auto") -> None:
     env = dict(os.environ)
     # Blocks above 64 KiB are mapped and unmapped one by one, so the resident set follows
     # the memory that is really in use (glibc would otherwise keep freed blocks).
@@ -244,6 +251,8 @@ def peak_memory(device: str, memory: str, threads: int) -> None:
         device,
         "--memory",
         memory,
+        "--kernel",
+        kernel,
         "--threads",
         str(threads),
         "--clock",
@@ -254,7 +263,7 @@ def peak_memory(device: str, memory: str, threads: int) -> None:
     state = (1 << 24) * BYTES_PER_NUMBER
     how = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "resident-set growth"
     print(
-        f"| 4096×4096, depth {PEAK_DEPTH}, memory={memory!r} | {device} | "
+        f"| 4096×4096, depth {PEAK_DEPTH}, memory={memory!r}, kernel={kernel!r} | {device} | "
         f"{result['peak'] / 2**20:.0f} MiB ({how}) | {result['peak'] / state:.2f} "
         f"| {result['seconds'] * 1e3:.0f} ms |"
     )
@@ -307,8 +316,9 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA device here")
     if args.peak_child:
-        peak_child(args.device, args.memory)
+        peak_child(args.device, args.memory, args.kernel)
         return
+    kernels = ("auto", "matmul") if args.kernel == "both" else (args.kernel,)
     built = adtn_native.library()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device "
@@ -322,7 +332,6 @@ def main() -> None:
             "| fraction of the floor reached |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        kernels = ("auto", "matmul") if args.kernel == "both" else (args.kernel,)
         for kernel in kernels:
             for block_bits in args.block_bits or [None]:
                 for name, model_name, layers in MODELS:
@@ -355,13 +364,15 @@ def main() -> None:
             "| materialise + backward (ms) |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        materialise_times((1, 2, 4), args.device, args.materialise_repeats, args.memory)
+        for kernel in kernels:
+            materialise_times((1, 2, 4), args.device, args.materialise_repeats, args.memory, kernel)
     if not args.skip_peak:
         print(
             "\n| materialise + backward | device | peak memory | in states of 2^24 float32 | time |"
         )
         print("| --- | --- | --- | --- | --- |")
-        peak_memory(args.device, args.memory, args.threads)
+        for kernel in kernels:
+            peak_memory(args.device, args.memory, args.threads, kernel)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ class ADTN(nn.Module):
         """
         gates = self._gate_list()
         low_memory = self._low_memory_for(gates)
-        plans, recipe = self._compiled(self._native_for(gates, low_memory))
+        plans, recipe = self._compiled(self._native_for(gates))
         plan = plans[scaled]
         scale = self.scale if scaled else None
         order = self._weight_gather(gates[0].device)
@@ -330,14 +330,13 @@ class ADTN(nn.Module):
         mats = with_flat_gates(plan, mats, built)
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
 
-    def _native_for(self, gates, low_memory: bool) -> bool:
+    def _native_for(self, gates) -> bool:
         """Whether this contraction runs its Kronecker sweeps as native gate passes
-        (``engine.adtn_native``): float32 on the CPU, every block's input kept, the kernel
-        built, and ``kernel`` not "matmul"."""
+        (``engine.adtn_native``): float32 on the CPU, the kernel built, and ``kernel`` not
+        "matmul" (either memory mode: in the low one, the passes work in place)."""
         ref = gates[0]
         return (
             self.kernel != "matmul"
-            and not low_memory
             and ref.device.type == "cpu"
             and ref.dtype == torch.float32
             and self.Q >= adtn_native.MIN_BITS

@@ -366,7 +366,11 @@ def forward_state(
                 saved.append(state)
                 state = state.clone()
             for j, app in enumerate(plan.low[layer]):
-                matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
+                scaling = None if j else factor
+                if app.kind == "gates":  # (a native pass works tile by tile: in place is fine)
+                    adtn_native.pass_forward(state, state, app, _pass_gates(app, mats, scaling))
+                    continue
+                matrix = mats[app.m] if scaling is None else mats[app.m] * scaling
                 _apply_inplace(app, matrix, state, chunk)
         else:
             for j, app in enumerate(plan.fast[layer]):
@@ -644,7 +648,7 @@ class NetworkState(torch.autograd.Function):
         # The native passes' gate gradients, laid out as the flat gates.
         flat_grads = grad.new_zeros(built.flat.numel()) if plan.flat_gates else None
         if ctx.low_memory:
-            _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads)
+            _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads)
         else:
             _backward_stored(
                 plan, mats, saved, inverse_rms, grad, grads, pool, list(scaled), outs, flat_grads
@@ -757,8 +761,9 @@ def _backward_stored(
             del state
 
 
-def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
-    """``grad`` (the output state's, owned here) is transformed in place."""
+def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads=None):
+    """``grad`` (the output state's, owned here) is transformed in place; ``flat_grads``:
+    where native passes write their gates' gradients."""
     depth = len(plan.fast)
     chunk = _chunk_for(grad)
     for layer in range(depth - 1, 0, -1):
@@ -769,9 +774,13 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
         factor = inverse_rms[layer - 1] if plan.normalise else None
         apps = plan.low[layer]
         effective = [
-            mats[a.m] if (j or factor is None) else mats[a.m] * factor for j, a in enumerate(apps)
+            _pass_gates(a, mats, None if j else factor)
+            if a.kind == "gates"
+            else (mats[a.m] if (j or factor is None) else mats[a.m] * factor)
+            for j, a in enumerate(apps)
         ]
         work = torch.empty_like(layer_input) if len(apps) > 1 else None
+        dot = None
         for j in range(len(apps) - 1, -1, -1):
             if j == 0:
                 state = layer_input
@@ -780,15 +789,34 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads):
                 assert work is not None  # allocated whenever the layer has a second application
                 work.copy_(layer_input)
                 for i in range(j):
-                    _apply_inplace(apps[i], effective[i], work, chunk)
+                    if apps[i].kind == "gates":
+                        adtn_native.pass_forward(work, work, apps[i], effective[i])
+                    else:
+                        _apply_inplace(apps[i], effective[i], work, chunk)
                 state = work
             app = apps[j]
+            if app.kind == "gates":
+                d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
+                wants_dot = j == 0 and plan.normalise
+                dot = adtn_native.pass_backward(
+                    state, grad, grad, app, effective[j], d_gates, wants_dot
+                )
+                if j == 0 and factor is not None:
+                    d_gates[:16].mul_(factor)
+                state = None
+                continue
             grad_matrix = _mid_gram(_mid_view(grad, app), _mid_view(state, app), chunk)
             grads[app.m] = grad_matrix if (j or factor is None) else grad_matrix * factor
             _apply_inplace(app, effective[j].t(), grad, chunk)
             state = None
         del work
-        grad = _transition_backward_(grad, layer_input, factor, plan, chunk)
+        if apps[0].kind == "gates":  # one native pass, with <input, grad> from the pass above
+            coefficient = 0.0
+            if dot is not None and factor is not None:
+                coefficient = dot * float(factor) ** 2 / layer_input.numel()
+            adtn_native.transition(grad, layer_input, coefficient, plan.slope)
+        else:
+            grad = _transition_backward_(grad, layer_input, factor, plan, chunk)
         del layer_input
     # The first layer: its states are at most a quarter of the output, recomputed and kept.
     keep: list = []
