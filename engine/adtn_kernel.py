@@ -34,6 +34,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from engine import adtn_native
+from engine.adtn_native import GatePass
 
 # Entries processed per in-place chunk: a quarter of a 4 MiB L2 cache in float32 on the CPU;
 # on a GPU the chunk only bounds the temporary's size.
@@ -55,6 +56,10 @@ class App:
     c: int = 0  # mid: number of indices of the state
 
 
+# An application: a matrix product, or a native pass of gates.
+Step = App | GatePass
+
+
 @dataclass(frozen=True)
 class Plan:
     """The compiled network: applications per layer (layer 0 acts on the product state)."""
@@ -62,8 +67,8 @@ class Plan:
     num_bits: int
     shape: tuple[int, ...]  # the weight's
     padded_shape: tuple[int, ...]
-    fast: tuple[tuple[App, ...], ...]  # rotating sweeps, out of place
-    low: tuple[tuple[App, ...], ...]  # the same products as in-place ``mid`` applications
+    fast: tuple[tuple[Step, ...], ...]  # rotating sweeps, out of place
+    low: tuple[tuple[Step, ...], ...]  # the same products as in-place ``mid`` applications
     slope: float | None  # activation between layers: None identity, 0.0 ReLU, else leaky
     normalise: bool
     # Some applications are native gate passes (``adtn_native.GatePass``), which read the
@@ -327,6 +332,7 @@ def _first_layer(plan: Plan, mats, keep: list | None = None, inputs_only: bool =
             keep.append(state)
         if inputs_only and j == len(apps) - 1:
             return None
+        assert isinstance(app, App)  # (the first layer grows the product state: no passes)
         state = _apply(app, mats[app.m], state)
     return state
 
@@ -367,7 +373,7 @@ def forward_state(
                 state = state.clone()
             for j, app in enumerate(plan.low[layer]):
                 scaling = None if j else factor
-                if app.kind == "gates":  # (a native pass works tile by tile: in place is fine)
+                if isinstance(app, GatePass):  # (tile by tile, so in place is fine)
                     adtn_native.pass_forward(state, state, app, _pass_gates(app, mats, scaling))
                     continue
                 matrix = mats[app.m] if scaling is None else mats[app.m] * scaling
@@ -376,6 +382,10 @@ def forward_state(
             for j, app in enumerate(plan.fast[layer]):
                 if saved is not None:
                     saved.append(state)
+                if isinstance(app, GatePass):
+                    gates = _pass_gates(app, mats, None if j else factor)
+                    state = _pass_forward(app, gates, state, pool)[0]
+                    continue
                 matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
                 state = _apply(app, matrix, state, pool)
     return state
@@ -406,7 +416,7 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
                     factor = _inverse_rms_of(squares, state.numel(), state)
                 if inverse_rms is not None:
                     inverse_rms.append(factor)
-                if apps[0].kind == "gates":
+                if isinstance(apps[0], GatePass):
                     first = _pass_gates(apps[0], mats, factor)
                 else:
                     first = mats[apps[0].m] * factor
@@ -414,8 +424,7 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
                     scaled.append(first)
         fused, squares = False, None
         for index, app in enumerate(apps):
-            kind = app.kind
-            if kind == "gates":
+            if isinstance(app, GatePass):
                 gates = _pass_gates(app, mats) if first is None else first
                 first = None
                 if saved is not None:
@@ -426,6 +435,7 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
                 )
                 continue
             fused, squares = False, None
+            kind = app.kind
             matrix = mats[app.m] if first is None else first
             first = None
             # The input is kept as the 2-D view the backward pass multiplies by.
@@ -684,7 +694,7 @@ def _backward_stored(
             grad_in = None
             kind = app.kind
             scaled_here = bool(j == 0 and factor is not None)
-            if kind == "gates":
+            if isinstance(app, GatePass):
                 if not scaled_here:
                     gates = _pass_gates(app, mats)
                 else:
@@ -775,7 +785,7 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
         apps = plan.low[layer]
         effective = [
             _pass_gates(a, mats, None if j else factor)
-            if a.kind == "gates"
+            if isinstance(a, GatePass)
             else (mats[a.m] if (j or factor is None) else mats[a.m] * factor)
             for j, a in enumerate(apps)
         ]
@@ -789,13 +799,13 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
                 assert work is not None  # allocated whenever the layer has a second application
                 work.copy_(layer_input)
                 for i in range(j):
-                    if apps[i].kind == "gates":
+                    if isinstance(apps[i], GatePass):
                         adtn_native.pass_forward(work, work, apps[i], effective[i])
                     else:
                         _apply_inplace(apps[i], effective[i], work, chunk)
                 state = work
             app = apps[j]
-            if app.kind == "gates":
+            if isinstance(app, GatePass):
                 d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
                 wants_dot = j == 0 and plan.normalise
                 dot = adtn_native.pass_backward(
@@ -810,7 +820,7 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
             _apply_inplace(app, effective[j].t(), grad, chunk)
             state = None
         del work
-        if apps[0].kind == "gates":  # one native pass, with <input, grad> from the pass above
+        if isinstance(apps[0], GatePass):  # one native pass, with <input, grad> from the pass above
             coefficient = 0.0
             if dot is not None and factor is not None:
                 coefficient = dot * float(factor) ** 2 / layer_input.numel()
