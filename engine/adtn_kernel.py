@@ -23,6 +23,11 @@ Applications are of three kinds. ``tail``: the state viewed as ``(n, c_in)`` tim
 ``K × K`` block on the last ``log2 K`` indices, computed as ``B @ X.T`` so that the result has
 those indices first (a sweep of such products over a Kronecker product of blocks needs no
 transposing copy). ``mid``: a ``K × K`` block on indices ``[lo, lo + w)`` of the state.
+
+On the CPU in float32 a plan's Kronecker half-layers are instead native gate passes
+(``adtn_native.GatePass``, kind ``"gates"``), which read the gates laid end to end (the last of
+``mats``) and apply whole runs of 4×4 gates per trip through memory; a layer's last pass also
+applies the activation, and its backward pass leaves what the transition between layers needs.
 """
 
 from __future__ import annotations
