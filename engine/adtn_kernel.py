@@ -264,6 +264,29 @@ def _pass_forward(app, gates, state, pool, slope=None, squares=False):
     return out, adtn_native.pass_forward(state, out, app, gates, slope, squares)
 
 
+def _pass_backward(app, state, grad, grad_in, gates, flat_grads, factor=None):
+    """A native pass's backward: the gates' gradients into their place in ``flat_grads``
+    (the first one's times ``factor``, by which that gate was scaled), the input's into
+    ``grad_in``; returns ``<state, input's gradient>`` where ``factor`` is given (the
+    normalisation before the pass needs it), else None."""
+    d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
+    wants_dot = factor is not None
+    dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, wants_dot)
+    if factor is not None:
+        d_gates[:16].mul_(factor)
+    return dot
+
+
+def _native_transition(grad, layer_input, dot, factor, plan: Plan) -> None:
+    """``_transition_backward_`` in one native pass, in place on ``grad``, with
+    ``dot = <layer_input, grad>`` from the pass that produced ``grad`` (None: no
+    normalisation)."""
+    coefficient = 0.0
+    if dot is not None and factor is not None:
+        coefficient = dot * float(factor) ** 2 / layer_input.numel()
+    adtn_native.transition(grad, layer_input, coefficient, plan.slope)
+
+
 def _inverse_rms_of(squares: float, numel: int, like: torch.Tensor) -> torch.Tensor:
     """``_inverse_rms`` from a sum of squares that a native pass returned."""
     root = numel**0.5
@@ -704,23 +727,16 @@ def _backward_stored(
                     gates = _pass_gates(app, mats)
                 else:
                     gates = scaled.pop() if scaled else _pass_gates(app, mats, factor)
-                d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
                 # The input's gradient overwrites the output's, tile by tile: one state serves
                 # the whole backward pass and stays in the cache.
                 grad = grad.reshape(-1)
                 grad_in = grad if (layer or j) else None
-                ends = bool(layer and not j and plan.normalise)  # (the transition needs the dot)
-                dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, ends)
-                if scaled_here:
-                    d_gates[:16].mul_(factor)
+                dot = _pass_backward(
+                    app, state, grad, grad_in, gates, flat_grads, factor if scaled_here else None
+                )
                 if layer and not j:
-                    # Back through the normalisation and the activation before this layer, in
-                    # one pass (see _transition_backward_), with <state, grad> from the pass.
                     assert grad_in is not None
-                    coefficient = 0.0
-                    if dot is not None and factor is not None:
-                        coefficient = dot * float(factor) ** 2 / state.numel()
-                    adtn_native.transition(grad_in, state, coefficient, plan.slope)
+                    _native_transition(grad_in, state, dot, factor, plan)
                 if pool is not None and state.numel() == size:
                     pool.give(state)
                 grad = grad_in
@@ -811,13 +827,8 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
                 state = work
             app = apps[j]
             if isinstance(app, GatePass):
-                d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
-                wants_dot = j == 0 and plan.normalise
-                dot = adtn_native.pass_backward(
-                    state, grad, grad, app, effective[j], d_gates, wants_dot
-                )
-                if j == 0 and factor is not None:
-                    d_gates[:16].mul_(factor)
+                scaling = None if j else factor
+                dot = _pass_backward(app, state, grad, grad, effective[j], flat_grads, scaling)
                 state = None
                 continue
             grad_matrix = _mid_gram(_mid_view(grad, app), _mid_view(state, app), chunk)
@@ -825,11 +836,8 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
             _apply_inplace(app, effective[j].t(), grad, chunk)
             state = None
         del work
-        if isinstance(apps[0], GatePass):  # one native pass, with <input, grad> from the pass above
-            coefficient = 0.0
-            if dot is not None and factor is not None:
-                coefficient = dot * float(factor) ** 2 / layer_input.numel()
-            adtn_native.transition(grad, layer_input, coefficient, plan.slope)
+        if isinstance(apps[0], GatePass):
+            _native_transition(grad, layer_input, dot, factor, plan)
         else:
             grad = _transition_backward_(grad, layer_input, factor, plan, chunk)
         del layer_input
