@@ -183,7 +183,7 @@ def library():
     with _lock:
         if not _state["tried"]:
             try:
-                _state["library"] = _load(_build(default_cache_dir() / "native"))
+                _state["library"] = _build_and_load(default_cache_dir() / "native")
             except (OSError, RuntimeError, subprocess.SubprocessError) as error:
                 _state["error"] = str(error)
                 logger.warning(
@@ -192,6 +192,17 @@ def library():
                 )
             _state["tried"] = True
     return _state["library"]
+
+
+def _build_and_load(folder: Path):
+    """The library in ``folder``, built if missing; one that does not load (a truncated or
+    foreign file) is removed and built again, once."""
+    path = _build(folder)
+    try:
+        return _load(path)
+    except OSError:
+        path.unlink(missing_ok=True)
+        return _load(_build(folder))
 
 
 def _compiler() -> list[str] | None:

@@ -192,3 +192,12 @@ def test_build_is_cached_per_source_and_written_atomically(tmp_path, monkeypatch
     assert adtn_native._build(tmp_path) == first  # found, not compiled again
     assert calls == []
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+
+@needs_kernel
+def test_a_cached_library_that_does_not_load_is_built_again(tmp_path):
+    broken = adtn_native._build(tmp_path)
+    broken.write_bytes(b"not a shared library")
+    library = adtn_native._build_and_load(tmp_path)
+    assert library.adtn_pass_forward is not None
+    assert broken.read_bytes()[:4] != b"not "  # rebuilt in place
