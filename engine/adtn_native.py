@@ -231,6 +231,7 @@ def _build(folder: Path) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
     folder.mkdir(parents=True, exist_ok=True)
+    logger.info("Compiling the native ADTN kernel into %s (once per machine).", folder)
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=suffix)
     os.close(fd)
     try:
