@@ -54,7 +54,7 @@ COMPILE_TIMEOUT_S = 120
 MIN_TILES_PER_THREAD = 8
 
 _lock = threading.Lock()
-_state: dict = {"library": None, "tried": False, "enabled": None, "error": None}
+_state: dict = {"library": None, "tried": False, "error": None}
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,8 @@ class GatePass:
 
 
 def plan_passes(pairs: list[tuple[int, int]], num_bits: int) -> list[tuple] | None:
-    """Passes for a Kronecker run of gates on disjoint neighbouring pairs (in bit order):
-    or None
-    where the run does not suit the native kernel (too few indices). Per pass:
+    """Passes for a Kronecker run of gates on disjoint neighbouring pairs (in bit order), or
+    None where the run does not suit the native kernel (too few indices). Per pass:
     ``(gate numbers in the run, L, w, R, T, T_back, positions, low positions, b)``."""
     if num_bits < MIN_BITS:
         return None
@@ -108,7 +107,10 @@ def plan_passes(pairs: list[tuple[int, int]], num_bits: int) -> list[tuple] | No
     # TILE_ENTRIES numbers; the bits above it are split into about equal ranges of at most
     # MAX_PASS_BITS. No range boundary cuts a gate.
     end = num_bits - b
-    straddles = lambda bit: any(a < bit < a + 2 for a in starts)  # noqa: E731
+
+    def straddles(bit: int) -> bool:
+        return any(a < bit < a + 2 for a in starts)
+
     cut = max(0, end - (TILE_ENTRIES.bit_length() - 1 - b))
     while straddles(cut):
         cut += 1
@@ -154,17 +156,9 @@ def make_pass(m: int, offset: int, spec: tuple) -> GatePass:
     return GatePass(m, offset, L, w, R, T, T_back, positions, low_positions, b, _arrays=arrays)
 
 
-def set_enabled(enabled: bool | None) -> None:
-    """Force the native kernel on or off for this process (None: the environment decides)."""
-    _state["enabled"] = enabled
-
-
 def enabled() -> bool:
-    """Whether contractions may use the native kernel (and it could be built)."""
-    wanted = _state["enabled"]
-    if wanted is None:
-        wanted = os.environ.get(DISABLE_ENV, "1") != "0"
-    return bool(wanted) and library() is not None
+    """Whether contractions may use the native kernel: not turned off, and it could be built."""
+    return os.environ.get(DISABLE_ENV, "1") != "0" and library() is not None
 
 
 def describe() -> str:
@@ -279,9 +273,10 @@ def _load(path: Path):
     return lib
 
 
-def _threads(gate_pass: GatePass) -> int:
-    """PyTorch's intra-op thread count, for passes with enough tiles to share out."""
-    tiles = gate_pass.L * (gate_pass.R // gate_pass.T)
+def _threads(gate_pass: GatePass, columns: int) -> int:
+    """PyTorch's intra-op thread count, for passes with enough tiles (of ``columns``) to
+    share out."""
+    tiles = gate_pass.L * (gate_pass.R // columns)
     return max(1, min(torch.get_num_threads(), tiles // MIN_TILES_PER_THREAD))
 
 
@@ -312,7 +307,7 @@ def pass_forward(
             state.data_ptr(), out.data_ptr(), p.L, p.w, p.R, p.T, gates.data_ptr(),
             positions, p.n_high, low_positions, len(p.low_positions), p.b,
             slope is not None, slope or 0.0, ctypes.byref(total) if squares else None,
-            _threads(p),
+            _threads(p, p.T),
         )
     )  # fmt: skip
     return total.value if squares else None
@@ -339,7 +334,7 @@ def pass_backward(
             None if grad_in is None else grad_in.data_ptr(),
             p.L, p.w, p.R, p.T_back, gates.data_ptr(), positions, p.n_high, low_positions,
             len(p.low_positions), p.b, grad_gates.data_ptr(),
-            ctypes.byref(total) if dot else None, _threads(p),
+            ctypes.byref(total) if dot else None, _threads(p, p.T_back),
         )
     )  # fmt: skip
     return total.value if dot else None

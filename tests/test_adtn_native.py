@@ -155,7 +155,7 @@ def test_native_adtn_copies_and_pickles():
 
 
 def test_disabled_kernel_leaves_the_matrix_products(monkeypatch):
-    monkeypatch.setattr(adtn_native, "_state", {**adtn_native._state, "enabled": False})
+    monkeypatch.setenv(adtn_native.DISABLE_ENV, "0")
     adtn = ADTN((64, 64), 2)
     assert not adtn._native_for(adtn._gate_list())
     assert adtn_native.describe().startswith("matrix products")
@@ -166,9 +166,7 @@ def test_disabled_kernel_leaves_the_matrix_products(monkeypatch):
 def test_without_a_compiler_the_engine_says_so_once_and_keeps_working(
     monkeypatch, tmp_path, caplog
 ):
-    monkeypatch.setattr(
-        adtn_native, "_state", {"library": None, "tried": False, "enabled": None, "error": None}
-    )
+    monkeypatch.setattr(adtn_native, "_state", {"library": None, "tried": False, "error": None})
     monkeypatch.setenv("ADTN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with caplog.at_level(logging.WARNING, logger="engine.adtn_native"):
