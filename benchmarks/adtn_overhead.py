@@ -143,7 +143,7 @@ def compare(
         module.kernel = kernel
         if block_bits:
             module.block_bits = block_bits
-    gates = adtns[0]._gate_list()
+    gates = adtns[0].gate_values
     native = adtns[0]._native_for(gates)
     how = "native gate passes" if native else f"matrix products, {block_bits or 'default'} bits"
     inputs = torch.randn(batch, 1, 28, 28, device=device)
@@ -197,7 +197,7 @@ def materialise_times(
             synchronise(device)
             grad_times.append(now() - start)
         low = adtn.uses_low_memory()
-        how = "native passes" if adtn._native_for(adtn._gate_list()) else "matrix products"
+        how = "native passes" if adtn._native_for(adtn.gate_values) else "matrix products"
         print(
             f"| 4096×4096 (Q = 24) | {device} | {depth} | {adtn.num_parameters():,} "
             f"| {'low' if low else 'fast'}, {how} | {min(times) * 1e3:.0f} "

@@ -224,9 +224,18 @@ class ADTN(nn.Module):
         self.specs = build_gate_specs(self.Q, self.depth, layout)
         self._layer_plan = _plan_later_layers(self.specs, self.depth, self.Q)
         self._first_steps = self._compile_first_layer()
-        self.gates = nn.ParameterList(
-            nn.Parameter(initial_gate(init, spec.columns, generator)) for spec in self.specs
-        )
+        # All gates in one parameter, laid out as ``flat_layout`` (grouped by stored columns):
+        # one tensor for the optimiser and autograd instead of one per gate, whose per-tensor
+        # bookkeeping cost more than a small network's contraction. ``gates`` gives the
+        # per-gate views; state dicts keep one entry per gate (``gates.<i>``).
+        _, self._gate_offsets, num_values = flat_layout(self.specs)
+        values = torch.empty(num_values)
+        for spec, offset in zip(self.specs, self._gate_offsets):
+            gate = initial_gate(init, spec.columns, generator)
+            values[offset : offset + gate.numel()] = gate.reshape(-1)
+        self.gate_values = nn.Parameter(values)
+        self.register_state_dict_post_hook(_per_gate_state_dict)
+        self.register_load_state_dict_pre_hook(_flat_gates_on_load)
         if init_std is None:
             fan_in = math.prod(self.shape[1:]) if len(self.shape) > 1 else self.shape[0]
             init_std = 1.0 / math.sqrt(3.0 * fan_in)
@@ -267,12 +276,31 @@ class ADTN(nn.Module):
 
     def num_parameters(self, tensors_only: bool = False) -> int:
         """Numbers that can change the weight: the stored local tensors, plus the scale."""
-        count = sum(g.numel() for g in self.gates)
+        count = self.gate_values.numel()
         return count if tensors_only else count + 1
 
     def gate_specs(self) -> list[GateSpec]:
         """Per stored tensor (``gates[i]``), its layer, index pair and stored columns."""
         return list(self.specs)
+
+    @property
+    def gates(self) -> list[torch.Tensor]:
+        """Each gate's stored ``(4, columns)`` tensor, a view of ``gate_values`` (in-place
+        changes reach the parameter)."""
+        return self._views_of(self.gate_values)
+
+    def gate_grads(self) -> list[torch.Tensor | None]:
+        """Each gate's gradient, a view of ``gate_values.grad`` (None before a backward)."""
+        grad = self.gate_values.grad
+        if grad is None:
+            return [None] * len(self.specs)
+        return list(self._views_of(grad))
+
+    def _views_of(self, values: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            values[offset : offset + 4 * len(spec.columns)].view(4, len(spec.columns))
+            for spec, offset in zip(self.specs, self._gate_offsets)
+        ]
 
     def extra_repr(self) -> str:
         return (
@@ -314,27 +342,27 @@ class ADTN(nn.Module):
         Between layers the state is divided by its rms when ``scaled``; that commutes with
         the (positively homogeneous) activations, so it changes nothing but the numbers' range.
         """
-        gates = self._gate_list()
-        low_memory = self._low_memory_for(gates)
-        plans, recipe = self._compiled(self._native_for(gates))
+        values = self.gate_values
+        low_memory = self._low_memory_for(values)
+        plans, recipe = self._compiled(self._native_for(values))
         plan = plans[scaled]
         scale = self.scale if scaled else None
-        order = self._weight_gather(gates[0].device)
-        tracked = gates + ([self.scale] if scaled else [])
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
-            pool = self.buffer_pool if gates[0].device.type == "cpu" else None
+        order = self._weight_gather(values.device)
+        tracked = values.requires_grad or (scaled and self.scale.requires_grad)
+        if torch.is_grad_enabled() and tracked:
+            pool = self.buffer_pool if values.device.type == "cpu" else None
             self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
             builder = self._builder(plan.flat_gates)
-            return NetworkState.apply(plan, low_memory, order, pool, builder, scale, *gates)
-        mats, built = self._builder(plan.flat_gates).build(gates)
+            return NetworkState.apply(plan, low_memory, order, pool, builder, scale, values)
+        mats, built = self._builder(plan.flat_gates).build(values)
         mats = with_flat_gates(plan, mats, built)
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
 
-    def _native_for(self, gates) -> bool:
-        """Whether this contraction runs its Kronecker sweeps as native gate passes
-        (``engine.adtn_native``): float32 on the CPU, the kernel built, and ``kernel`` not
-        "matmul" (either memory mode: in the low one, the passes work in place)."""
-        ref = gates[0]
+    def _native_for(self, ref: torch.Tensor) -> bool:
+        """Whether this contraction (of gates like ``ref``) runs its Kronecker sweeps as
+        native gate passes (``engine.adtn_native``): float32 on the CPU, the kernel built,
+        and ``kernel`` not "matmul" (either memory mode: in the low one, the passes work in
+        place)."""
         return (
             self.kernel != "matmul"
             and ref.device.type == "cpu"
@@ -396,13 +424,13 @@ class ADTN(nn.Module):
     def uses_low_memory(self) -> bool:
         """Whether the backward pass recomputes states instead of keeping them: ``memory`` is
         "low", or "auto" and keeping every block's input would not fit."""
-        return self._low_memory_for(self._gate_list())
+        return self._low_memory_for(self.gate_values)
 
-    def _low_memory_for(self, gates) -> bool:
-        """Recompute in the backward pass when keeping every block's input would not fit."""
+    def _low_memory_for(self, ref: torch.Tensor) -> bool:
+        """Recompute in the backward pass (of gates like ``ref``) when keeping every block's
+        input would not fit."""
         if self.memory != "auto":
             return self.memory == "low"
-        ref = gates[0]
         saved_states = sum(len(layer) for layer in self._compiled()[0][True].fast[1:])
         saved_bytes = saved_states * (1 << self.Q) * ref.element_size()
         budget = STORED_STATES_BUDGET_BYTES
@@ -526,17 +554,11 @@ class ADTN(nn.Module):
         widths[-1] += self.Q - 1 - self.specs[run[-1]].pair[1]
         return widths
 
-    def _gate_list(self) -> list[torch.Tensor]:
-        """The gates as a plain list (indexing an ``nn.ParameterList`` costs microseconds
-        each, hundreds of times a step)."""
-        stored: list[torch.Tensor] = [p for p in self.gates._parameters.values() if p is not None]
-        return stored if len(stored) == len(self.specs) else list(self.gates)
-
     def _matrices(self, recipe) -> list[torch.Tensor]:
         """The small matrices of every application, built from the gates by differentiable
         operations: the reference that ``MatrixBuilder``'s hand-written backward is tested
         against (the contraction itself uses the builder)."""
-        gates_ = self._gate_list()
+        gates_ = self.gates
         mats: list = [None] * len(recipe)
         fused = [(k, r[1], r[2]) for k, r in enumerate(recipe) if r is not None and r[0] == "fused"]
         if fused:
@@ -811,6 +833,45 @@ def _plan_later_layers(
                 merged.append((run, False))
         plan[layer] = merged
     return plan
+
+
+def _per_gate_state_dict(module: ADTN, state_dict, prefix: str, local_metadata) -> None:
+    """State dicts (checkpoints, exports) keep one ``(4, columns)`` entry per gate,
+    ``gates.<i>``, then ``scale``: the file format does not depend on how they are stored."""
+    values = state_dict.pop(prefix + "gate_values", None)
+    if values is None:
+        return
+    for i, view in enumerate(module._views_of(values)):
+        state_dict[f"{prefix}gates.{i}"] = view
+    if prefix + "scale" in state_dict:
+        state_dict[prefix + "scale"] = state_dict.pop(prefix + "scale")
+
+
+def _flat_gates_on_load(
+    module: ADTN, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+) -> None:
+    """Per-gate entries (``gates.<i>``, as ``state_dict`` writes them) → ``gate_values``."""
+    keys = [f"{prefix}gates.{i}" for i in range(len(module.specs))]
+    if prefix + "gate_values" in state_dict or not all(key in state_dict for key in keys):
+        return  # (missing entries are reported as ``gate_values`` missing)
+    parts = []
+    for key, spec in zip(keys, module.specs):
+        tensor = state_dict[key]
+        expected = (4, len(spec.columns))
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
+            shape = tuple(getattr(tensor, "shape", ()))
+            errors.append(
+                f"size mismatch for {key}: copying a param with shape {shape}, the parameter "
+                f"in the current model has shape {expected}."
+            )
+            return
+        parts.append(tensor)
+    values = torch.empty(module.gate_values.numel(), dtype=parts[0].dtype, device=parts[0].device)
+    for part, offset in zip(parts, module._gate_offsets):
+        values[offset : offset + part.numel()] = part.reshape(-1)
+    for key in keys:
+        del state_dict[key]
+    state_dict[prefix + "gate_values"] = values
 
 
 def _identity(bits: int, like: torch.Tensor) -> torch.Tensor:

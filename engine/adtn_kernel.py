@@ -618,9 +618,10 @@ class NetworkState(torch.autograd.Function):
     (``finish`` of the network's output state); ``pool``: a ``BufferPool`` or None.
 
     ``builder``: None, and ``inputs`` are the applications' matrices; or an object whose
-    ``build(inputs)`` returns (the matrices, what its ``backward(inputs, that, grads of the
-    matrices)`` needs to return the inputs' gradients), so that building the matrices from
-    the gates records no autograd graph either (``engine.adtn_matrices``)."""
+    ``build(values)`` returns (the matrices, what its ``backward(values, that, grads of the
+    matrices)`` needs to return the gradient of ``values``), and ``inputs`` is the one flat
+    tensor of the gates' values, so that building the matrices from the gates records no
+    autograd graph either (``engine.adtn_matrices``)."""
 
     @staticmethod
     def forward(ctx, plan: Plan, low_memory: bool, order, pool, builder, scale, *inputs):
@@ -628,7 +629,8 @@ class NetworkState(torch.autograd.Function):
         if builder is None:
             mats, built = inputs, None
         else:
-            mats, built = builder.build(inputs)
+            (values,) = inputs
+            mats, built = builder.build(values)
             mats = with_flat_gates(plan, mats, built)
         ctx.builder, ctx.built, ctx.num_inputs = builder, built, len(inputs)
         saved: list = []
@@ -665,7 +667,7 @@ class NetworkState(torch.autograd.Function):
         scale, final_inverse_rms, *inputs = ctx.saved_tensors
         pool, built = None, ctx.built
         if not ctx.saves_inputs:
-            inputs = built.gates
+            inputs = [built.gate_values]
         mats = inputs if ctx.mats is None else ctx.builder.matrices(built, ctx.mats)
         inverse_rms, scaled = ctx.inverse_rms, ctx.scaled
         saved, state = list(ctx.saved), ctx.state
@@ -692,7 +694,7 @@ class NetworkState(torch.autograd.Function):
                 plan, mats, saved, inverse_rms, grad, grads, pool, list(scaled), outs, flat_grads
             )
         if ctx.builder is not None:
-            grads = ctx.builder.backward(inputs, built, grads, outs, flat_grads)
+            grads = [ctx.builder.backward(inputs[0], built, grads, outs, flat_grads)]
         needs = ctx.needs_input_grad
         return (
             None,

@@ -72,7 +72,7 @@ class Built:
     """What ``MatrixBuilder.build`` hands to its ``backward``."""
 
     factors: torch.Tensor  # (terms, P): the gathered factor of every product term
-    gates: Sequence[torch.Tensor]
+    gate_values: torch.Tensor  # the gates' values the matrices were built from
     krons: list  # per size of the larger Kronecker blocks: (stacked gates, partial products)
     values: torch.Tensor  # the distinct values that ``place`` spreads over the matrices
     generation: int  # which build last wrote the builder's shared matrices
@@ -316,20 +316,27 @@ class MatrixBuilder:
         return value
 
     # ---------------------------------------------------------------------------- forward
-    def build(self, gates: Sequence[torch.Tensor]):
-        """(the matrices, what ``backward`` needs); no autograd graph is recorded."""
+    def build(self, gate_values: torch.Tensor):
+        """(the matrices, what ``backward`` needs) from the gates' values (laid out as
+        ``flat_layout``); no autograd graph is recorded."""
         with torch.no_grad():
-            return self._build(gates)
+            return self._build(gate_values)
 
-    def flat_gates(self, gates: Sequence[torch.Tensor]) -> torch.Tensor:
-        ref = gates[0]
-        parts = [torch.stack([gates[i] for i in ids]).view(-1) for _, ids in self.groups]
-        parts.append(self._constant("zero_one", ref, lambda: ref.new_tensor([0.0, 1.0])))
-        return torch.cat(parts)
+    def gate_views(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Each gate's ``(4, columns)`` tensor as a view of the flat ``values``."""
+        return [
+            values[offset : offset + 4 * len(spec.columns)].view(4, len(spec.columns))
+            for spec, offset in zip(self.specs, self.gate_offset)
+        ]
 
-    def _build(self, gates):
+    def flat_gates(self, values: torch.Tensor) -> torch.Tensor:
+        """The gates' values followed by the constants 0 and 1 that the index tables use."""
+        zero_one = self._constant("zero_one", values, lambda: values.new_tensor([0.0, 1.0]))
+        return torch.cat([values.reshape(-1), zero_one])
+
+    def _build(self, gate_values):
         mats: list = [None] * len(self.recipe)
-        flat = self.flat_gates(gates)
+        flat = self.flat_gates(gate_values)
         index = self._on("index", flat)
         factors = flat.index_select(0, index.view(-1)).view(index.shape)
         values = factors.prod(1) if factors.shape[1] > 1 else factors.view(-1)
@@ -353,9 +360,11 @@ class MatrixBuilder:
         torch.index_select(values, 0, self._on("place", flat), out=buffer)
         mats[:] = views
         self.generation += 1
-        for k in self.fallback_slots:
-            mats[k] = self.fallback(self.recipe[k], gates)
-        return mats, Built(factors, gates, krons, values, self.generation, flat)
+        if self.fallback_slots:
+            gates = self.gate_views(gate_values)
+            for k in self.fallback_slots:
+                mats[k] = self.fallback(self.recipe[k], gates)
+        return mats, Built(factors, gate_values, krons, values, self.generation, flat)
 
     def matrices(self, built: Built, mats: list) -> list:
         """``mats`` as ``build`` returned them with ``built``, rebuilt if a later build has
@@ -398,12 +407,13 @@ class MatrixBuilder:
                 mats[k] = view
             start += size
 
-    def backward(self, gates, built: Built, grads: Sequence, outs=None, extra=None):
-        """The gates' gradients (None where no matrix depends on a gate). ``outs``: the
+    def backward(self, gate_values, built: Built, grads: Sequence, outs=None, extra=None):
+        """The gradient of the gates' values (laid out as ``flat_layout``; None where no
+        matrix depends on any gate). ``outs``: the
         ``grad_outputs`` the contraction was given (its gradients are read from there);
         ``extra``: gradients of the flat gates (laid out as ``flat_gates``, zero where none)
         from elsewhere (the native passes), added in."""
-        ref = gates[0]
+        ref = gate_values
         if outs is None:
             outs = self.grad_outputs(ref)
         buffer = None
@@ -415,7 +425,6 @@ class MatrixBuilder:
                 out.zero_()
             elif grad is not out:
                 out.copy_(grad)
-        result: list[torch.Tensor | None] = [None] * len(gates)
         flat = extra
         if buffer is not None:
             factors = built.factors
@@ -446,32 +455,26 @@ class MatrixBuilder:
                 d_gates = kron_groups_backward(stacked, outs, d_blocks)
                 flat.index_add_(0, self._on_big(b, ref), d_gates.reshape(-1))
                 start += m * n * n
-        if flat is not None:
-            start = 0
-            for columns, ids in self.groups:
-                size = 4 * columns * len(ids)
-                parts = flat[start : start + size].view(len(ids), 4, columns).unbind(0)
-                for i, part in zip(ids, parts):
-                    result[i] = part
-                start += size
         if self.fallback_slots:
-            self._fallback_backward(self.fallback_slots, gates, grads, result)
+            if flat is None:
+                flat = ref.new_zeros(self.num_gate_entries + 2)
+            self._fallback_backward(self.fallback_slots, gate_values, grads, flat)
         if (
             buffer is not None
             and buffer is self._constants.get(("grads", ref.dtype, ref.device), (None,))[0]
         ):
             self._grad_busy = False
-        return result
+        return None if flat is None else flat[: self.num_gate_entries]
 
-    def _fallback_backward(self, entries: list[int], gates, grads, result) -> None:
+    def _fallback_backward(self, entries: list[int], gate_values, grads, flat) -> None:
+        """Adds to ``flat`` the gates' gradient through the fallback slots ``entries``
+        (rebuilt under autograd)."""
         with torch.enable_grad():
-            leaves = [g.detach().requires_grad_() for g in gates]
-            mats = [self.fallback(self.recipe[k], leaves) for k in entries]
-            used = sorted({i for k in entries for i in self.recipe[k][3]})
-            d_gates = torch.autograd.grad(
-                mats, [leaves[i] for i in used], [grads[k] for k in entries], allow_unused=True
+            leaf = gate_values.detach().requires_grad_()
+            gates = self.gate_views(leaf)
+            mats = [self.fallback(self.recipe[k], gates) for k in entries]
+            (d_values,) = torch.autograd.grad(
+                mats, [leaf], [grads[k] for k in entries], allow_unused=True
             )
-        for i, grad in zip(used, d_gates):
-            if grad is not None:
-                previous = result[i]
-                result[i] = grad if previous is None else previous + grad
+        if d_values is not None:
+            flat[: self.num_gate_entries] += d_values.reshape(-1)

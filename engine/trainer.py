@@ -450,7 +450,7 @@ class _Run:
                     and checkpoint.state["phase"] == phase
                     and checkpoint.optimizer_state is not None
                 ):  # the trainer saves one
-                    optimizer.load_state_dict(checkpoint.optimizer_state)
+                    _restore_optimizer(optimizer, checkpoint.optimizer_state)
                     if steps.scaler.is_enabled() and checkpoint.state.get("grad_scaler"):
                         steps.scaler.load_state_dict(checkpoint.state["grad_scaler"])
             lr = _set_learning_rate(optimizer, config, *self._phase_position(epoch))
@@ -794,6 +794,20 @@ def adtn_grad_norms(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str,
     return {
         name: (float(norm) / scale if norm is not None else 0.0) for name, norm in norms.items()
     }
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The checkpoint's optimiser state; one saved by a version that stored an ADTN's gates
+    as one parameter each does not fit, and the optimiser starts afresh (the
+    model's weights are restored all the same)."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as error:
+        log.warning(
+            "the checkpoint's optimiser state does not fit this model's parameters (%s); "
+            "the optimiser starts afresh",
+            error,
+        )
 
 
 def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:

@@ -114,9 +114,9 @@ def test_hand_written_backward_matches_autograd_of_the_naive_reference(shape, la
             adtn.memory = memory
             adtn.zero_grad(set_to_none=True)
             (adtn() * upstream).sum().backward()
-            for k, (got, ref) in enumerate(zip(adtn.gates, gates)):
+            for k, (got, ref) in enumerate(zip(adtn.gate_grads(), gates)):
                 torch.testing.assert_close(
-                    got.grad,
+                    got,
                     ref.grad,
                     rtol=0,
                     atol=1e-10,
@@ -224,9 +224,9 @@ def test_gradients_reach_every_local_tensor():
     torch.manual_seed(4)
     adtn = ADTN((30, 40), depth=4)
     (adtn() * torch.randn(30, 40)).sum().backward()
-    for k, gate in enumerate(adtn.gates):
-        assert gate.grad is not None, f"gate {k} has no gradient"
-        assert gate.grad.abs().sum() > 0, f"gate {k} has a zero gradient"
+    for k, grad in enumerate(adtn.gate_grads()):
+        assert grad is not None, f"gate {k} has no gradient"
+        assert grad.abs().sum() > 0, f"gate {k} has a zero gradient"
     assert adtn.scale.grad is not None and adtn.scale.grad != 0
 
 
@@ -479,8 +479,8 @@ def test_interleaved_order_of_bits_and_its_gradients():
     weight = state[order].reshape(adtn.padded_shape)[:6, :10]
     (scale * weight / weight.square().mean().sqrt() * upstream).sum().backward()
     (adtn() * upstream).sum().backward()
-    for got, ref in zip(adtn.gates, gates):
-        torch.testing.assert_close(got.grad, ref.grad, rtol=0, atol=1e-10)
+    for got, ref in zip(adtn.gate_grads(), gates):
+        torch.testing.assert_close(got, ref.grad, rtol=0, atol=1e-10)
     torch.testing.assert_close(adtn.scale.grad, scale.grad, rtol=0, atol=1e-10)
 
 
@@ -594,8 +594,8 @@ def test_repeated_steps_reusing_buffers_give_the_same_gradients_as_fresh_modules
         for a, b in zip(used.parameters(), fresh.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
         with torch.no_grad():
-            for gate in used.gates:
-                gate.sub_(0.1 * gate.grad)
+            for gate, grad in zip(used.gates, used.gate_grads()):
+                gate.sub_(0.1 * grad)
     assert used.buffer_pool.free  # the buffers were indeed reused
     assert len(used.buffer_pool.free) <= used.buffer_pool.limit
 
@@ -681,3 +681,47 @@ def test_a_backward_pass_uses_its_own_forward_pass_matrices_after_a_later_forwar
     (weight * upstream).sum().backward()
     for got, ref in zip(adtn.parameters(), first):
         torch.testing.assert_close(got.grad, ref, rtol=0, atol=0)
+
+
+def test_gates_are_one_parameter_with_per_gate_views():
+    adtn = ADTN((12, 20), depth=3)
+    named = dict(adtn.named_parameters())
+    assert list(named) == ["gate_values", "scale"]
+    assert adtn.gate_values.numel() == adtn.num_parameters(tensors_only=True)
+    assert [tuple(g.shape) for g in adtn.gates] == [(4, len(s.columns)) for s in adtn.specs]
+    with torch.no_grad():
+        adtn.gates[3].mul_(2.0)  # a view: the change reaches the parameter
+    assert torch.equal(adtn.gates[3], adtn._views_of(adtn.gate_values.detach())[3])
+    assert all(g is None for g in adtn.gate_grads())
+    (adtn() * torch.randn(12, 20)).sum().backward()
+    flat_grad = torch.cat([g.reshape(-1) for g in adtn.gate_grads()])
+    assert torch.equal(flat_grad.sort().values, adtn.gate_values.grad.sort().values)
+
+
+def test_state_dict_keeps_one_entry_per_gate_and_loads_back():
+    torch.manual_seed(0)
+    source = ADTN((12, 20), depth=3)
+    state = source.state_dict()
+    assert list(state) == [f"gates.{i}" for i in range(len(source.specs))] + ["scale"]
+    assert all(tuple(state[f"gates.{i}"].shape) == (4, len(s.columns)) for i, s in
+               enumerate(source.specs))  # fmt: skip
+    target = ADTN((12, 20), depth=3)
+    assert not torch.equal(target(), source())
+    target.load_state_dict(state)
+    torch.testing.assert_close(target(), source(), rtol=0, atol=0)
+    # inside a model, under a prefix
+    model, other = torch.nn.Sequential(ADTN((6, 9), 2)), torch.nn.Sequential(ADTN((6, 9), 2))
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other[0](), model[0](), rtol=0, atol=0)
+
+
+def test_state_dict_with_a_wrong_gate_shape_or_a_missing_gate_is_refused():
+    source = ADTN((12, 20), depth=2)
+    bad_shape = source.state_dict()
+    bad_shape["gates.2"] = torch.zeros(2, 8)
+    with pytest.raises(RuntimeError, match=r"size mismatch for gates.2"):
+        ADTN((12, 20), depth=2).load_state_dict(bad_shape)
+    missing = source.state_dict()
+    del missing["gates.0"]
+    with pytest.raises(RuntimeError, match="gate_values"):
+        ADTN((12, 20), depth=2).load_state_dict(missing)

@@ -130,9 +130,9 @@ def test_adtn_through_native_passes_matches_matrix_products(
     native = ADTN(shape, depth, activation=activation, index_order=index_order, memory=memory)
     products = copy.deepcopy(native)
     products.kernel = "matmul"
-    assert native._native_for(native._gate_list())
+    assert native._native_for(native.gate_values)
     assert native._compiled(True)[0][True].flat_gates  # the plan has native passes
-    assert not products._native_for(products._gate_list())
+    assert not products._native_for(products.gate_values)
     assert native.uses_low_memory() == (memory == "low")
     weight, reference = native(), products()
     torch.testing.assert_close(weight, reference, rtol=1e-5, atol=1e-6)
@@ -157,7 +157,7 @@ def test_native_adtn_copies_and_pickles():
 def test_disabled_kernel_leaves_the_matrix_products(monkeypatch):
     monkeypatch.setenv(adtn_native.DISABLE_ENV, "0")
     adtn = ADTN((64, 64), 2)
-    assert not adtn._native_for(adtn._gate_list())
+    assert not adtn._native_for(adtn.gate_values)
     assert adtn_native.describe().startswith("matrix products")
     adtn().sum().backward()
     assert all(p.grad is not None for p in adtn.parameters())

@@ -56,7 +56,7 @@ def test_round_trip_gives_identical_outputs_and_trainable_model(tmp_path, traine
     # Ready to train further: gradients reach the ADTN tensors.
     loaded.train()
     loaded(batch).sum().backward()
-    assert loaded.fc1.adtn.gates[0].grad is not None
+    assert loaded.fc1.adtn.gate_values.grad is not None
 
 
 def test_bundle_holds_exactly_the_state_dict_and_its_metadata(tmp_path, trained):

@@ -345,3 +345,20 @@ def test_warmup_run_steps_with_the_ramped_learning_rate(tmp_path, monkeypatch):
     assert seen[per_epoch - 1] == pytest.approx(1e-3)
     assert all(lr == pytest.approx(1e-3) for lr in seen[per_epoch:])
     assert all(b > a for a, b in zip(seen[: per_epoch - 1], seen[1:per_epoch]))
+
+
+def test_an_optimiser_state_that_does_not_fit_is_dropped_with_a_warning(caplog):
+    # (a checkpoint of a version that kept one parameter per ADTN gate)
+    old = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(3)]
+    saved = torch.optim.Adam(old, lr=1e-3)
+    sum(p.sum() for p in old).backward()
+    saved.step()
+    now = [torch.nn.Parameter(torch.randn(48))]
+    optimizer = torch.optim.Adam(now, lr=1e-3)
+    with caplog.at_level("WARNING", logger="engine.trainer"):
+        trainer_module._restore_optimizer(optimizer, saved.state_dict())
+    assert "optimiser starts afresh" in caplog.text
+    assert not optimizer.state  # nothing half-loaded
+    fitting = torch.optim.Adam(old, lr=1e-3)
+    trainer_module._restore_optimizer(fitting, saved.state_dict())
+    assert len(fitting.state) == 3
