@@ -480,7 +480,13 @@ class ADTN(nn.Module):
         offsets = flat_layout(self.specs)[1]
         for layer in range(1, self.depth):
             fast_layer, low_layer = [], []
-            for run, disjoint in self._layer_plan[layer]:
+            runs = self._layer_plan[layer]
+            trips = self._native_brick_layer(runs, offsets) if native else None
+            if trips:  # the whole layer in two passes
+                fast.append(tuple(trips))
+                low.append(tuple(trips))
+                continue
+            for run, disjoint in runs:
                 passes = self._native_passes(run, offsets) if (native and disjoint) else None
                 if passes:
                     fast_layer.extend(passes)
@@ -535,6 +541,32 @@ class ADTN(nn.Module):
             if [offsets[i] for i in ids] != [start + 16 * k for k in range(len(ids))]:
                 return None  # (the pass reads its gates as one contiguous slice)
             passes.append(adtn_native.make_pass(-1, start, (members, *shape)))
+        return passes
+
+    def _native_brick_layer(self, runs, offsets: list[int]) -> list | None:
+        """A brick layer (two side-by-side runs, pairs from 0 then from 1) as two native
+        passes (``adtn_native.plan_brick_layer``); None where it is not one or does not fit."""
+        if len(runs) != 2 or not all(disjoint for _, disjoint in runs):
+            return None
+        ids = runs[0][0] + runs[1][0]
+        if any(len(self.specs[i].columns) != 4 for i in ids):
+            return None
+        planned = adtn_native.plan_brick_layer(
+            [self.specs[i].pair for i in runs[0][0]],
+            [self.specs[i].pair for i in runs[1][0]],
+            self.Q,
+        )
+        if planned is None:
+            return None
+        passes = []
+        for members, *shape in planned:
+            gate_offsets = [offsets[ids[k]] for k in members]
+            start = gate_offsets[0]
+            contiguous = gate_offsets == [start + 16 * k for k in range(len(members))]
+            spec = (members, *shape)
+            passes.append(
+                adtn_native.make_pass(-1, start, spec, None if contiguous else gate_offsets)
+            )
         return passes
 
     def _sweep_groups(self, run: list[int]) -> list[list[int]]:

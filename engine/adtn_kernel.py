@@ -247,10 +247,15 @@ def with_flat_gates(plan: Plan, mats: Sequence[torch.Tensor], built) -> list:
 def _pass_gates(app, mats, factor=None) -> torch.Tensor:
     """A native pass's gates (16 numbers each, contiguous): a view of the flat gates, or a
     copy whose first gate is multiplied by ``factor``."""
-    gates = mats[app.m][app.offset : app.offset + 16 * app.count]
+    gather = app.gather
+    if gather is None:
+        gates = mats[app.m][app.offset : app.offset + 16 * app.count]
+    else:  # (a copy, in the pass's order)
+        gates = mats[app.m].index_select(0, gather)
     if factor is None:
         return gates
-    gates = gates.clone()
+    if gather is None:
+        gates = gates.clone()
     gates[:16].mul_(factor)
     return gates
 
@@ -269,11 +274,17 @@ def _pass_backward(app, state, grad, grad_in, gates, flat_grads, factor=None):
     (the first one's times ``factor``, by which that gate was scaled), the input's into
     ``grad_in``; returns ``<state, input's gradient>`` where ``factor`` is given (the
     normalisation before the pass needs it), else None."""
-    d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
+    gather = app.gather
+    if gather is None:
+        d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
+    else:
+        d_gates = flat_grads.new_empty(16 * app.count)
     wants_dot = factor is not None
     dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, wants_dot)
     if factor is not None:
         d_gates[:16].mul_(factor)
+    if gather is not None:
+        flat_grads.index_copy_(0, gather, d_gates)
     return dot
 
 

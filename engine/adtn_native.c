@@ -3,14 +3,16 @@
  * Built on first use by engine/adtn_native.py with the system's C compiler and loaded with
  * ctypes; without a compiler the engine keeps its matrix-product kernel (engine/adtn_kernel.py).
  *
- * A *pass* views the state as (L, 2^w, R) and applies gates on bit pairs of the middle w bits
- * (bit 0 the most significant), plus, when R == T == 2^b, gates on the last b bits (the "low"
- * gates, applied to each row of T numbers as one 2^b x 2^b Kronecker block). The state is
- * processed in tiles of 2^w rows by T columns: a tile is copied into a small contiguous buffer,
- * every gate of the pass is applied to it while it sits in the L1/L2 cache, and it is copied
- * out, so a pass costs one trip through memory whatever its number of gates (a matrix product
- * per block of gates costs one trip per block, and a 16x16 block four times a gate's
- * arithmetic). Loops run over the T columns so that the compiler vectorises them.
+ * A *pass* views the state as (L, 2^w, R) and runs a list of steps on it, one per gate: a gate
+ * on a bit pair of the tile viewed as rows of some width (bit 0 the most significant), or,
+ * when R == T (the tile's columns are the state's last bits), a Kronecker block of gates on
+ * the last b bits, applied to each row of 2^b numbers. The state is processed in tiles of 2^w
+ * rows by T columns: a tile is copied into a small contiguous buffer, every step of the pass
+ * is applied to it while it sits in the L1/L2 cache, and it is copied out, so a pass costs
+ * one trip through memory whatever its number of gates (a matrix product per block of gates
+ * costs one trip per block, and a 16x16 block four times a gate's arithmetic). Loops run
+ * over the columns so that the compiler vectorises them. A whole brick layer fits two
+ * passes (engine/adtn_native.py, plan_brick_layer).
  *
  * The backward pass gets the pass's input and the gradient of its output; per tile it
  * recomputes the inputs of the pass's gates, then walks back through them, accumulating each
@@ -106,6 +108,10 @@ static void low_block_backward(const float *gates, const int *low_pos, int n_low
                                int T)                                                         \
     {                                                                                         \
         const size_t s = (size_t)1 << (w - p - 2), outer = (size_t)1 << p, step = s * T;      \
+        /* the gate's entries broadcast once, held in registers (stores to dst could alias \
+         * g as far as the compiler knows, which made it reload them at every step) */        \
+        vec##V G[16];                                                                         \
+        for (int e = 0; e < 16; e++) G[e] = (vec##V){0} + g[e];                               \
         for (size_t o = 0; o < outer; o++)                                                    \
             for (size_t i = 0; i < s; i++)                                                    \
                 for (int c = 0; c < T; c += V) {                                              \
@@ -115,10 +121,10 @@ static void low_block_backward(const float *gates, const int *low_pos, int n_low
                     memcpy(&a1, src + at + step, sizeof a1);                                  \
                     memcpy(&a2, src + at + 2 * step, sizeof a2);                              \
                     memcpy(&a3, src + at + 3 * step, sizeof a3);                              \
-                    const vec##V r0 = g[0] * a0 + g[1] * a1 + g[2] * a2 + g[3] * a3;          \
-                    const vec##V r1 = g[4] * a0 + g[5] * a1 + g[6] * a2 + g[7] * a3;          \
-                    const vec##V r2 = g[8] * a0 + g[9] * a1 + g[10] * a2 + g[11] * a3;        \
-                    const vec##V r3 = g[12] * a0 + g[13] * a1 + g[14] * a2 + g[15] * a3;      \
+                    const vec##V r0 = G[0] * a0 + G[1] * a1 + G[2] * a2 + G[3] * a3;          \
+                    const vec##V r1 = G[4] * a0 + G[5] * a1 + G[6] * a2 + G[7] * a3;          \
+                    const vec##V r2 = G[8] * a0 + G[9] * a1 + G[10] * a2 + G[11] * a3;        \
+                    const vec##V r3 = G[12] * a0 + G[13] * a1 + G[14] * a2 + G[15] * a3;      \
                     memcpy(dst + at, &r0, sizeof r0);                                         \
                     memcpy(dst + at + step, &r1, sizeof r1);                                  \
                     memcpy(dst + at + 2 * step, &r2, sizeof r2);                              \
@@ -262,39 +268,87 @@ INLINE void copy_out(float *RESTRICT state, const float *RESTRICT tile, int rows
         memcpy(state + (size_t)r * R, tile + (size_t)r * T, sizeof(float) * (size_t)T);
 }
 
-static int bad_shape(int w, int64_t R, int T, int n_high, int n_low, int b)
+#define MAX_BLOCKS 4
+
+/* One step of a pass on its tile: a gate on bits (p, p+1) of the tile viewed as rows of T
+ * numbers (w row bits), or a Kronecker block of gates on the last b = log2(T) bits (the
+ * state's last bits: R == T), applied to each row of T numbers. */
+typedef struct {
+    int kind; /* 0: one gate; 1: a block */
+    int T, w, p;
+    int first, count; /* its gates: first, ..., first + count - 1 */
+    int block;        /* kind 1: which of the pass's blocks */
+} Op;
+
+/* A pass: the state viewed as (L, 2^w, R), tiles of 2^w rows by T columns (see the top), and
+ * its steps, in order. */
+typedef struct {
+    int64_t L, R, per_l, tiles;
+    int w, rows, T, n_gates, n_ops, n_blocks;
+    size_t tile_size;
+    const float *gates; /* n_gates x 16, in the order of the steps */
+    Op ops[MAX_GATES];
+    int low_pos[MAX_GATES]; /* a block's gates' first bits within its b bits */
+    int activate;           /* forward: apply the activation to the output (slope 0: ReLU) */
+    float slope;
+    int want_squares;       /* forward: sum the squares of the output */
+    int want_dot;           /* backward: sum input times the input's gradient */
+    float block[MAX_BLOCKS][MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCKS][MAX_BLOCK * MAX_BLOCK];
+} Pass;
+
+static int log2_exact(int64_t n)
 {
-    if (T < 1 || T > MAX_T || R % T != 0 || w < 0 || w > 16) return 1;
-    if (n_high < 0 || n_low < 0 || n_high + n_low > MAX_GATES) return 1;
-    if (n_low > 0 && ((1 << b) != T || R != T || T > MAX_BLOCK)) return 1;
+    int k = 0;
+    while (((int64_t)1 << k) < n) k++;
+    return ((int64_t)1 << k) == n ? k : -1;
+}
+
+/* Reads the steps: spec holds (kind, T, p) per gate, in order; consecutive block gates with
+ * the same T on disjoint bits form one block. Returns 1 for anything it cannot run. */
+static int pass_setup(Pass *p, int64_t L, int w, int64_t R, int T, const float *gates,
+                      const int *spec, int n_gates)
+{
+    if (T < 8 || T > MAX_T || log2_exact(T) < 0 || R % T != 0 || w < 0 || w > 16) return 1;
+    if (L < 1 || n_gates < 0 || n_gates > MAX_GATES) return 1;
+    p->L = L, p->R = R, p->w = w, p->rows = 1 << w, p->T = T;
+    p->per_l = R / T, p->tiles = L * (R / T), p->tile_size = (size_t)p->rows * (size_t)T;
+    p->gates = gates, p->n_gates = n_gates, p->n_ops = 0, p->n_blocks = 0;
+    p->activate = 0, p->slope = 0.0f, p->want_squares = p->want_dot = 0;
+    int covered = 0;
+    for (int k = 0; k < n_gates; k++) {
+        const int kind = spec[3 * k], pos = spec[3 * k + 2];
+        const int view = spec[3 * k + 1] ? spec[3 * k + 1] : T; /* 0: the tile's width */
+        const int b = log2_exact(view);
+        if (b < 3 || view > T || T % view != 0) return 1;
+        if (kind == 0) {
+            const int rows_bits = w + log2_exact(T / view);
+            if (pos < 0 || pos > rows_bits - 2) return 1;
+            p->ops[p->n_ops++] = (Op){0, view, rows_bits, pos, k, 1, -1};
+            covered = 0;
+            continue;
+        }
+        if (kind != 1 || view > MAX_BLOCK || R != T || pos < 0 || pos > b - 2) return 1;
+        Op *last = p->n_ops ? &p->ops[p->n_ops - 1] : NULL;
+        if (last && last->kind == 1 && last->T == view && !(covered & (3 << pos))) {
+            last->count++;
+        } else {
+            if (p->n_blocks == MAX_BLOCKS) return 1;
+            p->ops[p->n_ops++] = (Op){1, view, w + log2_exact(T / view), 0, k, 1, p->n_blocks++};
+            covered = 0;
+        }
+        covered |= 3 << pos;
+        p->low_pos[k] = pos;
+    }
+    for (int o = 0; o < p->n_ops; o++) {
+        const Op *op = &p->ops[o];
+        if (op->kind == 1)
+            low_block(gates + 16 * op->first, p->low_pos + op->first, op->count,
+                      log2_exact(op->T), p->block[op->block], p->block_t[op->block]);
+    }
     return 0;
 }
 
-/* A pass: the state viewed as (L, 2^w, R), tiles of 2^w rows by T columns (see the top). */
-typedef struct {
-    int64_t L, R, per_l, tiles;
-    int w, rows, T, n_high, n_low, b;
-    size_t tile_size;
-    const float *gates;  /* (n_high + n_low) x 16: the high gates, then the low ones */
-    const int *pos;      /* the high gates' first bits within the w bits */
-    const int *low_pos;  /* the low gates' within the last b bits */
-    int activate;        /* forward: apply the activation to the output (slope 0: ReLU) */
-    float slope;
-    int want_squares;    /* forward: sum the squares of the output */
-    int want_dot;        /* backward: sum input times the input's gradient */
-    float block[MAX_BLOCK * MAX_BLOCK], block_t[MAX_BLOCK * MAX_BLOCK];
-} Pass;
-
-static void pass_setup(Pass *p, int64_t L, int w, int64_t R, int T, const float *gates,
-                       const int *pos, int n_high, const int *low_pos, int n_low, int b)
-{
-    p->L = L, p->R = R, p->w = w, p->rows = 1 << w, p->T = T;
-    p->per_l = R / T, p->tiles = L * (R / T), p->tile_size = (size_t)p->rows * (size_t)T;
-    p->gates = gates, p->pos = pos, p->n_high = n_high, p->low_pos = low_pos;
-    p->n_low = n_low, p->b = b, p->activate = 0, p->slope = 0.0f;
-    p->want_squares = p->want_dot = 0;
-    if (n_low) low_block(gates + 16 * n_high, low_pos, n_low, b, p->block, p->block_t);
-}
+static size_t op_rows(const Pass *p, const Op *op) { return p->tile_size / (size_t)op->T; }
 
 /* sum of a[e] * b[e] over a tile, in sixteen running sums (so that it vectorises) */
 static double dot_product(const float *a, const float *b, size_t n)
@@ -327,9 +381,13 @@ INLINE double forward_tile(const Pass *p, int64_t i, const float *x, float *out,
 {
     const size_t at = tile_offset(p, i);
     copy_in(tile, x + at, p->rows, p->R, T);
-    for (int k = 0; k < p->n_high; k++)
-        gate_apply(tile, tile, p->gates + 16 * k, p->w, p->pos[k], T);
-    if (p->n_low) rows_apply(tile, p->rows, p->block_t, T);
+    for (int o = 0; o < p->n_ops; o++) {
+        const Op *op = &p->ops[o];
+        if (op->kind == 0)
+            gate_apply(tile, tile, p->gates + 16 * op->first, op->w, op->p, op->T);
+        else
+            rows_apply(tile, (int)op_rows(p, op), p->block_t[op->block], op->T);
+    }
     if (p->activate) {
         const float slope = p->slope;
         for (size_t e = 0; e < p->tile_size; e++) tile[e] = tile[e] > 0.0f ? tile[e] : tile[e] * slope;
@@ -339,34 +397,49 @@ INLINE double forward_tile(const Pass *p, int64_t i, const float *x, float *out,
     return squares;
 }
 
-/* Tile i of the backward pass. Its scratch: the inputs of the high gates and of the low
- * block (n_high + 1 tiles, each computed once from the pass's input), the gradient tile and
- * the low block's gradient over one tile; total: this thread's sums of the gates' gradients. */
+/* Tile i of the backward pass. Its scratch: the input of every step (n_ops + 1 tiles, each
+ * computed once from the pass's input), the gradient tile and a block's gradient over one
+ * tile; total: this thread's sums of the gates' gradients (16 per gate), then of each
+ * block's (MAX_BLOCK^2 each). */
 INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const float *grad_out,
                             float *grad_in, float *scratch, double *total, const int T)
 {
     const size_t tile_size = p->tile_size;
-    const int rows = p->rows, w = p->w, n_high = p->n_high;
-    float *inputs = scratch, *grad = scratch + tile_size * (size_t)(n_high + 1);
+    const int n_ops = p->n_ops;
+    float *inputs = scratch, *grad = scratch + tile_size * (size_t)(n_ops + 1);
     float *d_block = grad + tile_size;
     const size_t at = tile_offset(p, i);
-    copy_in(inputs, x + at, rows, p->R, T);
-    for (int k = 0; k < n_high; k++)
-        gate_apply(inputs + tile_size * (size_t)(k + 1), inputs + tile_size * (size_t)k,
-                   p->gates + 16 * k, w, p->pos[k], T);
-    copy_in(grad, grad_out + at, rows, p->R, T);
-    if (p->n_low) {
-        memset(d_block, 0, sizeof(float) * (size_t)T * T);
-        rows_outer(d_block, grad, inputs + tile_size * (size_t)n_high, rows, T);
-        for (int e = 0; e < T * T; e++) total[16 * n_high + e] += d_block[e];
-        rows_apply(grad, rows, p->block, T); /* block^T times each row */
+    copy_in(inputs, x + at, p->rows, p->R, T);
+    for (int o = 0; o < n_ops; o++) {
+        const Op *op = &p->ops[o];
+        float *in = inputs + tile_size * (size_t)o, *next = in + tile_size;
+        if (op->kind == 0) {
+            gate_apply(next, in, p->gates + 16 * op->first, op->w, op->p, op->T);
+        } else {
+            memcpy(next, in, sizeof(float) * tile_size);
+            rows_apply(next, (int)op_rows(p, op), p->block_t[op->block], op->T);
+        }
     }
-    for (int k = n_high - 1; k >= 0; k--)
-        gate_backward(grad, inputs + tile_size * (size_t)k, p->gates + 16 * k, total + 16 * k, w,
-                      p->pos[k], T);
+    copy_in(grad, grad_out + at, p->rows, p->R, T);
+    double *block_totals = total + 16 * (size_t)p->n_gates;
+    for (int o = n_ops - 1; o >= 0; o--) {
+        const Op *op = &p->ops[o];
+        const float *in = inputs + tile_size * (size_t)o;
+        if (op->kind == 0) {
+            gate_backward(grad, in, p->gates + 16 * op->first, total + 16 * op->first, op->w,
+                          op->p, op->T);
+            continue;
+        }
+        const int rows = (int)op_rows(p, op), size = op->T * op->T;
+        double *sums = block_totals + (size_t)op->block * MAX_BLOCK * MAX_BLOCK;
+        memset(d_block, 0, sizeof(float) * (size_t)size);
+        rows_outer(d_block, grad, in, rows, op->T);
+        for (int e = 0; e < size; e++) sums[e] += d_block[e];
+        rows_apply(grad, rows, p->block[op->block], op->T); /* block^T times each row */
+    }
     /* <input, gradient of the input>, which the normalisation before the pass needs */
     const double dot = p->want_dot ? dot_product(inputs, grad, tile_size) : 0.0;
-    if (grad_in != NULL) copy_out(grad_in + at, grad, rows, p->R, T);
+    if (grad_in != NULL) copy_out(grad_in + at, grad, p->rows, p->R, T);
     return dot;
 }
 
@@ -396,52 +469,61 @@ static double backward_tile_any(const Pass *p, int64_t i, const float *x, const 
 #undef BACKWARD
 }
 
-/* out = the pass applied to x (out may be x). gates: (n_high + n_low) x 16 floats, the high
- * gates first; pos: their first bits within the w bits; low_pos: the low gates' within the b
- * bits; activate: then apply the activation (slope 0: ReLU, else leaky); squares (unless
- * NULL): the sum of the squares of the output; threads: how many share the tiles. Returns 0,
- * or -1 for a shape it does not handle, -2 when memory runs out. */
+/* out = the pass applied to x (out may be x). gates: n_gates x 16 floats in the order of the
+ * steps; spec: (kind, T, p) per gate (kind 0: a gate on bits p, p+1 of the tile viewed as
+ * rows of T numbers, 0 for the tile's own width; kind 1: a gate on bits p, p+1 of the last log2(T) bits, consecutive
+ * ones making one Kronecker block); activate: then apply the activation (slope 0: ReLU,
+ * else leaky); squares (unless NULL): the sum of the squares of the output; threads: how
+ * many share the tiles. Returns 0, or -1 for a shape it does not handle, -2 when memory
+ * runs out. */
 EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, int T,
-                             const float *gates, const int *pos, int n_high, const int *low_pos,
-                             int n_low, int b, int activate, float slope, double *squares,
-                             int threads)
+                             const float *gates, const int *spec, int n_gates, int activate,
+                             float slope, double *squares, int threads)
 {
-    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
-    Pass pass;
-    const Pass *p = &pass;
-    pass_setup(&pass, L, w, R, T, gates, pos, n_high, low_pos, n_low, b);
-    pass.activate = activate, pass.slope = slope, pass.want_squares = squares != NULL;
-    float *memory = malloc(sizeof(float) * pass.tile_size * (size_t)threads);
-    if (memory == NULL) return -2;
+    Pass *p = malloc(sizeof(Pass));
+    if (p == NULL) return -2;
+    if (threads < 1 || pass_setup(p, L, w, R, T, gates, spec, n_gates)) {
+        free(p);
+        return -1;
+    }
+    p->activate = activate, p->slope = slope, p->want_squares = squares != NULL;
+    float *memory = malloc(sizeof(float) * p->tile_size * (size_t)threads);
+    if (memory == NULL) {
+        free(p);
+        return -2;
+    }
     double sum = 0.0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sum) if (threads > 1)
     for (int64_t i = 0; i < p->tiles; i++)
         sum += forward_tile_any(p, i, x, out, memory + p->tile_size * (size_t)omp_get_thread_num());
     free(memory);
+    free(p);
     if (squares != NULL) *squares = sum;
     return 0;
 }
 
 /* From the pass's input x and its output's gradient grad_out: the input's gradient in
  * grad_in (skipped when NULL; it may be grad_out), every gate's gradient in d_gates
- * ((n_high + n_low) x 16) and, unless NULL, <x, the input's gradient> in dot. */
+ * (n_gates x 16) and, unless NULL, <x, the input's gradient> in dot. */
 EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
-                              int w, int64_t R, int T, const float *gates, const int *pos,
-                              int n_high, const int *low_pos, int n_low, int b, float *d_gates,
-                              double *dot, int threads)
+                              int w, int64_t R, int T, const float *gates, const int *spec,
+                              int n_gates, float *d_gates, double *dot, int threads)
 {
-    if (bad_shape(w, R, T, n_high, n_low, b) || threads < 1) return -1;
-    Pass pass;
-    const Pass *p = &pass;
-    pass_setup(&pass, L, w, R, T, gates, pos, n_high, low_pos, n_low, b);
-    pass.want_dot = dot != NULL;
-    const size_t floats = pass.tile_size * (size_t)(n_high + 2) + (size_t)T * T;
-    const size_t sums = (size_t)16 * n_high + (size_t)T * T;
+    Pass *p = malloc(sizeof(Pass));
+    if (p == NULL) return -2;
+    if (threads < 1 || pass_setup(p, L, w, R, T, gates, spec, n_gates)) {
+        free(p);
+        return -1;
+    }
+    p->want_dot = dot != NULL;
+    const size_t floats = p->tile_size * (size_t)(p->n_ops + 2) + MAX_BLOCK * MAX_BLOCK;
+    const size_t sums = (size_t)16 * n_gates + (size_t)p->n_blocks * MAX_BLOCK * MAX_BLOCK;
     float *memory = malloc(sizeof(float) * floats * (size_t)threads);
     double *totals = calloc(sums * (size_t)threads, sizeof(double));
     if (memory == NULL || totals == NULL) {
         free(memory);
         free(totals);
+        free(p);
         return -2;
     }
     double products = 0.0;
@@ -455,12 +537,21 @@ EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad
     if (dot != NULL) *dot = products;
     for (int t = 1; t < threads; t++)
         for (size_t e = 0; e < sums; e++) totals[e] += totals[sums * (size_t)t + e];
-    for (int e = 0; e < 16 * n_high; e++) d_gates[e] = (float)totals[e];
-    if (n_low)
-        low_block_backward(gates + 16 * n_high, low_pos, n_low, b, totals + 16 * n_high,
-                           d_gates + 16 * n_high);
+    for (int o = 0; o < p->n_ops; o++) {
+        const Op *op = &p->ops[o];
+        if (op->kind == 0) {
+            for (int e = 0; e < 16; e++) d_gates[16 * op->first + e] = (float)totals[16 * op->first + e];
+            continue;
+        }
+        /* (a block's sums are laid out T x T, at the start of its MAX_BLOCK^2 slot) */
+        const double *block_sums = totals + 16 * (size_t)n_gates +
+                                   (size_t)op->block * MAX_BLOCK * MAX_BLOCK;
+        low_block_backward(gates + 16 * op->first, p->low_pos + op->first, op->count,
+                           log2_exact(op->T), block_sums, d_gates + 16 * op->first);
+    }
     free(memory);
     free(totals);
+    free(p);
     return 0;
 }
 

@@ -5,6 +5,7 @@ as blocks of two gates (16×16 matrices), one trip through memory per block and 
 product, at four times a gate's arithmetic; the native kernel applies it in one or two *passes*,
 each a trip through memory that applies all its gates to cache-sized tiles
 (``adtn_native.c`` says how). ``plan_passes`` splits a run of gates into passes,
+``plan_brick_layer`` puts a whole brick layer (both half-layers) into two passes,
 ``GatePass`` describes one, and ``pass_forward`` / ``pass_backward`` run it.
 
 The C file is compiled on first use with the machine's C compiler (``$CC``, ``cc``, ``gcc`` or
@@ -47,6 +48,11 @@ STRIDED_TILE_ENTRIES = 1 << 13
 # Backward, a tile is held once per gate (each gate's input) and once more for the gradient:
 # smaller tiles keep them all in the L1 cache (measured: a third faster than forward's).
 BACKWARD_TILE_ENTRIES = 1 << 11
+# A brick layer in two passes (``plan_brick_layer``): the first covers the state's last bits,
+# a contiguous tile of at most 2**LOW_PASS_BITS numbers; the second the bits above them, its
+# tile's rows at most 2**MAX_HIGH_ROW_BITS apart.
+LOW_PASS_BITS = 12
+MAX_HIGH_ROW_BITS = 10
 # Below this many indices a state fits the cache anyway and the matrix products are as fast.
 MIN_BITS = 8
 COMPILE_TIMEOUT_S = 120
@@ -59,11 +65,13 @@ _state: dict = {"library": None, "tried": False, "error": None}
 
 @dataclass(frozen=True)
 class GatePass:
-    """One pass: the state viewed as ``(L, 2**w, R)``; ``count`` gates whose 4×4 entries
-    start at ``offset`` of the flat gate vector (``mats[m]``), the first ``n_high`` on bit
-    pairs ``positions`` of the middle ``w`` bits, the rest on pairs ``low_positions`` of the
-    last ``b`` bits (then ``R == T == 2**b``); tiles of ``T`` columns forward and ``T_back``
-    backward (whose tiles are several at once: the inputs of every gate)."""
+    """One pass: the state viewed as ``(L, 2**w, R)``, tiles of ``T`` columns forward and
+    ``T_back`` backward (whose tiles are several at once: the input of every step), and its
+    ``steps``, one per gate in order: ``(kind, view, p)``, kind 0 a gate on bits ``p, p+1`` of
+    the tile viewed as rows of ``view`` numbers (0: the tile's own width), kind 1 a gate on
+    bits ``p, p+1`` of the state's last ``log2(view)`` bits (consecutive ones make one
+    Kronecker block). Its gates' 4×4 entries start at ``offset`` of the flat gate vector
+    (``mats[m]``), one after the other, or at ``offsets`` where they are not contiguous."""
 
     m: int
     offset: int
@@ -72,20 +80,21 @@ class GatePass:
     R: int
     T: int
     T_back: int
-    positions: tuple[int, ...]
-    low_positions: tuple[int, ...]
-    b: int
+    steps: tuple[tuple[int, int, int], ...]
+    offsets: tuple[int, ...] | None = None
     kind: str = "gates"
-    # ctypes arrays of the positions, made once
+    # ctypes array of the steps, and (with ``offsets``) the flat positions of the gates'
+    # entries, made once
     _arrays: tuple = field(default=(), compare=False, repr=False)
 
     @property
-    def n_high(self) -> int:
-        return len(self.positions)
+    def count(self) -> int:
+        return len(self.steps)
 
     @property
-    def count(self) -> int:
-        return len(self.positions) + len(self.low_positions)
+    def gather(self) -> torch.Tensor | None:
+        """Where the pass's gate entries lie in the flat gate vector (None: contiguous)."""
+        return self._arrays[1]
 
 
 def plan_passes(pairs: list[tuple[int, int]], num_bits: int) -> list[tuple] | None:
@@ -147,13 +156,86 @@ def plan_passes(pairs: list[tuple[int, int]], num_bits: int) -> list[tuple] | No
     return passes
 
 
-def make_pass(m: int, offset: int, spec: tuple) -> GatePass:
-    _, L, w, R, T, T_back, positions, low_positions, b = spec
-    arrays = (
-        (ctypes.c_int * max(1, len(positions)))(*positions),
-        (ctypes.c_int * max(1, len(low_positions)))(*low_positions),
-    )
-    return GatePass(m, offset, L, w, R, T, T_back, positions, low_positions, b, _arrays=arrays)
+def plan_brick_layer(
+    first: list[tuple[int, int]], second: list[tuple[int, int]], num_bits: int
+) -> list[tuple] | None:
+    """A brick layer (``first``: pairs (0, 1), (2, 3), …; then ``second``: (1, 2), (3, 4), …)
+    in two passes instead of two per half-layer, or None where it does not fit them.
+
+    The *low* pass takes the bits from an even ``c`` on (a contiguous tile): the first
+    half's gates there, then the second half's (each of which only needs first-half gates on
+    bits from ``c`` on). The *high* pass takes bits 0 to ``c``, with columns from the last
+    bits: the first half's gates below ``c``, then the second half's, including the one on
+    ``(c - 1, c)``, whose first-half neighbour on ``(c, c + 1)`` the low pass applied. Gates
+    on different bits commute, so this is the layer's product. Per pass: ``(gate numbers in
+    first + second, L, w, R, T, T_back, steps)`` (see ``GatePass``)."""
+    if num_bits < MIN_BITS:
+        return None
+    if [a for a, _ in first] != list(range(0, num_bits - 1, 2)) or [a for a, _ in second] != list(
+        range(1, num_bits - 1, 2)
+    ):
+        return None
+    starts = [a for a, _ in first] + [a for a, _ in second]
+    n_first = len(first)
+    cut = max(0, num_bits - LOW_PASS_BITS)
+    cut += cut % 2  # even: no first-half gate straddles it
+    size = num_bits - cut  # the low pass's bits
+    if size < 5 or cut + 1 > MAX_HIGH_ROW_BITS or (cut and num_bits - cut - 1 < 4):
+        return None
+    low = [k for k, a in enumerate(starts) if (a >= cut if k < n_first else a > cut)]
+    high = [k for k in range(len(starts)) if k not in low]
+
+    def low_steps(members: list[int]) -> list[tuple[int, int, int]]:
+        # The tile viewed as rows of 16 numbers; a gate reaching the last 4 bits joins a
+        # Kronecker block of its half (of the last 3 bits where all of them fit there).
+        steps = []
+        first_half = [k for k in members if k < n_first]
+        second_half = [k for k in members if k >= n_first]
+        for group in (first_half, second_half):
+            local = {k: starts[k] - cut for k in group}
+            tail = [k for k in group if local[k] >= size - 4]
+            view = 8 if all(local[k] >= size - 3 for k in tail) else 16
+            for k in group:
+                a = local[k]
+                if k in tail:
+                    steps.append((1, view, a - (size - (view.bit_length() - 1))))
+                elif a + 1 <= size - 5:
+                    steps.append((0, 16, a))
+                else:  # (a, a + 1) = (size - 5, size - 4): across the 16-number rows
+                    steps.append((0, 8, a))
+        return steps
+
+    passes = [
+        (low, 1 << cut, size - 4, 16, 16, 16, tuple(low_steps(low))),
+    ]
+    if high:
+        rows = cut + 1
+        rest = num_bits - rows
+        columns = min(128, 1 << rest, max(16, STRIDED_TILE_ENTRIES >> rows))
+        columns_back = min(columns, max(16, BACKWARD_TILE_ENTRIES >> rows))
+        steps = tuple((0, 0, starts[k]) for k in high)
+        passes.append((high, 1, rows, 1 << rest, columns, columns_back, steps))
+    return passes
+
+
+def make_pass(m: int, offset: int, spec: tuple, offsets: list[int] | None = None) -> GatePass:
+    """A ``GatePass`` from a ``plan_passes`` or ``plan_brick_layer`` spec; ``offsets``: each
+    gate's offset in the flat gate vector where they do not follow one another from
+    ``offset``."""
+    if len(spec) == 9:  # plan_passes: high gates on the tile's rows, then the low block
+        _, L, w, R, T, T_back, positions, low_positions, b = spec
+        steps = tuple((0, 0, p) for p in positions) + tuple((1, 1 << b, q) for q in low_positions)
+    else:
+        _, L, w, R, T, T_back, steps = spec
+    flat = [value for step in steps for value in step]
+    gather = None
+    if offsets is not None:
+        gather = (torch.tensor(offsets)[:, None] + torch.arange(16)).reshape(-1)
+    arrays = ((ctypes.c_int * max(1, len(flat)))(*flat), gather)
+    return GatePass(
+        m, offset, L, w, R, T, T_back, tuple(steps),
+        None if offsets is None else tuple(offsets), _arrays=arrays,
+    )  # fmt: skip
 
 
 def enabled() -> bool:
@@ -255,13 +337,11 @@ def _load(path: Path):
     ints = ctypes.POINTER(ctypes.c_int)
     f32, doubles = ctypes.c_float, ctypes.POINTER(ctypes.c_double)
     lib.adtn_pass_forward.argtypes = [
-        pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, ints, i32, i32,
-        i32, f32, doubles, i32,
+        pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, i32, f32, doubles, i32,
     ]  # fmt: skip
     lib.adtn_pass_forward.restype = i32
     lib.adtn_pass_backward.argtypes = [
-        pointer, pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, ints, i32, i32,
-        pointer, doubles, i32,
+        pointer, pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, pointer, doubles, i32,
     ]  # fmt: skip
     lib.adtn_pass_backward.restype = i32
     lib.adtn_transition.argtypes = [pointer, pointer, i64, f32, i32, f32, i32]
@@ -300,14 +380,12 @@ def pass_forward(
     gates, 16 numbers each, contiguous. Returns the sum of the squares of ``out`` when
     ``squares``."""
     p = gate_pass
-    positions, low_positions = p._arrays
     total = ctypes.c_double()
     _check(
         library().adtn_pass_forward(
             state.data_ptr(), out.data_ptr(), p.L, p.w, p.R, p.T, gates.data_ptr(),
-            positions, p.n_high, low_positions, len(p.low_positions), p.b,
-            slope is not None, slope or 0.0, ctypes.byref(total) if squares else None,
-            _threads(p, p.T),
+            p._arrays[0], p.count, slope is not None, slope or 0.0,
+            ctypes.byref(total) if squares else None, _threads(p, p.T),
         )
     )  # fmt: skip
     return total.value if squares else None
@@ -326,15 +404,14 @@ def pass_backward(
     ``grad_in`` (None: not wanted; it may be ``grad_out`` itself) and the gates' into
     ``grad_gates`` (``count`` × 16). Returns ``<state, the input's gradient>`` when ``dot``."""
     p = gate_pass
-    positions, low_positions = p._arrays
     total = ctypes.c_double()
     _check(
         library().adtn_pass_backward(
             state.data_ptr(), grad_out.data_ptr(),
             None if grad_in is None else grad_in.data_ptr(),
-            p.L, p.w, p.R, p.T_back, gates.data_ptr(), positions, p.n_high, low_positions,
-            len(p.low_positions), p.b, grad_gates.data_ptr(),
-            ctypes.byref(total) if dot else None, _threads(p, p.T_back),
+            p.L, p.w, p.R, p.T_back, gates.data_ptr(), p._arrays[0], p.count,
+            grad_gates.data_ptr(), ctypes.byref(total) if dot else None,
+            _threads(p, p.T_back),
         )
     )  # fmt: skip
     return total.value if dot else None

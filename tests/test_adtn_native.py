@@ -103,6 +103,82 @@ def test_passes_match_reference_forward_and_backward(num_bits, parity):
         torch.testing.assert_close(mine.double(), exact, rtol=1e-4, atol=1e-5 * size)
 
 
+@pytest.mark.parametrize("num_bits", range(adtn_native.MIN_BITS, 23))
+def test_brick_layer_plan_covers_every_gate_once_in_one_or_two_passes(num_bits):
+    first, second = run_pairs(num_bits, 0), run_pairs(num_bits, 1)
+    passes = adtn_native.plan_brick_layer(first, second, num_bits)
+    cut = max(0, num_bits - adtn_native.LOW_PASS_BITS)
+    fits = cut + cut % 2 + 1 <= adtn_native.MAX_HIGH_ROW_BITS  # (the cut is even)
+    if not fits:
+        assert passes is None
+        return
+    assert len(passes) == (1 if num_bits <= adtn_native.LOW_PASS_BITS else 2)
+    seen = sorted(k for members, *_ in passes for k in members)
+    assert seen == list(range(len(first) + len(second)))
+    for members, L, w, R, T, T_back, steps in passes:
+        assert L * (1 << w) * R == 1 << num_bits and len(steps) == len(members)
+        assert R % T == 0 and R % T_back == 0 and T_back <= T <= 128
+        # each half's gates in order, the first half's before the second's
+        assert members == sorted(members)
+    # the low pass's tile is contiguous (R == T) and at most 2**LOW_PASS_BITS numbers
+    members, L, w, R, T, _, _ = passes[0]
+    assert R == T and (1 << w) * T <= 1 << adtn_native.LOW_PASS_BITS
+
+
+def test_brick_layer_plan_refuses_what_is_not_a_brick_layer():
+    assert adtn_native.plan_brick_layer(run_pairs(12, 1), run_pairs(12, 0), 12) is None
+    assert adtn_native.plan_brick_layer(run_pairs(12, 0)[:-1], run_pairs(12, 1), 12) is None
+    assert adtn_native.plan_brick_layer(run_pairs(6, 0), run_pairs(6, 1), 6) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_bits", [8, 11, 12, 13, 16, 17, 18, 20])
+def test_brick_layer_passes_match_reference_forward_and_backward(num_bits):
+    torch.manual_seed(num_bits)
+    first, second = run_pairs(num_bits, 0), run_pairs(num_bits, 1)
+    starts = [a for a, _ in first + second]
+    gates = 0.6 * torch.randn(len(starts), 4, 4)
+    state, grad_out = torch.randn(1 << num_bits), torch.randn(1 << num_bits)
+    passes = [
+        (spec, adtn_native.make_pass(-1, 0, spec))
+        for spec in adtn_native.plan_brick_layer(first, second, num_bits)
+    ]
+    inputs, current = [], state.clone()
+    for spec, gate_pass in passes:
+        inputs.append(current)
+        out = torch.empty_like(current)
+        adtn_native.pass_forward(current, out, gate_pass, gates[spec[0]].contiguous())
+        current = out
+    expected = reference_passes(state, gates, starts, num_bits)
+    size = expected.abs().max().item()
+    torch.testing.assert_close(current.double(), expected, rtol=1e-5, atol=1e-5 * size)
+
+    leaf_state = state.double().requires_grad_()
+    leaf_gates = gates.double().requires_grad_()
+    (
+        reference_passes(leaf_state, leaf_gates, starts, num_bits) * grad_out.double()
+    ).sum().backward()
+    grad, grad_gates = grad_out.clone(), torch.zeros_like(gates)
+    for (spec, gate_pass), pass_input in zip(reversed(passes), reversed(inputs)):
+        part = torch.empty(len(spec[0]), 16)
+        adtn_native.pass_backward(
+            pass_input, grad, grad, gate_pass, gates[spec[0]].contiguous(), part
+        )
+        grad_gates[spec[0]] = part.view(-1, 4, 4)
+    for mine, exact in ((grad, leaf_state.grad), (grad_gates, leaf_gates.grad)):
+        size = exact.abs().max().item()
+        torch.testing.assert_close(mine.double(), exact, rtol=1e-4, atol=1e-5 * size)
+
+
+@needs_kernel
+def test_an_adtn_runs_each_brick_layer_as_two_passes():
+    adtn = ADTN((256, 784), 3, index_order="interleaved")  # Q = 18
+    plan = adtn._compiled(True)[0][True]
+    for layer in plan.fast[1:]:
+        assert [type(step).__name__ for step in layer] == ["GatePass", "GatePass"]
+        assert sum(step.count for step in layer) == 17
+
+
 @needs_kernel
 def test_a_shape_the_kernel_does_not_handle_is_refused_not_run():
     gate_pass = adtn_native.make_pass(-1, 0, ([0], 1, 4, 12, 16, 16, (0,), (), 4))  # 12 % 16
