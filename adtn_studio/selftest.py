@@ -83,11 +83,12 @@ def check_device(ctx: Context) -> str:
         if torch.cuda.is_available()
         else "no CUDA device"
     )
-    from engine import adtn_native
+    from engine import adtn_gpu, adtn_native
 
+    gpu = f"; on the GPU: {adtn_gpu.describe()}" if torch.cuda.is_available() else ""
     return (
         f"training on {describe_device(device)} (PyTorch {build}, {found} found); "
-        f"ADTN contraction on the CPU: {adtn_native.describe()}"
+        f"ADTN contraction on the CPU: {adtn_native.describe()}{gpu}"
     )
 
 

@@ -16,13 +16,14 @@ GPU ``torch.cuda.max_memory_allocated``), also in states of 2**Q float32 numbers
 
     python benchmarks/adtn_overhead.py [--threads 1] [--device cpu|cuda] [--clock wall|cpu]
         [--depth 3] [--batch 128] [--memory auto|low|fast] [--kernel auto|matmul|both]
-        [--compile]
+        [--compile] [--vgg16]
         [--skip-steps|--skip-materialise|--skip-peak]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -48,6 +49,11 @@ MODELS = (
     ("LeNet-5, fc1–fc3 as ADTNs", "lenet5", ["fc1", "fc2", "fc3"]),
     ("FC-2, fc1–fc2 as ADTNs", "fc2", ["fc1", "fc2"]),
 )
+# With --vgg16 (meant for a GPU): the vgg16-cifar10 preset's step, on CIFAR-shaped random data,
+# its two linear layers as ADTNs of the preset's depth.
+VGG16 = ("VGG-16 (CIFAR-10), fc1–fc2 as ADTNs", "vgg16", ["fc1", "fc2"])
+VGG16_DEPTH = 1
+IMAGE_SHAPES = {"vgg16": (3, 32)}  # (channels, size); the others take MNIST's (1, 28)
 
 
 def synchronise(device: str) -> None:
@@ -131,8 +137,9 @@ def compare(
     kernel="auto",
 ):
     torch.manual_seed(0)
-    dense = build_model(model_name, 1, 28, 10).to(device)
-    compressed = build_model(model_name, 1, 28, 10)
+    channels, size = IMAGE_SHAPES.get(model_name, (1, 28))
+    dense = build_model(model_name, channels, size, 10).to(device)
+    compressed = build_model(model_name, channels, size, 10)
     report = compress(compressed, layers, depth=depth)
     compressed.to(device)
     adtns = [m for m in compressed.modules() if isinstance(m, ADTN)]
@@ -146,7 +153,7 @@ def compare(
     gates = adtns[0].gate_values
     native = adtns[0]._native_for(gates)
     how = "native gate passes" if native else f"matrix products, {block_bits or 'default'} bits"
-    inputs = torch.randn(batch, 1, 28, 28, device=device)
+    inputs = torch.randn(batch, channels, size, size, device=device)
     targets = torch.randint(0, 10, (batch,), device=device)
     dense_step = make_step(dense, inputs, targets)
     adtn_step = make_step(compressed, inputs, targets)
@@ -198,10 +205,17 @@ def materialise_times(
             grad_times.append(now() - start)
         low = adtn.uses_low_memory()
         how = "native passes" if adtn._native_for(adtn.gate_values) else "matrix products"
+        agreement = ""
+        if device != "cpu":  # the same float32 weight computed on the CPU
+            with torch.no_grad():
+                here = adtn._weight().cpu()
+                there = copy.deepcopy(adtn).cpu()._weight()
+            difference = float((here - there).abs().max() / there.abs().max())
+            agreement = f", {difference:.1e} from the CPU's weight"
         print(
             f"| 4096×4096 (Q = 24) | {device} | {depth} | {adtn.num_parameters():,} "
-            f"| {'low' if low else 'fast'}, {how} | {min(times) * 1e3:.0f} "
-            f"| {min(grad_times) * 1e3:.0f} |"
+            f"| {'low' if low else 'fast'}, {how}{agreement} | {min(times) * 1e3:.1f} "
+            f"| {min(grad_times) * 1e3:.1f} |"
         )
 
 
@@ -307,6 +321,11 @@ def main() -> None:
         action="store_true",
         help="also time both models under torch.compile (Inductor)",
     )
+    parser.add_argument(
+        "--vgg16",
+        action="store_true",
+        help="also time the vgg16-cifar10 preset's step (CIFAR-shaped random data; for a GPU)",
+    )
     parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clock == "cpu":
@@ -334,12 +353,15 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for kernel in kernels:
             for block_bits in args.block_bits or [None]:
-                for name, model_name, layers in MODELS:
+                rows = [(*model, args.depth) for model in MODELS]
+                if args.vgg16:
+                    rows.append((*VGG16, VGG16_DEPTH))
+                for name, model_name, layers, depth in rows:
                     compare(
                         name,
                         model_name,
                         layers,
-                        args.depth,
+                        depth,
                         args.batch,
                         args.repeats,
                         args.device,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine import adtn_native
+from engine import adtn_gpu, adtn_native
 from engine.adtn_kernel import (
     App,
     BufferPool,
@@ -360,16 +360,16 @@ class ADTN(nn.Module):
 
     def _native_for(self, ref: torch.Tensor) -> bool:
         """Whether this contraction (of gates like ``ref``) runs its Kronecker sweeps as
-        native gate passes (``engine.adtn_native``): float32 on the CPU, the kernel built,
-        and ``kernel`` not "matmul" (either memory mode: in the low one, the passes work in
-        place)."""
-        return (
-            self.kernel != "matmul"
-            and ref.device.type == "cpu"
-            and ref.dtype == torch.float32
-            and self.Q >= adtn_native.MIN_BITS
-            and adtn_native.enabled()
-        )
+        native gate passes: float32, ``kernel`` not "matmul", and on the CPU the C kernel
+        built (``engine.adtn_native``), on a GPU the Triton kernels working
+        (``engine.adtn_gpu``). Either memory mode: in the low one, the passes work in place."""
+        if self.kernel == "matmul" or ref.dtype != torch.float32 or self.Q < adtn_native.MIN_BITS:
+            return False
+        if ref.device.type == "cpu":
+            return adtn_native.enabled()
+        if ref.device.type == "cuda":  # the same passes as Triton kernels
+            return adtn_native.switched_on() and adtn_gpu.available()
+        return False
 
     def _builder(self, native: bool = False) -> MatrixBuilder:
         """The hand-differentiated builder of the contraction's matrices (one per plan)."""

@@ -238,9 +238,19 @@ def make_pass(m: int, offset: int, spec: tuple, offsets: list[int] | None = None
     )  # fmt: skip
 
 
+def switched_on() -> bool:
+    """Whether ``ADTN_NATIVE_KERNEL`` leaves the native passes (CPU and GPU) on."""
+    return os.environ.get(DISABLE_ENV, "1") != "0"
+
+
 def enabled() -> bool:
     """Whether contractions may use the native kernel: not turned off, and it could be built."""
-    return os.environ.get(DISABLE_ENV, "1") != "0" and library() is not None
+    return switched_on() and library() is not None
+
+
+def on_gpu(tensor: torch.Tensor) -> bool:
+    """Whether a pass on this tensor runs the GPU's kernels (``engine.adtn_gpu``)."""
+    return tensor.is_cuda
 
 
 def describe() -> str:
@@ -379,6 +389,10 @@ def pass_forward(
     activation where ``slope`` is given (0: ReLU, else leaky); ``gates``: the pass's ``count``
     gates, 16 numbers each, contiguous. Returns the sum of the squares of ``out`` when
     ``squares``."""
+    if on_gpu(state):
+        from engine import adtn_gpu
+
+        return adtn_gpu.pass_forward(state, out, gate_pass, gates, slope, squares)
     p = gate_pass
     total = ctypes.c_double()
     _check(
@@ -403,6 +417,10 @@ def pass_backward(
     """From the pass's input ``state`` and its output's gradient: the input's gradient into
     ``grad_in`` (None: not wanted; it may be ``grad_out`` itself) and the gates' into
     ``grad_gates`` (``count`` × 16). Returns ``<state, the input's gradient>`` when ``dot``."""
+    if on_gpu(state):
+        from engine import adtn_gpu
+
+        return adtn_gpu.pass_backward(state, grad_out, grad_in, gate_pass, gates, grad_gates, dot)
     p = gate_pass
     total = ctypes.c_double()
     _check(
@@ -423,6 +441,11 @@ def transition(
     """In place, back through an activation and a normalisation between layers:
     ``grad - coefficient * activated``, times the activation's slope where ``activated <= 0``
     (``slope`` None: no activation)."""
+    if on_gpu(grad):  # (tensor operations: one pass each over the state is the GPU's cost)
+        grad.sub_(activated, alpha=coefficient)
+        if slope is not None:
+            grad.mul_(torch.where(activated > 0, 1.0, slope))
+        return
     threads = _elementwise_threads(grad.numel())
     library().adtn_transition(
         grad.data_ptr(), activated.data_ptr(), grad.numel(), coefficient,
@@ -437,6 +460,9 @@ def _elementwise_threads(numel: int) -> int:
 def gather(state: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> float:
     """``out = state[index]`` (int64 index, contiguous float32); returns the sum of the squares
     of ``out``."""
+    if on_gpu(state):
+        torch.index_select(state, 0, index, out=out.view(-1))
+        return float(torch.dot(out.view(-1), out.view(-1)))
     return library().adtn_gather(
         state.data_ptr(), index.data_ptr(), index.numel(), out.data_ptr(),
         _elementwise_threads(index.numel()),
@@ -448,6 +474,10 @@ def scatter_scaled(
 ) -> None:
     """``out[i] = a * grad[scatter[i]] - b * tensor[scatter[i]]``, 0 where ``scatter[i]`` is
     ``grad``'s number of entries (flat, contiguous float32; int64 ``scatter``)."""
+    if on_gpu(grad):
+        values = torch.cat([grad * a - tensor * b, grad.new_zeros(1)])
+        torch.index_select(values, 0, scatter, out=out)
+        return
     library().adtn_scatter_scaled(
         grad.data_ptr(), tensor.data_ptr(), scatter.data_ptr(), scatter.numel(), grad.numel(),
         a, b, out.data_ptr(), _elementwise_threads(scatter.numel()),
