@@ -160,15 +160,17 @@ def plan_brick_layer(
     first: list[tuple[int, int]], second: list[tuple[int, int]], num_bits: int
 ) -> list[tuple] | None:
     """A brick layer (``first``: pairs (0, 1), (2, 3), …; then ``second``: (1, 2), (3, 4), …)
-    in two passes instead of two per half-layer, or None where it does not fit them.
+    in one pass per range of bits (two up to ``Q = 20``) instead of one or two per
+    half-layer, or None where it is not such a layer.
 
     The *low* pass takes the bits from an even ``c`` on (a contiguous tile): the first
     half's gates there, then the second half's (each of which only needs first-half gates on
-    bits from ``c`` on). The *high* pass takes bits 0 to ``c``, with columns from the last
-    bits: the first half's gates below ``c``, then the second half's, including the one on
-    ``(c - 1, c)``, whose first-half neighbour on ``(c, c + 1)`` the low pass applied. Gates
-    on different bits commute, so this is the layer's product. Per pass: ``(gate numbers in
-    first + second, L, w, R, T, T_back, steps)`` (see ``GatePass``)."""
+    bits from ``c`` on). Each further pass takes the bits from the next even ``c'`` up to and
+    including ``c``, with columns from the last bits: the first half's gates from ``c'`` to
+    below ``c``, then the second half's, including the one on ``(c - 1, c)``, whose
+    first-half neighbour on ``(c, c + 1)`` the pass before applied. Gates on different bits
+    commute, so this is the layer's product. Per pass: ``(gate numbers in first + second,
+    L, w, R, T, T_back, steps)`` (see ``GatePass``)."""
     if num_bits < MIN_BITS:
         return None
     if [a for a, _ in first] != list(range(0, num_bits - 1, 2)) or [a for a, _ in second] != list(
@@ -180,10 +182,9 @@ def plan_brick_layer(
     cut = max(0, num_bits - LOW_PASS_BITS)
     cut += cut % 2  # even: no first-half gate straddles it
     size = num_bits - cut  # the low pass's bits
-    if size < 5 or cut + 1 > MAX_HIGH_ROW_BITS or (cut and num_bits - cut - 1 < 4):
+    if size < 5:
         return None
     low = [k for k, a in enumerate(starts) if (a >= cut if k < n_first else a > cut)]
-    high = [k for k in range(len(starts)) if k not in low]
 
     def low_steps(members: list[int]) -> list[tuple[int, int, int]]:
         # The tile viewed as rows of 16 numbers; a gate reaching the last 4 bits joins a
@@ -208,13 +209,22 @@ def plan_brick_layer(
     passes = [
         (low, 1 << cut, size - 4, 16, 16, 16, tuple(low_steps(low))),
     ]
-    if high:
-        rows = cut + 1
-        rest = num_bits - rows
+    top = cut
+    while top > 0:  # the next range of bits up: [bottom, top], at most MAX_HIGH_ROW_BITS
+        bottom = max(0, top + 1 - MAX_HIGH_ROW_BITS)
+        bottom += bottom % 2
+        members = [
+            k
+            for k, a in enumerate(starts)
+            if (bottom <= a < top if k < n_first else bottom < a < top)
+        ]
+        rows = top - bottom + 1
+        rest = num_bits - top - 1
         columns = min(128, 1 << rest, max(16, STRIDED_TILE_ENTRIES >> rows))
         columns_back = min(columns, max(16, BACKWARD_TILE_ENTRIES >> rows))
-        steps = tuple((0, 0, starts[k]) for k in high)
-        passes.append((high, 1, rows, 1 << rest, columns, columns_back, steps))
+        steps = tuple((0, 0, starts[k] - bottom) for k in members)
+        passes.append((members, 1 << bottom, rows, 1 << rest, columns, columns_back, steps))
+        top = bottom
     return passes
 
 
