@@ -247,7 +247,7 @@ def with_flat_gates(plan: Plan, mats: Sequence[torch.Tensor], built) -> list:
 def _pass_gates(app, mats, factor=None) -> torch.Tensor:
     """A native pass's gates (16 numbers each, contiguous): a view of the flat gates, or a
     copy whose first gate is multiplied by ``factor``."""
-    gather = app.gather
+    gather = app.gather_on(mats[app.m].device)
     if gather is None:
         gates = mats[app.m][app.offset : app.offset + 16 * app.count]
     else:  # (a copy, in the pass's order)
@@ -274,7 +274,7 @@ def _pass_backward(app, state, grad, grad_in, gates, flat_grads, factor=None):
     (the first one's times ``factor``, by which that gate was scaled), the input's into
     ``grad_in``; returns ``<state, input's gradient>`` where ``factor`` is given (the
     normalisation before the pass needs it), else None."""
-    gather = app.gather
+    gather = app.gather_on(flat_grads.device)
     if gather is None:
         d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
     else:

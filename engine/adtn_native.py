@@ -83,8 +83,8 @@ class GatePass:
     steps: tuple[tuple[int, int, int], ...]
     offsets: tuple[int, ...] | None = None
     kind: str = "gates"
-    # ctypes array of the steps, and (with ``offsets``) the flat positions of the gates'
-    # entries, made once
+    # ctypes array of the steps, (with ``offsets``) the flat positions of the gates' entries,
+    # and their copies on other devices, made once
     _arrays: tuple = field(default=(), compare=False, repr=False)
 
     @property
@@ -95,6 +95,16 @@ class GatePass:
     def gather(self) -> torch.Tensor | None:
         """Where the pass's gate entries lie in the flat gate vector (None: contiguous)."""
         return self._arrays[1]
+
+    def gather_on(self, device: torch.device) -> torch.Tensor | None:
+        """``gather`` on ``device`` (copied there once)."""
+        index = self._arrays[1]
+        if index is None or index.device == device:
+            return index
+        copies = self._arrays[2]
+        if device not in copies:
+            copies[device] = index.to(device)
+        return copies[device]
 
 
 def plan_passes(pairs: list[tuple[int, int]], num_bits: int) -> list[tuple] | None:
@@ -241,7 +251,8 @@ def make_pass(m: int, offset: int, spec: tuple, offsets: list[int] | None = None
     gather = None
     if offsets is not None:
         gather = (torch.tensor(offsets)[:, None] + torch.arange(16)).reshape(-1)
-    arrays = ((ctypes.c_int * max(1, len(flat)))(*flat), gather)
+    copies: dict = {}
+    arrays = ((ctypes.c_int * max(1, len(flat)))(*flat), gather, copies)
     return GatePass(
         m, offset, L, w, R, T, T_back, tuple(steps),
         None if offsets is None else tuple(offsets), _arrays=arrays,

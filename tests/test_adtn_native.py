@@ -61,20 +61,11 @@ def test_plan_refuses_small_states():
     assert adtn_native.plan_passes(run_pairs(6, 0), 6) is None
 
 
-@needs_kernel
-@pytest.mark.parametrize("num_bits", [8, 9, 11, 12, 15, 18])
-@pytest.mark.parametrize("parity", [0, 1])
-def test_passes_match_reference_forward_and_backward(num_bits, parity):
-    torch.manual_seed(num_bits * 2 + parity)
-    pairs = run_pairs(num_bits, parity)
-    starts = [a for a, _ in pairs]
-    gates = torch.randn(len(pairs), 4, 4)
-    state = torch.randn(1 << num_bits)
-    grad_out = torch.randn(1 << num_bits)
-    passes = [
-        (spec, adtn_native.make_pass(-1, 0, spec))
-        for spec in adtn_native.plan_passes(pairs, num_bits)
-    ]
+def assert_plan_matches_reference(plan, gates, starts, num_bits):
+    """The passes of ``plan`` (specs whose first entry lists their gates), run forward and
+    backward one after the other, against the float64 reference of the gates in order."""
+    state, grad_out = torch.randn(1 << num_bits), torch.randn(1 << num_bits)
+    passes = [(spec, adtn_native.make_pass(-1, 0, spec)) for spec in plan]
     inputs, current = [], state.clone()
     for spec, gate_pass in passes:
         inputs.append(current)
@@ -89,8 +80,7 @@ def test_passes_match_reference_forward_and_backward(num_bits, parity):
     leaf_gates = gates.double().requires_grad_()
     exact = reference_passes(leaf_state, leaf_gates, starts, num_bits)
     (exact * grad_out.double()).sum().backward()
-    grad = grad_out.clone()
-    grad_gates = torch.zeros_like(gates)
+    grad, grad_gates = grad_out.clone(), torch.zeros_like(gates)
     for (spec, gate_pass), pass_input in zip(reversed(passes), reversed(inputs)):
         grad_in = torch.empty_like(grad)
         part = torch.empty(len(spec[0]), 16)
@@ -101,6 +91,17 @@ def test_passes_match_reference_forward_and_backward(num_bits, parity):
     for mine, exact in ((grad, leaf_state.grad), (grad_gates, leaf_gates.grad)):
         size = exact.abs().max().item()
         torch.testing.assert_close(mine.double(), exact, rtol=1e-4, atol=1e-5 * size)
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_bits", [8, 9, 11, 12, 15, 18])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_passes_match_reference_forward_and_backward(num_bits, parity):
+    torch.manual_seed(num_bits * 2 + parity)
+    pairs = run_pairs(num_bits, parity)
+    gates = torch.randn(len(pairs), 4, 4)
+    plan = adtn_native.plan_passes(pairs, num_bits)
+    assert_plan_matches_reference(plan, gates, [a for a, _ in pairs], num_bits)
 
 
 @pytest.mark.parametrize("num_bits", range(adtn_native.MIN_BITS, 29))
@@ -140,36 +141,8 @@ def test_brick_layer_passes_match_reference_forward_and_backward(num_bits):
     first, second = run_pairs(num_bits, 0), run_pairs(num_bits, 1)
     starts = [a for a, _ in first + second]
     gates = 0.6 * torch.randn(len(starts), 4, 4)
-    state, grad_out = torch.randn(1 << num_bits), torch.randn(1 << num_bits)
-    passes = [
-        (spec, adtn_native.make_pass(-1, 0, spec))
-        for spec in adtn_native.plan_brick_layer(first, second, num_bits)
-    ]
-    inputs, current = [], state.clone()
-    for spec, gate_pass in passes:
-        inputs.append(current)
-        out = torch.empty_like(current)
-        adtn_native.pass_forward(current, out, gate_pass, gates[spec[0]].contiguous())
-        current = out
-    expected = reference_passes(state, gates, starts, num_bits)
-    size = expected.abs().max().item()
-    torch.testing.assert_close(current.double(), expected, rtol=1e-5, atol=1e-5 * size)
-
-    leaf_state = state.double().requires_grad_()
-    leaf_gates = gates.double().requires_grad_()
-    (
-        reference_passes(leaf_state, leaf_gates, starts, num_bits) * grad_out.double()
-    ).sum().backward()
-    grad, grad_gates = grad_out.clone(), torch.zeros_like(gates)
-    for (spec, gate_pass), pass_input in zip(reversed(passes), reversed(inputs)):
-        part = torch.empty(len(spec[0]), 16)
-        adtn_native.pass_backward(
-            pass_input, grad, grad, gate_pass, gates[spec[0]].contiguous(), part
-        )
-        grad_gates[spec[0]] = part.view(-1, 4, 4)
-    for mine, exact in ((grad, leaf_state.grad), (grad_gates, leaf_gates.grad)):
-        size = exact.abs().max().item()
-        torch.testing.assert_close(mine.double(), exact, rtol=1e-4, atol=1e-5 * size)
+    plan = adtn_native.plan_brick_layer(first, second, num_bits)
+    assert_plan_matches_reference(plan, gates, starts, num_bits)
 
 
 @needs_kernel
@@ -277,3 +250,14 @@ def test_a_cached_library_that_does_not_load_is_built_again(tmp_path):
     library = adtn_native._build_and_load(tmp_path)
     assert library.adtn_pass_forward is not None
     assert broken.read_bytes()[:4] != b"not "  # rebuilt in place
+
+
+def test_a_pass_copies_its_gather_index_to_another_device_once():
+    spec = ([0, 1], 1, 8, 16, 16, 16, ((0, 0, 0), (0, 0, 2)))
+    gate_pass = adtn_native.make_pass(-1, 0, spec, [16, 48])
+    assert gate_pass.gather.tolist() == list(range(16, 32)) + list(range(48, 64))
+    assert gate_pass.gather_on(torch.device("cpu")) is gate_pass.gather
+    elsewhere = gate_pass.gather_on(torch.device("meta"))
+    assert elsewhere.device.type == "meta" and elsewhere.shape == (32,)
+    assert gate_pass.gather_on(torch.device("meta")) is elsewhere
+    assert adtn_native.make_pass(-1, 0, spec).gather_on(torch.device("meta")) is None
