@@ -67,14 +67,22 @@ def packed_positions(gate_pass, tile_bits: int) -> int:
 
 def pass_forward(state, out, gate_pass, gates, slope=None, squares=False) -> float | None:
     """As ``adtn_native.pass_forward``, on the GPU (CPU tensors under the interpreter)."""
-    module = kernels()
     programs, rows, columns, bits = launch_shape(gate_pass)
     sums = state.new_empty(programs if squares else 1)
-    module.pass_forward_kernel[(programs,)](
-        state, out, gates, sums, gate_pass.R, float(slope or 0.0),
-        ROWS=rows, T=columns, TB=bits, STEPS=packed_positions(gate_pass, bits),
-        N=gate_pass.count, ACTIVATE=slope is not None, SQUARES=squares, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    try:
+        kernels().pass_forward_kernel[(programs,)](
+            state, out, gates, sums, gate_pass.R, float(slope or 0.0),
+            ROWS=rows, T=columns, TB=bits, STEPS=packed_positions(gate_pass, bits),
+            N=gate_pass.count, ACTIVATE=slope is not None, SQUARES=squares,
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
+    except Exception as failure:  # noqa: BLE001 (a pass this device cannot compile or run)
+        _give_up(failure)
+        result = _reference(state, gate_pass, gates)
+        if slope is not None:
+            result = torch.where(result > 0, result, result * slope)
+        out.copy_(result.to(out.dtype))
+        return float(out.double().square().sum()) if squares else None
     return float(sums.double().sum()) if squares else None
 
 
@@ -82,18 +90,40 @@ def pass_backward(
     state, grad_out, grad_in, gate_pass, gates, grad_gates, dot=False
 ) -> float | None:
     """As ``adtn_native.pass_backward``, on the GPU (CPU tensors under the interpreter)."""
-    module = kernels()
     programs, rows, columns, bits = launch_shape(gate_pass)
     partial = state.new_empty(programs, 16 * gate_pass.count)
     dots = state.new_empty(programs if dot else 1)
     target = grad_in if grad_in is not None else torch.empty_like(grad_out)
-    module.pass_backward_kernel[(programs,)](
-        state, grad_out, target, gates, partial, dots, gate_pass.R,
-        ROWS=rows, T=columns, TB=bits, STEPS=packed_positions(gate_pass, bits),
-        N=gate_pass.count, DOT=dot, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    try:
+        kernels().pass_backward_kernel[(programs,)](
+            state, grad_out, target, gates, partial, dots, gate_pass.R,
+            ROWS=rows, T=columns, TB=bits, STEPS=packed_positions(gate_pass, bits),
+            N=gate_pass.count, DOT=dot, num_warps=NUM_WARPS,
+        )  # fmt: skip
+    except Exception as failure:  # noqa: BLE001 (a pass this device cannot compile or run)
+        _give_up(failure)
+        with torch.enable_grad():
+            leaf_state = state.detach().double().requires_grad_()
+            leaf_gates = gates.detach().double().requires_grad_()
+            _reference(leaf_state, gate_pass, leaf_gates).backward(grad_out.double())
+        assert leaf_state.grad is not None and leaf_gates.grad is not None
+        target.copy_(leaf_state.grad)
+        grad_gates.view(-1).copy_(leaf_gates.grad.view(-1))
+        return float(torch.dot(leaf_state.detach(), leaf_state.grad)) if dot else None
     grad_gates.view(-1).copy_(partial.sum(0, dtype=torch.float64))
     return float(dots.double().sum()) if dot else None
+
+
+def _give_up(failure: Exception) -> None:
+    """A pass failed to compile or launch: this one is computed by tensor contractions
+    instead, and later contractions use the matrix products (said once in the log)."""
+    if _state["checked"] is not False:
+        first_line = (str(failure).splitlines() or [""])[0]
+        logger.warning(
+            "A Triton gate pass failed (%s: %s); ADTNs on the GPU use matrix products from the "
+            "next step on.", type(failure).__name__, first_line,
+        )  # fmt: skip
+    _state["checked"], _state["error"] = False, f"a pass failed: {type(failure).__name__}"
 
 
 def available() -> bool:
@@ -151,19 +181,24 @@ def _check_on_gpu() -> tuple[bool, str | None]:
 
 
 def reference_pass(state, out, gate_pass, gates) -> None:
-    """``out`` = the pass applied to ``state`` by plain tensor contractions (float64): the
+    """``out`` = the pass applied to ``state`` by plain tensor contractions in float64: the
     reference the kernels are checked against."""
+    out.copy_(_reference(state, gate_pass, gates).to(out.dtype))
+
+
+def _reference(state, gate_pass, gates) -> torch.Tensor:
+    """The pass applied to ``state`` by tensor contractions, in float64 (differentiable)."""
     _, _, columns, bits = launch_shape(gate_pass)
     tile = state.double().view(gate_pass.L, 1 << gate_pass.w, gate_pass.R // columns, columns)
     tile = tile.permute(0, 2, 1, 3).reshape(-1, *([2] * bits))
-    matrices = gates.double().view(-1, 4, 4)
+    matrices = gates.double().reshape(-1, 4, 4)
     for k, position in enumerate(_positions(gate_pass, bits)):
         pair = matrices[k].view(2, 2, 2, 2)
         axes = (position + 1, position + 2)
         tile = torch.tensordot(tile, pair, dims=(axes, (2, 3)))
         tile = torch.movedim(tile, (-2, -1), axes)
     tile = tile.reshape(gate_pass.L, gate_pass.R // columns, 1 << gate_pass.w, columns)
-    out.copy_(tile.permute(0, 2, 1, 3).reshape(-1).to(out.dtype))
+    return tile.permute(0, 2, 1, 3).reshape(-1)
 
 
 def _positions(gate_pass, bits: int) -> list[int]:

@@ -229,3 +229,38 @@ def test_the_self_checks_reference_is_the_brick_layer(bits):
         expected = torch.movedim(expected, (0, 1), (a, a + 1))
     size = expected.abs().max().item()  # (the passes store float32 between them)
     torch.testing.assert_close(current.double(), expected.reshape(-1), rtol=1e-5, atol=1e-6 * size)
+
+
+def test_a_pass_that_fails_to_launch_is_computed_anyway_and_the_gpu_gives_up(monkeypatch, caplog):
+    from engine import adtn_gpu
+
+    def broken():
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(adtn_gpu, "kernels", broken)
+    monkeypatch.setitem(adtn_gpu._state, "checked", True)
+    monkeypatch.setitem(adtn_gpu._state, "error", None)
+    torch.manual_seed(0)
+    bits = 10
+    first = [(a, a + 1) for a in range(0, bits - 1, 2)]
+    second = [(a, a + 1) for a in range(1, bits - 1, 2)]
+    (spec,) = adtn_native.plan_brick_layer(first, second, bits)
+    gate_pass = adtn_native.make_pass(-1, 0, spec)
+    gates = 0.5 * torch.randn(gate_pass.count * 16)
+    state, grad_out = torch.randn(1 << bits), torch.randn(1 << bits)
+    out = torch.empty_like(state)
+    with caplog.at_level("WARNING", logger="engine.adtn_gpu"):
+        squares = adtn_gpu.pass_forward(state, out, gate_pass, gates, slope=0.0, squares=True)
+    expected = torch.empty_like(state)
+    adtn_gpu.reference_pass(state, expected, gate_pass, gates)
+    torch.testing.assert_close(out, expected.relu())
+    assert squares == pytest.approx(float(expected.relu().double().square().sum()), rel=1e-5)
+    assert "Triton gate pass failed" in caplog.text and not adtn_gpu.available()
+
+    grad_in, grad_gates = torch.empty_like(state), torch.empty(gate_pass.count, 16)
+    dot = adtn_gpu.pass_backward(state, grad_out, grad_in, gate_pass, gates, grad_gates, True)
+    leaf_state, leaf_gates = state.double().requires_grad_(), gates.double().requires_grad_()
+    (adtn_gpu._reference(leaf_state, gate_pass, leaf_gates) * grad_out.double()).sum().backward()
+    torch.testing.assert_close(grad_in.double(), leaf_state.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_gates.view(-1).double(), leaf_gates.grad, rtol=1e-5, atol=1e-4)
+    assert dot == pytest.approx(float(state.double() @ leaf_state.grad), rel=1e-5)
