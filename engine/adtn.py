@@ -481,10 +481,10 @@ class ADTN(nn.Module):
         for layer in range(1, self.depth):
             fast_layer, low_layer = [], []
             runs = self._layer_plan[layer]
-            trips = self._native_brick_layer(runs, offsets) if native else None
-            if trips:  # the whole layer in two passes
-                fast.append(tuple(trips))
-                low.append(tuple(trips))
+            brick = self._native_brick_layer(runs, offsets) if native else None
+            if brick:  # the whole layer in one pass per range of bits
+                fast.append(tuple(brick))
+                low.append(tuple(brick))
                 continue
             for run, disjoint in runs:
                 passes = self._native_passes(run, offsets) if (native and disjoint) else None
@@ -544,7 +544,7 @@ class ADTN(nn.Module):
         return passes
 
     def _native_brick_layer(self, runs, offsets: list[int]) -> list | None:
-        """A brick layer (two side-by-side runs, pairs from 0 then from 1) as two native
+        """A brick layer (two side-by-side runs, pairs from 0 then from 1) as native
         passes (``adtn_native.plan_brick_layer``); None where it is not one or does not fit."""
         if len(runs) != 2 or not all(disjoint for _, disjoint in runs):
             return None

@@ -12,7 +12,7 @@
  * one trip through memory whatever its number of gates (a matrix product per block of gates
  * costs one trip per block, and a 16x16 block four times a gate's arithmetic). Loops run
  * over the columns so that the compiler vectorises them. A whole brick layer fits two
- * passes (engine/adtn_native.py, plan_brick_layer).
+ * passes, three above Q = 20 (engine/adtn_native.py, plan_brick_layer).
  *
  * The backward pass gets the pass's input and the gradient of its output; per tile it
  * recomputes the inputs of the pass's gates, then walks back through them, accumulating each

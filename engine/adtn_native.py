@@ -5,7 +5,8 @@ as blocks of two gates (16×16 matrices), one trip through memory per block and 
 product, at four times a gate's arithmetic; the native kernel applies it in one or two *passes*,
 each a trip through memory that applies all its gates to cache-sized tiles
 (``adtn_native.c`` says how). ``plan_passes`` splits a run of gates into passes,
-``plan_brick_layer`` puts a whole brick layer (both half-layers) into two passes,
+``plan_brick_layer`` puts a whole brick layer (both half-layers) into two passes (three
+above ``Q = 20``),
 ``GatePass`` describes one, and ``pass_forward`` / ``pass_backward`` run it.
 
 The C file is compiled on first use with the machine's C compiler (``$CC``, ``cc``, ``gcc`` or
@@ -48,9 +49,9 @@ STRIDED_TILE_ENTRIES = 1 << 13
 # Backward, a tile is held once per gate (each gate's input) and once more for the gradient:
 # smaller tiles keep them all in the L1 cache (measured: a third faster than forward's).
 BACKWARD_TILE_ENTRIES = 1 << 11
-# A brick layer in two passes (``plan_brick_layer``): the first covers the state's last bits,
-# a contiguous tile of at most 2**LOW_PASS_BITS numbers; the second the bits above them, its
-# tile's rows at most 2**MAX_HIGH_ROW_BITS apart.
+# A brick layer in few passes (``plan_brick_layer``): the first covers the state's last bits,
+# a contiguous tile of at most 2**LOW_PASS_BITS numbers; each further one a range of at most
+# MAX_HIGH_ROW_BITS bits above them (the tile's rows).
 LOW_PASS_BITS = 12
 MAX_HIGH_ROW_BITS = 10
 # Below this many indices a state fits the cache anyway and the matrix products are as fast.
