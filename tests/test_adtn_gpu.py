@@ -91,6 +91,8 @@ def test_passes_match_the_reference_forward_and_backward_under_the_interpreter()
                 )
             ]
             print(bits, layout, len(plan), *errors)
+        # (the kernels ran: a failed launch would have fallen back to tensor contractions)
+        assert adtn_gpu._state["error"] is None, adtn_gpu._state["error"]
         """
     )
     lines = [line.split() for line in output.strip().splitlines()]
@@ -115,6 +117,8 @@ def test_an_adtn_through_the_gpu_passes_matches_the_matrix_products():
         from engine import adtn_native
         from engine.adtn import ADTN
 
+        from engine import adtn_gpu
+
         adtn_native.on_gpu = lambda tensor: True  # every pass to engine.adtn_gpu
         for shape, memory in (((10, 256), "fast"), ((84, 120), "fast"), ((84, 120), "low")):
             torch.manual_seed(0)
@@ -133,6 +137,7 @@ def test_an_adtn_through_the_gpu_passes_matches_the_matrix_products():
             for a, b in zip(gpu.parameters(), products.parameters()):
                 errors.append(float((a.grad - b.grad).abs().max() / b.grad.abs().max()))
             print(shape[0], memory, *errors)
+        assert adtn_gpu._state["error"] is None, adtn_gpu._state["error"]  # (no fallback)
         """
     )
     lines = [line.split() for line in output.strip().splitlines()]
