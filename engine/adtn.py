@@ -367,8 +367,10 @@ class ADTN(nn.Module):
             return False
         if ref.device.type == "cpu":
             return adtn_native.enabled()
-        if ref.device.type == "cuda":  # the same passes as Triton kernels
-            return adtn_native.switched_on() and adtn_gpu.available()
+        if ref.device.type == "cuda":  # the same passes as Triton kernels, for large states
+            return (
+                self.Q >= adtn_gpu.MIN_BITS and adtn_native.switched_on() and adtn_gpu.available()
+            )
         return False
 
     def _builder(self, native: bool = False) -> MatrixBuilder:

@@ -27,6 +27,10 @@ MAX_TILE = 4096
 MIN_COLUMNS = 16  # (consecutive numbers per row of a tile: coalesced loads)
 NUM_WARPS = 8
 POSITION_BITS = 5  # (steps' tile-bit positions packed into one integer)
+# Smaller states stay on the matrix products: there a GPU step is kernel launches and host
+# synchronisations (each pass returns its sums to Python), which the passes do not reduce.
+# A first guess, not measured on a GPU yet (benchmarks/adtn_overhead.py --device cuda).
+MIN_BITS = 16
 
 _lock = threading.Lock()
 _state: dict = {"checked": None, "error": None}
