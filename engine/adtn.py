@@ -36,7 +36,7 @@ from engine.adtn_kernel import (
     forward_state,
     with_flat_gates,
 )
-from engine.adtn_matrices import MatrixBuilder, flat_layout
+from engine.adtn_matrices import MatrixBuilder, flat_layout, gate_views
 from engine.choices import ACTIVATIONS, INDEX_ORDERS, LAYOUTS
 from engine.choices import GATE_INITS as INITS
 
@@ -297,10 +297,7 @@ class ADTN(nn.Module):
         return list(self._views_of(grad))
 
     def _views_of(self, values: torch.Tensor) -> list[torch.Tensor]:
-        return [
-            values[offset : offset + 4 * len(spec.columns)].view(4, len(spec.columns))
-            for spec, offset in zip(self.specs, self._gate_offsets)
-        ]
+        return gate_views(values, self.specs, self._gate_offsets)
 
     def extra_repr(self) -> str:
         return (

@@ -54,19 +54,23 @@ def launch_shape(gate_pass) -> tuple[int, int, int, int]:
     return p.L * (p.R // columns), 1 << p.w, columns, bits
 
 
-def packed_positions(gate_pass, tile_bits: int) -> int:
-    """Each step's first bit within the tile's flat index (bit 0 the most significant),
-    packed ``POSITION_BITS`` bits each: a gate on rows of the tile viewed at any width keeps
-    its position (the rows' bits lead); a gate of a Kronecker block on the last ``b`` bits
-    sits ``tile_bits - b`` further on."""
-    packed = 0
+def tile_positions(gate_pass, tile_bits: int) -> list[int]:
+    """Each step's first bit within the tile's flat index (bit 0 the most significant): a
+    gate on rows of the tile viewed at any width keeps its position (the rows' bits lead); a
+    gate of a Kronecker block on the last ``b`` bits sits ``tile_bits - b`` further on."""
+    positions = []
     for k, (kind, view, position) in enumerate(gate_pass.steps):
         if kind == 1:
             position += tile_bits - (view.bit_length() - 1)
         if not 0 <= position <= tile_bits - 2:
             raise ValueError(f"step {k} of the pass leaves its tile")
-        packed |= position << (POSITION_BITS * k)
-    return packed
+        positions.append(position)
+    return positions
+
+
+def packed_positions(gate_pass, tile_bits: int) -> int:
+    """``tile_positions`` packed ``POSITION_BITS`` bits each, as the kernels read them."""
+    return sum(p << (POSITION_BITS * k) for k, p in enumerate(tile_positions(gate_pass, tile_bits)))
 
 
 def pass_forward(state, out, gate_pass, gates, slope=None, squares=False) -> float | None:
@@ -196,16 +200,10 @@ def _reference(state, gate_pass, gates) -> torch.Tensor:
     tile = state.double().view(gate_pass.L, 1 << gate_pass.w, gate_pass.R // columns, columns)
     tile = tile.permute(0, 2, 1, 3).reshape(-1, *([2] * bits))
     matrices = gates.double().reshape(-1, 4, 4)
-    for k, position in enumerate(_positions(gate_pass, bits)):
+    for k, position in enumerate(tile_positions(gate_pass, bits)):
         pair = matrices[k].view(2, 2, 2, 2)
         axes = (position + 1, position + 2)
         tile = torch.tensordot(tile, pair, dims=(axes, (2, 3)))
         tile = torch.movedim(tile, (-2, -1), axes)
     tile = tile.reshape(gate_pass.L, gate_pass.R // columns, 1 << gate_pass.w, columns)
     return tile.permute(0, 2, 1, 3).reshape(-1)
-
-
-def _positions(gate_pass, bits: int) -> list[int]:
-    packed = packed_positions(gate_pass, bits)
-    mask = (1 << POSITION_BITS) - 1
-    return [(packed >> (POSITION_BITS * k)) & mask for k in range(gate_pass.count)]

@@ -67,6 +67,15 @@ def flat_layout(specs: Sequence) -> tuple[list[tuple[int, list[int]]], list[int]
     return groups, offsets, offset
 
 
+def gate_views(values: torch.Tensor, specs: Sequence, offsets: Sequence[int]) -> list:
+    """Each gate's ``(4, columns)`` tensor as a view of the flat ``values`` (laid out as
+    ``flat_layout``, which gives ``offsets``)."""
+    return [
+        values[offset : offset + 4 * len(spec.columns)].view(4, len(spec.columns))
+        for spec, offset in zip(specs, offsets)
+    ]
+
+
 @dataclass
 class Built:
     """What ``MatrixBuilder.build`` hands to its ``backward``."""
@@ -322,13 +331,6 @@ class MatrixBuilder:
         with torch.no_grad():
             return self._build(gate_values)
 
-    def gate_views(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """Each gate's ``(4, columns)`` tensor as a view of the flat ``values``."""
-        return [
-            values[offset : offset + 4 * len(spec.columns)].view(4, len(spec.columns))
-            for spec, offset in zip(self.specs, self.gate_offset)
-        ]
-
     def flat_gates(self, values: torch.Tensor) -> torch.Tensor:
         """The gates' values followed by the constants 0 and 1 that the index tables use."""
         zero_one = self._constant("zero_one", values, lambda: values.new_tensor([0.0, 1.0]))
@@ -361,7 +363,7 @@ class MatrixBuilder:
         mats[:] = views
         self.generation += 1
         if self.fallback_slots:
-            gates = self.gate_views(gate_values)
+            gates = gate_views(gate_values, self.specs, self.gate_offset)
             for k in self.fallback_slots:
                 mats[k] = self.fallback(self.recipe[k], gates)
         return mats, Built(factors, gate_values, krons, values, self.generation, flat)
@@ -471,7 +473,7 @@ class MatrixBuilder:
         (rebuilt under autograd)."""
         with torch.enable_grad():
             leaf = gate_values.detach().requires_grad_()
-            gates = self.gate_views(leaf)
+            gates = gate_views(leaf, self.specs, self.gate_offset)
             mats = [self.fallback(self.recipe[k], gates) for k in entries]
             (d_values,) = torch.autograd.grad(
                 mats, [leaf], [grads[k] for k in entries], allow_unused=True

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from engine import adtn_gpu
 from engine.paths import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -412,8 +413,6 @@ def pass_forward(
     gates, 16 numbers each, contiguous. Returns the sum of the squares of ``out`` when
     ``squares``."""
     if on_gpu(state):
-        from engine import adtn_gpu
-
         return adtn_gpu.pass_forward(state, out, gate_pass, gates, slope, squares)
     p = gate_pass
     total = ctypes.c_double()
@@ -440,8 +439,6 @@ def pass_backward(
     ``grad_in`` (None: not wanted; it may be ``grad_out`` itself) and the gates' into
     ``grad_gates`` (``count`` × 16). Returns ``<state, the input's gradient>`` when ``dot``."""
     if on_gpu(state):
-        from engine import adtn_gpu
-
         return adtn_gpu.pass_backward(state, grad_out, grad_in, gate_pass, gates, grad_gates, dot)
     p = gate_pass
     total = ctypes.c_double()
