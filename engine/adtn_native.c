@@ -4,7 +4,8 @@
  * ctypes; without a compiler the engine keeps its matrix-product kernel (engine/adtn_kernel.py).
  *
  * A *pass* views the state as (L, 2^w, R) and runs a list of steps on it, one per gate: a gate
- * on a bit pair of the tile viewed as rows of some width (bit 0 the most significant), or,
+ * on a bit pair of the tile viewed as rows of some width (bit 0 the most significant; on rows
+ * of 16, one vector each, the pair may reach into the row's own bits: lane permutations), or,
  * when R == T (the tile's columns are the state's last bits), a Kronecker block of gates on
  * the last b bits, applied to each row of 2^b numbers. The state is processed in tiles of 2^w
  * rows by T columns: a tile is copied into a small contiguous buffer, every step of the pass
@@ -246,6 +247,152 @@ INLINE void rows_outer(float *d_block, const float *grad, const float *input, in
     else if (T == 32) rows_outer_32(d_block, grad, input, count);
 }
 
+/* Gates on the last bits of the tile's flat index, inside its 16-number vectors, with lane
+ * permutations (one instruction each) instead of a Kronecker block per row, whose 8x8 or
+ * 16x16 products cost two to four times a gate's arithmetic at half the vector width. A gate
+ * on bits of lane weights h > l (h = 2l) reads, for lane e, the lanes e ^ f for the four flips
+ * f of those two bits: out = sum over f of C_f * x[e ^ f], C_f[e] = g[r][r ^ f'] with r the
+ * lane's own pair value and f' the flip as a pair value. */
+typedef float lane16 __attribute__((vector_size(64)));
+typedef int32_t index16 __attribute__((vector_size(64)));
+
+static index16 xor_lanes(int flip)
+{
+    index16 m;
+    for (int e = 0; e < 16; e++) m[e] = e ^ flip;
+    return m;
+}
+
+/* the flip of pair value f (bit h for its high bit, l for its low) as a lane mask */
+static int pair_flip(int f, int h) { return ((f >> 1) ? h : 0) | ((f & 1) ? h >> 1 : 0); }
+
+static int pair_value(int e, int h) { return 2 * ((e & h) != 0) + ((e & (h >> 1)) != 0); }
+
+/* dst <- the gate on the lane bits of weights h, h / 2 of each vector of src (n numbers) */
+static void lane_gate_apply(float *dst, const float *src, const float *g, int h, size_t n)
+{
+    lane16 C[4];
+    index16 M[4];
+    for (int f = 0; f < 4; f++) {
+        M[f] = xor_lanes(pair_flip(f, h));
+        for (int e = 0; e < 16; e++) {
+            const int r = pair_value(e, h);
+            C[f][e] = g[4 * r + (r ^ f)];
+        }
+    }
+    for (size_t at = 0; at < n; at += 16) {
+        lane16 x;
+        memcpy(&x, src + at, sizeof x);
+        const lane16 y = C[0] * x + C[1] * __builtin_shuffle(x, M[1]) +
+                         C[2] * __builtin_shuffle(x, M[2]) + C[3] * __builtin_shuffle(x, M[3]);
+        memcpy(dst + at, &y, sizeof y);
+    }
+}
+
+/* total[4r + c] += the gate's gradient over the tile; grad <- g^T grad (see above) */
+static void lane_gate_backward(float *grad, const float *input, const float *g, double *total,
+                               int h, size_t n)
+{
+    lane16 D[4], acc[4];
+    index16 M[4];
+    for (int f = 0; f < 4; f++) {
+        M[f] = xor_lanes(pair_flip(f, h));
+        acc[f] = (lane16){0};
+        for (int e = 0; e < 16; e++) {
+            const int r = pair_value(e, h);
+            D[f][e] = g[4 * (r ^ f) + r];
+        }
+    }
+    for (size_t at = 0; at < n; at += 16) {
+        lane16 x, y;
+        memcpy(&x, input + at, sizeof x);
+        memcpy(&y, grad + at, sizeof y);
+        acc[0] += y * x;
+        acc[1] += y * __builtin_shuffle(x, M[1]);
+        acc[2] += y * __builtin_shuffle(x, M[2]);
+        acc[3] += y * __builtin_shuffle(x, M[3]);
+        const lane16 r = D[0] * y + D[1] * __builtin_shuffle(y, M[1]) +
+                         D[2] * __builtin_shuffle(y, M[2]) + D[3] * __builtin_shuffle(y, M[3]);
+        memcpy(grad + at, &r, sizeof r);
+    }
+    for (int f = 0; f < 4; f++)
+        for (int e = 0; e < 16; e++) {
+            const int r = pair_value(e, h);
+            total[4 * r + (r ^ f)] += acc[f][e];
+        }
+}
+
+/* A gate across the last bit of the vectors' index (pairs of consecutive vectors x0, x1)
+ * and the lanes' first bit (weight 8): out_i = sum over k, f of E[i][k][f] * x_k[e ^ 8f],
+ * E[i][k][f][e] = g[2i + j][2k + (j ^ f)] with j the lane's bit. */
+static void cross_gate_apply(float *dst, const float *src, const float *g, size_t n)
+{
+    lane16 E[2][2][2];
+    const index16 S = xor_lanes(8);
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++)
+            for (int f = 0; f < 2; f++)
+                for (int e = 0; e < 16; e++) {
+                    const int j = (e >> 3) & 1;
+                    E[i][k][f][e] = g[4 * (2 * i + j) + 2 * k + (j ^ f)];
+                }
+    for (size_t at = 0; at < n; at += 32) {
+        lane16 x0, x1;
+        memcpy(&x0, src + at, sizeof x0);
+        memcpy(&x1, src + at + 16, sizeof x1);
+        const lane16 s0 = __builtin_shuffle(x0, S), s1 = __builtin_shuffle(x1, S);
+        const lane16 y0 = E[0][0][0] * x0 + E[0][0][1] * s0 + E[0][1][0] * x1 + E[0][1][1] * s1;
+        const lane16 y1 = E[1][0][0] * x0 + E[1][0][1] * s0 + E[1][1][0] * x1 + E[1][1][1] * s1;
+        memcpy(dst + at, &y0, sizeof y0);
+        memcpy(dst + at + 16, &y1, sizeof y1);
+    }
+}
+
+static void cross_gate_backward(float *grad, const float *input, const float *g, double *total,
+                                size_t n)
+{
+    /* grad_in_k = sum over i, f of F[k][i][f] * y_i[e ^ 8f], F[k][i][f][e] = g[2i + (m ^ f)][2k
+     * + m] with m the lane's bit; the gradient of g[2i + j][2k + (j ^ f)] sums y_i * x_k[e ^ 8f]
+     * over lanes with bit j */
+    lane16 F[2][2][2], acc[2][2][2];
+    const index16 S = xor_lanes(8);
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 2; i++)
+            for (int f = 0; f < 2; f++) {
+                acc[i][k][f] = (lane16){0};
+                for (int e = 0; e < 16; e++) {
+                    const int m = (e >> 3) & 1;
+                    F[k][i][f][e] = g[4 * (2 * i + (m ^ f)) + 2 * k + m];
+                }
+            }
+    for (size_t at = 0; at < n; at += 32) {
+        lane16 x[2], y[2];
+        memcpy(&x[0], input + at, sizeof x[0]);
+        memcpy(&x[1], input + at + 16, sizeof x[1]);
+        memcpy(&y[0], grad + at, sizeof y[0]);
+        memcpy(&y[1], grad + at + 16, sizeof y[1]);
+        const lane16 sx[2] = {__builtin_shuffle(x[0], S), __builtin_shuffle(x[1], S)};
+        const lane16 sy[2] = {__builtin_shuffle(y[0], S), __builtin_shuffle(y[1], S)};
+        for (int i = 0; i < 2; i++)
+            for (int k = 0; k < 2; k++) {
+                acc[i][k][0] += y[i] * x[k];
+                acc[i][k][1] += y[i] * sx[k];
+            }
+        for (int k = 0; k < 2; k++) {
+            const lane16 r = F[k][0][0] * y[0] + F[k][0][1] * sy[0] + F[k][1][0] * y[1] +
+                             F[k][1][1] * sy[1];
+            memcpy(grad + at + 16 * k, &r, sizeof r);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++)
+            for (int f = 0; f < 2; f++)
+                for (int e = 0; e < 16; e++) {
+                    const int j = (e >> 3) & 1;
+                    total[4 * (2 * i + j) + 2 * k + (j ^ f)] += acc[i][k][f][e];
+                }
+}
+
 INLINE void copy_in(float *RESTRICT tile, const float *RESTRICT state, int rows, int64_t R,
                     int T)
 {
@@ -274,7 +421,8 @@ INLINE void copy_out(float *RESTRICT state, const float *RESTRICT tile, int rows
  * numbers (w row bits), or a Kronecker block of gates on the last b = log2(T) bits (the
  * state's last bits: R == T), applied to each row of T numbers. */
 typedef struct {
-    int kind; /* 0: one gate; 1: a block */
+    int kind; /* 0: one gate on rows of T; 1: a block; 2: a gate across rows of 16 and their
+               * lanes; 3: a gate on lanes (p: the weight of its high lane bit) */
     int T, w, p;
     int first, count; /* its gates: first, ..., first + count - 1 */
     int block;        /* kind 1: which of the pass's blocks */
@@ -322,9 +470,18 @@ static int pass_setup(Pass *p, int64_t L, int w, int64_t R, int T, const float *
         if (b < 3 || view > T || T % view != 0) return 1;
         if (kind == 0) {
             const int rows_bits = w + log2_exact(T / view);
-            if (pos < 0 || pos > rows_bits - 2) return 1;
-            p->ops[p->n_ops++] = (Op){0, view, rows_bits, pos, k, 1, -1};
             covered = 0;
+            if (pos >= 0 && pos <= rows_bits - 2) {
+                p->ops[p->n_ops++] = (Op){0, view, rows_bits, pos, k, 1, -1};
+                continue;
+            }
+            /* rows of 16: a gate reaching into the vectors' lanes */
+            if (view != 16 || pos < rows_bits - 1 || pos > rows_bits + 2 || rows_bits < 1)
+                return 1;
+            if (pos == rows_bits - 1)
+                p->ops[p->n_ops++] = (Op){2, view, rows_bits, 0, k, 1, -1};
+            else
+                p->ops[p->n_ops++] = (Op){3, view, rows_bits, 8 >> (pos - rows_bits), k, 1, -1};
             continue;
         }
         if (kind != 1 || view > MAX_BLOCK || R != T || pos < 0 || pos > b - 2) return 1;
@@ -383,8 +540,13 @@ INLINE double forward_tile(const Pass *p, int64_t i, const float *x, float *out,
     copy_in(tile, x + at, p->rows, p->R, T);
     for (int o = 0; o < p->n_ops; o++) {
         const Op *op = &p->ops[o];
+        const float *g = p->gates + 16 * op->first;
         if (op->kind == 0)
-            gate_apply(tile, tile, p->gates + 16 * op->first, op->w, op->p, op->T);
+            gate_apply(tile, tile, g, op->w, op->p, op->T);
+        else if (op->kind == 2)
+            cross_gate_apply(tile, tile, g, p->tile_size);
+        else if (op->kind == 3)
+            lane_gate_apply(tile, tile, g, op->p, p->tile_size);
         else
             rows_apply(tile, (int)op_rows(p, op), p->block_t[op->block], op->T);
     }
@@ -413,8 +575,13 @@ INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const floa
     for (int o = 0; o < n_ops; o++) {
         const Op *op = &p->ops[o];
         float *in = inputs + tile_size * (size_t)o, *next = in + tile_size;
+        const float *g = p->gates + 16 * op->first;
         if (op->kind == 0) {
-            gate_apply(next, in, p->gates + 16 * op->first, op->w, op->p, op->T);
+            gate_apply(next, in, g, op->w, op->p, op->T);
+        } else if (op->kind == 2) {
+            cross_gate_apply(next, in, g, tile_size);
+        } else if (op->kind == 3) {
+            lane_gate_apply(next, in, g, op->p, tile_size);
         } else {
             memcpy(next, in, sizeof(float) * tile_size);
             rows_apply(next, (int)op_rows(p, op), p->block_t[op->block], op->T);
@@ -425,9 +592,18 @@ INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const floa
     for (int o = n_ops - 1; o >= 0; o--) {
         const Op *op = &p->ops[o];
         const float *in = inputs + tile_size * (size_t)o;
+        const float *g = p->gates + 16 * op->first;
+        double *sums_g = total + 16 * op->first;
         if (op->kind == 0) {
-            gate_backward(grad, in, p->gates + 16 * op->first, total + 16 * op->first, op->w,
-                          op->p, op->T);
+            gate_backward(grad, in, g, sums_g, op->w, op->p, op->T);
+            continue;
+        }
+        if (op->kind == 2) {
+            cross_gate_backward(grad, in, g, sums_g, tile_size);
+            continue;
+        }
+        if (op->kind == 3) {
+            lane_gate_backward(grad, in, g, sums_g, op->p, tile_size);
             continue;
         }
         const int rows = (int)op_rows(p, op), size = op->T * op->T;
@@ -539,7 +715,7 @@ EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad
         for (size_t e = 0; e < sums; e++) totals[e] += totals[sums * (size_t)t + e];
     for (int o = 0; o < p->n_ops; o++) {
         const Op *op = &p->ops[o];
-        if (op->kind == 0) {
+        if (op->kind != 1) {
             for (int e = 0; e < 16; e++) d_gates[16 * op->first + e] = (float)totals[16 * op->first + e];
             continue;
         }

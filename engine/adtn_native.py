@@ -70,7 +70,8 @@ class GatePass:
     """One pass: the state viewed as ``(L, 2**w, R)``, tiles of ``T`` columns forward and
     ``T_back`` backward (whose tiles are several at once: the input of every step), and its
     ``steps``, one per gate in order: ``(kind, view, p)``, kind 0 a gate on bits ``p, p+1`` of
-    the tile viewed as rows of ``view`` numbers (0: the tile's own width), kind 1 a gate on
+    the tile viewed as rows of ``view`` numbers (0: the tile's own width; with 16, ``p`` may
+    reach into the last 4 bits, where the kernel permutes the vectors' lanes), kind 1 a gate on
     bits ``p, p+1`` of the state's last ``log2(view)`` bits (consecutive ones make one
     Kronecker block). Its gates' 4×4 entries start at ``offset`` of the flat gate vector
     (``mats[m]``), one after the other, or at ``offsets`` where they are not contiguous."""
@@ -198,29 +199,9 @@ def plan_brick_layer(
         return None
     low = [k for k, a in enumerate(starts) if (a >= cut if k < n_first else a > cut)]
 
-    def low_steps(members: list[int]) -> list[tuple[int, int, int]]:
-        # The tile viewed as rows of 16 numbers; a gate reaching the last 4 bits joins a
-        # Kronecker block of its half (of the last 3 bits where all of them fit there).
-        steps = []
-        first_half = [k for k in members if k < n_first]
-        second_half = [k for k in members if k >= n_first]
-        for group in (first_half, second_half):
-            local = {k: starts[k] - cut for k in group}
-            tail = [k for k in group if local[k] >= size - 4]
-            view = 8 if all(local[k] >= size - 3 for k in tail) else 16
-            for k in group:
-                a = local[k]
-                if k in tail:
-                    steps.append((1, view, a - (size - (view.bit_length() - 1))))
-                elif a + 1 <= size - 5:
-                    steps.append((0, 16, a))
-                else:  # (a, a + 1) = (size - 5, size - 4): across the 16-number rows
-                    steps.append((0, 8, a))
-        return steps
-
-    passes = [
-        (low, 1 << cut, size - 4, 16, 16, 16, tuple(low_steps(low))),
-    ]
+    # The low tile viewed as rows of 16 numbers (one vector each): the kernel applies a gate
+    # that reaches into the last 4 bits with permutations of the vectors' lanes.
+    passes = [(low, 1 << cut, size - 4, 16, 16, 16, tuple((0, 16, starts[k] - cut) for k in low))]
     top = cut
     while top > 0:  # the next range of bits up: [bottom, top], at most MAX_HIGH_ROW_BITS
         bottom = max(0, top + 1 - MAX_HIGH_ROW_BITS)

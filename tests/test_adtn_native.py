@@ -162,6 +162,17 @@ def test_a_shape_the_kernel_does_not_handle_is_refused_not_run():
         adtn_native.pass_forward(state, torch.empty_like(state), gate_pass, torch.zeros(16))
 
 
+@needs_kernel
+@pytest.mark.parametrize("view, position", [(16, 8), (8, 7), (16, -1)])
+def test_a_gate_outside_its_tile_or_vector_is_refused(view, position):
+    # tile: 2**4 rows of 16 = 8 bits; on rows of 16 a gate may reach into the lanes (bits 4-7)
+    # but not past them, on rows of 8 not into them
+    gate_pass = adtn_native.make_pass(-1, 0, ([0], 1, 4, 16, 16, 16, ((0, view, position),)))
+    state = torch.zeros(256)
+    with pytest.raises(RuntimeError, match="refused"):
+        adtn_native.pass_forward(state, torch.empty_like(state), gate_pass, torch.zeros(16))
+
+
 CASES = [
     ((256, 784), 3, "relu", "interleaved"),
     ((10, 256), 3, "relu", "rows_first"),
