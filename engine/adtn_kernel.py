@@ -28,10 +28,15 @@ On the CPU in float32 a plan's Kronecker half-layers are instead native gate pas
 (``adtn_native.GatePass``, kind ``"gates"``), which read the gates laid end to end (the last of
 ``mats``) and apply whole runs of 4×4 gates per trip through memory; a layer's last pass also
 applies the activation, and its backward pass leaves what the transition between layers needs.
+A first layer of ``tail`` applications only is grown there too, in one call each way
+(``adtn_native.grow_forward``): as matrix products its steps of one or two inner indices cost
+a BLAS call each, and the Python around them, more than the arithmetic.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -376,6 +381,63 @@ def _first_layer(plan: Plan, mats, keep: list | None = None, inputs_only: bool =
     return state
 
 
+@dataclass(frozen=True)
+class GrownStates:
+    """What the backward pass of a natively grown first layer needs: the input of each of its
+    applications (the first one the number 1), flat."""
+
+    states: tuple[torch.Tensor, ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _grow_sizes(apps: tuple) -> tuple | None:
+    """For a first layer made of ``tail`` applications only: the ctypes arrays of their
+    matrices' rows and columns, and each application's input size then the output's (the
+    native kernel grows such a layer in one call); None for any other layer."""
+    if not apps or not all(isinstance(app, App) and app.kind == "tail" for app in apps):
+        return None
+    numels = [1]
+    for app in apps:
+        numels.append(numels[-1] // app.a * app.b)
+    rows = (ctypes.c_int * len(apps))(*(app.a for app in apps))
+    columns = (ctypes.c_int * len(apps))(*(app.b for app in apps))
+    return (rows, columns), tuple(numels)
+
+
+def _grow_native(apps, mats, pool, saved):
+    """The first layer's output state, grown by the native kernel (``_grow_sizes(apps)`` is
+    not None; CPU float32); ``saved`` gets a ``GrownStates``."""
+    grow = _grow_sizes(apps)
+    assert grow is not None  # (the caller checked)
+    sizes, numels = grow
+    ref = mats[apps[0].m]
+    inner = ref.new_empty(sum(numels[1:-1]))
+    out = None if pool is None else pool.take(ref, numels[-1])
+    out = ref.new_empty(numels[-1]) if out is None else out.view(-1)
+    states = [ref.new_ones(1), *inner.split(list(numels[1:-1])), out]
+    adtn_native.grow_forward(sizes, [mats[app.m] for app in apps], states)
+    if saved is not None:
+        saved.append(GrownStates(tuple(states[:-1])))
+    return out
+
+
+def _grow_backward(apps, mats, grown: GrownStates, grad, grads, outs) -> None:
+    """The first layer's matrices' gradients into ``grads`` (written where ``outs`` says),
+    from its output's gradient ``grad`` (overwritten)."""
+    grow = _grow_sizes(apps)
+    assert grow is not None  # (the forward pass grew this layer)
+    sizes = grow[0]
+    targets = []
+    for app in apps:
+        target = None if outs is None else outs[app.m]
+        if target is None or not target.is_contiguous():
+            target = grad.new_empty(app.a, app.b)
+        grads[app.m] = target
+        targets.append(target)
+    matrices = [mats[app.m].contiguous() for app in apps]
+    adtn_native.grow_backward(sizes, matrices, grown.states, grad.reshape(-1), targets)
+
+
 def _chunk_for(state: torch.Tensor) -> int:
     return CPU_CHUNK if state.device.type == "cpu" else GPU_CHUNK
 
@@ -443,8 +505,12 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
     # Whether a native pass ended the previous layer (and so applied the activation, and
     # summed the squares when normalising: two passes fewer over the state).
     fused, squares = False, None
+    grow = plan.flat_gates and state.device.type == "cpu" and _grow_sizes(plan.fast[0])
     for layer, apps in enumerate(plan.fast):
         first = None
+        if grow and not layer:  # (the whole first layer in one native call)
+            state = _grow_native(apps, mats, pool, saved)
+            continue
         if layer:
             if slope is not None and not fused:
                 state = state.relu_() if slope == 0.0 else _activate_(state, slope)
@@ -729,6 +795,11 @@ def _backward_stored(
     normalise = plan.normalise
     for layer in range(len(plan.fast) - 1, -1, -1):
         apps = plan.fast[layer]
+        if not layer and saved and isinstance(saved[-1], GrownStates):
+            _grow_backward(apps, mats, saved.pop(), grad, grads, outs)
+            if pool is not None and grad.numel() == size:
+                pool.give(grad)
+            return
         factor = inverse_rms[layer - 1] if (layer and normalise) else None
         for j in range(len(apps) - 1, -1, -1):
             app, state = apps[j], saved.pop()

@@ -254,72 +254,94 @@ INLINE void rows_outer(float *d_block, const float *grad, const float *input, in
  * f of those two bits: out = sum over f of C_f * x[e ^ f], C_f[e] = g[r][r ^ f'] with r the
  * lane's own pair value and f' the flip as a pair value. */
 typedef float lane16 __attribute__((vector_size(64)));
+
+/* x with lane e taking lane e ^ f (f a constant): one permutation instruction */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUFFLE16(x, ...) __builtin_shufflevector(x, x, __VA_ARGS__)
+#else
 typedef int32_t index16 __attribute__((vector_size(64)));
+#define SHUFFLE16(x, ...) __builtin_shuffle(x, (index16){__VA_ARGS__})
+#endif
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUFFLE2_16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE2_16(a, b, ...) __builtin_shuffle(a, b, (index16){__VA_ARGS__})
+#endif
+#define XOR16(x, f)                                                                           \
+    SHUFFLE16(x, 0 ^ (f), 1 ^ (f), 2 ^ (f), 3 ^ (f), 4 ^ (f), 5 ^ (f), 6 ^ (f), 7 ^ (f),       \
+              8 ^ (f), 9 ^ (f), 10 ^ (f), 11 ^ (f), 12 ^ (f), 13 ^ (f), 14 ^ (f), 15 ^ (f))
 
-static index16 xor_lanes(int flip)
-{
-    index16 m;
-    for (int e = 0; e < 16; e++) m[e] = e ^ flip;
-    return m;
-}
-
-/* the flip of pair value f (bit h for its high bit, l for its low) as a lane mask */
-static int pair_flip(int f, int h) { return ((f >> 1) ? h : 0) | ((f & 1) ? h >> 1 : 0); }
-
+/* lane e's value of the gate's bit pair (high bit of lane weight h, low bit h / 2) */
 static int pair_value(int e, int h) { return 2 * ((e & h) != 0) + ((e & (h >> 1)) != 0); }
 
-/* dst <- the gate on the lane bits of weights h, h / 2 of each vector of src (n numbers) */
+/* A gate on the lane bits of weights H, H / 2 of each vector (the flips of pair values 1, 2
+ * and 3 are lane masks H / 2, H and both). */
+#define LANE_KERNELS(H)                                                                       \
+    /* dst <- the gate applied to src (n numbers) */                                          \
+    static void lane_gate_apply_##H(float *dst, const float *src, const float *g, size_t n)  \
+    {                                                                                         \
+        lane16 C[4];                                                                          \
+        for (int f = 0; f < 4; f++)                                                           \
+            for (int e = 0; e < 16; e++) {                                                    \
+                const int r = pair_value(e, H);                                               \
+                C[f][e] = g[4 * r + (r ^ f)];                                                 \
+            }                                                                                 \
+        for (size_t at = 0; at < n; at += 16) {                                               \
+            lane16 x;                                                                         \
+            memcpy(&x, src + at, sizeof x);                                                   \
+            const lane16 y = C[0] * x + C[1] * XOR16(x, H / 2) + C[2] * XOR16(x, H) +         \
+                             C[3] * XOR16(x, H + H / 2);                                      \
+            memcpy(dst + at, &y, sizeof y);                                                   \
+        }                                                                                     \
+    }                                                                                         \
+    /* total[4r + c] += the gate's gradient over the tile; grad <- g^T grad */                \
+    static void lane_gate_backward_##H(float *grad, const float *input, const float *g,      \
+                                       double *total, size_t n)                               \
+    {                                                                                         \
+        lane16 D[4], acc[4];                                                                  \
+        for (int f = 0; f < 4; f++) {                                                         \
+            acc[f] = (lane16){0};                                                             \
+            for (int e = 0; e < 16; e++) {                                                    \
+                const int r = pair_value(e, H);                                               \
+                D[f][e] = g[4 * (r ^ f) + r];                                                 \
+            }                                                                                 \
+        }                                                                                     \
+        for (size_t at = 0; at < n; at += 16) {                                               \
+            lane16 x, y;                                                                      \
+            memcpy(&x, input + at, sizeof x);                                                 \
+            memcpy(&y, grad + at, sizeof y);                                                  \
+            acc[0] += y * x;                                                                  \
+            acc[1] += y * XOR16(x, H / 2);                                                    \
+            acc[2] += y * XOR16(x, H);                                                        \
+            acc[3] += y * XOR16(x, H + H / 2);                                                \
+            const lane16 r = D[0] * y + D[1] * XOR16(y, H / 2) + D[2] * XOR16(y, H) +         \
+                             D[3] * XOR16(y, H + H / 2);                                      \
+            memcpy(grad + at, &r, sizeof r);                                                  \
+        }                                                                                     \
+        for (int f = 0; f < 4; f++)                                                           \
+            for (int e = 0; e < 16; e++) {                                                    \
+                const int r = pair_value(e, H);                                               \
+                total[4 * r + (r ^ f)] += acc[f][e];                                          \
+            }                                                                                 \
+    }
+
+LANE_KERNELS(8)
+LANE_KERNELS(4)
+LANE_KERNELS(2)
+
 static void lane_gate_apply(float *dst, const float *src, const float *g, int h, size_t n)
 {
-    lane16 C[4];
-    index16 M[4];
-    for (int f = 0; f < 4; f++) {
-        M[f] = xor_lanes(pair_flip(f, h));
-        for (int e = 0; e < 16; e++) {
-            const int r = pair_value(e, h);
-            C[f][e] = g[4 * r + (r ^ f)];
-        }
-    }
-    for (size_t at = 0; at < n; at += 16) {
-        lane16 x;
-        memcpy(&x, src + at, sizeof x);
-        const lane16 y = C[0] * x + C[1] * __builtin_shuffle(x, M[1]) +
-                         C[2] * __builtin_shuffle(x, M[2]) + C[3] * __builtin_shuffle(x, M[3]);
-        memcpy(dst + at, &y, sizeof y);
-    }
+    if (h == 8) lane_gate_apply_8(dst, src, g, n);
+    else if (h == 4) lane_gate_apply_4(dst, src, g, n);
+    else lane_gate_apply_2(dst, src, g, n);
 }
 
-/* total[4r + c] += the gate's gradient over the tile; grad <- g^T grad (see above) */
 static void lane_gate_backward(float *grad, const float *input, const float *g, double *total,
                                int h, size_t n)
 {
-    lane16 D[4], acc[4];
-    index16 M[4];
-    for (int f = 0; f < 4; f++) {
-        M[f] = xor_lanes(pair_flip(f, h));
-        acc[f] = (lane16){0};
-        for (int e = 0; e < 16; e++) {
-            const int r = pair_value(e, h);
-            D[f][e] = g[4 * (r ^ f) + r];
-        }
-    }
-    for (size_t at = 0; at < n; at += 16) {
-        lane16 x, y;
-        memcpy(&x, input + at, sizeof x);
-        memcpy(&y, grad + at, sizeof y);
-        acc[0] += y * x;
-        acc[1] += y * __builtin_shuffle(x, M[1]);
-        acc[2] += y * __builtin_shuffle(x, M[2]);
-        acc[3] += y * __builtin_shuffle(x, M[3]);
-        const lane16 r = D[0] * y + D[1] * __builtin_shuffle(y, M[1]) +
-                         D[2] * __builtin_shuffle(y, M[2]) + D[3] * __builtin_shuffle(y, M[3]);
-        memcpy(grad + at, &r, sizeof r);
-    }
-    for (int f = 0; f < 4; f++)
-        for (int e = 0; e < 16; e++) {
-            const int r = pair_value(e, h);
-            total[4 * r + (r ^ f)] += acc[f][e];
-        }
+    if (h == 8) lane_gate_backward_8(grad, input, g, total, n);
+    else if (h == 4) lane_gate_backward_4(grad, input, g, total, n);
+    else lane_gate_backward_2(grad, input, g, total, n);
 }
 
 /* A gate across the last bit of the vectors' index (pairs of consecutive vectors x0, x1)
@@ -328,8 +350,7 @@ static void lane_gate_backward(float *grad, const float *input, const float *g, 
 static void cross_gate_apply(float *dst, const float *src, const float *g, size_t n)
 {
     lane16 E[2][2][2];
-    const index16 S = xor_lanes(8);
-    for (int i = 0; i < 2; i++)
+        for (int i = 0; i < 2; i++)
         for (int k = 0; k < 2; k++)
             for (int f = 0; f < 2; f++)
                 for (int e = 0; e < 16; e++) {
@@ -340,7 +361,7 @@ static void cross_gate_apply(float *dst, const float *src, const float *g, size_
         lane16 x0, x1;
         memcpy(&x0, src + at, sizeof x0);
         memcpy(&x1, src + at + 16, sizeof x1);
-        const lane16 s0 = __builtin_shuffle(x0, S), s1 = __builtin_shuffle(x1, S);
+        const lane16 s0 = XOR16(x0, 8), s1 = XOR16(x1, 8);
         const lane16 y0 = E[0][0][0] * x0 + E[0][0][1] * s0 + E[0][1][0] * x1 + E[0][1][1] * s1;
         const lane16 y1 = E[1][0][0] * x0 + E[1][0][1] * s0 + E[1][1][0] * x1 + E[1][1][1] * s1;
         memcpy(dst + at, &y0, sizeof y0);
@@ -355,8 +376,7 @@ static void cross_gate_backward(float *grad, const float *input, const float *g,
      * + m] with m the lane's bit; the gradient of g[2i + j][2k + (j ^ f)] sums y_i * x_k[e ^ 8f]
      * over lanes with bit j */
     lane16 F[2][2][2], acc[2][2][2];
-    const index16 S = xor_lanes(8);
-    for (int k = 0; k < 2; k++)
+        for (int k = 0; k < 2; k++)
         for (int i = 0; i < 2; i++)
             for (int f = 0; f < 2; f++) {
                 acc[i][k][f] = (lane16){0};
@@ -371,8 +391,8 @@ static void cross_gate_backward(float *grad, const float *input, const float *g,
         memcpy(&x[1], input + at + 16, sizeof x[1]);
         memcpy(&y[0], grad + at, sizeof y[0]);
         memcpy(&y[1], grad + at + 16, sizeof y[1]);
-        const lane16 sx[2] = {__builtin_shuffle(x[0], S), __builtin_shuffle(x[1], S)};
-        const lane16 sy[2] = {__builtin_shuffle(y[0], S), __builtin_shuffle(y[1], S)};
+        const lane16 sx[2] = {XOR16(x[0], 8), XOR16(x[1], 8)};
+        const lane16 sy[2] = {XOR16(y[0], 8), XOR16(y[1], 8)};
         for (int i = 0; i < 2; i++)
             for (int k = 0; k < 2; k++) {
                 acc[i][k][0] += y[i] * x[k];
@@ -770,4 +790,200 @@ EXPORT void adtn_scatter_scaled(const float *grad, const float *tensor, const in
         const int64_t k = scatter[i];
         out[i] = k < n ? a * grad[k] - b * tensor[k] : 0.0f;
     }
+}
+
+/* The first layer, which grows the product state: state_{k+1} = state_k viewed as rows of
+ * a[k] numbers, times the a[k] x b[k] matrix mats[k] (row-major), from state_0 = (1);
+ * states[k] holds state_k (states[0] is read: the one number 1). With a of 1 or 2, these are
+ * poor matrix products for a BLAS and cost one trip through memory here. Returns 0, or -1
+ * for sizes it does not handle. */
+#define MAX_GROW 64
+
+static int grow_rows(int n, const int *a, const int *b, int64_t *rows)
+{
+    int64_t size = 1;
+    for (int k = 0; k < n; k++) {
+        if (a[k] < 1 || b[k] < 1 || b[k] > MAX_GROW || a[k] > MAX_GROW || size % a[k]) return -1;
+        rows[k] = size / a[k];
+        size = rows[k] * b[k];
+    }
+    return 0;
+}
+
+/* one application of the growth: out (rows x B) = in (rows x A) times m (A x B); A and B
+ * constants where it is inlined, so that the loops vectorise */
+INLINE void grow_step(const float *RESTRICT in, const float *RESTRICT m, float *RESTRICT out,
+                      int64_t rows, const int A, const int B)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float acc[MAX_GROW];
+        for (int j = 0; j < B; j++) acc[j] = in[r * A] * m[j];
+        for (int i = 1; i < A; i++)
+            for (int j = 0; j < B; j++) acc[j] += in[r * A + i] * m[i * B + j];
+        memcpy(out + r * B, acc, sizeof(float) * (size_t)B);
+    }
+}
+
+/* back through one application, in place: grad (rows x B) becomes the input's gradient
+ * (rows x A, at the start of the same memory; a row's is written after that row is read,
+ * and lies below the rows not yet read since A <= B); d_m (A x B) += in^T grad, rows from
+ * first on */
+INLINE void grow_step_backward_rest(const float *RESTRICT in, const float *RESTRICT m,
+                                    float *grad, int64_t first, int64_t rows, double *total,
+                                    const int A, const int B)
+{
+    for (int64_t lo = first; lo < rows; lo += 256) {
+        const int64_t hi = lo + 256 < rows ? lo + 256 : rows;
+        float part[MAX_GROW * MAX_GROW];
+        memset(part, 0, sizeof(float) * (size_t)(A * B));
+        for (int64_t r = lo; r < hi; r++) {
+            float g[MAX_GROW], d_in[MAX_GROW];
+            memcpy(g, grad + r * B, sizeof(float) * (size_t)B);
+            for (int i = 0; i < A; i++) {
+                const float x = in[r * A + i];
+                float sum = 0.0f;
+                for (int j = 0; j < B; j++) {
+                    part[i * B + j] += x * g[j];
+                    sum += g[j] * m[i * B + j];
+                }
+                d_in[i] = sum;
+            }
+            memcpy(grad + r * A, d_in, sizeof(float) * (size_t)A);
+        }
+        for (int e = 0; e < A * B; e++) total[e] += part[e];
+    }
+}
+
+/* The brick layout's step, 2 -> 8 numbers a row, eight rows at a time (16 inputs, 64
+ * outputs), with lane permutations: a row's two inputs broadcast over its half of a vector. */
+#define HALVES(x, a, b) SHUFFLE16(x, a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+
+static int64_t grow_step_2_8(const float *RESTRICT in, const float *RESTRICT m,
+                             float *RESTRICT out, int64_t rows)
+{
+    lane16 m0, m1;
+    for (int j = 0; j < 16; j++) m0[j] = m[j % 8], m1[j] = m[8 + j % 8];
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) {
+        lane16 x;
+        memcpy(&x, in + 2 * r, sizeof x);
+        const lane16 y0 = HALVES(x, 0, 2) * m0 + HALVES(x, 1, 3) * m1;
+        const lane16 y1 = HALVES(x, 4, 6) * m0 + HALVES(x, 5, 7) * m1;
+        const lane16 y2 = HALVES(x, 8, 10) * m0 + HALVES(x, 9, 11) * m1;
+        const lane16 y3 = HALVES(x, 12, 14) * m0 + HALVES(x, 13, 15) * m1;
+        memcpy(out + 8 * r, &y0, sizeof y0);
+        memcpy(out + 8 * r + 16, &y1, sizeof y1);
+        memcpy(out + 8 * r + 32, &y2, sizeof y2);
+        memcpy(out + 8 * r + 48, &y3, sizeof y3);
+    }
+    return r; /* (rows done; the caller finishes the rest) */
+}
+
+/* Its backward, eight rows at a time: d_m's sums per half-vector; the input's gradient from
+ * the products g * m_i, each half summed by three permute-and-add steps (which leave row
+ * 2q+h's two sums in lanes 8h and 8h+4 of vector q), then gathered in row order. */
+#define BLEND16(a, b, ...) SHUFFLE2_16(a, b, __VA_ARGS__)
+INLINE lane16 row_sums_2_8(lane16 g, lane16 m0, lane16 m1)
+{
+    const lane16 p0 = g * m0, p1 = g * m1;
+    /* lanes 0-3 and 8-11 from p0, 4-7 and 12-15 from p1; then each lane plus lane ^ 4 of
+     * the other choice */
+    const lane16 a = BLEND16(p0, p1, 0, 1, 2, 3, 20, 21, 22, 23, 8, 9, 10, 11, 28, 29, 30, 31);
+    const lane16 b = BLEND16(p1, p0, 0, 1, 2, 3, 20, 21, 22, 23, 8, 9, 10, 11, 28, 29, 30, 31);
+    lane16 r = a + XOR16(b, 4);
+    r += XOR16(r, 2);
+    return r + XOR16(r, 1);
+}
+
+static int64_t grow_step_backward_2_8(const float *RESTRICT in, const float *RESTRICT m,
+                                      float *grad, int64_t rows, double *total)
+{
+    lane16 m0, m1;
+    for (int j = 0; j < 16; j++) m0[j] = m[j % 8], m1[j] = m[8 + j % 8];
+    int64_t r = 0;
+    while (r + 8 <= rows) {
+        lane16 acc0 = {0}, acc1 = {0};
+        const int64_t end = r + 1024 < rows ? r + 1024 : rows;
+        for (; r + 8 <= end; r += 8) {
+            lane16 x, g[4], s[4];
+            memcpy(&x, in + 2 * r, sizeof x);
+            memcpy(g, grad + 8 * r, sizeof g);
+            acc0 += HALVES(x, 0, 2) * g[0] + HALVES(x, 4, 6) * g[1] + HALVES(x, 8, 10) * g[2] +
+                    HALVES(x, 12, 14) * g[3];
+            acc1 += HALVES(x, 1, 3) * g[0] + HALVES(x, 5, 7) * g[1] + HALVES(x, 9, 11) * g[2] +
+                    HALVES(x, 13, 15) * g[3];
+            for (int q = 0; q < 4; q++) s[q] = row_sums_2_8(g[q], m0, m1);
+            /* lanes 0, 4, 8, 12 of s[q]: rows 2q, 2q+1's two sums; into row order */
+            const lane16 v01 = BLEND16(s[0], XOR16(s[1], 1), 0, 17, 2, 19, 4, 21, 6, 23, 8, 25,
+                                       10, 27, 12, 29, 14, 31);
+            const lane16 v23 = BLEND16(s[2], XOR16(s[3], 1), 0, 17, 2, 19, 4, 21, 6, 23, 8, 25,
+                                       10, 27, 12, 29, 14, 31);
+            const lane16 w = BLEND16(v01, XOR16(v23, 2), 0, 1, 18, 19, 4, 5, 22, 23, 8, 9, 26,
+                                     27, 12, 13, 30, 31);
+            const lane16 d = SHUFFLE16(w, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            memcpy(grad + 2 * r, &d, sizeof d); /* (below rows r.. not yet read: 2r + 16 <= 8r) */
+        }
+        for (int j = 0; j < 8; j++) {
+            total[j] += (double)acc0[j] + acc0[j + 8];
+            total[8 + j] += (double)acc1[j] + acc1[j + 8];
+        }
+    }
+    return r;
+}
+
+/* the shapes of the brick layout's growth as constants, any other at run time */
+#define GROW_SHAPES(CALL, A, B)                                                               \
+    if (A == 1 && B == 4) CALL(1, 4);                                                         \
+    else if (A == 2 && B == 8) CALL(2, 8);                                                    \
+    else if (A == 2 && B == 4) CALL(2, 4);                                                    \
+    else CALL(A, B);
+
+EXPORT int adtn_grow_forward(int n, const int *a, const int *b, const float *const *mats,
+                             float *const *states)
+{
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    if (rows == NULL) return -2;
+    if (grow_rows(n, a, b, rows)) {
+        free(rows);
+        return -1;
+    }
+    for (int k = 0; k < n; k++) {
+        int64_t done = 0;
+        if (a[k] == 2 && b[k] == 8) done = grow_step_2_8(states[k], mats[k], states[k + 1], rows[k]);
+#define FORWARD(A, B)                                                                         \
+    grow_step(states[k] + done * (A), mats[k], states[k + 1] + done * (B), rows[k] - done, A, B)
+        GROW_SHAPES(FORWARD, a[k], b[k])
+#undef FORWARD
+    }
+    free(rows);
+    return 0;
+}
+
+/* Back through adtn_grow_forward: from the gradient of state_n (grad, which is overwritten),
+ * d_mats[k] (a[k] x b[k]) for every k; states as the forward pass left them (read only). */
+EXPORT int adtn_grow_backward(int n, const int *a, const int *b, const float *const *mats,
+                              const float *const *states, float *grad, float *const *d_mats)
+{
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    if (rows == NULL) return -2;
+    int bad = grow_rows(n, a, b, rows);
+    for (int k = 0; k < n; k++) bad |= a[k] > b[k];
+    if (bad) {
+        free(rows);
+        return -1;
+    }
+    for (int k = n - 1; k >= 0; k--) {
+        double total[MAX_GROW * MAX_GROW] = {0};
+        int64_t done = 0;
+        if (a[k] == 2 && b[k] == 8)
+            done = grow_step_backward_2_8(states[k], mats[k], grad, rows[k], total);
+        /* (the rest in place too: its rows' gradients lie after those written so far) */
+#define BACKWARD(A, B)                                                                        \
+    grow_step_backward_rest(states[k], mats[k], grad, done, rows[k], total, A, B)
+        GROW_SHAPES(BACKWARD, a[k], b[k])
+#undef BACKWARD
+        for (int e = 0; e < a[k] * b[k]; e++) d_mats[k][e] = (float)total[e];
+    }
+    free(rows);
+    return 0;
 }

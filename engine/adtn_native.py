@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,6 +365,10 @@ def _load(path: Path):
     lib.adtn_gather.restype = ctypes.c_double
     lib.adtn_scatter_scaled.argtypes = [pointer, pointer, pointer, i64, i64, f32, f32, pointer, i32]
     lib.adtn_scatter_scaled.restype = None
+    lib.adtn_grow_forward.argtypes = [i32, pointer, pointer, pointer, pointer]
+    lib.adtn_grow_forward.restype = i32
+    lib.adtn_grow_backward.argtypes = [i32, pointer, pointer, pointer, pointer, pointer, pointer]
+    lib.adtn_grow_backward.restype = i32
     return lib
 
 
@@ -481,4 +486,35 @@ def scatter_scaled(
     library().adtn_scatter_scaled(
         grad.data_ptr(), tensor.data_ptr(), scatter.data_ptr(), scatter.numel(), grad.numel(),
         a, b, out.data_ptr(), _elementwise_threads(scatter.numel()),
+    )  # fmt: skip
+
+
+def _pointers(tensors: Sequence[torch.Tensor]):
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def grow_forward(sizes, mats: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> None:
+    """The first layer's growth (``sizes``: a ctypes pair of int arrays, the matrices' rows
+    and columns): ``states[k + 1]`` = ``states[k]`` viewed as rows of ``a[k]`` numbers times
+    ``mats[k]``; ``states[0]`` holds the number 1 (contiguous float32 CPU tensors)."""
+    rows, columns = sizes
+    pointers = _pointers(mats), _pointers(states)
+    _check(library().adtn_grow_forward(len(mats), rows, columns, *pointers))
+
+
+def grow_backward(
+    sizes,
+    mats: Sequence[torch.Tensor],
+    states: Sequence[torch.Tensor],
+    grad: torch.Tensor,
+    grad_mats: Sequence[torch.Tensor],
+) -> None:
+    """Back through ``grow_forward``: every matrix's gradient into ``grad_mats`` (contiguous),
+    from the gradient of the last state, ``grad`` (used as work space: overwritten)."""
+    rows, columns = sizes
+    _check(
+        library().adtn_grow_backward(
+            len(mats), rows, columns, _pointers(mats), _pointers(states[: len(mats)]),
+            grad.data_ptr(), _pointers(grad_mats),
+        )
     )  # fmt: skip

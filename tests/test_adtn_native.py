@@ -5,6 +5,7 @@ happens without a compiler."""
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import pickle
 
@@ -171,6 +172,42 @@ def test_a_gate_outside_its_tile_or_vector_is_refused(view, position):
     state = torch.zeros(256)
     with pytest.raises(RuntimeError, match="refused"):
         adtn_native.pass_forward(state, torch.empty_like(state), gate_pass, torch.zeros(16))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(1, 4), (2, 8), (2, 8), (2, 8), (2, 8), (2, 8), (2, 8)],  # the brick layout's
+        [(1, 4), (2, 8), (2, 8)],  # fewer rows than one vector step
+        [(1, 2), (2, 4), (4, 12), (3, 6), (2, 8)],  # other shapes: the plain loops
+    ],
+)
+def test_native_growth_matches_matrix_products(shapes):
+    torch.manual_seed(len(shapes))
+    mats = [torch.randn(a, b) for a, b in shapes]
+    numels = [1]
+    for a, b in shapes:
+        numels.append(numels[-1] // a * b)
+    states = [torch.ones(1)] + [torch.empty(n) for n in numels[1:]]
+    rows = (ctypes.c_int * len(shapes))(*(a for a, _ in shapes))
+    columns = (ctypes.c_int * len(shapes))(*(b for _, b in shapes))
+    adtn_native.grow_forward((rows, columns), mats, states)
+
+    leaves = [m.double().requires_grad_() for m in mats]
+    expected = [torch.ones(1, dtype=torch.float64)]
+    for (a, _), m in zip(shapes, leaves):
+        expected.append((expected[-1].view(-1, a) @ m).view(-1))
+    for mine, exact in zip(states, expected):
+        torch.testing.assert_close(mine.double(), exact.detach(), rtol=1e-5, atol=1e-6)
+
+    grad = torch.randn(numels[-1])
+    (expected[-1] * grad.double()).sum().backward()
+    grad_mats = [torch.empty(a, b) for a, b in shapes]
+    adtn_native.grow_backward((rows, columns), mats, states, grad.clone(), grad_mats)
+    for mine, leaf in zip(grad_mats, leaves):
+        size = leaf.grad.abs().max().item()
+        torch.testing.assert_close(mine.double(), leaf.grad, rtol=1e-4, atol=1e-5 * size)
 
 
 CASES = [
