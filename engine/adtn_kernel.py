@@ -274,18 +274,18 @@ def _pass_forward(app, gates, state, pool, slope=None, squares=False):
     return out, adtn_native.pass_forward(state, out, app, gates, slope, squares)
 
 
-def _pass_backward(app, state, grad, grad_in, gates, flat_grads, factor=None):
+def _pass_backward(app, state, grad, grad_in, gates, flat_grads, factor=None, **back):
     """A native pass's backward: the gates' gradients into their place in ``flat_grads``
     (the first one's times ``factor``, by which that gate was scaled), the input's into
-    ``grad_in``; returns ``<state, input's gradient>`` where ``factor`` is given (the
-    normalisation before the pass needs it), else None."""
+    ``grad_in``; ``back``: ``dot=True`` to return ``<state, input's gradient>``, ``slope``
+    to take that gradient back through the activation before the pass
+    (``adtn_native.pass_backward``)."""
     gather = app.gather_on(flat_grads.device)
     if gather is None:
         d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
     else:
         d_gates = flat_grads.new_empty(16 * app.count)
-    wants_dot = factor is not None
-    dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, wants_dot)
+    dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, **back)
     if factor is not None:
         d_gates[:16].mul_(factor)
     if gather is not None:
@@ -815,12 +815,16 @@ def _backward_stored(
                 # the whole backward pass and stays in the cache.
                 grad = grad.reshape(-1)
                 grad_in = grad if (layer or j) else None
-                dot = _pass_backward(
-                    app, state, grad, grad_in, gates, flat_grads, factor if scaled_here else None
-                )
-                if layer and not j:
-                    assert grad_in is not None
-                    _native_transition(grad_in, state, dot, factor, plan)
+                # A layer's first pass also takes the gradient back through the activation
+                # before it. The normalisation there is left out of the gradient: the rms
+                # factors only scale the weight, and the final division by its rms undoes any
+                # scale (the activations are positively homogeneous), so its exact gradient
+                # equals the one through constant factors.
+                slope = plan.slope if (layer and not j) else None
+                _pass_backward(
+                    app, state, grad, grad_in, gates, flat_grads,
+                    factor if scaled_here else None, slope=slope,
+                )  # fmt: skip
                 if pool is not None and state.numel() == size:
                     pool.give(state)
                 grad = grad_in
@@ -912,7 +916,10 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
             app = apps[j]
             if isinstance(app, GatePass):
                 scaling = None if j else factor
-                dot = _pass_backward(app, state, grad, grad, effective[j], flat_grads, scaling)
+                dot = _pass_backward(
+                    app, state, grad, grad, effective[j], flat_grads, scaling,
+                    dot=scaling is not None,
+                )  # fmt: skip
                 state = None
                 continue
             grad_matrix = _mid_gram(_mid_view(grad, app), _mid_view(state, app), chunk)

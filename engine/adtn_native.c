@@ -457,7 +457,9 @@ typedef struct {
     const float *gates; /* n_gates x 16, in the order of the steps */
     Op ops[MAX_GATES];
     int low_pos[MAX_GATES]; /* a block's gates' first bits within its b bits */
-    int activate;           /* forward: apply the activation to the output (slope 0: ReLU) */
+    int activate;           /* forward: apply the activation to the output (slope 0: ReLU);
+                             * backward: take the input's gradient back through the
+                             * activation that produced the input */
     float slope;
     int want_squares;       /* forward: sum the squares of the output */
     int want_dot;           /* backward: sum input times the input's gradient */
@@ -635,6 +637,11 @@ INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const floa
     }
     /* <input, gradient of the input>, which the normalisation before the pass needs */
     const double dot = p->want_dot ? dot_product(inputs, grad, tile_size) : 0.0;
+    if (p->activate) { /* (the input is positive exactly where the activation's was) */
+        const float slope = p->slope;
+        for (size_t e = 0; e < tile_size; e++)
+            grad[e] = inputs[e] > 0.0f ? grad[e] : grad[e] * slope;
+    }
     if (grad_in != NULL) copy_out(grad_in + at, grad, p->rows, p->R, T);
     return dot;
 }
@@ -700,10 +707,12 @@ EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64
 
 /* From the pass's input x and its output's gradient grad_out: the input's gradient in
  * grad_in (skipped when NULL; it may be grad_out), every gate's gradient in d_gates
- * (n_gates x 16) and, unless NULL, <x, the input's gradient> in dot. */
+ * (n_gates x 16) and, unless NULL, <x, the input's gradient> in dot; with activate, the
+ * input's gradient is then taken back through the activation (slope 0: ReLU) that gave x. */
 EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
                               int w, int64_t R, int T, const float *gates, const int *spec,
-                              int n_gates, float *d_gates, double *dot, int threads)
+                              int n_gates, float *d_gates, double *dot, int activate,
+                              float slope, int threads)
 {
     Pass *p = malloc(sizeof(Pass));
     if (p == NULL) return -2;
@@ -712,6 +721,7 @@ EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad
         return -1;
     }
     p->want_dot = dot != NULL;
+    p->activate = activate, p->slope = slope;
     const size_t floats = p->tile_size * (size_t)(p->n_ops + 2) + MAX_BLOCK * MAX_BLOCK;
     const size_t sums = (size_t)16 * n_gates + (size_t)p->n_blocks * MAX_BLOCK * MAX_BLOCK;
     float *memory = malloc(sizeof(float) * floats * (size_t)threads);

@@ -357,6 +357,7 @@ def _load(path: Path):
     lib.adtn_pass_forward.restype = i32
     lib.adtn_pass_backward.argtypes = [
         pointer, pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, pointer, doubles, i32,
+        f32, i32,
     ]  # fmt: skip
     lib.adtn_pass_backward.restype = i32
     lib.adtn_transition.argtypes = [pointer, pointer, i64, f32, i32, f32, i32]
@@ -420,12 +421,18 @@ def pass_backward(
     gates: torch.Tensor,
     grad_gates: torch.Tensor,
     dot: bool = False,
+    slope: float | None = None,
 ) -> float | None:
     """From the pass's input ``state`` and its output's gradient: the input's gradient into
     ``grad_in`` (None: not wanted; it may be ``grad_out`` itself) and the gates' into
-    ``grad_gates`` (``count`` × 16). Returns ``<state, the input's gradient>`` when ``dot``."""
+    ``grad_gates`` (``count`` × 16). Returns ``<state, the input's gradient>`` when ``dot``.
+    With ``slope``, the input's gradient is then taken back through the activation (0: ReLU,
+    else leaky) whose output ``state`` is."""
     if on_gpu(state):
-        return adtn_gpu.pass_backward(state, grad_out, grad_in, gate_pass, gates, grad_gates, dot)
+        value = adtn_gpu.pass_backward(state, grad_out, grad_in, gate_pass, gates, grad_gates, dot)
+        if slope is not None and grad_in is not None:
+            grad_in.mul_(torch.where(state > 0, 1.0, slope))
+        return value
     p = gate_pass
     total = ctypes.c_double()
     _check(
@@ -434,7 +441,7 @@ def pass_backward(
             None if grad_in is None else grad_in.data_ptr(),
             p.L, p.w, p.R, p.T_back, gates.data_ptr(), p._arrays[0], p.count,
             grad_gates.data_ptr(), ctypes.byref(total) if dot else None,
-            _threads(p, p.T_back),
+            slope is not None, slope or 0.0, _threads(p, p.T_back),
         )
     )  # fmt: skip
     return total.value if dot else None
