@@ -404,9 +404,10 @@ def _grow_sizes(apps: tuple) -> tuple | None:
     return (rows, columns), tuple(numels)
 
 
-def _grow_native(apps, mats, pool, saved):
-    """The first layer's output state, grown by the native kernel (``_grow_sizes(apps)`` is
-    not None; CPU float32); ``saved`` gets a ``GrownStates``."""
+def _grow_native(apps, mats, pool, saved, slope=None, squares=False):
+    """(The first layer's output state, grown by the native kernel, then activated where
+    ``slope`` is given; the sum of its squares when ``squares``, else None).
+    ``_grow_sizes(apps)`` is not None; CPU float32. ``saved`` gets a ``GrownStates``."""
     grow = _grow_sizes(apps)
     assert grow is not None  # (the caller checked)
     sizes, numels = grow
@@ -415,10 +416,10 @@ def _grow_native(apps, mats, pool, saved):
     out = None if pool is None else pool.take(ref, numels[-1])
     out = ref.new_empty(numels[-1]) if out is None else out.view(-1)
     states = [ref.new_ones(1), *inner.split(list(numels[1:-1])), out]
-    adtn_native.grow_forward(sizes, [mats[app.m] for app in apps], states)
+    total = adtn_native.grow_forward(sizes, [mats[app.m] for app in apps], states, slope, squares)
     if saved is not None:
         saved.append(GrownStates(tuple(states[:-1])))
-    return out
+    return out, total
 
 
 def _grow_backward(apps, mats, grown: GrownStates, grad, grads, outs) -> None:
@@ -502,14 +503,17 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
         pool = None
     slope, normalise = plan.slope, plan.normalise
     last_layer = len(plan.fast) - 1
-    # Whether a native pass ended the previous layer (and so applied the activation, and
-    # summed the squares when normalising: two passes fewer over the state).
+    # Whether a native pass or the growth ended the previous layer (then it applied the
+    # activation and, when normalising, summed the squares: two passes fewer over the state).
     fused, squares = False, None
     grow = plan.flat_gates and state.device.type == "cpu" and _grow_sizes(plan.fast[0])
     for layer, apps in enumerate(plan.fast):
         first = None
-        if grow and not layer:  # (the whole first layer in one native call)
-            state = _grow_native(apps, mats, pool, saved)
+        if grow and not layer:  # (the whole first layer in one native call, activated)
+            fused = last_layer > 0
+            state, squares = _grow_native(
+                apps, mats, pool, saved, slope if fused else None, fused and normalise
+            )
             continue
         if layer:
             if slope is not None and not fused:

@@ -804,7 +804,8 @@ EXPORT void adtn_scatter_scaled(const float *grad, const float *tensor, const in
 
 /* The first layer, which grows the product state: state_{k+1} = state_k viewed as rows of
  * a[k] numbers, times the a[k] x b[k] matrix mats[k] (row-major), from state_0 = (1);
- * states[k] holds state_k (states[0] is read: the one number 1). With a of 1 or 2, these are
+ * states[k] holds state_k (states[0] is read: the one number 1); then, on request, the
+ * activation on the last state and the sum of its squares. With a of 1 or 2, these are
  * poor matrix products for a BLAS and cost one trip through memory here. Returns 0, or -1
  * for sizes it does not handle. */
 #define MAX_GROW 64
@@ -948,8 +949,33 @@ static int64_t grow_step_backward_2_8(const float *RESTRICT in, const float *RES
     else if (A == 2 && B == 4) CALL(2, 4);                                                    \
     else CALL(A, B);
 
+/* Then the activation (slope 0: ReLU) in place on the last state, where activate; returns
+ * the sum of the squares of its numbers (afterwards). */
+static double activate_and_square(float *state, int64_t n, int activate, float slope)
+{
+    typedef float sums16 __attribute__((vector_size(64)));
+    sums16 acc = {0};
+    int64_t e = 0;
+    for (; e + 16 <= n; e += 16) {
+        sums16 v;
+        memcpy(&v, state + e, sizeof v);
+        if (activate) {
+            for (int k = 0; k < 16; k++) v[k] = v[k] > 0.0f ? v[k] : v[k] * slope;
+            memcpy(state + e, &v, sizeof v);
+        }
+        acc += v * v;
+    }
+    double total = 0.0;
+    for (int k = 0; k < 16; k++) total += acc[k];
+    for (; e < n; e++) {
+        if (activate && !(state[e] > 0.0f)) state[e] *= slope;
+        total += (double)state[e] * state[e];
+    }
+    return total;
+}
+
 EXPORT int adtn_grow_forward(int n, const int *a, const int *b, const float *const *mats,
-                             float *const *states)
+                             float *const *states, int activate, float slope, double *squares)
 {
     int64_t *rows = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
     if (rows == NULL) return -2;
@@ -964,6 +990,10 @@ EXPORT int adtn_grow_forward(int n, const int *a, const int *b, const float *con
     grow_step(states[k] + done * (A), mats[k], states[k + 1] + done * (B), rows[k] - done, A, B)
         GROW_SHAPES(FORWARD, a[k], b[k])
 #undef FORWARD
+    }
+    if (n > 0 && (activate || squares != NULL)) {
+        const double total = activate_and_square(states[n], rows[n - 1] * b[n - 1], activate, slope);
+        if (squares != NULL) *squares = total;
     }
     free(rows);
     return 0;

@@ -366,7 +366,7 @@ def _load(path: Path):
     lib.adtn_gather.restype = ctypes.c_double
     lib.adtn_scatter_scaled.argtypes = [pointer, pointer, pointer, i64, i64, f32, f32, pointer, i32]
     lib.adtn_scatter_scaled.restype = None
-    lib.adtn_grow_forward.argtypes = [i32, pointer, pointer, pointer, pointer]
+    lib.adtn_grow_forward.argtypes = [i32, pointer, pointer, pointer, pointer, i32, f32, doubles]
     lib.adtn_grow_forward.restype = i32
     lib.adtn_grow_backward.argtypes = [i32, pointer, pointer, pointer, pointer, pointer, pointer]
     lib.adtn_grow_backward.restype = i32
@@ -500,13 +500,24 @@ def _pointers(tensors: Sequence[torch.Tensor]):
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
-def grow_forward(sizes, mats: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> None:
+def grow_forward(
+    sizes, mats: Sequence[torch.Tensor], states: Sequence[torch.Tensor], slope=None, squares=False
+) -> float | None:
     """The first layer's growth (``sizes``: a ctypes pair of int arrays, the matrices' rows
     and columns): ``states[k + 1]`` = ``states[k]`` viewed as rows of ``a[k]`` numbers times
-    ``mats[k]``; ``states[0]`` holds the number 1 (contiguous float32 CPU tensors)."""
+    ``mats[k]``; ``states[0]`` holds the number 1 (contiguous float32 CPU tensors). Then the
+    activation on the last state where ``slope`` is given (0: ReLU, else leaky); returns the
+    sum of its squares when ``squares``."""
     rows, columns = sizes
+    total = ctypes.c_double()
     pointers = _pointers(mats), _pointers(states)
-    _check(library().adtn_grow_forward(len(mats), rows, columns, *pointers))
+    _check(
+        library().adtn_grow_forward(
+            len(mats), rows, columns, *pointers, slope is not None, slope or 0.0,
+            ctypes.byref(total) if squares else None,
+        )
+    )  # fmt: skip
+    return total.value if squares else None
 
 
 def grow_backward(

@@ -200,6 +200,12 @@ def test_native_growth_matches_matrix_products(shapes):
         expected.append((expected[-1].view(-1, a) @ m).view(-1))
     for mine, exact in zip(states, expected):
         torch.testing.assert_close(mine.double(), exact.detach(), rtol=1e-5, atol=1e-6)
+    # asked to, it also activates the last state and sums its squares
+    activated = [torch.ones(1)] + [torch.empty(n) for n in numels[1:]]
+    squares = adtn_native.grow_forward((rows, columns), mats, activated, 0.25, True)
+    leaky = torch.nn.functional.leaky_relu(expected[-1].detach(), 0.25)
+    torch.testing.assert_close(activated[-1].double(), leaky, rtol=1e-5, atol=1e-6)
+    assert squares == pytest.approx(float(leaky.square().sum()), rel=1e-5)
 
     grad = torch.randn(numels[-1])
     (expected[-1] * grad.double()).sum().backward()
