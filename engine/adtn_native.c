@@ -953,25 +953,9 @@ static int64_t grow_step_backward_2_8(const float *RESTRICT in, const float *RES
  * the sum of the squares of its numbers (afterwards). */
 static double activate_and_square(float *state, int64_t n, int activate, float slope)
 {
-    typedef float sums16 __attribute__((vector_size(64)));
-    sums16 acc = {0};
-    int64_t e = 0;
-    for (; e + 16 <= n; e += 16) {
-        sums16 v;
-        memcpy(&v, state + e, sizeof v);
-        if (activate) {
-            for (int k = 0; k < 16; k++) v[k] = v[k] > 0.0f ? v[k] : v[k] * slope;
-            memcpy(state + e, &v, sizeof v);
-        }
-        acc += v * v;
-    }
-    double total = 0.0;
-    for (int k = 0; k < 16; k++) total += acc[k];
-    for (; e < n; e++) {
-        if (activate && !(state[e] > 0.0f)) state[e] *= slope;
-        total += (double)state[e] * state[e];
-    }
-    return total;
+    if (activate)
+        for (int64_t e = 0; e < n; e++) state[e] = state[e] > 0.0f ? state[e] : state[e] * slope;
+    return dot_product(state, state, (size_t)n);
 }
 
 EXPORT int adtn_grow_forward(int n, const int *a, const int *b, const float *const *mats,
