@@ -581,10 +581,15 @@ class WeightGather:
 
     ``gather[j]``: the state's entry that becomes the weight's flat entry ``j``;
     ``scatter[i]``: the weight's flat entry that state entry ``i`` holds, or the weight's
-    number of entries for a padding entry (it reads a zero appended to the gradient)."""
+    number of entries for a padding entry (it reads a zero appended to the gradient).
+    ``grid``: where ``gather`` is ``row_at[r] + column_at[c]`` for the weight viewed as rows of
+    its last dimension (each index's bits are their own bits of the state, so the two add), those
+    two tables (int64 and int32; the native kernel then reads a few KiB instead of the index
+    arrays); else None."""
 
     gather: torch.Tensor
     scatter: torch.Tensor
+    grid: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def build(order: torch.Tensor, padded_shape, shape) -> WeightGather:
@@ -592,7 +597,12 @@ class WeightGather:
         gather = order.view(padded_shape)[tuple(slice(0, d) for d in shape)].reshape(-1)
         scatter = torch.full_like(order, gather.numel())
         scatter[gather] = torch.arange(gather.numel(), device=order.device)
-        return WeightGather(gather.contiguous(), scatter)
+        table = gather.view(-1, shape[-1])
+        row_at, column_at = table[:, 0].contiguous(), table[0] - table[0, 0]
+        grid = None
+        if torch.equal(table, row_at[:, None] + column_at[None, :]):
+            grid = (row_at, column_at.to(torch.int32).contiguous())
+        return WeightGather(gather.contiguous(), scatter, grid)
 
 
 def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None, order=None):
@@ -602,7 +612,7 @@ def finish(plan: Plan, state: torch.Tensor, scale: torch.Tensor | None, order=No
     squares = None
     if order is not None and plan.flat_gates:  # (native: the gather sums the squares too)
         tensor = state.new_empty(plan.shape)
-        squares = adtn_native.gather(state, order.gather, tensor)
+        squares = adtn_native.gather(state, order.gather, tensor, order.grid)
     elif order is not None:
         tensor = state.index_select(0, order.gather).view(plan.shape)
     else:
@@ -674,13 +684,17 @@ def _finish_backward_native(tensor, scale, inverse_rms, grad_weight, order, pool
     out = None if pool is None else pool.take(flat_grad, size)
     out = flat_grad.new_empty(size) if out is None else out.view(-1)
     if scale is None:
-        adtn_native.scatter_scaled(flat_grad, tensor.view(-1), order.scatter, 1.0, 0.0, out)
+        adtn_native.scatter_scaled(
+            flat_grad, tensor.view(-1), order.scatter, 1.0, 0.0, out, order.grid
+        )
         return out, None
     dot = torch.dot(tensor.view(-1), flat_grad)
     factor = float(scale) * float(inverse_rms)
     # d/dW of scale * W / rms(W): scale/rms * (g - W <W, g> / (N rms**2)).
     correction = factor * float(inverse_rms) ** 2 * float(dot) / tensor.numel()
-    adtn_native.scatter_scaled(flat_grad, tensor.view(-1), order.scatter, factor, correction, out)
+    adtn_native.scatter_scaled(
+        flat_grad, tensor.view(-1), order.scatter, factor, correction, out, order.grid
+    )
     return out, dot * inverse_rms
 
 

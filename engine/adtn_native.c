@@ -789,6 +789,38 @@ EXPORT double adtn_gather(const float *state, const int64_t *index, int64_t n, f
     return squares;
 }
 
+/* adtn_gather where the state's entry of out[r * cols + c] is row_at[r] + col_at[c]: two
+ * small tables instead of an index array as long as the weight. */
+EXPORT double adtn_gather_grid(const float *state, const int64_t *row_at, int64_t rows,
+                               const int32_t *col_at, int64_t cols, float *out, int threads)
+{
+    double squares = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : squares) \
+    if (threads > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *base = state + row_at[r];
+        float *row = out + r * cols;
+        for (int64_t c = 0; c < cols; c++) row[c] = base[col_at[c]];
+        squares += dot_product(row, row, (size_t)cols);
+    }
+    return squares;
+}
+
+/* adtn_scatter_scaled with adtn_gather_grid's tables: out (size numbers) is zeroed, then
+ * out[row_at[r] + col_at[c]] = a * grad[k] - b * tensor[k], k = r * cols + c. */
+EXPORT void adtn_scatter_grid(const float *grad, const float *tensor, const int64_t *row_at,
+                              int64_t rows, const int32_t *col_at, int64_t cols, int64_t size,
+                              float a, float b, float *out, int threads)
+{
+    memset(out, 0, sizeof(float) * (size_t)size);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        float *base = out + row_at[r];
+        const float *g = grad + r * cols, *t = tensor + r * cols;
+        for (int64_t c = 0; c < cols; c++) base[col_at[c]] = a * g[c] - b * t[c];
+    }
+}
+
 /* The state's gradient from the weight's: out[i] = a * grad[k] - b * tensor[k] with
  * k = scatter[i], or 0 where k == n (a padding entry of the state). */
 EXPORT void adtn_scatter_scaled(const float *grad, const float *tensor, const int64_t *scatter,

@@ -366,6 +366,12 @@ def _load(path: Path):
     lib.adtn_gather.restype = ctypes.c_double
     lib.adtn_scatter_scaled.argtypes = [pointer, pointer, pointer, i64, i64, f32, f32, pointer, i32]
     lib.adtn_scatter_scaled.restype = None
+    lib.adtn_gather_grid.argtypes = [pointer, pointer, i64, pointer, i64, pointer, i32]
+    lib.adtn_gather_grid.restype = ctypes.c_double
+    lib.adtn_scatter_grid.argtypes = [
+        pointer, pointer, pointer, i64, pointer, i64, i64, f32, f32, pointer, i32,
+    ]  # fmt: skip
+    lib.adtn_scatter_grid.restype = None
     lib.adtn_grow_forward.argtypes = [i32, pointer, pointer, pointer, pointer, i32, f32, doubles]
     lib.adtn_grow_forward.restype = i32
     lib.adtn_grow_backward.argtypes = [i32, pointer, pointer, pointer, pointer, pointer, pointer]
@@ -469,30 +475,52 @@ def _elementwise_threads(numel: int) -> int:
     return max(1, min(torch.get_num_threads(), numel // (1 << 16)))
 
 
-def gather(state: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> float:
+def gather(state: torch.Tensor, index: torch.Tensor, out: torch.Tensor, grid=None) -> float:
     """``out = state[index]`` (int64 index, contiguous float32); returns the sum of the squares
-    of ``out``."""
+    of ``out``. ``grid``: None, or (``row_at``, ``column_at``) with ``index`` equal to
+    ``row_at[r] + column_at[c]`` for ``out`` viewed as rows of ``len(column_at)``."""
     if on_gpu(state):
         torch.index_select(state, 0, index, out=out.view(-1))
         return float(torch.dot(out.view(-1), out.view(-1)))
+    threads = _elementwise_threads(index.numel())
+    if grid is not None:
+        row_at, column_at = grid
+        return library().adtn_gather_grid(
+            state.data_ptr(), row_at.data_ptr(), row_at.numel(), column_at.data_ptr(),
+            column_at.numel(), out.data_ptr(), threads,
+        )  # fmt: skip
     return library().adtn_gather(
-        state.data_ptr(), index.data_ptr(), index.numel(), out.data_ptr(),
-        _elementwise_threads(index.numel()),
-    )  # fmt: skip
+        state.data_ptr(), index.data_ptr(), index.numel(), out.data_ptr(), threads
+    )
 
 
 def scatter_scaled(
-    grad: torch.Tensor, tensor: torch.Tensor, scatter: torch.Tensor, a: float, b: float, out
+    grad: torch.Tensor,
+    tensor: torch.Tensor,
+    scatter: torch.Tensor,
+    a: float,
+    b: float,
+    out,
+    grid=None,
 ) -> None:
     """``out[i] = a * grad[scatter[i]] - b * tensor[scatter[i]]``, 0 where ``scatter[i]`` is
-    ``grad``'s number of entries (flat, contiguous float32; int64 ``scatter``)."""
+    ``grad``'s number of entries (flat, contiguous float32; int64 ``scatter``). ``grid``: as
+    for ``gather``, the same map from the other side."""
     if on_gpu(grad):
         values = torch.cat([grad * a - tensor * b, grad.new_zeros(1)])
         torch.index_select(values, 0, scatter, out=out)
         return
+    threads = _elementwise_threads(scatter.numel())
+    if grid is not None:
+        row_at, column_at = grid
+        library().adtn_scatter_grid(
+            grad.data_ptr(), tensor.data_ptr(), row_at.data_ptr(), row_at.numel(),
+            column_at.data_ptr(), column_at.numel(), out.numel(), a, b, out.data_ptr(), threads,
+        )  # fmt: skip
+        return
     library().adtn_scatter_scaled(
         grad.data_ptr(), tensor.data_ptr(), scatter.data_ptr(), scatter.numel(), grad.numel(),
-        a, b, out.data_ptr(), _elementwise_threads(scatter.numel()),
+        a, b, out.data_ptr(), threads,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import torch
 
 from engine import adtn_native
 from engine.adtn import ADTN
+from engine.adtn_kernel import WeightGather
 
 needs_kernel = pytest.mark.skipif(
     adtn_native.library() is None, reason="no C compiler on this machine: no native kernel"
@@ -315,3 +316,37 @@ def test_a_pass_copies_its_gather_index_to_another_device_once():
     assert elsewhere.device.type == "meta" and elsewhere.shape == (32,)
     assert gate_pass.gather_on(torch.device("meta")) is elsewhere
     assert adtn_native.make_pass(-1, 0, spec).gather_on(torch.device("meta")) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "shape, index_order",
+    [((256, 784), "interleaved"), ((10, 256), "rows_first"), ((16, 8, 3, 3), "interleaved")],
+)
+def test_weight_gather_by_row_and_column_tables_matches_the_index(shape, index_order):
+    adtn = ADTN(shape, 2, index_order=index_order)
+    order = adtn._weight_gather(torch.device("cpu"))
+    assert order is not None and order.grid is not None
+    row_at, column_at = order.grid
+    assert torch.equal((row_at[:, None] + column_at[None, :]).reshape(-1), order.gather)
+
+    torch.manual_seed(0)
+    state = torch.randn(1 << adtn.Q)
+    by_tables, by_index = torch.empty(shape), torch.empty(shape)
+    squares = adtn_native.gather(state, order.gather, by_tables, order.grid)
+    assert squares == pytest.approx(adtn_native.gather(state, order.gather, by_index), rel=1e-6)
+    assert torch.equal(by_tables, by_index)
+
+    grad, tensor = torch.randn(shape).view(-1), torch.randn(shape).view(-1)
+    out_tables = torch.full_like(state, float("nan"))  # (padding entries must become 0)
+    out_index = torch.empty_like(state)
+    adtn_native.scatter_scaled(grad, tensor, order.scatter, 0.5, 0.25, out_tables, order.grid)
+    adtn_native.scatter_scaled(grad, tensor, order.scatter, 0.5, 0.25, out_index)
+    assert torch.equal(out_tables, out_index)
+
+
+def test_a_weight_gather_that_is_not_a_grid_keeps_the_index():
+    order = torch.arange(64)
+    order[[1, 2]] = order[[2, 1]]  # row 0 swaps two columns, the other rows do not
+    assert WeightGather.build(order, (8, 8), (8, 8)).grid is None
+    assert WeightGather.build(torch.arange(64), (8, 8), (8, 8)).grid is not None
