@@ -249,48 +249,14 @@ def with_flat_gates(plan: Plan, mats: Sequence[torch.Tensor], built) -> list:
     return [*mats, built.flat] if plan.flat_gates else list(mats)
 
 
-def _pass_gates(app, mats, factor=None) -> torch.Tensor:
-    """A native pass's gates (16 numbers each, contiguous): a view of the flat gates, or a
-    copy whose first gate is multiplied by ``factor``."""
-    gather = app.gather_on(mats[app.m].device)
-    if gather is None:
-        gates = mats[app.m][app.offset : app.offset + 16 * app.count]
-    else:  # (a copy, in the pass's order)
-        gates = mats[app.m].index_select(0, gather)
-    if factor is None:
-        return gates
-    if gather is None:
-        gates = gates.clone()
-    gates[:16].mul_(factor)
-    return gates
-
-
-def _pass_forward(app, gates, state, pool, slope=None, squares=False):
+def _pass_forward(app, gates, state, pool, slope=None, squares=False, scale=None):
     """(the native pass's output, then activated where ``slope`` is given; with ``squares``,
-    the sum of its squares, else None)."""
+    the sum of its squares, else None); ``gates``: the flat gates, the first of the pass's
+    times ``scale``."""
     state = state.reshape(-1)
     out = _out(pool, state, 1, state.numel())
     out = torch.empty_like(state) if out is None else out.view(-1)
-    return out, adtn_native.pass_forward(state, out, app, gates, slope, squares)
-
-
-def _pass_backward(app, state, grad, grad_in, gates, flat_grads, factor=None, **back):
-    """A native pass's backward: the gates' gradients into their place in ``flat_grads``
-    (the first one's times ``factor``, by which that gate was scaled), the input's into
-    ``grad_in``; ``back``: ``dot=True`` to return ``<state, input's gradient>``, ``slope``
-    to take that gradient back through the activation before the pass
-    (``adtn_native.pass_backward``)."""
-    gather = app.gather_on(flat_grads.device)
-    if gather is None:
-        d_gates = flat_grads[app.offset : app.offset + 16 * app.count]
-    else:
-        d_gates = flat_grads.new_empty(16 * app.count)
-    dot = adtn_native.pass_backward(state, grad, grad_in, app, gates, d_gates, **back)
-    if factor is not None:
-        d_gates[:16].mul_(factor)
-    if gather is not None:
-        flat_grads.index_copy_(0, gather, d_gates)
-    return dot
+    return out, adtn_native.pass_forward(state, out, app, gates, slope, squares, scale)
 
 
 def _native_transition(grad, layer_input, dot, factor, plan: Plan) -> None:
@@ -456,7 +422,8 @@ def forward_state(
     """The network's output state (or, with ``stop_layer``, the activated input of that
     layer). ``saved`` collects what the backward pass needs (every application's input,
     or in low-memory mode the last layer's input), ``inverse_rms`` the layers' factors and
-    ``scaled`` (stored mode) each later layer's first matrix times its factor."""
+    ``scaled`` (stored mode) each later layer's first matrix times its factor (where that is a
+    matrix product; a native pass scales its first gate itself)."""
     if not low_memory and stop_layer is None:
         return _forward_stored(plan, mats, saved, inverse_rms, pool, scaled)
     stop = len(plan.fast) if stop_layer is None else stop_layer
@@ -476,7 +443,7 @@ def forward_state(
             for j, app in enumerate(plan.low[layer]):
                 scaling = None if j else factor
                 if isinstance(app, GatePass):  # (tile by tile, so in place is fine)
-                    adtn_native.pass_forward(state, state, app, _pass_gates(app, mats, scaling))
+                    adtn_native.pass_forward(state, state, app, mats[app.m], scale=scaling)
                     continue
                 matrix = mats[app.m] if scaling is None else mats[app.m] * scaling
                 _apply_inplace(app, matrix, state, chunk)
@@ -485,8 +452,8 @@ def forward_state(
                 if saved is not None:
                     saved.append(state)
                 if isinstance(app, GatePass):
-                    gates = _pass_gates(app, mats, None if j else factor)
-                    state = _pass_forward(app, gates, state, pool)[0]
+                    scaling = None if j else factor
+                    state = _pass_forward(app, mats[app.m], state, pool, scale=scaling)[0]
                     continue
                 matrix = mats[app.m] if (j or factor is None) else mats[app.m] * factor
                 state = _apply(app, matrix, state, pool)
@@ -508,7 +475,7 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
     fused, squares = False, None
     grow = plan.flat_gates and state.device.type == "cpu" and _grow_sizes(plan.fast[0])
     for layer, apps in enumerate(plan.fast):
-        first = None
+        first = pass_scale = None
         if grow and not layer:  # (the whole first layer in one native call, activated)
             fused = last_layer > 0
             state, squares = _grow_native(
@@ -525,23 +492,22 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
                     factor = _inverse_rms_of(squares, state.numel(), state)
                 if inverse_rms is not None:
                     inverse_rms.append(factor)
-                if isinstance(apps[0], GatePass):
-                    first = _pass_gates(apps[0], mats, factor)
+                if isinstance(apps[0], GatePass):  # (the pass scales its first gate)
+                    pass_scale = factor
                 else:
                     first = mats[apps[0].m] * factor
-                if scaled is not None:
-                    scaled.append(first)
+                    if scaled is not None:
+                        scaled.append(first)
         fused, squares = False, None
         for index, app in enumerate(apps):
             if isinstance(app, GatePass):
-                gates = _pass_gates(app, mats) if first is None else first
-                first = None
                 if saved is not None:
                     saved.append(state.reshape(-1))
                 fused = index == len(apps) - 1 and layer < last_layer
                 state, squares = _pass_forward(
-                    app, gates, state, pool, slope if fused else None, fused and normalise
-                )
+                    app, mats[app.m], state, pool, slope if fused else None,
+                    fused and normalise, pass_scale if index == 0 else None,
+                )  # fmt: skip
                 continue
             fused, squares = False, None
             kind = app.kind
@@ -825,10 +791,6 @@ def _backward_stored(
             kind = app.kind
             scaled_here = bool(j == 0 and factor is not None)
             if isinstance(app, GatePass):
-                if not scaled_here:
-                    gates = _pass_gates(app, mats)
-                else:
-                    gates = scaled.pop() if scaled else _pass_gates(app, mats, factor)
                 # The input's gradient overwrites the output's, tile by tile: one state serves
                 # the whole backward pass and stays in the cache.
                 grad = grad.reshape(-1)
@@ -839,9 +801,9 @@ def _backward_stored(
                 # scale (the activations are positively homogeneous), so its exact gradient
                 # equals the one through constant factors.
                 slope = plan.slope if (layer and not j) else None
-                _pass_backward(
-                    app, state, grad, grad_in, gates, flat_grads,
-                    factor if scaled_here else None, slope=slope,
+                adtn_native.pass_backward(
+                    state, grad, grad_in, app, mats[app.m], flat_grads, slope=slope,
+                    scale=factor if scaled_here else None,
                 )  # fmt: skip
                 if pool is not None and state.numel() == size:
                     pool.give(state)
@@ -910,10 +872,9 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
             layer_input = forward_state(plan, mats, low_memory=True, stop_layer=layer)
         factor = inverse_rms[layer - 1] if plan.normalise else None
         apps = plan.low[layer]
+        # (a native pass reads the flat gates and scales its first gate itself)
         effective = [
-            _pass_gates(a, mats, None if j else factor)
-            if isinstance(a, GatePass)
-            else (mats[a.m] if (j or factor is None) else mats[a.m] * factor)
+            mats[a.m] if (j or factor is None or isinstance(a, GatePass)) else mats[a.m] * factor
             for j, a in enumerate(apps)
         ]
         work = torch.empty_like(layer_input) if len(apps) > 1 else None
@@ -927,16 +888,17 @@ def _backward_low_memory(plan, mats, saved, inverse_rms, grad, grads, flat_grads
                 work.copy_(layer_input)
                 for i in range(j):
                     if isinstance(apps[i], GatePass):
-                        adtn_native.pass_forward(work, work, apps[i], effective[i])
+                        scaling = None if i else factor
+                        adtn_native.pass_forward(work, work, apps[i], effective[i], scale=scaling)
                     else:
                         _apply_inplace(apps[i], effective[i], work, chunk)
                 state = work
             app = apps[j]
             if isinstance(app, GatePass):
                 scaling = None if j else factor
-                dot = _pass_backward(
-                    app, state, grad, grad, effective[j], flat_grads, scaling,
-                    dot=scaling is not None,
+                dot = adtn_native.pass_backward(
+                    state, grad, grad, app, effective[j], flat_grads, scaling is not None,
+                    scale=scaling,
                 )  # fmt: skip
                 state = None
                 continue

@@ -454,7 +454,8 @@ typedef struct {
     int64_t L, R, per_l, tiles;
     int w, rows, T, n_gates, n_ops, n_blocks;
     size_t tile_size;
-    const float *gates; /* n_gates x 16, in the order of the steps */
+    const float *gates; /* n_gates x 16, in the order of the steps (own_gates) */
+    float own_gates[MAX_GATES * 16];
     Op ops[MAX_GATES];
     int low_pos[MAX_GATES]; /* a block's gates' first bits within its b bits */
     int activate;           /* forward: apply the activation to the output (slope 0: ReLU);
@@ -475,13 +476,18 @@ static int log2_exact(int64_t n)
 
 /* Reads the steps: spec holds (kind, T, p) per gate, in order; consecutive block gates with
  * the same T on disjoint bits form one block. Returns 1 for anything it cannot run. */
-static int pass_setup(Pass *p, int64_t L, int w, int64_t R, int T, const float *gates,
-                      const int *spec, int n_gates)
+static int pass_setup(Pass *p, int64_t L, int w, int64_t R, int T, const float *flat,
+                      const int *gate_at, float first_scale, const int *spec, int n_gates)
 {
     if (T < 8 || T > MAX_T || log2_exact(T) < 0 || R % T != 0 || w < 0 || w > 16) return 1;
     if (L < 1 || n_gates < 0 || n_gates > MAX_GATES) return 1;
     p->L = L, p->R = R, p->w = w, p->rows = 1 << w, p->T = T;
     p->per_l = R / T, p->tiles = L * (R / T), p->tile_size = (size_t)p->rows * (size_t)T;
+    /* the pass's gates side by side, the first times first_scale */
+    for (int k = 0; k < n_gates; k++)
+        for (int e = 0; e < 16; e++)
+            p->own_gates[16 * k + e] = flat[gate_at[k] + e] * (k ? 1.0f : first_scale);
+    const float *gates = p->own_gates;
     p->gates = gates, p->n_gates = n_gates, p->n_ops = 0, p->n_blocks = 0;
     p->activate = 0, p->slope = 0.0f, p->want_squares = p->want_dot = 0;
     int covered = 0;
@@ -672,20 +678,21 @@ static double backward_tile_any(const Pass *p, int64_t i, const float *x, const 
 #undef BACKWARD
 }
 
-/* out = the pass applied to x (out may be x). gates: n_gates x 16 floats in the order of the
- * steps; spec: (kind, T, p) per gate (kind 0: a gate on bits p, p+1 of the tile viewed as
- * rows of T numbers, 0 for the tile's own width; kind 1: a gate on bits p, p+1 of the last log2(T) bits, consecutive
- * ones making one Kronecker block); activate: then apply the activation (slope 0: ReLU,
- * else leaky); squares (unless NULL): the sum of the squares of the output; threads: how
- * many share the tiles. Returns 0, or -1 for a shape it does not handle, -2 when memory
- * runs out. */
+/* out = the pass applied to x (out may be x). Its gates: 16 floats each at flat + gate_at[k]
+ * in the order of the steps, the first one times first_scale; spec: (kind, T, p) per gate
+ * (kind 0: a gate on bits p, p+1 of the tile viewed as rows of T numbers, 0 for the tile's
+ * own width; kind 1: a gate on bits p, p+1 of the last log2(T) bits, consecutive ones making
+ * one Kronecker block); activate: then apply the activation (slope 0: ReLU, else leaky);
+ * squares (unless NULL): the sum of the squares of the output; threads: how many share the
+ * tiles. Returns 0, or -1 for a shape it does not handle, -2 when memory runs out. */
 EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64_t R, int T,
-                             const float *gates, const int *spec, int n_gates, int activate,
-                             float slope, double *squares, int threads)
+                             const float *flat, const int *gate_at, float first_scale,
+                             const int *spec, int n_gates, int activate, float slope,
+                             double *squares, int threads)
 {
     Pass *p = malloc(sizeof(Pass));
     if (p == NULL) return -2;
-    if (threads < 1 || pass_setup(p, L, w, R, T, gates, spec, n_gates)) {
+    if (threads < 1 || pass_setup(p, L, w, R, T, flat, gate_at, first_scale, spec, n_gates)) {
         free(p);
         return -1;
     }
@@ -706,17 +713,18 @@ EXPORT int adtn_pass_forward(const float *x, float *out, int64_t L, int w, int64
 }
 
 /* From the pass's input x and its output's gradient grad_out: the input's gradient in
- * grad_in (skipped when NULL; it may be grad_out), every gate's gradient in d_gates
- * (n_gates x 16) and, unless NULL, <x, the input's gradient> in dot; with activate, the
+ * grad_in (skipped when NULL; it may be grad_out), each gate's gradient at d_flat +
+ * gate_at[k] (the gates as for adtn_pass_forward; the first one's gradient is that of its
+ * unscaled values) and, unless NULL, <x, the input's gradient> in dot; with activate, the
  * input's gradient is then taken back through the activation (slope 0: ReLU) that gave x. */
 EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, int64_t L,
-                              int w, int64_t R, int T, const float *gates, const int *spec,
-                              int n_gates, float *d_gates, double *dot, int activate,
-                              float slope, int threads)
+                              int w, int64_t R, int T, const float *flat, const int *gate_at,
+                              float first_scale, const int *spec, int n_gates, float *d_flat,
+                              double *dot, int activate, float slope, int threads)
 {
     Pass *p = malloc(sizeof(Pass));
     if (p == NULL) return -2;
-    if (threads < 1 || pass_setup(p, L, w, R, T, gates, spec, n_gates)) {
+    if (threads < 1 || pass_setup(p, L, w, R, T, flat, gate_at, first_scale, spec, n_gates)) {
         free(p);
         return -1;
     }
@@ -743,6 +751,7 @@ EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad
     if (dot != NULL) *dot = products;
     for (int t = 1; t < threads; t++)
         for (size_t e = 0; e < sums; e++) totals[e] += totals[sums * (size_t)t + e];
+    float d_gates[MAX_GATES * 16];
     for (int o = 0; o < p->n_ops; o++) {
         const Op *op = &p->ops[o];
         if (op->kind != 1) {
@@ -752,9 +761,12 @@ EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad
         /* (a block's sums are laid out T x T, at the start of its MAX_BLOCK^2 slot) */
         const double *block_sums = totals + 16 * (size_t)n_gates +
                                    (size_t)op->block * MAX_BLOCK * MAX_BLOCK;
-        low_block_backward(gates + 16 * op->first, p->low_pos + op->first, op->count,
+        low_block_backward(p->gates + 16 * op->first, p->low_pos + op->first, op->count,
                            log2_exact(op->T), block_sums, d_gates + 16 * op->first);
     }
+    for (int k = 0; k < n_gates; k++)
+        for (int e = 0; e < 16; e++)
+            d_flat[gate_at[k] + e] = d_gates[16 * k + e] * (k ? 1.0f : first_scale);
     free(memory);
     free(totals);
     free(p);

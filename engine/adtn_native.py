@@ -88,7 +88,7 @@ class GatePass:
     offsets: tuple[int, ...] | None = None
     kind: str = "gates"
     # ctypes array of the steps, (with ``offsets``) the flat positions of the gates' entries,
-    # and their copies on other devices, made once
+    # their copies on other devices, and a ctypes array of where each gate starts, made once
     _arrays: tuple = field(default=(), compare=False, repr=False)
 
     @property
@@ -235,8 +235,12 @@ def make_pass(m: int, offset: int, spec: tuple, offsets: list[int] | None = None
     gather = None
     if offsets is not None:
         gather = (torch.tensor(offsets)[:, None] + torch.arange(16)).reshape(-1)
+    starts = list(offsets) if offsets is not None else [offset + 16 * k for k in range(len(steps))]
     copies: dict = {}
-    arrays = ((ctypes.c_int * max(1, len(flat)))(*flat), gather, copies)
+    arrays = (
+        (ctypes.c_int * max(1, len(flat)))(*flat), gather, copies,
+        (ctypes.c_int * max(1, len(starts)))(*starts),
+    )  # fmt: skip
     return GatePass(
         m, offset, L, w, R, T, T_back, tuple(steps),
         None if offsets is None else tuple(offsets), _arrays=arrays,
@@ -352,12 +356,13 @@ def _load(path: Path):
     ints = ctypes.POINTER(ctypes.c_int)
     f32, doubles = ctypes.c_float, ctypes.POINTER(ctypes.c_double)
     lib.adtn_pass_forward.argtypes = [
-        pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, i32, f32, doubles, i32,
+        pointer, pointer, i64, i32, i64, i32, pointer, ints, f32, ints, i32, i32, f32, doubles,
+        i32,
     ]  # fmt: skip
     lib.adtn_pass_forward.restype = i32
     lib.adtn_pass_backward.argtypes = [
-        pointer, pointer, pointer, i64, i32, i64, i32, pointer, ints, i32, pointer, doubles, i32,
-        f32, i32,
+        pointer, pointer, pointer, i64, i32, i64, i32, pointer, ints, f32, ints, i32, pointer,
+        doubles, i32, f32, i32,
     ]  # fmt: skip
     lib.adtn_pass_backward.restype = i32
     lib.adtn_transition.argtypes = [pointer, pointer, i64, f32, i32, f32, i32]
@@ -393,6 +398,22 @@ def _check(code: int) -> None:
         raise RuntimeError(f"the native ADTN kernel refused a pass (code {code})")
 
 
+def _own_gates(gate_pass: GatePass, gates: torch.Tensor, scale) -> torch.Tensor:
+    """The pass's gates from the flat vector, side by side, the first one times ``scale``
+    (where the GPU's kernels want them so)."""
+    gather = gate_pass.gather_on(gates.device)
+    if gather is None:
+        own = gates[gate_pass.offset : gate_pass.offset + 16 * gate_pass.count]
+    else:
+        own = gates.index_select(0, gather)
+    if scale is None:
+        return own
+    if gather is None:
+        own = own.clone()
+    own[:16].mul_(scale)
+    return own
+
+
 def pass_forward(
     state: torch.Tensor,
     out: torch.Tensor,
@@ -400,20 +421,23 @@ def pass_forward(
     gates: torch.Tensor,
     slope: float | None = None,
     squares: bool = False,
+    scale=None,
 ) -> float | None:
     """``out`` = the pass applied to ``state`` (flat, contiguous float32 CPU tensors), then the
-    activation where ``slope`` is given (0: ReLU, else leaky); ``gates``: the pass's ``count``
-    gates, 16 numbers each, contiguous. Returns the sum of the squares of ``out`` when
-    ``squares``."""
+    activation where ``slope`` is given (0: ReLU, else leaky). ``gates``: the flat gate vector
+    (16 numbers per gate, at ``offset`` one after another or at ``offsets``); ``scale``
+    multiplies the first gate. Returns the sum of the squares of ``out`` when ``squares``."""
     if on_gpu(state):
-        return adtn_gpu.pass_forward(state, out, gate_pass, gates, slope, squares)
+        own = _own_gates(gate_pass, gates, scale)
+        return adtn_gpu.pass_forward(state, out, gate_pass, own, slope, squares)
     p = gate_pass
     total = ctypes.c_double()
     _check(
         library().adtn_pass_forward(
             state.data_ptr(), out.data_ptr(), p.L, p.w, p.R, p.T, gates.data_ptr(),
-            p._arrays[0], p.count, slope is not None, slope or 0.0,
-            ctypes.byref(total) if squares else None, _threads(p, p.T),
+            p._arrays[3], 1.0 if scale is None else float(scale), p._arrays[0], p.count,
+            slope is not None, slope or 0.0, ctypes.byref(total) if squares else None,
+            _threads(p, p.T),
         )
     )  # fmt: skip
     return total.value if squares else None
@@ -428,24 +452,36 @@ def pass_backward(
     grad_gates: torch.Tensor,
     dot: bool = False,
     slope: float | None = None,
+    scale=None,
 ) -> float | None:
     """From the pass's input ``state`` and its output's gradient: the input's gradient into
-    ``grad_in`` (None: not wanted; it may be ``grad_out`` itself) and the gates' into
-    ``grad_gates`` (``count`` × 16). Returns ``<state, the input's gradient>`` when ``dot``.
-    With ``slope``, the input's gradient is then taken back through the activation (0: ReLU,
-    else leaky) whose output ``state`` is."""
+    ``grad_in`` (None: not wanted; it may be ``grad_out`` itself) and each gate's into its
+    place in ``grad_gates`` (laid out as ``gates``, see ``pass_forward``; the first gate's
+    is that of its values before ``scale``). Returns ``<state, the input's gradient>`` when
+    ``dot``. With ``slope``, the input's gradient is then taken back through the activation
+    (0: ReLU, else leaky) whose output ``state`` is."""
+    p = gate_pass
     if on_gpu(state):
-        value = adtn_gpu.pass_backward(state, grad_out, grad_in, gate_pass, gates, grad_gates, dot)
+        own = _own_gates(p, gates, scale)
+        own_grads = grad_gates.new_empty(16 * p.count)
+        value = adtn_gpu.pass_backward(state, grad_out, grad_in, p, own, own_grads, dot)
+        if scale is not None:
+            own_grads[:16].mul_(scale)
+        gather = p.gather_on(grad_gates.device)
+        if gather is None:
+            grad_gates[p.offset : p.offset + 16 * p.count].copy_(own_grads)
+        else:
+            grad_gates.index_copy_(0, gather, own_grads)
         if slope is not None and grad_in is not None:
             grad_in.mul_(torch.where(state > 0, 1.0, slope))
         return value
-    p = gate_pass
     total = ctypes.c_double()
     _check(
         library().adtn_pass_backward(
             state.data_ptr(), grad_out.data_ptr(),
             None if grad_in is None else grad_in.data_ptr(),
-            p.L, p.w, p.R, p.T_back, gates.data_ptr(), p._arrays[0], p.count,
+            p.L, p.w, p.R, p.T_back, gates.data_ptr(), p._arrays[3],
+            1.0 if scale is None else float(scale), p._arrays[0], p.count,
             grad_gates.data_ptr(), ctypes.byref(total) if dot else None,
             slope is not None, slope or 0.0, _threads(p, p.T_back),
         )
