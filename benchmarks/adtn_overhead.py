@@ -235,6 +235,7 @@ def peak_child(device: str, memory: str, kernel: str = "auto") -> None:
         base = torch.cuda.memory_allocated()
     else:
         base = _resident_bytes()
+        _reset_peak_resident()
     start = CLOCK["now"]()
     weight = adtn()
     weight.backward(upstream)
@@ -243,13 +244,37 @@ def peak_child(device: str, memory: str, kernel: str = "auto") -> None:
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _peak_resident_bytes() - base
     print(json.dumps({"peak": peak, "seconds": seconds}))
 
 
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_resident() -> None:
+    """Restart the peak resident set from now (Linux: ``5`` to ``/proc/self/clear_refs``), so
+    that a higher one while libraries were loaded, before ``base``, does not count; kept
+    where the system has no such file."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_resident_bytes() -> int:
+    """The peak resident set (``VmHWM``; ``ru_maxrss`` where there is no ``/proc``)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    unit = 1 if sys.platform == "darwin" else 1024  # (bytes on macOS, KiB elsewhere)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
 def peak_memory(device: str, memory: str, threads: int, kernel: str = "auto") -> None:
