@@ -28,6 +28,7 @@ from engine import adtn_gpu, adtn_native
 from engine.adtn_kernel import (
     App,
     BufferPool,
+    FlatGates,
     NetworkState,
     Plan,
     WeightGather,
@@ -346,12 +347,14 @@ class ADTN(nn.Module):
         scale = self.scale if scaled else None
         order = self._weight_gather(values.device)
         tracked = values.requires_grad or (scaled and self.scale.requires_grad)
+        # (a plan the kernel grows from the gates needs no matrices: the stored mode on the CPU)
+        flat_only = plan.growth is not None and values.device.type == "cpu" and not low_memory
+        builder = FlatGates(len(recipe)) if flat_only else self._builder(plan.flat_gates)
         if torch.is_grad_enabled() and tracked:
             pool = self.buffer_pool if values.device.type == "cpu" else None
             self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
-            builder = self._builder(plan.flat_gates)
             return NetworkState.apply(plan, low_memory, order, pool, builder, scale, values)
-        mats, built = self._builder(plan.flat_gates).build(values)
+        mats, built = builder.build(values)
         mats = with_flat_gates(plan, mats, built)
         return finish(plan, forward_state(plan, mats, low_memory), scale, order)[0]
 
@@ -509,6 +512,9 @@ class ADTN(nn.Module):
             low.append(tuple(low_layer))
         slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(self.activation)
         flat_gates = any(app.kind == "gates" for layer in fast for app in layer)
+        growth = None
+        if flat_gates and all(app.kind == "gates" for layer in fast[1:] for app in layer):
+            growth = self._gate_growth(offsets)
         plans = {
             normalise: Plan(
                 self.Q,
@@ -519,10 +525,24 @@ class ADTN(nn.Module):
                 slope,
                 normalise,
                 flat_gates,
+                growth,
             )
             for normalise in (False, True)
         }
         return plans, recipe
+
+    def _gate_growth(self, offsets: list[int]) -> adtn_native.GateGrowth | None:
+        """The first layer as the native kernel grows it from the flat gates, where it is made
+        of gates' stored columns and gates fused after them (the brick layouts); else None."""
+        kinds, g_at, u_at = [], [], []
+        for op, i, j in self._first_steps:
+            vector = j if op == "fuse" else i
+            if op not in ("outer", "fuse") or len(self.specs[vector].columns) != 1:
+                return None
+            kinds.append(1 if op == "fuse" else 0)
+            g_at.append(offsets[i] if op == "fuse" else 0)
+            u_at.append(offsets[vector])
+        return adtn_native.GateGrowth.make(kinds, g_at, u_at) if kinds else None
 
     def _native_passes(self, run: list[int], offsets: list[int]) -> list | None:
         """A Kronecker run as native gate passes (``adtn_native.plan_passes``), reading the

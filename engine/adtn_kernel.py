@@ -84,6 +84,10 @@ class Plan:
     # Some applications are native gate passes (``adtn_native.GatePass``), which read the
     # gates laid end to end: ``mats`` then ends with that flat vector (``with_flat_gates``).
     flat_gates: bool = False
+    # Where every later application is a native pass: the first layer as the native kernel
+    # grows it from the flat gates on the CPU (``adtn_native.GateGrowth``), so that no small
+    # matrix has to be built (``FlatGates``); None otherwise.
+    growth: adtn_native.GateGrowth | None = None
 
 
 # ------------------------------------------------------------------------------- kernels
@@ -350,9 +354,44 @@ def _first_layer(plan: Plan, mats, keep: list | None = None, inputs_only: bool =
 @dataclass(frozen=True)
 class GrownStates:
     """What the backward pass of a natively grown first layer needs: the input of each of its
-    applications (the first one the number 1), flat."""
+    applications (the first one the number 1), flat; where it was grown from the gates, the
+    flat gates it read and the plan's ``growth``."""
 
     states: tuple[torch.Tensor, ...]
+    gates: torch.Tensor | None = None
+    growth: adtn_native.GateGrowth | None = None
+
+
+@dataclass
+class FlatBuilt:
+    """What ``FlatGates.build`` hands on: the flat gates are the gates' values themselves."""
+
+    flat: torch.Tensor
+    gate_values: torch.Tensor
+
+
+class FlatGates:
+    """The matrix builder of a plan that needs no matrices (``Plan.growth`` on the CPU: the
+    first layer grown from the gates, native passes after it): the kernel reads the gates'
+    flat values and writes their gradient in the same layout, so building and its backward
+    pass are no work (``NetworkState``'s ``builder``)."""
+
+    fallback_slots = ()
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots  # (the plan's matrix slots, left empty; the flat gates follow)
+
+    def build(self, gate_values: torch.Tensor):
+        return [None] * self.slots, FlatBuilt(gate_values.detach(), gate_values)
+
+    def matrices(self, built, mats: list) -> list:
+        return mats
+
+    def grad_outputs(self, like: torch.Tensor) -> None:
+        return None
+
+    def backward(self, gate_values, built, grads, outs=None, extra=None):
+        return extra
 
 
 @functools.lru_cache(maxsize=256)
@@ -370,27 +409,40 @@ def _grow_sizes(apps: tuple) -> tuple | None:
     return (rows, columns), tuple(numels)
 
 
-def _grow_native(apps, mats, pool, saved, slope=None, squares=False):
+def _grow_native(apps, mats, pool, saved, slope=None, squares=False, growth=None):
     """(The first layer's output state, grown by the native kernel, then activated where
-    ``slope`` is given; the sum of its squares when ``squares``, else None).
+    ``slope`` is given; the sum of its squares when ``squares``, else None): from its
+    matrices, or with ``growth`` from the flat gates (the last of ``mats``).
     ``_grow_sizes(apps)`` is not None; CPU float32. ``saved`` gets a ``GrownStates``."""
     grow = _grow_sizes(apps)
     assert grow is not None  # (the caller checked)
     sizes, numels = grow
-    ref = mats[apps[0].m]
+    ref = mats[-1] if growth is not None else mats[apps[0].m]
     inner = ref.new_empty(sum(numels[1:-1]))
     out = None if pool is None else pool.take(ref, numels[-1])
     out = ref.new_empty(numels[-1]) if out is None else out.view(-1)
     states = [ref.new_ones(1), *inner.split(list(numels[1:-1])), out]
-    total = adtn_native.grow_forward(sizes, [mats[app.m] for app in apps], states, slope, squares)
+    if growth is None:
+        matrices = [mats[app.m] for app in apps]
+        total = adtn_native.grow_forward(sizes, matrices, states, slope, squares)
+    else:
+        total = adtn_native.grow_gates_forward(growth, ref, states, slope, squares)
     if saved is not None:
-        saved.append(GrownStates(tuple(states[:-1])))
+        gates = None if growth is None else ref
+        saved.append(GrownStates(tuple(states[:-1]), gates, growth))
     return out, total
 
 
-def _grow_backward(apps, mats, grown: GrownStates, grad, grads, outs) -> None:
+def _grow_backward(apps, mats, grown: GrownStates, grad, grads, outs, flat_grads) -> None:
     """The first layer's matrices' gradients into ``grads`` (written where ``outs`` says),
-    from its output's gradient ``grad`` (overwritten)."""
+    or, grown from the gates, the gates' gradients added into ``flat_grads``; from its
+    output's gradient ``grad`` (overwritten)."""
+    if grown.growth is not None:
+        assert grown.gates is not None  # (kept with the growth)
+        adtn_native.grow_gates_backward(
+            grown.growth, grown.gates, grown.states, grad.reshape(-1), flat_grads
+        )
+        return
     grow = _grow_sizes(apps)
     assert grow is not None  # (the forward pass grew this layer)
     sizes = grow[0]
@@ -464,7 +516,7 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
     """``forward_state`` without recomputation: one loop over every application, each a
     single matrix product on a view of the previous output (kept 2-D between products; a
     small layer's step is mostly this loop's own overhead)."""
-    ref = mats[plan.fast[0][0].m]
+    ref = mats[-1] if plan.flat_gates else mats[plan.fast[0][0].m]  # (FlatGates: no matrices)
     state = torch.ones(1, 1, dtype=ref.dtype, device=ref.device)
     if pool is not None and (1 << plan.num_bits) < POOL_MIN_NUMEL:
         pool = None
@@ -474,12 +526,13 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
     # activation and, when normalising, summed the squares: two passes fewer over the state).
     fused, squares = False, None
     grow = plan.flat_gates and state.device.type == "cpu" and _grow_sizes(plan.fast[0])
+    growth = plan.growth if grow else None
     for layer, apps in enumerate(plan.fast):
         first = pass_scale = None
         if grow and not layer:  # (the whole first layer in one native call, activated)
             fused = last_layer > 0
             state, squares = _grow_native(
-                apps, mats, pool, saved, slope if fused else None, fused and normalise
+                apps, mats, pool, saved, slope if fused else None, fused and normalise, growth
             )
             continue
         if layer:
@@ -780,7 +833,7 @@ def _backward_stored(
     for layer in range(len(plan.fast) - 1, -1, -1):
         apps = plan.fast[layer]
         if not layer and saved and isinstance(saved[-1], GrownStates):
-            _grow_backward(apps, mats, saved.pop(), grad, grads, outs)
+            _grow_backward(apps, mats, saved.pop(), grad, grads, outs, flat_grads)
             if pool is not None and grad.numel() == size:
                 pool.give(grad)
             return

@@ -1055,3 +1055,81 @@ EXPORT int adtn_grow_backward(int n, const int *a, const int *b, const float *co
     free(rows);
     return 0;
 }
+
+/* The brick layout's first layer straight from the gates (the flat gate vector: no matrices
+ * built elsewhere). Step k: kind 0, gate u's stored column as a 1 x 4 matrix (u: 4 numbers at
+ * u_at[k]); kind 1, gate G (4 x 4 at g_at[k]) after gate u's column: the 2 x 8 matrix
+ * M[a][4x + 2y + t] = sum over b of G[2x + y][2a + b] * u[2b + t]. */
+static int gate_matrices(int n, const int *kind, const int *g_at, const int *u_at,
+                         const float *values, float *mats, const float **pointers, int *a,
+                         int *b)
+{
+    for (int k = 0; k < n; k++) {
+        const float *u = values + u_at[k];
+        float *m = mats + 16 * k;
+        pointers[k] = m;
+        if (kind[k] == 0) {
+            a[k] = 1, b[k] = 4;
+            for (int e = 0; e < 4; e++) m[e] = u[e];
+            continue;
+        }
+        if (kind[k] != 1) return -1;
+        const float *G = values + g_at[k];
+        a[k] = 2, b[k] = 8;
+        for (int i = 0; i < 2; i++)
+            for (int xy = 0; xy < 4; xy++)
+                for (int t = 0; t < 2; t++)
+                    m[8 * i + 2 * xy + t] =
+                        G[4 * xy + 2 * i] * u[t] + G[4 * xy + 2 * i + 1] * u[2 + t];
+    }
+    return 0;
+}
+
+EXPORT int adtn_grow_gates_forward(int n, const int *kind, const int *g_at, const int *u_at,
+                                   const float *values, float *const *states, int activate,
+                                   float slope, double *squares)
+{
+    if (n < 1 || n > 64) return -1;
+    float mats[64 * 16];
+    const float *pointers[64];
+    int a[64], b[64];
+    if (gate_matrices(n, kind, g_at, u_at, values, mats, pointers, a, b)) return -1;
+    return adtn_grow_forward(n, a, b, pointers, states, activate, slope, squares);
+}
+
+/* Back through adtn_grow_gates_forward: the gates' gradients added at their places in
+ * d_values (laid out as values); grad (the last state's gradient) is overwritten. */
+EXPORT int adtn_grow_gates_backward(int n, const int *kind, const int *g_at, const int *u_at,
+                                    const float *values, const float *const *states,
+                                    float *grad, float *d_values)
+{
+    if (n < 1 || n > 64) return -1;
+    float mats[64 * 16], d_mats[64 * 16];
+    const float *pointers[64];
+    float *d_pointers[64];
+    int a[64], b[64];
+    if (gate_matrices(n, kind, g_at, u_at, values, mats, pointers, a, b)) return -1;
+    for (int k = 0; k < n; k++) d_pointers[k] = d_mats + 16 * k;
+    const int code = adtn_grow_backward(n, a, b, pointers, states, grad, d_pointers);
+    if (code) return code;
+    for (int k = 0; k < n; k++) {
+        const float *dm = d_mats + 16 * k, *u = values + u_at[k];
+        float *du = d_values + u_at[k];
+        if (kind[k] == 0) {
+            for (int e = 0; e < 4; e++) du[e] += dm[e];
+            continue;
+        }
+        const float *G = values + g_at[k];
+        float *dG = d_values + g_at[k];
+        for (int i = 0; i < 2; i++)
+            for (int xy = 0; xy < 4; xy++)
+                for (int t = 0; t < 2; t++) {
+                    const float d = dm[8 * i + 2 * xy + t];
+                    dG[4 * xy + 2 * i] += d * u[t];
+                    dG[4 * xy + 2 * i + 1] += d * u[2 + t];
+                    du[t] += d * G[4 * xy + 2 * i];
+                    du[2 + t] += d * G[4 * xy + 2 * i + 1];
+                }
+    }
+    return 0;
+}

@@ -377,6 +377,21 @@ def _load(path: Path):
         pointer, pointer, pointer, i64, pointer, i64, i64, f32, f32, pointer, i32,
     ]  # fmt: skip
     lib.adtn_scatter_grid.restype = None
+    lib.adtn_grow_gates_forward.argtypes = [
+        i32, ints, ints, ints, pointer, pointer, i32, f32, doubles,
+    ]  # fmt: skip
+    lib.adtn_grow_gates_forward.restype = i32
+    lib.adtn_grow_gates_backward.argtypes = [
+        i32,
+        ints,
+        ints,
+        ints,
+        pointer,
+        pointer,
+        pointer,
+        pointer,
+    ]
+    lib.adtn_grow_gates_backward.restype = i32
     lib.adtn_grow_forward.argtypes = [i32, pointer, pointer, pointer, pointer, i32, f32, doubles]
     lib.adtn_grow_forward.restype = i32
     lib.adtn_grow_backward.argtypes = [i32, pointer, pointer, pointer, pointer, pointer, pointer]
@@ -598,5 +613,58 @@ def grow_backward(
         library().adtn_grow_backward(
             len(mats), rows, columns, _pointers(mats), _pointers(states[: len(mats)]),
             grad.data_ptr(), _pointers(grad_mats),
+        )
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GateGrowth:
+    """A first layer that the kernel grows straight from the flat gates: per step, ``kinds``
+    0 (a gate's stored column, 4 numbers at ``u_at``, as a 1×4 matrix) or 1 (the 4×4 gate at
+    ``g_at`` after the column at ``u_at``: a 2×8 matrix)."""
+
+    kinds: tuple[int, ...]
+    g_at: tuple[int, ...]
+    u_at: tuple[int, ...]
+    _arrays: tuple = field(default=(), compare=False, repr=False)
+
+    @staticmethod
+    def make(kinds, g_at, u_at) -> GateGrowth:
+        arrays = tuple((ctypes.c_int * len(kinds))(*column) for column in (kinds, g_at, u_at))
+        return GateGrowth(tuple(kinds), tuple(g_at), tuple(u_at), arrays)
+
+
+def grow_gates_forward(
+    growth: GateGrowth,
+    values: torch.Tensor,
+    states: Sequence[torch.Tensor],
+    slope=None,
+    squares=False,
+) -> float | None:
+    """``grow_forward`` with the matrices made from the gates (``values``: the flat gates,
+    contiguous float32 CPU)."""
+    total = ctypes.c_double()
+    _check(
+        library().adtn_grow_gates_forward(
+            len(growth.kinds), *growth._arrays, values.data_ptr(), _pointers(states),
+            slope is not None, slope or 0.0, ctypes.byref(total) if squares else None,
+        )
+    )  # fmt: skip
+    return total.value if squares else None
+
+
+def grow_gates_backward(
+    growth: GateGrowth,
+    values: torch.Tensor,
+    states: Sequence[torch.Tensor],
+    grad: torch.Tensor,
+    grad_values: torch.Tensor,
+) -> None:
+    """Back through ``grow_gates_forward``: the gates' gradients added into ``grad_values``
+    (laid out as ``values``), from the last state's gradient ``grad`` (overwritten)."""
+    _check(
+        library().adtn_grow_gates_backward(
+            len(growth.kinds), *growth._arrays, values.data_ptr(),
+            _pointers(states[: len(growth.kinds)]), grad.data_ptr(), grad_values.data_ptr(),
         )
     )  # fmt: skip

@@ -350,3 +350,34 @@ def test_a_weight_gather_that_is_not_a_grid_keeps_the_index():
     order[[1, 2]] = order[[2, 1]]  # row 0 swaps two columns, the other rows do not
     assert WeightGather.build(order, (8, 8), (8, 8)).grid is None
     assert WeightGather.build(torch.arange(64), (8, 8), (8, 8)).grid is not None
+
+
+@needs_kernel
+def test_a_brick_adtn_trains_from_its_flat_gates_without_building_matrices(monkeypatch):
+    from engine.adtn_matrices import MatrixBuilder
+
+    torch.manual_seed(0)
+    adtn = ADTN((84, 120), 3, activation="leaky_relu", index_order="interleaved")
+    reference = copy.deepcopy(adtn)
+    reference.kernel = "matmul"
+    assert adtn._compiled(True)[0][True].growth is not None
+    assert ADTN((10, 84), 3)._compiled(True)[0][True].growth is None  # (odd Q: built matrices)
+
+    def no_build(*_):
+        raise AssertionError("the matrices were built")
+
+    grad = torch.randn(84, 120)
+    expected = reference()
+    (expected * grad).sum().backward()
+    with torch.no_grad():
+        inferred = reference()
+    monkeypatch.setattr(MatrixBuilder, "build", no_build)
+    weight = adtn()
+    (weight * grad).sum().backward()
+    torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-6)
+    scale = reference.gate_values.grad.abs().max().item()
+    torch.testing.assert_close(
+        adtn.gate_values.grad, reference.gate_values.grad, rtol=1e-4, atol=1e-5 * scale
+    )
+    with torch.no_grad():  # inference too
+        torch.testing.assert_close(adtn(), inferred, rtol=1e-5, atol=1e-6)
