@@ -382,7 +382,9 @@ class FlatGates:
         self.slots = slots  # (the plan's matrix slots, left empty; the flat gates follow)
 
     def build(self, gate_values: torch.Tensor):
-        return [None] * self.slots, FlatBuilt(gate_values.detach(), gate_values)
+        # A copy (a few thousand numbers): the backward pass must read the values this
+        # forward pass used, even if the parameter is changed in place in between.
+        return [None] * self.slots, FlatBuilt(gate_values.detach().clone(), gate_values)
 
     def matrices(self, built, mats: list) -> list:
         return mats

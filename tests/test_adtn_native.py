@@ -381,3 +381,18 @@ def test_a_brick_adtn_trains_from_its_flat_gates_without_building_matrices(monke
     )
     with torch.no_grad():  # inference too
         torch.testing.assert_close(adtn(), inferred, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_gradients_from_flat_gates_use_the_values_of_their_forward_pass():
+    torch.manual_seed(0)
+    adtn = ADTN((84, 120), 3, index_order="interleaved")
+    reference = copy.deepcopy(adtn)
+    assert adtn._compiled(True)[0][True].growth is not None
+    grad = torch.randn(84, 120)
+    weight = adtn()
+    with torch.no_grad():  # changed between the forward and the backward pass
+        adtn.gate_values.mul_(0.5)
+    (weight * grad).sum().backward()
+    (reference() * grad).sum().backward()
+    torch.testing.assert_close(adtn.gate_values.grad, reference.gate_values.grad)
