@@ -382,15 +382,8 @@ def _load(path: Path):
     ]  # fmt: skip
     lib.adtn_grow_gates_forward.restype = i32
     lib.adtn_grow_gates_backward.argtypes = [
-        i32,
-        ints,
-        ints,
-        ints,
-        pointer,
-        pointer,
-        pointer,
-        pointer,
-    ]
+        i32, ints, ints, ints, pointer, pointer, pointer, pointer,
+    ]  # fmt: skip
     lib.adtn_grow_gates_backward.restype = i32
     lib.adtn_grow_forward.argtypes = [i32, pointer, pointer, pointer, pointer, i32, f32, doubles]
     lib.adtn_grow_forward.restype = i32
