@@ -8,12 +8,18 @@ the median of the per-pair ratios (native / matrix products; below 1: the native
 faster), so that a drift of the machine's speed hits both alike.
 
     python benchmarks/adtn_contractions.py [--threads 1] [--depth 3] [--pairs 40] [--clock cpu]
+
+With ``--breakdown``, it then prints where one native weight's time goes: each kind of native
+kernel call (timed by wrapping ``engine.adtn_native``'s functions) and the rest (Python, small
+tensor operations, autograd).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
+import functools
 import statistics
 import time
 
@@ -31,12 +37,67 @@ SHAPES = {
 }
 
 
+# The native kernel's entry points that a breakdown times.
+KERNEL_CALLS = (
+    "pass_forward", "pass_backward", "grow_forward", "grow_backward", "grow_gates_forward",
+    "grow_gates_backward", "gather", "scatter_scaled", "transition",
+)  # fmt: skip
+
+
+def breakdown(depth: int, pairs: int, now) -> None:
+    """Per weight, the mean time of one native forward and backward and of each kernel call
+    kind in it (wrapped for the duration; a wrapper costs about a microsecond)."""
+    spent: collections.Counter = collections.Counter()
+    originals = {name: getattr(adtn_native, name) for name in KERNEL_CALLS}
+
+    def timed(name, call):
+        @functools.wraps(call)
+        def wrapper(*args, **kwargs):
+            start = now()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[name] += now() - start
+
+        return wrapper
+
+    header = " | ".join(f"{name} (ms)" for name in KERNEL_CALLS)
+    print(f"\n| weight | native forward + backward, mean (ms) | {header} | rest (ms) |")
+    print("| --- " * (len(KERNEL_CALLS) + 3) + "|")
+    try:
+        for name, call in originals.items():
+            setattr(adtn_native, name, timed(name, call))
+        for label, shape in SHAPES.items():
+            torch.manual_seed(0)
+            adtn = ADTN(shape, depth, index_order="interleaved")
+            upstream = torch.randn(shape)
+            for _ in range(3):
+                adtn().backward(upstream)
+            spent.clear()
+            times = []
+            for _ in range(pairs):
+                start = now()
+                adtn().backward(upstream)
+                times.append(now() - start)
+            total = sum(times)
+            parts = [spent[name] / pairs * 1e3 for name in KERNEL_CALLS]
+            rest = (total - sum(spent.values())) / pairs * 1e3
+            cells = " | ".join(f"{part:.2f}" for part in parts)
+            print(f"| {label} | {total / pairs * 1e3:.2f} | {cells} | {rest:.2f} |")
+    finally:
+        for name, call in originals.items():
+            setattr(adtn_native, name, call)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
+    parser.add_argument(
+        "--breakdown", action="store_true", help="then where a native weight's time goes"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     now = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -76,6 +137,8 @@ def main() -> None:
             f"| {statistics.median(times_products) * 1e3:.2f} "
             f"| {statistics.median(ratios):.2f} |"
         )
+    if args.breakdown:
+        breakdown(args.depth, args.pairs, now)
 
 
 if __name__ == "__main__":
