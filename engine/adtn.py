@@ -35,6 +35,7 @@ from engine.adtn_kernel import (
     apply_on_axis,
     finish,
     forward_state,
+    grow_sizes,
     with_flat_gates,
 )
 from engine.adtn_matrices import MatrixBuilder, flat_layout, gate_views
@@ -512,9 +513,11 @@ class ADTN(nn.Module):
             low.append(tuple(low_layer))
         slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(self.activation)
         flat_gates = any(app.kind == "gates" for layer in fast for app in layer)
-        growth = None
-        if flat_gates and all(app.kind == "gates" for layer in fast[1:] for app in layer):
-            growth = self._gate_growth(offsets)
+        growth = grow = None
+        if flat_gates:  # (the native kernel grows the first layer, from the gates where it can)
+            grow = grow_sizes(fast[0])
+            if all(app.kind == "gates" for layer in fast[1:] for app in layer):
+                growth = self._gate_growth(offsets)
         plans = {
             normalise: Plan(
                 self.Q,
@@ -526,6 +529,7 @@ class ADTN(nn.Module):
                 normalise,
                 flat_gates,
                 growth,
+                grow,
             )
             for normalise in (False, True)
         }

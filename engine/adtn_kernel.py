@@ -36,9 +36,8 @@ a BLAS call each, and the Python around them, more than the arithmetic.
 from __future__ import annotations
 
 import ctypes
-import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -88,6 +87,8 @@ class Plan:
     # grows it from the flat gates on the CPU (``adtn_native.GateGrowth``), so that no small
     # matrix has to be built (``FlatGates``); None otherwise.
     growth: adtn_native.GateGrowth | None = None
+    # ``grow_sizes`` of the first layer where the native kernel can grow it (native plans).
+    grow: tuple | None = field(default=None, compare=False)
 
 
 # ------------------------------------------------------------------------------- kernels
@@ -354,11 +355,10 @@ def _first_layer(plan: Plan, mats, keep: list | None = None, inputs_only: bool =
 @dataclass(frozen=True)
 class GrownStates:
     """What the backward pass of a natively grown first layer needs: the input of each of its
-    applications (the first one the number 1), flat; where it was grown from the gates, the
-    flat gates it read and the plan's ``growth``."""
+    applications (the first one the number 1), flat; where it was grown from the gates (the
+    last of ``mats``), the plan's ``growth``."""
 
     states: tuple[torch.Tensor, ...]
-    gates: torch.Tensor | None = None
     growth: adtn_native.GateGrowth | None = None
 
 
@@ -396,11 +396,10 @@ class FlatGates:
         return extra
 
 
-@functools.lru_cache(maxsize=256)
-def _grow_sizes(apps: tuple) -> tuple | None:
+def grow_sizes(apps: Sequence) -> tuple | None:
     """For a first layer made of ``tail`` applications only: the ctypes arrays of their
     matrices' rows and columns, and each application's input size then the output's (the
-    native kernel grows such a layer in one call); None for any other layer."""
+    native kernel grows such a layer in one call; ``Plan.grow``); None for any other layer."""
     if not apps or not all(isinstance(app, App) and app.kind == "tail" for app in apps):
         return None
     numels = [1]
@@ -411,13 +410,11 @@ def _grow_sizes(apps: tuple) -> tuple | None:
     return (rows, columns), tuple(numels)
 
 
-def _grow_native(apps, mats, pool, saved, slope=None, squares=False, growth=None):
+def _grow_native(grow, apps, mats, pool, saved, slope=None, squares=False, growth=None):
     """(The first layer's output state, grown by the native kernel, then activated where
     ``slope`` is given; the sum of its squares when ``squares``, else None): from its
-    matrices, or with ``growth`` from the flat gates (the last of ``mats``).
-    ``_grow_sizes(apps)`` is not None; CPU float32. ``saved`` gets a ``GrownStates``."""
-    grow = _grow_sizes(apps)
-    assert grow is not None  # (the caller checked)
+    matrices, or with ``growth`` from the flat gates (the last of ``mats``). ``grow``:
+    ``Plan.grow``; CPU float32. ``saved`` gets a ``GrownStates``."""
     sizes, numels = grow
     ref = mats[-1] if growth is not None else mats[apps[0].m]
     inner = ref.new_empty(sum(numels[1:-1]))
@@ -430,24 +427,20 @@ def _grow_native(apps, mats, pool, saved, slope=None, squares=False, growth=None
     else:
         total = adtn_native.grow_gates_forward(growth, ref, states, slope, squares)
     if saved is not None:
-        gates = None if growth is None else ref
-        saved.append(GrownStates(tuple(states[:-1]), gates, growth))
+        saved.append(GrownStates(tuple(states[:-1]), growth))
     return out, total
 
 
-def _grow_backward(apps, mats, grown: GrownStates, grad, grads, outs, flat_grads) -> None:
+def _grow_backward(plan, mats, grown: GrownStates, grad, grads, outs, flat_grads) -> None:
     """The first layer's matrices' gradients into ``grads`` (written where ``outs`` says),
     or, grown from the gates, the gates' gradients added into ``flat_grads``; from its
     output's gradient ``grad`` (overwritten)."""
     if grown.growth is not None:
-        assert grown.gates is not None  # (kept with the growth)
         adtn_native.grow_gates_backward(
-            grown.growth, grown.gates, grown.states, grad.reshape(-1), flat_grads
+            grown.growth, mats[-1], grown.states, grad.reshape(-1), flat_grads
         )
         return
-    grow = _grow_sizes(apps)
-    assert grow is not None  # (the forward pass grew this layer)
-    sizes = grow[0]
+    apps, sizes = plan.fast[0], plan.grow[0]
     targets = []
     for app in apps:
         target = None if outs is None else outs[app.m]
@@ -527,15 +520,16 @@ def _forward_stored(plan: Plan, mats, saved, inverse_rms, pool, scaled) -> torch
     # Whether a native pass or the growth ended the previous layer (then it applied the
     # activation and, when normalising, summed the squares: two passes fewer over the state).
     fused, squares = False, None
-    grow = plan.flat_gates and state.device.type == "cpu" and _grow_sizes(plan.fast[0])
+    grow = plan.grow if (plan.flat_gates and state.device.type == "cpu") else None
     growth = plan.growth if grow else None
     for layer, apps in enumerate(plan.fast):
         first = pass_scale = None
         if grow and not layer:  # (the whole first layer in one native call, activated)
             fused = last_layer > 0
             state, squares = _grow_native(
-                apps, mats, pool, saved, slope if fused else None, fused and normalise, growth
-            )
+                grow, apps, mats, pool, saved, slope if fused else None, fused and normalise,
+                growth,
+            )  # fmt: skip
             continue
         if layer:
             if slope is not None and not fused:
@@ -835,7 +829,7 @@ def _backward_stored(
     for layer in range(len(plan.fast) - 1, -1, -1):
         apps = plan.fast[layer]
         if not layer and saved and isinstance(saved[-1], GrownStates):
-            _grow_backward(apps, mats, saved.pop(), grad, grads, outs, flat_grads)
+            _grow_backward(plan, mats, saved.pop(), grad, grads, outs, flat_grads)
             if pool is not None and grad.numel() == size:
                 pool.give(grad)
             return
