@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from engine import adtn_gpu, adtn_native
+from engine import adtn_gpu, adtn_native, adtn_native_network
 from engine.adtn_kernel import (
     App,
     BufferPool,
@@ -354,6 +354,10 @@ class ADTN(nn.Module):
         if torch.is_grad_enabled() and tracked:
             pool = self.buffer_pool if values.device.type == "cpu" else None
             self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
+            if flat_only and adtn_native_network.runs(plan.network, values, scale, order):
+                return adtn_native_network.NetworkWeight.apply(
+                    plan.network, plan.slope, order, pool, scale, values
+                )
             return NetworkState.apply(plan, low_memory, order, pool, builder, scale, values)
         mats, built = builder.build(values)
         mats = with_flat_gates(plan, mats, built)
@@ -533,6 +537,12 @@ class ADTN(nn.Module):
             )
             for normalise in (False, True)
         }
+        if growth is not None:  # (the whole contraction in one native call each way)
+            count = self.gate_values.numel()
+            plans = {
+                key: replace(plan, network=adtn_native_network.compile_program(plan, count))
+                for key, plan in plans.items()
+            }
         return plans, recipe
 
     def _gate_growth(self, offsets: list[int]) -> adtn_native.GateGrowth | None:

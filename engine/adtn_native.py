@@ -39,6 +39,9 @@ from engine.paths import default_cache_dir
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("adtn_native.c")
+# Built into the same library: a brick ADTN's whole contraction in one call each way
+# (``engine.adtn_native_network``).
+SOURCES = (SOURCE, SOURCE.with_name("adtn_native_network.c"))
 DISABLE_ENV = "ADTN_NATIVE_KERNEL"  # "0": keep the matrix products
 # Rows of a tile are 2**w of a pass's bits: 256 rows of 16 float32 columns are 16 KiB, which
 # stays in the L1 cache while every gate of the pass is applied.
@@ -314,7 +317,7 @@ def _compiler() -> list[str] | None:
 def _build(folder: Path) -> Path:
     """The compiled library in ``folder``, compiling it when this source and machine have no
     library there yet (written to a temporary name, then renamed: a reader never sees half)."""
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     suffix = {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
     key = hashlib.sha256(
         source + f"{platform.machine()}|{platform.processor()}|{sys.platform}".encode()
@@ -336,7 +339,7 @@ def _build(folder: Path) -> Path:
         for tuning in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
             command = [*compiler, "-O3", *tuning, "-shared", "-fPIC", "-o", temporary]
             done = subprocess.run(
-                [*command, str(SOURCE)],
+                [*command, *(str(path) for path in SOURCES)],
                 capture_output=True,
                 text=True,
                 timeout=COMPILE_TIMEOUT_S,
@@ -389,6 +392,16 @@ def _load(path: Path):
     lib.adtn_grow_forward.restype = i32
     lib.adtn_grow_backward.argtypes = [i32, pointer, pointer, pointer, pointer, pointer, pointer]
     lib.adtn_grow_backward.restype = i32
+    lib.adtn_network_forward.argtypes = [
+        pointer, i64, pointer, i64, pointer, i64, pointer, pointer, f32, f32, pointer, pointer,
+        pointer, i32,
+    ]  # fmt: skip
+    lib.adtn_network_forward.restype = i32
+    lib.adtn_network_backward.argtypes = [
+        pointer, i64, pointer, i64, i64, pointer, pointer, f32, f32, pointer, f32, pointer, pointer,
+        doubles, i32,
+    ]  # fmt: skip
+    lib.adtn_network_backward.restype = i32
     return lib
 
 
