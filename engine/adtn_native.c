@@ -810,36 +810,91 @@ EXPORT double adtn_gather(const float *state, const int64_t *index, int64_t n, f
     return squares;
 }
 
+/* The runs of a weight row's columns that lie one after another in the state (col_at[c + 1]
+ * == col_at[c] + 1; with interleaved indices, as many as the state's last bits that are
+ * column bits): their first columns into start, then cols. Returns how many, or -1 when
+ * memory runs out (*start is then NULL). */
+static int64_t column_runs(const int32_t *col_at, int64_t cols, int64_t **start)
+{
+    int64_t *runs = malloc(sizeof(int64_t) * (size_t)(cols + 1));
+    *start = runs;
+    if (runs == NULL) return -1;
+    int64_t n = 0;
+    for (int64_t c = 0; c < cols; c++)
+        if (c == 0 || col_at[c] != col_at[c - 1] + 1) runs[n++] = c;
+    runs[n] = cols;
+    return n;
+}
+
+typedef float run8 __attribute__((vector_size(32)));
+
+/* dst[e] = src[e], eight numbers a move */
+INLINE void copy_run(float *RESTRICT dst, const float *RESTRICT src, int64_t n)
+{
+    int64_t e = 0;
+    for (; e + 8 <= n; e += 8) memcpy(dst + e, src + e, sizeof(run8));
+    for (; e < n; e++) dst[e] = src[e];
+}
+
+/* dst[e] = a * g[e] - b * t[e], eight numbers a step */
+INLINE void scaled_run(float *RESTRICT dst, const float *g, const float *t, float a, float b,
+                       int64_t n)
+{
+    int64_t e = 0;
+    for (; e + 8 <= n; e += 8) {
+        run8 x, y;
+        memcpy(&x, g + e, sizeof x);
+        memcpy(&y, t + e, sizeof y);
+        const run8 r = a * x - b * y;
+        memcpy(dst + e, &r, sizeof r);
+    }
+    for (; e < n; e++) dst[e] = a * g[e] - b * t[e];
+}
+
 /* adtn_gather where the state's entry of out[r * cols + c] is row_at[r] + col_at[c]: two
- * small tables instead of an index array as long as the weight. */
+ * small tables instead of an index array as long as the weight; each row copied by runs of
+ * consecutive entries. Returns the sum of the squares of out, or -1 when memory runs out. */
 EXPORT double adtn_gather_grid(const float *state, const int64_t *row_at, int64_t rows,
                                const int32_t *col_at, int64_t cols, float *out, int threads)
 {
+    int64_t *start;
+    const int64_t n_runs = column_runs(col_at, cols, &start);
+    if (n_runs < 0) return -1.0;
     double squares = 0.0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : squares) \
     if (threads > 1)
     for (int64_t r = 0; r < rows; r++) {
         const float *base = state + row_at[r];
         float *row = out + r * cols;
-        for (int64_t c = 0; c < cols; c++) row[c] = base[col_at[c]];
+        for (int64_t k = 0; k < n_runs; k++)
+            copy_run(row + start[k], base + col_at[start[k]], start[k + 1] - start[k]);
         squares += dot_product(row, row, (size_t)cols);
     }
+    free(start);
     return squares;
 }
 
 /* adtn_scatter_scaled with adtn_gather_grid's tables: out (size numbers) is zeroed, then
- * out[row_at[r] + col_at[c]] = a * grad[k] - b * tensor[k], k = r * cols + c. */
-EXPORT void adtn_scatter_grid(const float *grad, const float *tensor, const int64_t *row_at,
-                              int64_t rows, const int32_t *col_at, int64_t cols, int64_t size,
-                              float a, float b, float *out, int threads)
+ * out[row_at[r] + col_at[c]] = a * grad[k] - b * tensor[k], k = r * cols + c. Returns 0, or
+ * -2 when memory runs out. */
+EXPORT int adtn_scatter_grid(const float *grad, const float *tensor, const int64_t *row_at,
+                             int64_t rows, const int32_t *col_at, int64_t cols, int64_t size,
+                             float a, float b, float *out, int threads)
 {
+    int64_t *start;
+    const int64_t n_runs = column_runs(col_at, cols, &start);
+    if (n_runs < 0) return -2;
     memset(out, 0, sizeof(float) * (size_t)size);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t r = 0; r < rows; r++) {
         float *base = out + row_at[r];
         const float *g = grad + r * cols, *t = tensor + r * cols;
-        for (int64_t c = 0; c < cols; c++) base[col_at[c]] = a * g[c] - b * t[c];
+        for (int64_t k = 0; k < n_runs; k++)
+            scaled_run(base + col_at[start[k]], g + start[k], t + start[k], a, b,
+                       start[k + 1] - start[k]);
     }
+    free(start);
+    return 0;
 }
 
 /* The state's gradient from the weight's: out[i] = a * grad[k] - b * tensor[k] with

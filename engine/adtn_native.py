@@ -379,7 +379,7 @@ def _load(path: Path):
     lib.adtn_scatter_grid.argtypes = [
         pointer, pointer, pointer, i64, pointer, i64, i64, f32, f32, pointer, i32,
     ]  # fmt: skip
-    lib.adtn_scatter_grid.restype = None
+    lib.adtn_scatter_grid.restype = i32
     lib.adtn_grow_gates_forward.argtypes = [
         i32, ints, ints, ints, pointer, pointer, i32, f32, doubles,
     ]  # fmt: skip
@@ -542,10 +542,13 @@ def gather(state: torch.Tensor, index: torch.Tensor, out: torch.Tensor, grid=Non
     threads = _elementwise_threads(index.numel())
     if grid is not None:
         row_at, column_at = grid
-        return library().adtn_gather_grid(
+        squares = library().adtn_gather_grid(
             state.data_ptr(), row_at.data_ptr(), row_at.numel(), column_at.data_ptr(),
             column_at.numel(), out.data_ptr(), threads,
         )  # fmt: skip
+        if squares < 0:
+            _check(-2)
+        return squares
     return library().adtn_gather(
         state.data_ptr(), index.data_ptr(), index.numel(), out.data_ptr(), threads
     )
@@ -570,9 +573,12 @@ def scatter_scaled(
     threads = _elementwise_threads(scatter.numel())
     if grid is not None:
         row_at, column_at = grid
-        library().adtn_scatter_grid(
-            grad.data_ptr(), tensor.data_ptr(), row_at.data_ptr(), row_at.numel(),
-            column_at.data_ptr(), column_at.numel(), out.numel(), a, b, out.data_ptr(), threads,
+        _check(
+            library().adtn_scatter_grid(
+                grad.data_ptr(), tensor.data_ptr(), row_at.data_ptr(), row_at.numel(),
+                column_at.data_ptr(), column_at.numel(), out.numel(), a, b, out.data_ptr(),
+                threads,
+            )
         )  # fmt: skip
         return
     library().adtn_scatter_scaled(

@@ -49,7 +49,7 @@ int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, in
 double adtn_dot(const float *a, const float *b, int64_t n);
 double adtn_gather_grid(const float *state, const int64_t *row_at, int64_t rows,
                         const int32_t *col_at, int64_t cols, float *out, int threads);
-void adtn_scatter_grid(const float *grad, const float *tensor, const int64_t *row_at,
+int adtn_scatter_grid(const float *grad, const float *tensor, const int64_t *row_at,
                        int64_t rows, const int32_t *col_at, int64_t cols, int64_t size, float a,
                        float b, float *out, int threads);
 int adtn_grow_gates_forward(int n, const int *kind, const int *g_at, const int *u_at,
@@ -209,6 +209,7 @@ EXPORT int adtn_network_forward(const int64_t *code, int64_t length, float *memo
         const double raw_squares =
             adtn_gather_grid(memory + p->state_at[p->n_passes], row_at, p->rows, col_at, p->cols,
                              raw, elementwise_threads(n, threads));
+        if (raw_squares < 0.0) code_ = -2; /* (out of memory) */
         *final = inverse_rms(raw_squares, n);
         const float factor = scale * *final;
         for (int64_t e = 0; e < n; e++) weight[e] = raw[e] * factor;
@@ -241,10 +242,9 @@ EXPORT int adtn_network_backward(const int64_t *code, int64_t length, float *mem
     /* d/d raw of scale * raw / rms(raw): scale/rms * (g - raw <raw, g> / (n rms^2)) */
     const double a = (double)scale * (double)final;
     const double b = a * (double)final * (double)final * product / (double)n;
-    adtn_scatter_grid(grad_weight, raw, row_at, p->rows, col_at, p->cols, size, (float)a,
-                      (float)b, grad, elementwise_threads(size, threads));
+    int code_ = adtn_scatter_grid(grad_weight, raw, row_at, p->rows, col_at, p->cols, size,
+                                  (float)a, (float)b, grad, elementwise_threads(size, threads));
     memset(d_flat, 0, sizeof(float) * (size_t)n_flat);
-    int code_ = 0;
     int j = p->n_passes - 1;
     for (int l = p->n_layers - 1; l >= 0 && !code_; l--) {
         for (int k = p->layer_passes[l] - 1; k >= 0 && !code_; k--, j--) {
