@@ -598,20 +598,20 @@ INLINE double forward_tile(const Pass *p, int64_t i, const float *x, float *out,
     return squares;
 }
 
-/* Tile i of the backward pass. Its scratch: the input of every step (n_ops + 1 tiles, each
- * computed once from the pass's input), the gradient tile and a block's gradient over one
- * tile; total: this thread's sums of the gates' gradients (16 per gate), then of each
+/* Tile i of the backward pass. Its scratch: the input of every step (n_ops tiles, each
+ * computed once from the pass's input; the last step's output is not needed), the gradient
+ * tile and a block's gradient over one tile; total: this thread's sums of the gates' gradients (16 per gate), then of each
  * block's (MAX_BLOCK^2 each). */
 INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const float *grad_out,
                             float *grad_in, float *scratch, double *total, const int T)
 {
     const size_t tile_size = p->tile_size, stride = p->tile_stride;
     const int n_ops = p->n_ops;
-    float *inputs = scratch, *grad = scratch + stride * (size_t)(n_ops + 1);
+    float *inputs = scratch, *grad = scratch + stride * (size_t)n_ops;
     float *d_block = grad + stride;
     const size_t at = tile_offset(p, i);
     copy_in(inputs, x + at, p->rows, p->R, T);
-    for (int o = 0; o < n_ops; o++) {
+    for (int o = 0; o < n_ops - 1; o++) {
         const Op *op = &p->ops[o];
         float *in = inputs + stride * (size_t)o, *next = in + stride;
         const float *g = p->gates + 16 * op->first;
@@ -761,7 +761,7 @@ EXPORT int adtn_pass_backward(const float *x, const float *grad_out, float *grad
     p->want_dot = dot != NULL;
     p->activate = activate, p->slope = slope;
     /* (each tile of the scratch on a cache line: whole lines per tile and per thread) */
-    const size_t floats = p->tile_stride * (size_t)(p->n_ops + 2) + MAX_BLOCK * MAX_BLOCK;
+    const size_t floats = p->tile_stride * (size_t)(p->n_ops + 1) + MAX_BLOCK * MAX_BLOCK;
     const size_t sums = (size_t)16 * n_gates + (size_t)p->n_blocks * MAX_BLOCK * MAX_BLOCK;
     void *block;
     float *memory = line_aligned(floats * (size_t)threads, &block);
