@@ -133,3 +133,24 @@ def test_plans_that_are_not_grown_from_their_gates_have_no_program():
     products = ADTN((84, 120), 3)
     plan = products._compiled(False)[0][True]  # matrix products: no gate passes
     assert adtn_native_network.compile_program(plan, products.gate_values.numel()) is None
+
+
+@needs_kernel
+def test_two_threads_share_the_tiles_and_agree_with_one():
+    torch.manual_seed(0)
+    adtn = ADTN((256, 784), 3, index_order="interleaved")
+    reference = copy.deepcopy(adtn)
+    upstream = torch.randn(256, 784)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        (reference() * upstream).sum().backward()
+        torch.set_num_threads(2)  # (each pass has enough tiles for two threads)
+        weight = adtn()
+        (weight * upstream).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(weight, reference(), rtol=1e-6, atol=1e-7)
+    for mine, theirs in zip(adtn.parameters(), reference.parameters()):
+        scale = theirs.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-6 * scale)
