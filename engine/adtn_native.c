@@ -600,8 +600,8 @@ INLINE double forward_tile(const Pass *p, int64_t i, const float *x, float *out,
 
 /* Tile i of the backward pass. Its scratch: the input of every step (n_ops tiles, each
  * computed once from the pass's input; the last step's output is not needed), the gradient
- * tile and a block's gradient over one tile; total: this thread's sums of the gates' gradients (16 per gate), then of each
- * block's (MAX_BLOCK^2 each). */
+ * tile and a block's gradient over one tile; total: this thread's sums of the gates'
+ * gradients (16 per gate), then of each block's (MAX_BLOCK^2 each). */
 INLINE double backward_tile(const Pass *p, int64_t i, const float *x, const float *grad_out,
                             float *grad_in, float *scratch, double *total, const int T)
 {
