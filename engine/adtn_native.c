@@ -555,15 +555,6 @@ static double dot_product(const float *a, const float *b, size_t n)
     return total;
 }
 
-/* sum of a[e] * b[e] over n numbers, in blocks whose sums add in double */
-EXPORT double adtn_dot(const float *a, const float *b, int64_t n)
-{
-    double total = 0.0;
-    for (int64_t at = 0; at < n; at += 4096)
-        total += dot_product(a + at, b + at, (size_t)(n - at < 4096 ? n - at : 4096));
-    return total;
-}
-
 static size_t tile_offset(const Pass *p, int64_t i)
 {
     return (size_t)(i / p->per_l) * (size_t)p->rows * (size_t)p->R +

@@ -398,8 +398,8 @@ def _load(path: Path):
     ]  # fmt: skip
     lib.adtn_network_forward.restype = i32
     lib.adtn_network_backward.argtypes = [
-        pointer, i64, pointer, i64, i64, pointer, pointer, f32, f32, pointer, f32, pointer, pointer,
-        doubles, i32,
+        pointer, i64, pointer, i64, i64, pointer, pointer, f32, f32, pointer, f32, pointer,
+        ctypes.c_double, pointer, i32,
     ]  # fmt: skip
     lib.adtn_network_backward.restype = i32
     return lib

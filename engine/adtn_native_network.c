@@ -46,7 +46,6 @@ int adtn_pass_backward(const float *x, const float *grad_out, float *grad_in, in
                        int64_t R, int T, const float *flat, const int *gate_at,
                        float first_scale, const int *spec, int n_gates, float *d_flat,
                        double *dot, int activate, float slope, int threads);
-double adtn_dot(const float *a, const float *b, int64_t n);
 double adtn_gather_grid(const float *state, const int64_t *row_at, int64_t rows,
                         const int32_t *col_at, int64_t cols, float *out, int threads);
 int adtn_scatter_grid(const float *grad, const float *tensor, const int64_t *row_at,
@@ -220,13 +219,13 @@ EXPORT int adtn_network_forward(const int64_t *code, int64_t length, float *memo
 
 /* Backward, after adtn_network_forward on the same memory (read only, but for the output
  * state's slot, which becomes the gradient's work space): from the weight's gradient
- * grad_weight, the gradient of the flat gates into d_flat (n_flat numbers) and
- * <raw, grad_weight> into dot (the scale's gradient is dot / rms(raw)). */
+ * grad_weight and dot = <raw, grad_weight> (the caller's, so that it is rounded as the
+ * step-by-step kernel's is), the gradient of the flat gates into d_flat (n_flat numbers). */
 EXPORT int adtn_network_backward(const int64_t *code, int64_t length, float *memory,
-                                 int64_t n_memory, int64_t n_flat, const int64_t *row_at, const int32_t *col_at,
-                                 float scale, float slope, const float *factors, float final,
-                                 const float *grad_weight, float *d_flat, double *dot,
-                                 int threads)
+                                 int64_t n_memory, int64_t n_flat, const int64_t *row_at,
+                                 const int32_t *col_at, float scale, float slope,
+                                 const float *factors, float final, const float *grad_weight,
+                                 double dot, float *d_flat, int threads)
 {
     Program *p = malloc(sizeof(Program));
     if (p == NULL) return -2;
@@ -237,11 +236,10 @@ EXPORT int adtn_network_backward(const int64_t *code, int64_t length, float *mem
     const int64_t size = (int64_t)1 << p->Q, n = p->rows * p->cols;
     const float *flat = memory + p->gates_at, *raw = memory + p->raw_at;
     float *grad = memory + p->state_at[p->n_passes];
-    const double product = adtn_dot(raw, grad_weight, n);
-    *dot = product;
-    /* d/d raw of scale * raw / rms(raw): scale/rms * (g - raw <raw, g> / (n rms^2)) */
+    /* d/d raw of scale * raw / rms(raw): scale/rms * (g - raw <raw, g> / (n rms^2)), in
+     * engine/adtn_kernel.py's order of operations */
     const double a = (double)scale * (double)final;
-    const double b = a * (double)final * (double)final * product / (double)n;
+    const double b = a * ((double)final * (double)final) * dot / (double)n;
     int code_ = adtn_scatter_grid(grad_weight, raw, row_at, p->rows, col_at, p->cols, size,
                                   (float)a, (float)b, grad, elementwise_threads(size, threads));
     memset(d_flat, 0, sizeof(float) * (size_t)n_flat);

@@ -32,7 +32,7 @@ class NetworkProgram:
     numel: int
     layers: int
     shape: tuple[int, ...]
-    activate: bool
+    raw_at: int  # where the raw weight lies in the block
 
 
 def _aligned(numel: int) -> int:
@@ -89,7 +89,7 @@ def compile_program(plan, gate_count: int) -> NetworkProgram | None:
         code += [step.L, step.w, step.R, step.T, step.T_back, step.count]
         code += [value for triple in step.steps for value in triple] + gate_at
     array = (ctypes.c_int64 * len(code))(*code)
-    return NetworkProgram(array, at, len(passes), tuple(plan.shape), plan.slope is not None)
+    return NetworkProgram(array, at, len(passes), tuple(plan.shape), raw_at)
 
 
 def runs(program: NetworkProgram | None, values: torch.Tensor, scale, order) -> bool:
@@ -137,6 +137,7 @@ class NetworkWeight(torch.autograd.Function):
         # pass used them; it is an attribute, so that it can go back to the pool at once.
         ctx.memory, ctx.factors, ctx.final, ctx.scale = memory, factors, final.value, scale_value
         ctx.gate_count = values.numel()
+        ctx.inverse_rms = torch.tensor(final.value, dtype=values.dtype)
         return weight
 
     @staticmethod
@@ -152,22 +153,24 @@ class NetworkWeight(torch.autograd.Function):
             )
         grad_weight = grad_weight.contiguous()
         grad_values = grad_weight.new_empty(ctx.gate_count)
-        dot = ctypes.c_double()
+        # <raw, g> by torch, as NetworkState takes it: the same rounding, so that both paths
+        # train alike to the last bit (a sum in double moved FC-2's trajectories apart).
+        raw = memory[program.raw_at : program.raw_at + grad_weight.numel()]
+        dot = torch.dot(raw, grad_weight.view(-1))
         row_at, column_at = ctx.order.grid
         adtn_native._check(
             adtn_native.library().adtn_network_backward(
                 program.code, len(program.code), memory.data_ptr(), memory.numel(),
-                ctx.gate_count,
-                row_at.data_ptr(), column_at.data_ptr(), ctx.scale, ctx.slope or 0.0,
-                ctx.factors, ctx.final, grad_weight.data_ptr(), grad_values.data_ptr(),
-                ctypes.byref(dot), torch.get_num_threads(),
+                ctx.gate_count, row_at.data_ptr(), column_at.data_ptr(), ctx.scale,
+                ctx.slope or 0.0, ctx.factors, ctx.final, grad_weight.data_ptr(), float(dot),
+                grad_values.data_ptr(), torch.get_num_threads(),
             )
         )  # fmt: skip
         if not _graph_is_kept():
             ctx.memory = None
             if ctx.pool is not None:
                 ctx.pool.give(memory)
-        grad_scale = torch.tensor(dot.value * ctx.final, dtype=grad_weight.dtype)
+        grad_scale = dot * ctx.inverse_rms
         needs = ctx.needs_input_grad
         return (
             None, None, None, None,
