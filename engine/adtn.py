@@ -249,6 +249,7 @@ class ADTN(nn.Module):
         self._builders: dict = {}
         self._order_cache: torch.Tensor | None = None
         self._gather_cache: WeightGather | None = None
+        self._grid_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         # "auto": native gate passes where ``_native_for`` allows; "matmul": matrix products
         # only (the reference the native passes are tested against).
         self.kernel = "auto"
@@ -261,7 +262,7 @@ class ADTN(nn.Module):
         state = self.__dict__.copy()
         state["buffer_pool"] = BufferPool()
         state["_cache_key"] = state["_cache_value"] = state["_order_cache"] = None
-        state["_gather_cache"] = None
+        state["_gather_cache"] = state["_grid_cache"] = None
         # (native passes hold ctypes arrays, which do not copy; the plans are cheap to redo)
         state["_compiled_cache"], state["_builders"] = {}, {}
         return state
@@ -354,9 +355,10 @@ class ADTN(nn.Module):
         if torch.is_grad_enabled() and tracked:
             pool = self.buffer_pool if values.device.type == "cpu" else None
             self.buffer_pool.limit = sum(len(layer) for layer in plan.fast) + 4
-            if flat_only and adtn_native_network.runs(plan.network, values, scale, order):
+            grid = self._weight_grid(values.device, order) if flat_only else None
+            if adtn_native_network.runs(plan.network, values, scale, grid):
                 return adtn_native_network.NetworkWeight.apply(
-                    plan.network, plan.slope, order, pool, scale, values
+                    plan.network, plan.slope, grid, pool, scale, values
                 )
             return NetworkState.apply(plan, low_memory, order, pool, builder, scale, values)
         mats, built = builder.build(values)
@@ -426,6 +428,21 @@ class ADTN(nn.Module):
             if order is None:
                 order = torch.arange(1 << self.Q, device=device)
             cached = self._gather_cache = WeightGather.build(order, self.padded_shape, self.shape)
+        return cached
+
+    def _weight_grid(self, device: torch.device, order: WeightGather | None):
+        """(row_at, column_at): where the weight's entry (r, c) lies in the output state, as
+        ``row_at[r] + column_at[c]`` with the weight viewed as rows of its last dimension;
+        None where no such tables exist. Where the weight is the state itself, the tables of
+        that identity (cached per device)."""
+        if order is not None:
+            return order.grid
+        cached = self._grid_cache
+        if cached is None or cached[0].device != device:
+            columns = self.shape[-1]
+            rows = math.prod(self.shape) // columns
+            row_at = torch.arange(rows, device=device) * columns
+            cached = self._grid_cache = (row_at, torch.arange(columns, device=device).int())
         return cached
 
     def uses_low_memory(self) -> bool:

@@ -3,8 +3,8 @@
 back, over the compiled plan packed once as a *program* of numbers.
 
 This is ``adtn_kernel.NetworkState`` for the commonest case (brick layout, even ``Q``, stored
-mode, a weight gathered by row and column tables), with the same arithmetic in the same
-order; what it leaves out is the interpreter's and the tensor library's work between the
+mode, a weight gathered by row and column tables or the state itself), with the same
+arithmetic in the same order; what it leaves out is the interpreter's and the tensor library's work between the
 kernels, a few dozen small operations per step. Every other case keeps ``NetworkState``.
 """
 
@@ -92,14 +92,13 @@ def compile_program(plan, gate_count: int) -> NetworkProgram | None:
     return NetworkProgram(array, at, len(passes), tuple(plan.shape), raw_at)
 
 
-def runs(program: NetworkProgram | None, values: torch.Tensor, scale, order) -> bool:
+def runs(program: NetworkProgram | None, values: torch.Tensor, scale, grid) -> bool:
     """Whether the native calls can produce this weight: a program, float32 gates on the CPU,
-    a scale, and a weight gathered by row and column tables."""
+    a scale, and a weight gathered by row and column tables (``grid``: see ``WeightGather``)."""
     return (
         program is not None
         and scale is not None
-        and order is not None
-        and order.grid is not None
+        and grid is not None
         and values.device.type == "cpu"
         and values.dtype == torch.float32
         and values.is_contiguous()
@@ -108,20 +107,20 @@ def runs(program: NetworkProgram | None, values: torch.Tensor, scale, order) -> 
 
 
 class NetworkWeight(torch.autograd.Function):
-    """``apply(program, slope, order, pool, scale, values)`` → the weight, as
+    """``apply(program, slope, grid, pool, scale, values)`` → the weight, as
     ``NetworkState`` gives it for the same plan; ``slope``: the activation's (None: none),
-    ``order``: a ``WeightGather`` with its ``grid``, ``pool``: a ``BufferPool`` (or None)
-    that lends the memory block between steps."""
+    ``grid``: the weight's (row_at, column_at) gather tables (``WeightGather.grid``), ``pool``:
+    a ``BufferPool`` (or None) that lends the memory block between steps."""
 
     @staticmethod
-    def forward(ctx, program: NetworkProgram, slope, order, pool, scale, values):
+    def forward(ctx, program: NetworkProgram, slope, grid, pool, scale, values):
         memory = None if pool is None else pool.take(values, program.numel)
         if memory is None:
             memory = values.new_empty(program.numel)
         weight = values.new_empty(program.shape)
         factors = (ctypes.c_float * program.layers)()
         final = ctypes.c_float()
-        row_at, column_at = order.grid
+        row_at, column_at = grid
         scale_value = float(scale)
         adtn_native._check(
             adtn_native.library().adtn_network_forward(
@@ -132,7 +131,7 @@ class NetworkWeight(torch.autograd.Function):
                 torch.get_num_threads(),
             )
         )  # fmt: skip
-        ctx.program, ctx.slope, ctx.order, ctx.pool = program, slope, order, pool
+        ctx.program, ctx.slope, ctx.grid, ctx.pool = program, slope, grid, pool
         # The block holds every state the backward pass reads and the gates' values as this
         # pass used them; it is an attribute, so that it can go back to the pool at once.
         ctx.memory, ctx.factors, ctx.final, ctx.scale = memory, factors, final.value, scale_value
@@ -157,7 +156,7 @@ class NetworkWeight(torch.autograd.Function):
         # train alike to the last bit (a sum in double moved FC-2's trajectories apart).
         raw = memory[program.raw_at : program.raw_at + grad_weight.numel()]
         dot = torch.dot(raw, grad_weight.view(-1))
-        row_at, column_at = ctx.order.grid
+        row_at, column_at = ctx.grid
         adtn_native._check(
             adtn_native.library().adtn_network_backward(
                 program.code, len(program.code), memory.data_ptr(), memory.numel(),

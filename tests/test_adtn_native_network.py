@@ -118,11 +118,31 @@ def test_a_program_the_kernel_cannot_read_is_refused_not_run():
     program = plan.network
     short = (ctypes.c_int64 * (len(program.code) - 1))(*program.code[:-1])
     broken = dataclasses.replace(program, code=short)
-    order = adtn._weight_gather(adtn.gate_values.device)
+    grid = adtn._weight_gather(adtn.gate_values.device).grid
     with pytest.raises(RuntimeError, match="refused"):
         adtn_native_network.NetworkWeight.apply(
-            broken, plan.slope, order, None, adtn.scale, adtn.gate_values
+            broken, plan.slope, grid, None, adtn.scale, adtn.gate_values
         )
+
+
+@needs_kernel
+def test_a_weight_that_is_the_state_itself_takes_the_one_call_too(monkeypatch):
+    torch.manual_seed(0)
+    adtn = ADTN((64, 256), 3, index_order="rows_first")  # (no gather: powers of two)
+    assert adtn._weight_gather(adtn.gate_values.device) is None
+    reference = copy.deepcopy(adtn)
+    upstream = torch.randn(64, 256)
+    weight = adtn()
+    assert grad_names(weight).startswith("NetworkWeight")
+    (weight * upstream).sum().backward()
+    step_by_step(monkeypatch)
+    expected = reference()
+    (expected * upstream).sum().backward()
+    # (the step-by-step path takes this weight's rms from torch's norm, not the native sum)
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-7)
+    for mine, theirs in zip(adtn.parameters(), reference.parameters()):
+        scale = theirs.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_plans_that_are_not_grown_from_their_gates_have_no_program():
