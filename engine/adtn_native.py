@@ -42,6 +42,9 @@ SOURCE = Path(__file__).with_name("adtn_native.c")
 # Built into the same library: a brick ADTN's whole contraction in one call each way
 # (``engine.adtn_native_network``).
 SOURCES = (SOURCE, SOURCE.with_name("adtn_native_network.c"))
+# The maths library (sqrt) by name where it is not part of the C library (Linux), so that the
+# kernel loads without relying on the host process having loaded it.
+LIBRARIES = ["-lm"] if sys.platform.startswith("linux") else []
 DISABLE_ENV = "ADTN_NATIVE_KERNEL"  # "0": keep the matrix products
 # Rows of a tile are 2**w of a pass's bits: 256 rows of 16 float32 columns are 16 KiB, which
 # stays in the L1 cache while every gate of the pass is applied.
@@ -339,7 +342,7 @@ def _build(folder: Path) -> Path:
         for tuning in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
             command = [*compiler, "-O3", *tuning, "-shared", "-fPIC", "-o", temporary]
             done = subprocess.run(
-                [*command, *(str(path) for path in SOURCES)],
+                [*command, *(str(path) for path in SOURCES), *LIBRARIES],
                 capture_output=True,
                 text=True,
                 timeout=COMPILE_TIMEOUT_S,
