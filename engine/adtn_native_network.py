@@ -4,8 +4,9 @@ back, over the compiled plan packed once as a *program* of numbers.
 
 This is ``adtn_kernel.NetworkState`` for the commonest case (brick layout, even ``Q``, stored
 mode, a weight gathered by row and column tables or the state itself), with the same
-arithmetic in the same order; what it leaves out is the interpreter's and the tensor library's work between the
-kernels, a few dozen small operations per step. Every other case keeps ``NetworkState``.
+arithmetic in the same order; what it leaves out is the interpreter's and the tensor
+library's work between the kernels, a few dozen small operations per step. Every other case
+keeps ``NetworkState``.
 """
 
 from __future__ import annotations
