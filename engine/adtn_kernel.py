@@ -90,7 +90,7 @@ class Plan:
     # ``grow_sizes`` of the first layer where the native kernel can grow it (native plans).
     grow: tuple | None = field(default=None, compare=False)
     # The whole plan packed for one native call each way (``adtn_native_network``), where
-    # it is one such a call runs (a brick ADTN grown from its gates); None otherwise.
+    # such a call can run it (a brick ADTN grown from its gates); None otherwise.
     network: object = field(default=None, compare=False)
 
 

@@ -9,10 +9,12 @@ each a trip through memory that applies all its gates to cache-sized tiles
 above ``Q = 20``),
 ``GatePass`` describes one, and ``pass_forward`` / ``pass_backward`` run it.
 
-The C file is compiled on first use with the machine's C compiler (``$CC``, ``cc``, ``gcc`` or
-``clang``; ``-O3 -march=native``) into the user's cache folder, once per source and machine,
-and loaded with ctypes. Where there is no compiler, or it fails, the engine keeps the matrix
-products and says so once in the log. ``ADTN_NATIVE_KERNEL=0`` turns the native kernel off.
+The C file, with ``adtn_native_network.c`` (a whole contraction in one call each way), is
+compiled on first use with the machine's C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``;
+``-O3 -march=native``) into one library in the user's cache folder, once per source and
+machine, and loaded with ctypes. Where there is no compiler, or it fails, the engine keeps
+the matrix products and says so once in the log. ``ADTN_NATIVE_KERNEL=0`` turns the native
+kernel off.
 """
 
 from __future__ import annotations
