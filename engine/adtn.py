@@ -554,12 +554,9 @@ class ADTN(nn.Module):
             )
             for normalise in (False, True)
         }
-        if growth is not None:  # (the whole contraction in one native call each way)
-            count = self.gate_values.numel()
-            plans = {
-                key: replace(plan, network=adtn_native_network.compile_program(plan, count))
-                for key, plan in plans.items()
-            }
+        if growth is not None:  # (a scaled weight in one native call each way)
+            program = adtn_native_network.compile_program(plans[True], self.gate_values.numel())
+            plans[True] = replace(plans[True], network=program)
         return plans, recipe
 
     def _gate_growth(self, offsets: list[int]) -> adtn_native.GateGrowth | None:

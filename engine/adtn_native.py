@@ -108,6 +108,11 @@ class GatePass:
         """Where the pass's gate entries lie in the flat gate vector (None: contiguous)."""
         return self._arrays[1]
 
+    @property
+    def gate_starts(self) -> tuple[int, ...]:
+        """Where each gate's 16 entries start in the flat gate vector, in step order."""
+        return tuple(self._arrays[3])
+
     def gather_on(self, device: torch.device) -> torch.Tensor | None:
         """``gather`` on ``device`` (copied there once)."""
         index = self._arrays[1]

@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from engine import adtn_native
+from engine.adtn_kernel import _graph_is_kept
 
 ALIGN = 16  # floats: each region of the memory block starts on a 64-byte boundary
 
@@ -84,11 +85,8 @@ def compile_program(plan, gate_count: int) -> NetworkProgram | None:
     code += grow_at + state_at + [raw_at, gates_at]
     code += [len(layer) for layer in passes]
     for step in flat_passes:
-        gate_at = list(step.offsets) if step.offsets is not None else [
-            step.offset + 16 * k for k in range(step.count)
-        ]  # fmt: skip
         code += [step.L, step.w, step.R, step.T, step.T_back, step.count]
-        code += [value for triple in step.steps for value in triple] + gate_at
+        code += [value for triple in step.steps for value in triple] + list(step.gate_starts)
     array = (ctypes.c_int64 * len(code))(*code)
     return NetworkProgram(array, at, len(passes), tuple(plan.shape), raw_at)
 
@@ -126,25 +124,22 @@ class NetworkWeight(torch.autograd.Function):
         adtn_native._check(
             adtn_native.library().adtn_network_forward(
                 program.code, len(program.code), memory.data_ptr(), memory.numel(),
-                values.data_ptr(),
-                values.numel(), row_at.data_ptr(), column_at.data_ptr(), scale_value,
-                slope or 0.0, weight.data_ptr(), factors, ctypes.byref(final),
+                values.data_ptr(), values.numel(), row_at.data_ptr(), column_at.data_ptr(),
+                scale_value, slope or 0.0, weight.data_ptr(), factors, ctypes.byref(final),
                 torch.get_num_threads(),
             )
         )  # fmt: skip
         ctx.program, ctx.slope, ctx.grid, ctx.pool = program, slope, grid, pool
         # The block holds every state the backward pass reads and the gates' values as this
         # pass used them; it is an attribute, so that it can go back to the pool at once.
-        ctx.memory, ctx.factors, ctx.final, ctx.scale = memory, factors, final.value, scale_value
+        ctx.memory, ctx.factors, ctx.scale = memory, factors, scale_value
         ctx.gate_count = values.numel()
-        ctx.inverse_rms = torch.tensor(final.value, dtype=values.dtype)
+        ctx.inverse_rms = torch.tensor(final.value, dtype=values.dtype)  # 1 / rms(raw)
         return weight
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_weight):
-        from engine.adtn_kernel import _graph_is_kept
-
         program, memory = ctx.program, ctx.memory
         if memory is None:
             raise RuntimeError(
@@ -162,8 +157,8 @@ class NetworkWeight(torch.autograd.Function):
             adtn_native.library().adtn_network_backward(
                 program.code, len(program.code), memory.data_ptr(), memory.numel(),
                 ctx.gate_count, row_at.data_ptr(), column_at.data_ptr(), ctx.scale,
-                ctx.slope or 0.0, ctx.factors, ctx.final, grad_weight.data_ptr(), float(dot),
-                grad_values.data_ptr(), torch.get_num_threads(),
+                ctx.slope or 0.0, ctx.factors, float(ctx.inverse_rms), grad_weight.data_ptr(),
+                float(dot), grad_values.data_ptr(), torch.get_num_threads(),
             )
         )  # fmt: skip
         if not _graph_is_kept():
